@@ -1,0 +1,204 @@
+"""Public entry points: ``hyper_attention`` and ``exact_attention``."""
+
+from __future__ import annotations
+
+import torch
+
+from hyperattn.config import HyperAttentionConfig, check_scale
+from hyperattn.ops import exact_attention_reference, hyper_attention_reference, merge_attention
+from hyperattn.plan import causal_schedule, lsh_directions, make_plan
+
+_SEED_MIN, _SEED_MAX = -(1 << 63), (1 << 64) - 1
+
+
+def _check_inputs(q, k, v, causal) -> None:
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 4:
+            raise ValueError(
+                f"{name} must have 4 dims (batch, heads, seq_len, head_dim), got shape {tuple(x.shape)}"
+            )
+        if not x.is_floating_point():
+            raise TypeError(f"{name} must have a floating dtype, got {x.dtype}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"q, k and v must share one dtype, got {q.dtype}, {k.dtype} and {v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k and v must be on one device, got {q.device}, {k.device} and {v.device}")
+    if not isinstance(causal, bool):
+        raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
+    (bq, hq, nq, dq), (bk, hk, nk, dk), (bv, hv, nv, _) = q.shape, k.shape, v.shape
+    if not bq == bk == bv:
+        raise ValueError(f"q, k and v must share the batch size (dim 0), got {bq}, {bk} and {bv}")
+    if hk != hv or nk != nv:
+        raise ValueError(
+            f"k and v must agree in heads and seq_len (dims 1, 2), got k {tuple(k.shape)} and v {tuple(v.shape)}"
+        )
+    if dq != dk:
+        raise ValueError(f"q and k must share head_dim (dim 3), got {dq} and {dk}")
+    if dq == 0:
+        raise ValueError("head_dim of q and k must be >= 1, got 0")
+    if hk == 0 and hq > 0 or hk > 0 and hq % hk != 0:
+        raise ValueError(
+            f"q's heads must be a multiple of k's and v's heads (grouped-query attention), got {hq} and {hk}"
+        )
+    if causal and nq > nk:
+        raise ValueError(
+            f"causal attention needs q's seq_len <= k's seq_len (queries are aligned to the last keys), "
+            f"got {nq} > {nk}"
+        )
+
+
+def _empty_result(q, v, return_lse):
+    b, h, n, _ = q.shape
+    out = q.new_zeros(b, h, n, v.shape[-1])
+    lse_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    lse = torch.full((b, h, n), -torch.inf, dtype=lse_dtype, device=q.device)
+    return (out, lse) if return_lse else out
+
+
+def _finish(q, out, lse, return_lse):
+    out = out.to(q.dtype)
+    if not return_lse:
+        return out
+    return out, lse if q.dtype == torch.float64 else lse.float()
+
+
+def _make_generator(seed) -> torch.Generator:
+    if seed is None:
+        seed = int(torch.randint(0, 1 << 62, (1,)))
+    elif isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
+    elif not _SEED_MIN <= seed <= _SEED_MAX:
+        raise ValueError(f"seed must be in [-2**63, 2**64), got {seed}")
+    return torch.Generator(device="cpu").manual_seed(seed)
+
+
+def exact_attention(q, k, v, causal: bool = False, scale: float | None = None, return_lse: bool = False):
+    """Exact softmax attention with grouped kv heads and bottom-right causal alignment.
+
+    Args:
+        q: (B, Hq, Nq, D); k: (B, Hkv, Nk, D); v: (B, Hkv, Nk, Dv); Hq a multiple of Hkv.
+        causal: query i sees keys ``j <= Nk - Nq + i`` (requires Nq <= Nk).
+        scale: softmax scale, default ``D ** -0.5``.
+        return_lse: also return the natural-log log-sum-exp of each row.
+    Returns:
+        out (B, Hq, Nq, Dv) in q's dtype, and with ``return_lse`` lse (B, Hq, Nq) float32
+        (float64 for float64 inputs).
+    """
+    _check_inputs(q, k, v, causal)
+    scale = check_scale(scale, q.shape[-1])
+    if q.numel() == 0 or k.shape[2] == 0:
+        return _empty_result(q, v, return_lse)
+    out, lse = exact_attention_reference(q, k, v, scale, causal)
+    return _finish(q, out, lse, return_lse)
+
+
+def hyper_attention(
+    q,
+    k,
+    v,
+    causal: bool = False,
+    scale: float | None = None,
+    config: HyperAttentionConfig | None = None,
+    seed: int | None = None,
+    return_lse: bool = False,
+):
+    """HyperAttention: attention in near-linear time through sortLSH blocks and sampled keys.
+
+    Args:
+        q: (B, Hq, Nq, D) floating; k: (B, Hkv, Nk, D); v: (B, Hkv, Nk, Dv); one dtype and
+            device. Hq must be a multiple of Hkv: query head h reads kv head ``h // (Hq // Hkv)``.
+        causal: aligned bottom-right as in FlashAttention 2.1+: query i sits at position
+            ``Nk - Nq + i`` and sees keys ``j <= Nk - Nq + i``; requires Nq <= Nk.
+        scale: softmax scale, default ``D ** -0.5``.
+        config: hyperparameters; default ``HyperAttentionConfig()`` (the paper's).
+        seed: decides the LSH directions and the sampled keys: the same seed and inputs on
+            the same device give bit-identical results. None draws a seed from PyTorch's
+            global CPU generator (so ``torch.manual_seed`` makes runs repeatable).
+        return_lse: also return the log-sum-exp of each row of the (approximate) attention.
+    Returns:
+        out (B, Hq, Nq, Dv) in q's dtype; with ``return_lse`` also lse (B, Hq, Nq) float32
+        (float64 for float64 inputs).
+
+    Attention over at most ``config.min_seq_len`` queries is exact. Gradients are those of
+    the computed approximation for its fixed plan (hashes, samples and sample weights are
+    constants), including every path through the log-sum-exp merges.
+    """
+    _check_inputs(q, k, v, causal)
+    scale = check_scale(scale, q.shape[-1])
+    if config is None:
+        config = HyperAttentionConfig()
+    elif not isinstance(config, HyperAttentionConfig):
+        raise TypeError(f"config must be a HyperAttentionConfig or None, got {type(config).__name__}")
+    generator = _make_generator(seed)
+    if q.numel() == 0 or k.shape[2] == 0:
+        return _empty_result(q, v, return_lse)
+    num_queries = q.shape[2]
+    if num_queries <= config.min_seq_len:
+        out, lse = exact_attention_reference(q, k, v, scale, causal)
+        return _finish(q, out, lse, return_lse)
+    directions = lsh_directions(k.shape[1], q.shape[-1], config.lsh_num_projs, generator)
+    if causal:
+        out, lse = _causal_hyper_attention(q, k, v, scale, config, directions, generator)
+    else:
+        plan = make_plan(q, k, v, config, directions, generator)
+        out, lse = hyper_attention_reference(q, k, v, plan, scale)
+    return _finish(q, out, lse, return_lse)
+
+
+def _to_blocks(x: torch.Tensor, num_blocks: int) -> torch.Tensor:
+    """(B, H, num_blocks * L, ...) -> (B, num_blocks, H, L, ...)."""
+    b, h, n = x.shape[:3]
+    return x.reshape(b, h, num_blocks, n // num_blocks, *x.shape[3:]).transpose(1, 2)
+
+
+def _from_blocks(x: torch.Tensor) -> torch.Tensor:
+    """(B, num_blocks, H, L, ...) -> (B, H, num_blocks * L, ...)."""
+    b, num_blocks, h, n = x.shape[:4]
+    return x.transpose(1, 2).reshape(b, h, num_blocks * n, *x.shape[4:])
+
+
+def _causal_hyper_attention(q, k, v, scale, config, directions, generator):
+    """The causal schedule (``hyperattn.plan.schedule``): one batched exact call for the
+    diagonal leaves, one batched HyperAttention call per level, one for the prefix, all
+    merged by lse; the few head queries exactly."""
+    batch = q.shape[0]
+    schedule = causal_schedule(q.shape[2], k.shape[2], config.min_seq_len)
+    head = schedule.head_len
+    prefix = schedule.prefix_len + head  # keys before the main square
+    q_main, k_main, v_main = q[:, :, head:], k[:, :, prefix:], v[:, :, prefix:]
+
+    leaves = schedule.num_leaves
+    out, lse = exact_attention_reference(
+        _to_blocks(q_main, leaves).flatten(0, 1),
+        _to_blocks(k_main, leaves).flatten(0, 1),
+        _to_blocks(v_main, leaves).flatten(0, 1),
+        scale,
+        causal=True,
+    )
+    out, lse = _from_blocks(out.unflatten(0, (batch, leaves))), _from_blocks(lse.unflatten(0, (batch, leaves)))
+
+    for level in range(1, schedule.num_levels + 1):
+        nodes = schedule.num_rectangles(level)
+        q_right = _to_blocks(q_main, 2 * nodes)[:, 1::2].flatten(0, 1)
+        k_left = _to_blocks(k_main, 2 * nodes)[:, 0::2].flatten(0, 1)
+        v_left = _to_blocks(v_main, 2 * nodes)[:, 0::2].flatten(0, 1)
+        plan = make_plan(q_right, k_left, v_left, config, directions, generator)
+        rect_out, rect_lse = hyper_attention_reference(q_right, k_left, v_left, plan, scale)
+        rect_out, rect_lse = rect_out.unflatten(0, (batch, nodes)), rect_lse.unflatten(0, (batch, nodes))
+        # Left halves of each node see nothing at this level: an empty part (lse = -inf).
+        level_out = torch.stack((torch.zeros_like(rect_out), rect_out), 2).flatten(1, 2)
+        level_lse = torch.stack((torch.full_like(rect_lse, -torch.inf), rect_lse), 2).flatten(1, 2)
+        out, lse = merge_attention(out, lse, _from_blocks(level_out), _from_blocks(level_lse))
+
+    if prefix > 0:
+        k_pre, v_pre = k[:, :, :prefix], v[:, :, :prefix]
+        plan = make_plan(q_main, k_pre, v_pre, config, directions, generator)
+        out, lse = merge_attention(out, lse, *hyper_attention_reference(q_main, k_pre, v_pre, plan, scale))
+    if head > 0:
+        head_out, head_lse = exact_attention_reference(
+            q[:, :, :head], k[:, :, :prefix], v[:, :, :prefix], scale, causal=True
+        )
+        out, lse = torch.cat((head_out, out), 2), torch.cat((head_lse, lse), 2)
+    return out, lse

@@ -1,0 +1,65 @@
+"""Hyperparameters of HyperAttention, validated once at construction."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+SAMPLING_METHODS = ("uniform", "value_norm")
+MAX_LSH_NUM_PROJS = 16
+
+
+def _check_int(name: str, value, low: int, high: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"HyperAttentionConfig.{name} must be an int, got {type(value).__name__} ({value!r})")
+    if value < low or (high is not None and value > high):
+        bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"HyperAttentionConfig.{name} must be {bounds}, got {value}")
+
+
+@dataclass(frozen=True)
+class HyperAttentionConfig:
+    """Hyperparameters of HyperAttention; the defaults are the paper's.
+
+    Args:
+        block_size: keys per LSH block (``b``); each query attends exactly to the
+            key block at its rank in bucket order. ``>= 1``.
+        sample_size: keys sampled per (batch, kv head) for the residual (``m``).
+            ``0`` disables sampling.
+        lsh_num_projs: random hyperplanes of the angular LSH (``r``); ``2**r`` buckets,
+            ordered as a reflected Gray code. In ``[1, 16]``.
+        min_seq_len: attention over at most this many queries is computed exactly;
+            in the causal case the recursion stops at diagonal blocks of at most
+            this size. ``>= 1``.
+        sampling: ``"uniform"`` (each sampled term weighted by ``n_k / m``) or
+            ``"value_norm"`` (keys drawn with probability ``p_j`` proportional to
+            ``||v_j||^2``, each term weighted by ``1 / (m p_j)``).
+    """
+
+    block_size: int = 256
+    sample_size: int = 256
+    lsh_num_projs: int = 7
+    min_seq_len: int = 4096
+    sampling: str = "uniform"
+
+    def __post_init__(self) -> None:
+        _check_int("block_size", self.block_size, 1)
+        _check_int("sample_size", self.sample_size, 0)
+        _check_int("lsh_num_projs", self.lsh_num_projs, 1, MAX_LSH_NUM_PROJS)
+        _check_int("min_seq_len", self.min_seq_len, 1)
+        if not isinstance(self.sampling, str) or self.sampling not in SAMPLING_METHODS:
+            raise ValueError(
+                f"HyperAttentionConfig.sampling must be one of {SAMPLING_METHODS}, got {self.sampling!r}"
+            )
+
+
+def check_scale(scale, head_dim: int) -> float:
+    """Return the softmax scale: ``scale`` if given, else ``head_dim ** -0.5``."""
+    if scale is None:
+        return head_dim ** -0.5
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise TypeError(f"scale must be a float or None, got {type(scale).__name__}")
+    scale = float(scale)
+    if not math.isfinite(scale) or scale <= 0:
+        raise ValueError(f"scale must be a positive finite number, got {scale}")
+    return scale

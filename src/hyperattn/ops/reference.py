@@ -1,0 +1,111 @@
+"""Executors in plain PyTorch: the ground truth for every fused kernel.
+
+All functions take (Z, H, N, D) tensors with grouped kv heads (query head h reads kv head
+``h // (Hq // Hkv)``; K/V are never repeated), compute in float32 (float64 for float64
+inputs) and return ``(out, lse)`` in that compute dtype; autograd gives their gradients.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from hyperattn.ops.merge import masked_softmax_lse, merge_attention
+from hyperattn.plan import AttentionPlan, inverse_permutation, query_block_layout
+
+# Largest score tensor materialized at once by exact_attention_reference (elements).
+EXACT_CHUNK_ELEMENTS = 1 << 26
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _grouped(x: torch.Tensor, num_kv_heads: int) -> torch.Tensor:
+    """(Z, Hq, N, D) -> (Z, Hkv, G, N, D), a view."""
+    z, h, n, d = x.shape
+    return x.view(z, num_kv_heads, h // num_kv_heads, n, d)
+
+
+def _gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """x (Z, H, N, D), index (Z, H, M) -> (Z, H, M, D)."""
+    return x.gather(2, index.unsqueeze(-1).expand(*index.shape, x.shape[-1]))
+
+
+def exact_attention_reference(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, causal: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dense softmax attention; causal is aligned bottom-right (query i sees keys <= Nk - Nq + i).
+
+    q (Z, Hq, Nq, D), k (Z, Hkv, Nk, D), v (Z, Hkv, Nk, Dv) -> out (Z, Hq, Nq, Dv), lse (Z, Hq, Nq).
+    Queries are processed in chunks so that at most ``EXACT_CHUNK_ELEMENTS`` scores live at once.
+    """
+    dtype = compute_dtype(q.dtype)
+    z, hq, nq, _ = q.shape
+    hkv, nk = k.shape[1], k.shape[2]
+    qg = _grouped(q.to(dtype), hkv)
+    kg = k.to(dtype).unsqueeze(2)
+    vg = v.to(dtype).unsqueeze(2)
+    chunk = max(1, EXACT_CHUNK_ELEMENTS // max(1, z * hq * nk))
+    key_pos = torch.arange(nk, device=q.device)
+    outs, lses = [], []
+    for start in range(0, nq, chunk):
+        stop = min(nq, start + chunk)
+        scores = torch.einsum("zhgqd,zhgkd->zhgqk", qg[:, :, :, start:stop], kg) * scale
+        if causal:
+            query_pos = torch.arange(start, stop, device=q.device) + (nk - nq)
+            scores = scores.masked_fill(key_pos > query_pos[:, None], -torch.inf)
+        probs, lse = masked_softmax_lse(scores)
+        outs.append(probs @ vg)
+        lses.append(lse)
+    out = torch.cat(outs, 3) if len(outs) != 1 else outs[0]
+    lse = torch.cat(lses, 3) if len(lses) != 1 else lses[0]
+    return out.reshape(z, hq, nq, v.shape[-1]), lse.reshape(z, hq, nq)
+
+
+def hyper_attention_reference(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: AttentionPlan, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Non-causal HyperAttention over the pattern of ``plan``.
+
+    Each query attends exactly to the key block at its sorted rank, plus the sampled keys
+    outside that block with their importance weights; the two parts are merged by lse.
+    q (Z, Hq, Nq, D), k (Z, Hkv, Nk, D), v (Z, Hkv, Nk, Dv) -> out (Z, Hq, Nq, Dv), lse (Z, Hq, Nq).
+    """
+    dtype = compute_dtype(q.dtype)
+    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    z, hq, nq, d = q.shape
+    hkv, nk, dv = k.shape[1], k.shape[2], v.shape[-1]
+    groups = hq // hkv
+    block = plan.block_size
+    layout = query_block_layout(nq, nk, block, q.device)
+    num_blocks, max_rows = layout.slot_rank.shape
+
+    # Block-diagonal part, in sorted order, queries padded to (num_blocks, max_rows).
+    slot_query = plan.q_perm[..., layout.slot_rank.clamp(min=0).flatten()]
+    q_blocks = _gather_rows(q, slot_query).view(z, hkv, groups, num_blocks, max_rows, d)
+    key_ranks = torch.arange(num_blocks * block, device=q.device)
+    key_valid = (key_ranks < nk).view(num_blocks, 1, block)
+    slot_key = plan.k_perm[..., key_ranks.clamp(max=nk - 1)]
+    k_blocks = _gather_rows(k, slot_key).view(z, hkv, 1, num_blocks, block, d)
+    v_blocks = _gather_rows(v, slot_key).view(z, hkv, 1, num_blocks, block, dv)
+    scores = torch.einsum("zhgbqd,zhgbkd->zhgbqk", q_blocks, k_blocks) * scale
+    probs, lse_blocks = masked_softmax_lse(scores.masked_fill(~key_valid, -torch.inf))
+    out_blocks = (probs @ v_blocks).reshape(z, hq, num_blocks * max_rows, dv)
+
+    query_rank = inverse_permutation(plan.q_perm)
+    query_slot = layout.rank_slot[query_rank]
+    out = _gather_rows(out_blocks, query_slot)
+    lse = lse_blocks.reshape(z, hq, num_blocks * max_rows).gather(-1, query_slot)
+    if plan.sample_idx.shape[-1] == 0:
+        return out, lse
+
+    # Sampled residual: every query against the m samples of its kv head, own block masked.
+    k_samples = _gather_rows(k, plan.sample_idx).unsqueeze(2)
+    v_samples = _gather_rows(v, plan.sample_idx).unsqueeze(2)
+    scores = torch.einsum("zhgqd,zhgsd->zhgqs", _grouped(q, hkv), k_samples) * scale
+    scores = scores + plan.sample_log_weight.to(dtype)[:, :, None, None, :]
+    query_block = _grouped(layout.rank_block[query_rank].unsqueeze(-1), hkv)
+    own_block = query_block == plan.sample_block[:, :, None, None, :]
+    probs, lse_samples = masked_softmax_lse(scores.masked_fill(own_block, -torch.inf))
+    out_samples = (probs @ v_samples).reshape(z, hq, nq, dv)
+    return merge_attention(out, lse, out_samples, lse_samples.reshape(z, hq, nq))

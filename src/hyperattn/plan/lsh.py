@@ -1,0 +1,62 @@
+"""sortLSH: angular LSH codes in Gray-code bucket order, and the permutations that sort by them."""
+
+from __future__ import annotations
+
+import torch
+
+
+def lsh_directions(num_kv_heads: int, head_dim: int, num_projs: int, generator: torch.Generator) -> torch.Tensor:
+    """Gaussian hyperplane normals, one set per kv head.
+
+    Returns float32 (num_kv_heads, head_dim, num_projs) on the generator's device (the CPU),
+    so the same seed gives the same directions on every device.
+    """
+    return torch.randn(num_kv_heads, head_dim, num_projs, generator=generator, dtype=torch.float32)
+
+
+def gray_code_rank(codes: torch.Tensor, num_bits: int) -> torch.Tensor:
+    """Position of each code in the reflected Gray-code sequence ``i ^ (i >> 1)``.
+
+    Neighbouring positions differ in one bit, i.e. one hyperplane, so buckets that are
+    close in this order are close in angle. ``codes``: integer tensor with values in
+    ``[0, 2**num_bits)``; returns the same shape and dtype.
+    """
+    rank = codes.clone()
+    shift = 1
+    while shift < num_bits:
+        rank ^= rank >> shift
+        shift <<= 1
+    return rank
+
+
+def lsh_buckets(x: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
+    """Bucket of every row of ``x`` in Gray-code order.
+
+    Args:
+        x: (Z, H, N, D) floating; head ``h`` uses the directions of kv head
+            ``h // (H // Hkv)``, so grouped query heads hash like their kv head.
+        directions: float32 (Hkv, D, r).
+    Returns:
+        int64 (Z, H, N) with values in ``[0, 2**r)``. Projections are computed in float32
+        (float64 for float64 inputs) whatever the input dtype.
+    """
+    z, h, n, d = x.shape
+    hkv, _, r = directions.shape
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    proj_dirs = directions.to(device=x.device, dtype=dtype)
+    grouped = x.detach().to(dtype).reshape(z, hkv, h // hkv, n, d)
+    projections = torch.einsum("zhgnd,hdr->zhgnr", grouped, proj_dirs)
+    powers = 2 ** torch.arange(r, device=x.device, dtype=torch.int64)
+    codes = ((projections > 0).to(torch.int64) * powers).sum(-1)
+    return gray_code_rank(codes, r).reshape(z, h, n)
+
+
+def sort_lsh_permutation(buckets: torch.Tensor) -> torch.Tensor:
+    """Stable sort of rows by bucket: ``perm[..., rank]`` is the row at that rank. int64, same shape."""
+    return torch.sort(buckets, dim=-1, stable=True).indices
+
+
+def inverse_permutation(perm: torch.Tensor) -> torch.Tensor:
+    """``inv[..., perm[..., i]] = i`` along the last dim."""
+    ranks = torch.arange(perm.shape[-1], device=perm.device, dtype=perm.dtype).expand_as(perm)
+    return torch.empty_like(perm).scatter_(-1, perm, ranks)

@@ -1,0 +1,48 @@
+import torch
+
+from hyperattn.plan import gray_code_rank, inverse_permutation, lsh_buckets, lsh_directions, sort_lsh_permutation
+
+
+def gray(i):
+    return i ^ (i >> 1)
+
+
+def test_gray_code_rank_inverts_gray_code():
+    for bits in (1, 3, 7, 16):
+        positions = torch.arange(1 << bits)
+        codes = positions ^ (positions >> 1)
+        assert torch.equal(gray_code_rank(codes, bits), positions)
+
+
+def test_neighbouring_buckets_differ_in_one_hyperplane():
+    bits = 7
+    positions = torch.arange((1 << bits) - 1)
+    flipped = gray(positions) ^ gray(positions + 1)
+    assert torch.all(flipped & (flipped - 1) == 0)  # exactly one bit set
+
+
+def test_buckets_match_sign_bits():
+    gen = torch.Generator().manual_seed(0)
+    dirs = lsh_directions(2, 8, 5, gen)
+    x = torch.randn(3, 4, 50, 8, generator=gen)
+    buckets = lsh_buckets(x, dirs)
+    assert buckets.shape == (3, 4, 50) and buckets.dtype == torch.int64
+    for h in range(4):
+        bits = (x[:, h] @ dirs[h // 2] > 0).long()
+        codes = (bits * (2 ** torch.arange(5))).sum(-1)
+        assert torch.equal(buckets[:, h], gray_code_rank(codes, 5))
+
+
+def test_buckets_are_scale_invariant_and_directions_seeded():
+    dirs = lsh_directions(1, 16, 7, torch.Generator().manual_seed(3))
+    assert torch.equal(dirs, lsh_directions(1, 16, 7, torch.Generator().manual_seed(3)))
+    x = torch.randn(1, 1, 100, 16)
+    assert torch.equal(lsh_buckets(x, dirs), lsh_buckets(3.5 * x, dirs))
+
+
+def test_sort_is_stable_and_inverse_permutation():
+    buckets = torch.tensor([[3, 1, 3, 0, 1, 3]])
+    perm = sort_lsh_permutation(buckets)
+    assert perm.tolist() == [[3, 1, 4, 0, 2, 5]]
+    inv = inverse_permutation(perm)
+    assert torch.equal(perm.gather(-1, inv), torch.arange(6).unsqueeze(0))

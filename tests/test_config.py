@@ -1,0 +1,49 @@
+import pytest
+
+from hyperattn import HyperAttentionConfig
+from hyperattn.config import check_scale
+
+
+def test_defaults_are_the_papers():
+    cfg = HyperAttentionConfig()
+    assert (cfg.block_size, cfg.sample_size, cfg.lsh_num_projs, cfg.min_seq_len, cfg.sampling) == (
+        256, 256, 7, 4096, "uniform")
+
+
+@pytest.mark.parametrize(
+    "field,value,error",
+    [
+        ("block_size", 0, ValueError),
+        ("block_size", -3, ValueError),
+        ("block_size", 2.0, TypeError),
+        ("block_size", True, TypeError),
+        ("sample_size", -1, ValueError),
+        ("sample_size", "8", TypeError),
+        ("lsh_num_projs", 0, ValueError),
+        ("lsh_num_projs", 17, ValueError),
+        ("min_seq_len", 0, ValueError),
+        ("min_seq_len", None, TypeError),
+        ("sampling", "random", ValueError),
+        ("sampling", 1, ValueError),
+    ],
+)
+def test_bad_values_name_the_field(field, value, error):
+    with pytest.raises(error, match=field):
+        HyperAttentionConfig(**{field: value})
+
+
+def test_edges_accepted():
+    HyperAttentionConfig(block_size=1, sample_size=0, lsh_num_projs=1, min_seq_len=1)
+    HyperAttentionConfig(lsh_num_projs=16, sampling="value_norm")
+
+
+@pytest.mark.parametrize("scale,error", [(0.0, ValueError), (-1.0, ValueError), (float("nan"), ValueError),
+                                         (float("inf"), ValueError), ("0.1", TypeError), (True, TypeError)])
+def test_bad_scale(scale, error):
+    with pytest.raises(error, match="scale"):
+        check_scale(scale, 64)
+
+
+def test_default_scale():
+    assert check_scale(None, 64) == 0.125
+    assert check_scale(2, 64) == 2.0
