@@ -64,6 +64,20 @@ def _finish(q, out, lse, return_lse):
     return out, lse if q.dtype == torch.float64 else lse.float()
 
 
+def _exact(q, k, v, scale, causal, return_lse):
+    """Exact attention: PyTorch SDPA for the output alone, the reference executor with lse."""
+    if return_lse:
+        out, lse = exact_attention_reference(q, k, v, scale, causal)
+        return _finish(q, out, lse, True)
+    nq, nk = q.shape[2], k.shape[2]
+    mask = None
+    if causal and nq != nk:  # bottom-right alignment
+        mask = torch.ones(nq, nk, dtype=torch.bool, device=q.device).tril(nk - nq)
+    return torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, is_causal=causal and nq == nk, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
+    )
+
+
 def _make_generator(seed) -> torch.Generator:
     if seed is None:
         seed = int(torch.randint(0, 1 << 62, (1,)))
@@ -84,14 +98,15 @@ def exact_attention(q, k, v, causal: bool = False, scale: float | None = None, r
         return_lse: also return the natural-log log-sum-exp of each row.
     Returns:
         out (B, Hq, Nq, Dv) in q's dtype, and with ``return_lse`` lse (B, Hq, Nq) float32
-        (float64 for float64 inputs).
+        (float64 for float64 inputs). The output alone comes from PyTorch's
+        ``scaled_dot_product_attention``; with ``return_lse`` both come from the reference
+        executor (``hyperattn.ops.reference``).
     """
     _check_inputs(q, k, v, causal)
     scale = check_scale(scale, q.shape[-1])
     if q.numel() == 0 or k.shape[2] == 0:
         return _empty_result(q, v, return_lse)
-    out, lse = exact_attention_reference(q, k, v, scale, causal)
-    return _finish(q, out, lse, return_lse)
+    return _exact(q, k, v, scale, causal, return_lse)
 
 
 def hyper_attention(
@@ -136,8 +151,7 @@ def hyper_attention(
         return _empty_result(q, v, return_lse)
     num_queries = q.shape[2]
     if num_queries <= config.min_seq_len:
-        out, lse = exact_attention_reference(q, k, v, scale, causal)
-        return _finish(q, out, lse, return_lse)
+        return _exact(q, k, v, scale, causal, return_lse)
     directions = lsh_directions(k.shape[1], q.shape[-1], config.lsh_num_projs, generator)
     if causal:
         out, lse = _causal_hyper_attention(q, k, v, scale, config, directions, generator)

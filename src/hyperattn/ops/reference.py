@@ -13,7 +13,7 @@ from hyperattn.ops.merge import masked_softmax_lse, merge_attention
 from hyperattn.plan import AttentionPlan, inverse_permutation, query_block_layout
 
 # Largest score tensor materialized at once by exact_attention_reference (elements).
-EXACT_CHUNK_ELEMENTS = 1 << 26
+EXACT_CHUNK_ELEMENTS = 1 << 22
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -1,0 +1,235 @@
+import pytest
+import torch
+
+from hyperattn import HyperAttention, HyperAttentionConfig, exact_attention, hyper_attention
+from hyperattn.bench.inputs import clustered_qkv
+from tests.conftest import random_qkv
+
+SMALL = HyperAttentionConfig(block_size=4, sample_size=4, lsh_num_projs=3, min_seq_len=8)
+
+
+def rel_error(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+# --- exactness limits -------------------------------------------------------------------
+
+@pytest.mark.parametrize("causal,nq,nk", [(c, nq, nk) for c in (False, True)
+                                           for nq, nk in [(40, 40), (40, 57), (1, 1), (5, 3)] if not c or nq <= nk])
+def test_exact_at_or_below_min_seq_len(causal, nq, nk):
+    q, k, v = random_qkv(hq=4, hkv=2, nq=nq, nk=nk, d=8)
+    cfg = HyperAttentionConfig(block_size=2, sample_size=3, min_seq_len=nq)
+    out, lse = hyper_attention(q, k, v, causal=causal, config=cfg, seed=0, return_lse=True)
+    ref, ref_lse = exact_attention(q, k, v, causal=causal, return_lse=True)
+    torch.testing.assert_close(out, ref, rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(lse, ref_lse, rtol=1e-13, atol=1e-13)
+    for out_only in (hyper_attention(q, k, v, causal=causal, config=cfg, seed=0), exact_attention(q, k, v, causal=causal)):
+        torch.testing.assert_close(out_only, ref, rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("causal,nq,nk", [(c, nq, nk) for c in (False, True)
+                                           for nq, nk in [(100, 100), (77, 77), (64, 150), (150, 64)] if not c or nq <= nk])
+def test_exact_with_one_block_and_no_samples(causal, nq, nk):
+    """block_size >= Nk, sample_size = 0: the whole causal schedule (head, leaves, levels,
+    prefix and merges) must reproduce exact attention."""
+    q, k, v = random_qkv(batch=2, hq=4, hkv=2, nq=nq, nk=nk, d=8, dv=6)
+    cfg = HyperAttentionConfig(block_size=nk, sample_size=0, min_seq_len=8)
+    out, lse = hyper_attention(q, k, v, causal=causal, config=cfg, seed=1, return_lse=True)
+    ref, ref_lse = exact_attention(q, k, v, causal=causal, return_lse=True)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(lse, ref_lse, rtol=1e-12, atol=1e-12)
+
+
+def test_approximation_is_active_above_min_seq_len():
+    q, k, v = random_qkv(nq=64)
+    assert rel_error(hyper_attention(q, k, v, causal=True, config=SMALL, seed=0),
+                     exact_attention(q, k, v, causal=True)) > 1e-3
+
+
+# --- causality --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("sampling", ["uniform", "value_norm"])
+@pytest.mark.parametrize("nq,nk", [(96, 96), (83, 83), (70, 101)])
+def test_future_keys_and_values_do_not_leak(sampling, nq, nk):
+    cfg = HyperAttentionConfig(block_size=4, sample_size=4, lsh_num_projs=3, min_seq_len=8, sampling=sampling)
+    q, k, v = random_qkv(hq=2, hkv=1, nq=nq, nk=nk)
+    out = hyper_attention(q, k, v, causal=True, config=cfg, seed=3)
+    for t in (0, 9, nq // 2, nq - 2):
+        last_key = nk - nq + t  # keys after the position of query t
+        k2, v2 = k.clone(), v.clone()
+        k2[:, :, last_key + 1:] = torch.randn_like(k2[:, :, last_key + 1:]) * 5
+        v2[:, :, last_key + 1:] = torch.randn_like(v2[:, :, last_key + 1:]) * 5
+        out2 = hyper_attention(q, k2, v2, causal=True, config=cfg, seed=3)
+        torch.testing.assert_close(out2[:, :, : t + 1], out[:, :, : t + 1], rtol=0, atol=1e-14)
+        assert not torch.allclose(out2[:, :, t + 1:], out[:, :, t + 1:])
+
+
+def test_chunked_prefill_rows_match_full_causal_when_exact():
+    q, k, v = random_qkv(hq=2, hkv=2, nq=90)
+    cfg = HyperAttentionConfig(block_size=90, sample_size=0, min_seq_len=8)
+    full = hyper_attention(q, k, v, causal=True, config=cfg, seed=0)
+    chunk = hyper_attention(q[:, :, 60:], k, v, causal=True, config=cfg, seed=0)
+    torch.testing.assert_close(chunk, full[:, :, 60:], rtol=1e-12, atol=1e-12)
+
+
+# --- GQA, seeds, dtypes -----------------------------------------------------------------
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_gqa_matches_repeated_kv_where_exact(causal):
+    q, k, v = random_qkv(batch=2, hq=6, hkv=2, nq=50, d=8)
+    cfg = HyperAttentionConfig(block_size=50, sample_size=0, min_seq_len=8)
+    got = hyper_attention(q, k, v, causal=causal, config=cfg, seed=0)
+    want = hyper_attention(q, k.repeat_interleave(3, 1), v.repeat_interleave(3, 1), causal=causal, config=cfg, seed=0)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_mqa_runs_with_the_approximation():
+    q, k, v = random_qkv(batch=1, hq=4, hkv=1, nq=64)
+    out = hyper_attention(q, k, v, causal=True, config=SMALL, seed=0)
+    assert out.shape == (1, 4, 64, 8) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("sampling", ["uniform", "value_norm"])
+def test_same_seed_same_bits_other_seed_other_result(causal, sampling):
+    cfg = HyperAttentionConfig(block_size=4, sample_size=4, min_seq_len=8, sampling=sampling)
+    q, k, v = random_qkv(hq=2, nq=64, dtype=torch.float32)
+    a = hyper_attention(q, k, v, causal=causal, config=cfg, seed=11)
+    b = hyper_attention(q, k, v, causal=causal, config=cfg, seed=11)
+    c = hyper_attention(q, k, v, causal=causal, config=cfg, seed=12)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_seed_none_follows_torch_manual_seed():
+    q, k, v = random_qkv(nq=64)
+    torch.manual_seed(0)
+    a = hyper_attention(q, k, v, config=SMALL)
+    torch.manual_seed(0)
+    b = hyper_attention(q, k, v, config=SMALL)
+    c = hyper_attention(q, k, v, config=SMALL)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("causal", [False, True])
+def test_low_precision_inputs_follow_the_float64_result(dtype, causal):
+    q, k, v = random_qkv(hq=2, nq=64)
+    want, want_lse = hyper_attention(q, k, v, causal=causal, config=SMALL, seed=0, return_lse=True)
+    got, lse = hyper_attention(q.to(dtype), k.to(dtype), v.to(dtype), causal=causal, config=SMALL, seed=0,
+                               return_lse=True)
+    assert got.dtype == dtype and lse.dtype == torch.float32 and lse.shape == (1, 2, 64)
+    tol = 1e-5 if dtype == torch.float32 else 3e-2
+    assert rel_error(got.double(), want) < tol
+    assert (lse.double() - want_lse).abs().max() < 10 * tol
+
+
+# --- gradients --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("nq,nk", [(40, 40), (29, 45)])
+def test_gradcheck_with_the_approximation_active(causal, nq, nk):
+    q, k, v = random_qkv(hq=2, hkv=1, nq=nq, nk=nk, d=4, requires_grad=True, seed=5)
+    cfg = HyperAttentionConfig(block_size=4, sample_size=5, lsh_num_projs=3, min_seq_len=6)
+    approx = hyper_attention(q, k, v, causal=causal, config=cfg, seed=2)
+    assert rel_error(approx, exact_attention(q, k, v, causal=causal)) > 1e-3
+
+    def fn(q, k, v):
+        return hyper_attention(q, k, v, causal=causal, config=cfg, seed=2, return_lse=True)
+
+    assert torch.autograd.gradcheck(fn, (q, k, v))
+
+
+def test_lse_gradient_is_not_detached():
+    """A loss on out alone: its gradient must differ from one that ignores the lse paths."""
+    q, k, v = random_qkv(nq=48, d=4, requires_grad=True, seed=6)
+    out = hyper_attention(q, k, v, causal=True, config=SMALL, seed=0)
+    (grad_q,) = torch.autograd.grad(out.square().sum(), q)
+    step = 1e-6
+    dq = torch.randn_like(q)
+    plus = hyper_attention(q + step * dq, k, v, causal=True, config=SMALL, seed=0).square().sum()
+    minus = hyper_attention(q - step * dq, k, v, causal=True, config=SMALL, seed=0).square().sum()
+    torch.testing.assert_close((grad_q * dq).sum(), (plus - minus) / (2 * step), rtol=1e-6, atol=1e-8)
+
+
+# --- structured inputs ------------------------------------------------------------------
+
+def uniform_sampling_attention(q, k, v, num_keys, scale, seed):
+    """Each query attends to num_keys keys drawn uniformly (with replacement), weighted Nk/num_keys."""
+    gen = torch.Generator().manual_seed(seed)
+    nq, nk = q.shape[2], k.shape[2]
+    idx = torch.randint(nk, (nq, num_keys), generator=gen)
+    scores = torch.einsum("qd,qsd->qs", q[0, 0], k[0, 0][idx]) * scale
+    probs = torch.softmax(scores, -1)
+    return torch.einsum("qs,qsd->qd", probs, v[0, 0][idx]).view(1, 1, nq, -1)
+
+
+def test_clustered_inputs_beat_uniform_sampling_of_the_same_budget():
+    """128 tight clusters of 8: each row of A puts its mass on the 8 keys of its cluster."""
+    q, k, v = clustered_qkv(seq_len=1024, head_dim=16, num_clusters=128, spread=0.001, norm=8.0)
+    scale = 16 ** -0.5
+    cfg = HyperAttentionConfig(block_size=32, sample_size=32, lsh_num_projs=10, min_seq_len=64)
+    exact = exact_attention(q, k, v, scale=scale)
+    hyper_errors = [rel_error(hyper_attention(q, k, v, scale=scale, config=cfg, seed=s), exact) for s in range(3)]
+    uniform_errors = [rel_error(uniform_sampling_attention(q, k, v, 64, scale, s), exact) for s in range(3)]
+    assert max(hyper_errors) < 0.5 * min(uniform_errors), (hyper_errors, uniform_errors)
+
+
+# --- shapes and bad input ---------------------------------------------------------------
+
+@pytest.mark.parametrize("shapes", [((0, 2, 5, 4), (0, 1, 5, 4)), ((1, 2, 0, 4), (1, 1, 5, 4)),
+                                    ((1, 2, 0, 4), (1, 1, 0, 4)), ((1, 2, 5, 4), (1, 1, 0, 4))])
+def test_zero_length_returns_empty(shapes):
+    (qs, ks) = shapes
+    q, k, v = torch.randn(qs), torch.randn(ks), torch.randn(*ks[:3], 3)
+    out, lse = hyper_attention(q, k, v, config=SMALL, seed=0, return_lse=True)
+    assert out.shape == (*qs[:3], 3) and lse.shape == qs[:3]
+    assert torch.all(out == 0) and torch.all(lse == -torch.inf)
+    if qs[2] == 0:
+        assert hyper_attention(q, k, v, causal=True, seed=0).shape == (*qs[:3], 3)
+
+
+def _qkv():
+    return random_qkv(hq=4, hkv=2, nq=16, d=8, dtype=torch.float32)
+
+
+@pytest.mark.parametrize(
+    "mutate,kwargs,error,match",
+    [
+        (lambda q, k, v: (q[0], k, v), {}, ValueError, "q must have 4 dims"),
+        (lambda q, k, v: (q, k.unsqueeze(0), v), {}, ValueError, "k must have 4 dims"),
+        (lambda q, k, v: (q, k, v.numpy()), {}, TypeError, "v must be a torch.Tensor"),
+        (lambda q, k, v: (q, k.repeat(2, 1, 1, 1), v), {}, ValueError, "batch size"),
+        (lambda q, k, v: (q, k, v[:, :1]), {}, ValueError, "k and v must agree"),
+        (lambda q, k, v: (q, k, v[:, :, :5]), {}, ValueError, "k and v must agree"),
+        (lambda q, k, v: (q[..., :4], k, v), {}, ValueError, "head_dim"),
+        (lambda q, k, v: (q[:, :3], k, v), {}, ValueError, "multiple of"),
+        (lambda q, k, v: (q.long(), k, v), {}, TypeError, "q must have a floating dtype"),
+        (lambda q, k, v: (q, k.double(), v), {}, TypeError, "one dtype"),
+        (lambda q, k, v: (q, k, v.to("meta")), {}, ValueError, "one device"),
+        (lambda q, k, v: (q, k[:, :, :10], v[:, :, :10]), dict(causal=True), ValueError, "causal"),
+        (lambda q, k, v: (q, k, v), dict(causal=1), TypeError, "causal must be a bool"),
+        (lambda q, k, v: (q, k, v), dict(scale=0.0), ValueError, "scale"),
+        (lambda q, k, v: (q, k, v), dict(scale=float("nan")), ValueError, "scale"),
+        (lambda q, k, v: (q, k, v), dict(config={"block_size": 4}), TypeError, "config"),
+        (lambda q, k, v: (q, k, v), dict(seed=1.5), TypeError, "seed"),
+        (lambda q, k, v: (q, k, v), dict(seed=2**70), ValueError, "seed"),
+    ],
+)
+def test_bad_input_is_named(mutate, kwargs, error, match):
+    q, k, v = mutate(*_qkv())
+    with pytest.raises(error, match=match):
+        hyper_attention(q, k, v, **kwargs)
+    if "config" not in kwargs and "seed" not in kwargs:
+        with pytest.raises(error, match=match):
+            exact_attention(q, k, v, **kwargs)
+
+
+def test_module_wraps_the_function():
+    q, k, v = random_qkv(nq=40)
+    layer = HyperAttention(SMALL)
+    assert "block_size=4" in repr(layer)
+    torch.testing.assert_close(layer(q, k, v, causal=True, seed=4),
+                               hyper_attention(q, k, v, causal=True, config=SMALL, seed=4), rtol=0, atol=0)
+    with pytest.raises(TypeError, match="config"):
+        HyperAttention(SMALL.__dict__)
