@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from hyperattn.config import HyperAttentionConfig, check_scale
-from hyperattn.ops import exact_attention_reference, hyper_attention_reference, merge_attention
-from hyperattn.plan import causal_schedule, lsh_directions, make_plan
+from hyperattn.ops import causal_hyper_attention_reference, exact_attention_reference, hyper_attention_reference
+from hyperattn.plan import plan_hyper_attention
 
 _SEED_MIN, _SEED_MAX = -(1 << 63), (1 << 64) - 1
 
@@ -152,67 +152,9 @@ def hyper_attention(
     num_queries = q.shape[2]
     if num_queries <= config.min_seq_len:
         return _exact(q, k, v, scale, causal, return_lse)
-    directions = lsh_directions(k.shape[1], q.shape[-1], config.lsh_num_projs, generator)
+    plan = plan_hyper_attention(q, k, v, causal, config, generator)
     if causal:
-        out, lse = _causal_hyper_attention(q, k, v, scale, config, directions, generator)
+        out, lse = causal_hyper_attention_reference(q, k, v, plan, scale)
     else:
-        plan = make_plan(q, k, v, config, directions, generator)
         out, lse = hyper_attention_reference(q, k, v, plan, scale)
     return _finish(q, out, lse, return_lse)
-
-
-def _to_blocks(x: torch.Tensor, num_blocks: int) -> torch.Tensor:
-    """(B, H, num_blocks * L, ...) -> (B, num_blocks, H, L, ...)."""
-    b, h, n = x.shape[:3]
-    return x.reshape(b, h, num_blocks, n // num_blocks, *x.shape[3:]).transpose(1, 2)
-
-
-def _from_blocks(x: torch.Tensor) -> torch.Tensor:
-    """(B, num_blocks, H, L, ...) -> (B, H, num_blocks * L, ...)."""
-    b, num_blocks, h, n = x.shape[:4]
-    return x.transpose(1, 2).reshape(b, h, num_blocks * n, *x.shape[4:])
-
-
-def _causal_hyper_attention(q, k, v, scale, config, directions, generator):
-    """The causal schedule (``hyperattn.plan.schedule``): one batched exact call for the
-    diagonal leaves, one batched HyperAttention call per level, one for the prefix, all
-    merged by lse; the few head queries exactly."""
-    batch = q.shape[0]
-    schedule = causal_schedule(q.shape[2], k.shape[2], config.min_seq_len)
-    head = schedule.head_len
-    prefix = schedule.prefix_len + head  # keys before the main square
-    q_main, k_main, v_main = q[:, :, head:], k[:, :, prefix:], v[:, :, prefix:]
-
-    leaves = schedule.num_leaves
-    out, lse = exact_attention_reference(
-        _to_blocks(q_main, leaves).flatten(0, 1),
-        _to_blocks(k_main, leaves).flatten(0, 1),
-        _to_blocks(v_main, leaves).flatten(0, 1),
-        scale,
-        causal=True,
-    )
-    out, lse = _from_blocks(out.unflatten(0, (batch, leaves))), _from_blocks(lse.unflatten(0, (batch, leaves)))
-
-    for level in range(1, schedule.num_levels + 1):
-        nodes = schedule.num_rectangles(level)
-        q_right = _to_blocks(q_main, 2 * nodes)[:, 1::2].flatten(0, 1)
-        k_left = _to_blocks(k_main, 2 * nodes)[:, 0::2].flatten(0, 1)
-        v_left = _to_blocks(v_main, 2 * nodes)[:, 0::2].flatten(0, 1)
-        plan = make_plan(q_right, k_left, v_left, config, directions, generator)
-        rect_out, rect_lse = hyper_attention_reference(q_right, k_left, v_left, plan, scale)
-        rect_out, rect_lse = rect_out.unflatten(0, (batch, nodes)), rect_lse.unflatten(0, (batch, nodes))
-        # Left halves of each node see nothing at this level: an empty part (lse = -inf).
-        level_out = torch.stack((torch.zeros_like(rect_out), rect_out), 2).flatten(1, 2)
-        level_lse = torch.stack((torch.full_like(rect_lse, -torch.inf), rect_lse), 2).flatten(1, 2)
-        out, lse = merge_attention(out, lse, _from_blocks(level_out), _from_blocks(level_lse))
-
-    if prefix > 0:
-        k_pre, v_pre = k[:, :, :prefix], v[:, :, :prefix]
-        plan = make_plan(q_main, k_pre, v_pre, config, directions, generator)
-        out, lse = merge_attention(out, lse, *hyper_attention_reference(q_main, k_pre, v_pre, plan, scale))
-    if head > 0:
-        head_out, head_lse = exact_attention_reference(
-            q[:, :, :head], k[:, :, :prefix], v[:, :, :prefix], scale, causal=True
-        )
-        out, lse = torch.cat((head_out, out), 2), torch.cat((head_lse, lse), 2)
-    return out, lse

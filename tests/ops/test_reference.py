@@ -3,7 +3,7 @@ import torch
 
 from hyperattn import HyperAttentionConfig
 from hyperattn.ops import exact_attention_reference, hyper_attention_reference
-from hyperattn.plan import AttentionPlan, lsh_directions, make_plan
+from hyperattn.plan import AttentionPlan, plan_hyper_attention
 from tests.conftest import random_qkv
 
 
@@ -36,10 +36,7 @@ def dense_pattern_attention(q, k, v, plan, scale):
 
 
 def make_test_plan(q, k, v, seed=0, **cfg):
-    config = HyperAttentionConfig(**cfg)
-    gen = torch.Generator().manual_seed(seed)
-    dirs = lsh_directions(k.shape[1], q.shape[-1], config.lsh_num_projs, gen)
-    return make_plan(q, k, v, config, dirs, gen)
+    return plan_hyper_attention(q, k, v, False, HyperAttentionConfig(**cfg), torch.Generator().manual_seed(seed))
 
 
 @pytest.mark.parametrize(

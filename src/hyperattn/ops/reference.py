@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from hyperattn.ops.merge import masked_softmax_lse, merge_attention
-from hyperattn.plan import AttentionPlan, inverse_permutation, query_block_layout
+from hyperattn.plan import AttentionPlan, CausalPlan, inverse_permutation, join_rows, level_rows, query_block_layout, split_rows
 
 # Largest score tensor materialized at once by exact_attention_reference (elements).
 EXACT_CHUNK_ELEMENTS = 1 << 22
@@ -109,3 +109,49 @@ def hyper_attention_reference(
     probs, lse_samples = masked_softmax_lse(scores.masked_fill(own_block, -torch.inf))
     out_samples = (probs @ v_samples).reshape(z, hq, nq, dv)
     return merge_attention(out, lse, out_samples, lse_samples.reshape(z, hq, nq))
+
+
+def causal_hyper_attention_reference(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: CausalPlan, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Causal HyperAttention (bottom-right aligned) over the schedule of ``plan``.
+
+    Diagonal leaves: one batched exact causal call; each level: one batched
+    ``hyper_attention_reference`` over its rectangles; the prefix: one more; all merged by
+    lse. The head rows (fewer than the number of leaves) are exact.
+    """
+    schedule = plan.schedule
+    batch, head = q.shape[0], schedule.head_len
+    prefix = schedule.prefix_len + head
+    q_main, k_main, v_main = q[:, :, head:], k[:, :, prefix:], v[:, :, prefix:]
+
+    leaves = schedule.num_leaves
+    out, lse = exact_attention_reference(
+        *(split_rows(x, leaves).flatten(0, 1) for x in (q_main, k_main, v_main)), scale, causal=True
+    )
+    out, lse = join_rows(out.unflatten(0, (batch, leaves))), join_rows(lse.unflatten(0, (batch, leaves)))
+
+    for level, level_plan in enumerate(plan.level_plans, start=1):
+        nodes = schedule.num_rectangles(level)
+        rect_out, rect_lse = hyper_attention_reference(
+            level_rows(q_main, level, schedule, right=True),
+            level_rows(k_main, level, schedule, right=False),
+            level_rows(v_main, level, schedule, right=False),
+            level_plan,
+            scale,
+        )
+        rect_out, rect_lse = rect_out.unflatten(0, (batch, nodes)), rect_lse.unflatten(0, (batch, nodes))
+        # Left halves of each node see nothing at this level: an empty part (lse = -inf).
+        level_out = torch.stack((torch.zeros_like(rect_out), rect_out), 2).flatten(1, 2)
+        level_lse = torch.stack((torch.full_like(rect_lse, -torch.inf), rect_lse), 2).flatten(1, 2)
+        out, lse = merge_attention(out, lse, join_rows(level_out), join_rows(level_lse))
+
+    if plan.prefix_plan is not None:
+        k_pre, v_pre = k[:, :, :prefix], v[:, :, :prefix]
+        out, lse = merge_attention(out, lse, *hyper_attention_reference(q_main, k_pre, v_pre, plan.prefix_plan, scale))
+    if head > 0:
+        head_out, head_lse = exact_attention_reference(
+            q[:, :, :head], k[:, :, :prefix], v[:, :, :prefix], scale, causal=True
+        )
+        out, lse = torch.cat((head_out, out), 2), torch.cat((head_lse, lse), 2)
+    return out, lse

@@ -14,8 +14,8 @@ import torch
 from hyperattn.config import HyperAttentionConfig
 from hyperattn.plan.blocks import num_key_blocks, query_block_layout, query_block_of_rank
 from hyperattn.plan.lsh import gray_code_rank, inverse_permutation, lsh_buckets, lsh_directions, sort_lsh_permutation
-from hyperattn.plan.sampling import sample_keys
-from hyperattn.plan.schedule import CausalSchedule, causal_schedule
+from hyperattn.plan.sampling import sample_keys, value_sq_norms
+from hyperattn.plan.schedule import CausalSchedule, causal_schedule, join_rows, level_rows, split_rows
 
 
 @dataclass(frozen=True)
@@ -46,24 +46,92 @@ class AttentionPlan:
 
 
 def make_plan(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
+    q_buckets: torch.Tensor,
+    k_buckets: torch.Tensor,
     config: HyperAttentionConfig,
-    directions: torch.Tensor,
     generator: torch.Generator,
+    v_sq_norms: torch.Tensor | None = None,
+    weight_dtype: torch.dtype = torch.float32,
 ) -> AttentionPlan:
-    """Hash, sort and sample for q (Z, Hq, Nq, D), k (Z, Hkv, Nk, D), v (Z, Hkv, Nk, Dv)."""
-    num_kv_heads = k.shape[1]
-    q_perm = sort_lsh_permutation(lsh_buckets(q, directions))
-    k_perm = sort_lsh_permutation(lsh_buckets(k, directions))
-    sample_idx, sample_log_weight = sample_keys(v, num_kv_heads, config.sample_size, config.sampling, generator)
+    """Sort and sample for Z problems, given the LSH buckets of their rows.
+
+    Args:
+        q_buckets: int64 (Z, Hq, Nq) and k_buckets: int64 (Z, Hkv, Nk), from ``lsh_buckets``
+            (rows hash independently, so a caller hashes once and slices per problem).
+        v_sq_norms: (Z, Hkv, Nk) squared value norms, required for ``sampling="value_norm"``.
+        weight_dtype: dtype of the sample log-weights.
+    """
+    z, num_kv_heads, num_keys = k_buckets.shape
+    q_perm = sort_lsh_permutation(q_buckets)
+    k_perm = sort_lsh_permutation(k_buckets)
+    if config.sampling == "value_norm" and v_sq_norms is None:
+        raise ValueError("make_plan: sampling='value_norm' needs v_sq_norms")
+    sample_idx, sample_log_weight = sample_keys(
+        (z, num_kv_heads), num_keys, config.sample_size, generator,
+        sq_norms=v_sq_norms if config.sampling == "value_norm" else None,
+        device=k_buckets.device, dtype=weight_dtype,
+    )
     key_rank = inverse_permutation(k_perm)
     sample_block = key_rank.gather(-1, sample_idx) // config.block_size
     return AttentionPlan(q_perm, k_perm, sample_idx, sample_block, sample_log_weight, config.block_size)
 
 
+@dataclass(frozen=True)
+class CausalPlan:
+    """Plans of causal HyperAttention: one ``AttentionPlan`` per level of ``schedule``
+    (its problems are the level's rectangles, batch-major) and one for the prefix
+    rectangle (None when the schedule has no prefix keys)."""
+
+    schedule: CausalSchedule
+    level_plans: list[AttentionPlan]
+    prefix_plan: AttentionPlan | None
+
+
+def plan_hyper_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    causal: bool,
+    config: HyperAttentionConfig,
+    generator: torch.Generator,
+) -> AttentionPlan | CausalPlan:
+    """Every random and data-dependent choice of one HyperAttention call.
+
+    Rows are hashed once (directions drawn first from ``generator``); each problem (the
+    whole input, or a rectangle of the causal schedule) sorts its own slice and draws its
+    own samples, in the order levels 1..L, then the prefix.
+    q (B, Hq, Nq, D), k (B, Hkv, Nk, D), v (B, Hkv, Nk, Dv); requires Nq > config.min_seq_len.
+    """
+    directions = lsh_directions(k.shape[1], q.shape[-1], config.lsh_num_projs, generator)
+    q_buckets, k_buckets = lsh_buckets(q, directions), lsh_buckets(k, directions)
+    sq_norms = value_sq_norms(v) if config.sampling == "value_norm" else None
+    weight_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    if not causal:
+        return make_plan(q_buckets, k_buckets, config, generator, sq_norms, weight_dtype)
+    schedule = causal_schedule(q.shape[2], k.shape[2], config.min_seq_len)
+    prefix = schedule.prefix_len + schedule.head_len
+    q_main, k_main = q_buckets[:, :, schedule.head_len:], k_buckets[:, :, prefix:]
+    norms_main = None if sq_norms is None else sq_norms[:, :, prefix:]
+    level_plans = []
+    for level in range(1, schedule.num_levels + 1):
+        level_norms = None if norms_main is None else level_rows(norms_main, level, schedule, right=False)
+        level_plans.append(make_plan(
+            level_rows(q_main, level, schedule, right=True), level_rows(k_main, level, schedule, right=False),
+            config, generator, level_norms, weight_dtype,
+        ))
+    prefix_plan = None
+    if prefix > 0:
+        prefix_norms = None if sq_norms is None else sq_norms[:, :, :prefix]
+        prefix_plan = make_plan(q_main, k_buckets[:, :, :prefix], config, generator, prefix_norms, weight_dtype)
+    return CausalPlan(schedule, level_plans, prefix_plan)
+
+
 __all__ = [
+    "CausalPlan",
+    "join_rows",
+    "level_rows",
+    "plan_hyper_attention",
+    "split_rows",
     "AttentionPlan",
     "CausalSchedule",
     "causal_schedule",
@@ -77,4 +145,5 @@ __all__ = [
     "query_block_of_rank",
     "sample_keys",
     "sort_lsh_permutation",
+    "value_sq_norms",
 ]

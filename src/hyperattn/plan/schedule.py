@@ -60,3 +60,26 @@ def causal_schedule(num_queries: int, num_keys: int, min_seq_len: int) -> Causal
     leaf_len = num_queries >> num_levels
     head_len = num_queries - (leaf_len << num_levels)
     return CausalSchedule(num_queries, num_keys, head_len, leaf_len, num_levels)
+
+
+def split_rows(x, num_parts: int):
+    """(B, H, num_parts * L, ...) -> (B, num_parts, H, L, ...): consecutive runs of rows as problems."""
+    b, h, n = x.shape[:3]
+    return x.reshape(b, h, num_parts, n // num_parts, *x.shape[3:]).transpose(1, 2)
+
+
+def join_rows(x):
+    """Inverse of ``split_rows``: (B, num_parts, H, L, ...) -> (B, H, num_parts * L, ...)."""
+    b, num_parts, h, n = x.shape[:4]
+    return x.transpose(1, 2).reshape(b, h, num_parts * n, *x.shape[4:])
+
+
+def level_rows(x, level: int, schedule: CausalSchedule, right: bool):
+    """Rows of the main square that the rectangles of ``level`` read, as problems.
+
+    ``x``: (B, H, main_len, ...) main-square rows (queries or keys). ``right=True`` gives the
+    query rows (right halves of the level's nodes), ``right=False`` the key rows (left halves).
+    Returns (B * num_rectangles, H, rectangle_side, ...).
+    """
+    halves = split_rows(x, 2 * schedule.num_rectangles(level))
+    return halves[:, int(right)::2].flatten(0, 1)
