@@ -62,13 +62,13 @@ def make_plan(
         weight_dtype: dtype of the sample log-weights.
     """
     z, num_kv_heads, num_keys = k_buckets.shape
-    q_perm = sort_lsh_permutation(q_buckets)
-    k_perm = sort_lsh_permutation(k_buckets)
+    q_perm = sort_lsh_permutation(q_buckets.contiguous())  # plans are contiguous: kernels index them flat
+    k_perm = sort_lsh_permutation(k_buckets.contiguous())
     if config.sampling == "value_norm" and v_sq_norms is None:
         raise ValueError("make_plan: sampling='value_norm' needs v_sq_norms")
     sample_idx, sample_log_weight = sample_keys(
         (z, num_kv_heads), num_keys, config.sample_size, generator,
-        sq_norms=v_sq_norms if config.sampling == "value_norm" else None,
+        sq_norms=v_sq_norms.contiguous() if config.sampling == "value_norm" else None,
         device=k_buckets.device, dtype=weight_dtype,
     )
     key_rank = inverse_permutation(k_perm)

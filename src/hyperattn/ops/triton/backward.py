@@ -1,0 +1,341 @@
+"""Backward kernels: gradients of one part, given the final output's lse and delta.
+
+Every part was merged into one softmax per query, so its probabilities are
+``exp(s - lse_final)`` and its score gradient is ``p * (dp - delta)`` with
+``delta = rowsum(dO * O) - dLse``: the lse paths of every merge are in ``delta``. Each
+part adds its share into fp32 accumulators; within a launch every row is owned by one
+program, except the sampled keys, whose gradients are reduced with fp32 atomics into a
+per-part buffer (Z, Hkv, m, D).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+LOG2E: tl.constexpr = 1.4426950408889634
+
+
+@triton.jit
+def _score_grads(q, k, v, do, lse2, delta, bias2, visible, scale_log2):
+    """p and ds (BM, BN) for a tile: s = q k^T scale (+ bias), p = exp(s - lse), ds = p (do v^T - delta)."""
+    s = tl.dot(q, tl.trans(k)) * scale_log2 + bias2
+    p = tl.where(visible, tl.exp2(s - lse2[:, None]), 0.0)
+    dp = tl.dot(do, tl.trans(v))
+    ds = p * (dp - delta[:, None])
+    return p, ds
+
+
+@triton.jit
+def hyper_bwd_dq_kernel(
+    Q, K, V, DO, Lse, Delta, DQ, DKS, DVS,
+    QPerm, KPerm, SIdx, SBlk, SLogW,
+    scale, scale_log2,
+    stride_qb, stride_qh, stride_qn,
+    stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn,
+    stride_ob, stride_oh, stride_on,
+    stride_lb, stride_lh,
+    n_q, n_k, num_samples, block_size, tiles_per_block, num_tiles,
+    rects, q_start, k_start, rect_stride,
+    num_q_heads, group,
+    HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
+    D_PAD: tl.constexpr, DV_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """dQ of one query tile (block keys and samples); dK, dV of the samples by atomics.
+
+    DO, DQ share the strides ``stride_o*`` (contiguous (B, Hq, Nq, *) buffers); Lse, Delta
+    share ``stride_l*``."""
+    pid = tl.program_id(0)
+    zh = pid // num_tiles
+    tile = pid % num_tiles
+    blk = tile // tiles_per_block
+    z = zh // num_q_heads
+    h = zh % num_q_heads
+    hk = h // group
+    batch = z // rects
+    r = z % rects
+
+    q_lo = (blk * block_size * n_q + n_k - 1) // n_k
+    q_hi = tl.minimum(((blk + 1) * block_size * n_q + n_k - 1) // n_k, n_q)
+    row0 = q_lo + (tile % tiles_per_block) * BLOCK_M
+    if row0 < q_hi:
+        offs_m = row0 + tl.arange(0, BLOCK_M)
+        rmask = offs_m < q_hi
+        offs_d = tl.arange(0, D_PAD)
+        offs_dv = tl.arange(0, DV_PAD)
+        d_mask = offs_d < HEAD_DIM
+        dv_mask = offs_dv < HEAD_DIM_V
+
+        zh64 = zh.to(tl.int64)
+        zk64 = (z * (num_q_heads // group) + hk).to(tl.int64)
+        q_local = tl.load(QPerm + zh64 * n_q + offs_m, mask=rmask, other=0)
+        q_rows = (q_start + r * rect_stride + q_local).to(tl.int64)
+        q_base = Q + batch.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
+        q = tl.load(q_base + q_rows[:, None] * stride_qn + offs_d[None, :],
+                    mask=rmask[:, None] & d_mask[None, :], other=0.0)
+        o_rows = batch.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + q_rows * stride_on
+        l_rows = batch.to(tl.int64) * stride_lb + h.to(tl.int64) * stride_lh + q_rows
+        do = tl.load(DO + o_rows[:, None] + offs_dv[None, :], mask=rmask[:, None] & dv_mask[None, :], other=0.0)
+        lse2 = tl.load(Lse + l_rows, mask=rmask, other=0.0) * LOG2E
+        delta = tl.load(Delta + l_rows, mask=rmask, other=0.0)
+        k_base = K + batch.to(tl.int64) * stride_kb + hk.to(tl.int64) * stride_kh
+        v_base = V + batch.to(tl.int64) * stride_vb + hk.to(tl.int64) * stride_vh
+        key_row0 = k_start + r * rect_stride
+        dq = tl.zeros([BLOCK_M, D_PAD], tl.float32)
+
+        k_lo = blk * block_size
+        for start in range(0, block_size, BLOCK_N):
+            offs_n = start + tl.arange(0, BLOCK_N)
+            ranks = k_lo + offs_n
+            kmask = (offs_n < block_size) & (ranks < n_k)
+            k_local = tl.load(KPerm + zk64 * n_k + ranks, mask=kmask, other=0)
+            k_rows = (key_row0 + k_local).to(tl.int64)
+            k = tl.load(k_base + k_rows[:, None] * stride_kn + offs_d[None, :],
+                        mask=kmask[:, None] & d_mask[None, :], other=0.0)
+            v = tl.load(v_base + k_rows[:, None] * stride_vn + offs_dv[None, :],
+                        mask=kmask[:, None] & dv_mask[None, :], other=0.0)
+            p, ds = _score_grads(q, k, v, do, lse2, delta, 0.0, rmask[:, None] & kmask[None, :], scale_log2)
+            dq += tl.dot(ds.to(k.dtype), k)
+
+        for start in range(0, num_samples, BLOCK_N):
+            offs_n = start + tl.arange(0, BLOCK_N)
+            smask = offs_n < num_samples
+            s_local = tl.load(SIdx + zk64 * num_samples + offs_n, mask=smask, other=0)
+            s_blk = tl.load(SBlk + zk64 * num_samples + offs_n, mask=smask, other=-1)
+            s_logw = tl.load(SLogW + zk64 * num_samples + offs_n, mask=smask, other=0.0)
+            live = smask & (s_blk != blk)
+            k_rows = (key_row0 + s_local).to(tl.int64)
+            k = tl.load(k_base + k_rows[:, None] * stride_kn + offs_d[None, :],
+                        mask=live[:, None] & d_mask[None, :], other=0.0)
+            v = tl.load(v_base + k_rows[:, None] * stride_vn + offs_dv[None, :],
+                        mask=live[:, None] & dv_mask[None, :], other=0.0)
+            p, ds = _score_grads(q, k, v, do, lse2, delta, (s_logw * LOG2E)[None, :],
+                                 rmask[:, None] & live[None, :], scale_log2)
+            dq += tl.dot(ds.to(k.dtype), k)
+            sample_rows = zk64 * num_samples + offs_n
+            dvs = tl.dot(tl.trans(p).to(do.dtype), do)
+            dks = tl.dot(tl.trans(ds).to(q.dtype), q) * scale
+            tl.atomic_add(DVS + sample_rows[:, None] * HEAD_DIM_V + offs_dv[None, :], dvs,
+                          mask=live[:, None] & dv_mask[None, :])
+            tl.atomic_add(DKS + sample_rows[:, None] * HEAD_DIM + offs_d[None, :], dks,
+                          mask=live[:, None] & d_mask[None, :])
+
+        dq_ptrs = DQ + l_rows[:, None] * HEAD_DIM + offs_d[None, :]  # DQ is laid out like Lse
+        dq_mask = rmask[:, None] & d_mask[None, :]
+        tl.store(dq_ptrs, tl.load(dq_ptrs, mask=dq_mask, other=0.0) + dq * scale, mask=dq_mask)
+
+
+@triton.jit
+def hyper_bwd_dkdv_kernel(
+    Q, K, V, DO, Lse, Delta, DK, DV,
+    QPerm, KPerm,
+    scale, scale_log2,
+    stride_qb, stride_qh, stride_qn,
+    stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn,
+    stride_ob, stride_oh, stride_on,
+    stride_lb, stride_lh,
+    n_q, n_k, block_size, key_tiles_per_block, num_tiles,
+    rects, q_start, k_start, rect_stride,
+    num_kv_heads, group, kv_seq_len,
+    HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
+    D_PAD: tl.constexpr, DV_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """dK, dV of one tile of one key block (block part only), over every query head of its
+    kv head and every query of the block. DK, DV: contiguous fp32 (B, Hkv, kv_seq_len, *)."""
+    pid = tl.program_id(0)
+    zk = pid // num_tiles
+    tile = pid % num_tiles
+    blk = tile // key_tiles_per_block
+    z = zk // num_kv_heads
+    hk = zk % num_kv_heads
+    batch = z // rects
+    r = z % rects
+    num_q_heads = num_kv_heads * group
+
+    offs_n = (tile % key_tiles_per_block) * BLOCK_N + tl.arange(0, BLOCK_N)
+    ranks = blk * block_size + offs_n
+    kmask = (offs_n < block_size) & (ranks < n_k)
+    offs_d = tl.arange(0, D_PAD)
+    offs_dv = tl.arange(0, DV_PAD)
+    d_mask = offs_d < HEAD_DIM
+    dv_mask = offs_dv < HEAD_DIM_V
+
+    k_local = tl.load(KPerm + zk.to(tl.int64) * n_k + ranks, mask=kmask, other=0)
+    k_rows = (k_start + r * rect_stride + k_local).to(tl.int64)
+    k = tl.load(K + batch.to(tl.int64) * stride_kb + hk.to(tl.int64) * stride_kh + k_rows[:, None] * stride_kn
+                + offs_d[None, :], mask=kmask[:, None] & d_mask[None, :], other=0.0)
+    v = tl.load(V + batch.to(tl.int64) * stride_vb + hk.to(tl.int64) * stride_vh + k_rows[:, None] * stride_vn
+                + offs_dv[None, :], mask=kmask[:, None] & dv_mask[None, :], other=0.0)
+    dk = tl.zeros([BLOCK_N, D_PAD], tl.float32)
+    dv = tl.zeros([BLOCK_N, DV_PAD], tl.float32)
+
+    q_lo = (blk * block_size * n_q + n_k - 1) // n_k
+    q_hi = tl.minimum(((blk + 1) * block_size * n_q + n_k - 1) // n_k, n_q)
+    for g in range(0, group):
+        h = hk * group + g
+        zh64 = (z * num_q_heads + h).to(tl.int64)
+        q_base = Q + batch.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
+        for row0 in range(q_lo, q_hi, BLOCK_M):
+            offs_m = row0 + tl.arange(0, BLOCK_M)
+            rmask = offs_m < q_hi
+            q_local = tl.load(QPerm + zh64 * n_q + offs_m, mask=rmask, other=0)
+            q_rows = (q_start + r * rect_stride + q_local).to(tl.int64)
+            q = tl.load(q_base + q_rows[:, None] * stride_qn + offs_d[None, :],
+                        mask=rmask[:, None] & d_mask[None, :], other=0.0)
+            o_rows = batch.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + q_rows * stride_on
+            l_rows = batch.to(tl.int64) * stride_lb + h.to(tl.int64) * stride_lh + q_rows
+            do = tl.load(DO + o_rows[:, None] + offs_dv[None, :], mask=rmask[:, None] & dv_mask[None, :], other=0.0)
+            lse2 = tl.load(Lse + l_rows, mask=rmask, other=0.0) * LOG2E
+            delta = tl.load(Delta + l_rows, mask=rmask, other=0.0)
+            p, ds = _score_grads(q, k, v, do, lse2, delta, 0.0, rmask[:, None] & kmask[None, :], scale_log2)
+            dv += tl.dot(tl.trans(p).to(do.dtype), do)
+            dk += tl.dot(tl.trans(ds).to(q.dtype), q)
+
+    kv_rows = (batch.to(tl.int64) * num_kv_heads + hk) * kv_seq_len + k_rows
+    dk_ptrs = DK + kv_rows[:, None] * HEAD_DIM + offs_d[None, :]
+    dv_ptrs = DV + kv_rows[:, None] * HEAD_DIM_V + offs_dv[None, :]
+    dk_mask = kmask[:, None] & d_mask[None, :]
+    dv_mask2 = kmask[:, None] & dv_mask[None, :]
+    tl.store(dk_ptrs, tl.load(dk_ptrs, mask=dk_mask, other=0.0) + dk * scale, mask=dk_mask)
+    tl.store(dv_ptrs, tl.load(dv_ptrs, mask=dv_mask2, other=0.0) + dv, mask=dv_mask2)
+
+
+@triton.jit
+def dense_bwd_dq_kernel(
+    Q, K, V, DO, Lse, Delta, DQ,
+    scale, scale_log2,
+    stride_qb, stride_qh, stride_qn,
+    stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn,
+    stride_ob, stride_oh, stride_on,
+    stride_lb, stride_lh,
+    n_q, n_k, num_tiles,
+    rects, q_start, k_start, rect_stride,
+    num_q_heads, group,
+    CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
+    D_PAD: tl.constexpr, DV_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """dQ of one tile of consecutive queries of an exact (optionally causal) part."""
+    pid = tl.program_id(0)
+    zh = pid // num_tiles
+    tile = pid % num_tiles
+    z = zh // num_q_heads
+    h = zh % num_q_heads
+    hk = h // group
+    batch = z // rects
+    r = z % rects
+
+    offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+    rmask = offs_m < n_q
+    offs_d = tl.arange(0, D_PAD)
+    offs_dv = tl.arange(0, DV_PAD)
+    d_mask = offs_d < HEAD_DIM
+    dv_mask = offs_dv < HEAD_DIM_V
+    q_rows = (q_start + r * rect_stride + offs_m).to(tl.int64)
+    q = tl.load(Q + batch.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh + q_rows[:, None] * stride_qn
+                + offs_d[None, :], mask=rmask[:, None] & d_mask[None, :], other=0.0)
+    o_rows = batch.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + q_rows * stride_on
+    l_rows = batch.to(tl.int64) * stride_lb + h.to(tl.int64) * stride_lh + q_rows
+    do = tl.load(DO + o_rows[:, None] + offs_dv[None, :], mask=rmask[:, None] & dv_mask[None, :], other=0.0)
+    lse2 = tl.load(Lse + l_rows, mask=rmask, other=0.0) * LOG2E
+    delta = tl.load(Delta + l_rows, mask=rmask, other=0.0)
+    k_base = K + batch.to(tl.int64) * stride_kb + hk.to(tl.int64) * stride_kh
+    v_base = V + batch.to(tl.int64) * stride_vb + hk.to(tl.int64) * stride_vh
+    key_row0 = k_start + r * rect_stride
+    dq = tl.zeros([BLOCK_M, D_PAD], tl.float32)
+
+    k_hi = n_k
+    if CAUSAL:
+        k_hi = tl.minimum(n_k, n_k - n_q + (tile + 1) * BLOCK_M)
+    for start in range(0, k_hi, BLOCK_N):
+        offs_n = start + tl.arange(0, BLOCK_N)
+        kmask = offs_n < n_k
+        k_rows = (key_row0 + offs_n).to(tl.int64)
+        k = tl.load(k_base + k_rows[:, None] * stride_kn + offs_d[None, :],
+                    mask=kmask[:, None] & d_mask[None, :], other=0.0)
+        v = tl.load(v_base + k_rows[:, None] * stride_vn + offs_dv[None, :],
+                    mask=kmask[:, None] & dv_mask[None, :], other=0.0)
+        visible = rmask[:, None] & kmask[None, :]
+        if CAUSAL:
+            visible = visible & (offs_n[None, :] <= (n_k - n_q + offs_m)[:, None])
+        p, ds = _score_grads(q, k, v, do, lse2, delta, 0.0, visible, scale_log2)
+        dq += tl.dot(ds.to(k.dtype), k)
+
+    dq_ptrs = DQ + l_rows[:, None] * HEAD_DIM + offs_d[None, :]  # DQ is laid out like Lse
+    dq_mask = rmask[:, None] & d_mask[None, :]
+    tl.store(dq_ptrs, tl.load(dq_ptrs, mask=dq_mask, other=0.0) + dq * scale, mask=dq_mask)
+
+
+@triton.jit
+def dense_bwd_dkdv_kernel(
+    Q, K, V, DO, Lse, Delta, DK, DV,
+    scale, scale_log2,
+    stride_qb, stride_qh, stride_qn,
+    stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn,
+    stride_ob, stride_oh, stride_on,
+    stride_lb, stride_lh,
+    n_q, n_k, num_tiles,
+    rects, q_start, k_start, rect_stride,
+    num_kv_heads, group, kv_seq_len,
+    CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
+    D_PAD: tl.constexpr, DV_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """dK, dV of one tile of consecutive keys of an exact part, over the kv head's query heads."""
+    pid = tl.program_id(0)
+    zk = pid // num_tiles
+    tile = pid % num_tiles
+    z = zk // num_kv_heads
+    hk = zk % num_kv_heads
+    batch = z // rects
+    r = z % rects
+    num_q_heads = num_kv_heads * group
+
+    offs_n = tile * BLOCK_N + tl.arange(0, BLOCK_N)
+    kmask = offs_n < n_k
+    offs_d = tl.arange(0, D_PAD)
+    offs_dv = tl.arange(0, DV_PAD)
+    d_mask = offs_d < HEAD_DIM
+    dv_mask = offs_dv < HEAD_DIM_V
+    k_rows = (k_start + r * rect_stride + offs_n).to(tl.int64)
+    k = tl.load(K + batch.to(tl.int64) * stride_kb + hk.to(tl.int64) * stride_kh + k_rows[:, None] * stride_kn
+                + offs_d[None, :], mask=kmask[:, None] & d_mask[None, :], other=0.0)
+    v = tl.load(V + batch.to(tl.int64) * stride_vb + hk.to(tl.int64) * stride_vh + k_rows[:, None] * stride_vn
+                + offs_dv[None, :], mask=kmask[:, None] & dv_mask[None, :], other=0.0)
+    dk = tl.zeros([BLOCK_N, D_PAD], tl.float32)
+    dv = tl.zeros([BLOCK_N, DV_PAD], tl.float32)
+
+    q_lo = 0
+    if CAUSAL:  # first query that sees this key tile
+        q_lo = tl.maximum(0, tile * BLOCK_N - (n_k - n_q))
+        q_lo = (q_lo // BLOCK_M) * BLOCK_M
+    for g in range(0, group):
+        h = hk * group + g
+        q_base = Q + batch.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
+        for row0 in range(q_lo, n_q, BLOCK_M):
+            offs_m = row0 + tl.arange(0, BLOCK_M)
+            rmask = offs_m < n_q
+            q_rows = (q_start + r * rect_stride + offs_m).to(tl.int64)
+            q = tl.load(q_base + q_rows[:, None] * stride_qn + offs_d[None, :],
+                        mask=rmask[:, None] & d_mask[None, :], other=0.0)
+            o_rows = batch.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + q_rows * stride_on
+            l_rows = batch.to(tl.int64) * stride_lb + h.to(tl.int64) * stride_lh + q_rows
+            do = tl.load(DO + o_rows[:, None] + offs_dv[None, :], mask=rmask[:, None] & dv_mask[None, :], other=0.0)
+            lse2 = tl.load(Lse + l_rows, mask=rmask, other=0.0) * LOG2E
+            delta = tl.load(Delta + l_rows, mask=rmask, other=0.0)
+            visible = rmask[:, None] & kmask[None, :]
+            if CAUSAL:
+                visible = visible & (offs_n[None, :] <= (n_k - n_q + offs_m)[:, None])
+            p, ds = _score_grads(q, k, v, do, lse2, delta, 0.0, visible, scale_log2)
+            dv += tl.dot(tl.trans(p).to(do.dtype), do)
+            dk += tl.dot(tl.trans(ds).to(q.dtype), q)
+
+    kv_rows = (batch.to(tl.int64) * num_kv_heads + hk) * kv_seq_len + k_rows
+    dk_ptrs = DK + kv_rows[:, None] * HEAD_DIM + offs_d[None, :]
+    dv_ptrs = DV + kv_rows[:, None] * HEAD_DIM_V + offs_dv[None, :]
+    dk_mask = kmask[:, None] & d_mask[None, :]
+    dv_mask2 = kmask[:, None] & dv_mask[None, :]
+    tl.store(dk_ptrs, tl.load(dk_ptrs, mask=dk_mask, other=0.0) + dk * scale, mask=dk_mask)
+    tl.store(dv_ptrs, tl.load(dv_ptrs, mask=dv_mask2, other=0.0) + dv, mask=dv_mask2)

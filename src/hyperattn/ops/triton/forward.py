@@ -1,0 +1,211 @@
+"""Forward kernels: attention over one part of the pattern, merged into fp32 accumulators.
+
+A *part* is a batch of problems of one shape: the whole input, the rectangles of one causal
+level, the diagonal leaves, the prefix. Problem ``z = batch * rects + r`` reads query rows
+``q_start + r * rect_stride + i`` and key rows ``k_start + r * rect_stride + j`` of the
+original tensors, so no part is ever copied. Scores live in the log2 domain; the stored
+lse is natural-log. Offsets that scale with the sequence are 64-bit.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+LOG2E: tl.constexpr = 1.4426950408889634
+LN2: tl.constexpr = 0.6931471805599453
+
+
+@triton.jit
+def _softmax_step(s, v, m_i, l_i, acc):
+    """One online-softmax step. s (BM, BN) fp32 log2 scores (-inf masked), v (BN, DV)."""
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(s - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    return m_new, l_i, acc
+
+
+@triton.jit
+def _finish_rows(Out, Lse, o_rows, lse_rows, offs_dv, rmask, acc, m_i, l_i, MERGE: tl.constexpr,
+                 HEAD_DIM_V: tl.constexpr):
+    """Normalize and store (or merge into) the fp32 accumulators at the given rows.
+
+    o_rows (BM,) int64 offsets of the rows in Out, lse_rows (BM,) int64 offsets in Lse."""
+    lse2 = m_i + tl.log2(l_i)
+    out = acc / l_i[:, None]
+    o_ptrs = Out + o_rows[:, None] + offs_dv[None, :]
+    o_mask = rmask[:, None] & (offs_dv[None, :] < HEAD_DIM_V)
+    if MERGE:
+        prev2 = tl.load(Lse + lse_rows, mask=rmask, other=0.0) * LOG2E
+        prev_out = tl.load(o_ptrs, mask=o_mask, other=0.0)
+        top = tl.maximum(prev2, lse2)
+        w_prev = tl.exp2(prev2 - top)
+        w_new = tl.exp2(lse2 - top)
+        total = w_prev + w_new
+        out = (w_prev[:, None] * prev_out + w_new[:, None] * out) / total[:, None]
+        lse2 = top + tl.log2(total)
+    tl.store(o_ptrs, out, mask=o_mask)
+    tl.store(Lse + lse_rows, lse2 * LN2, mask=rmask)
+
+
+@triton.jit
+def hyper_fwd_kernel(
+    Q, K, V, Out, Lse,
+    QPerm, KPerm, SIdx, SBlk, SLogW,
+    scale_log2,
+    stride_qb, stride_qh, stride_qn,
+    stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn,
+    stride_ob, stride_oh, stride_on,
+    stride_lb, stride_lh,
+    n_q, n_k, num_samples, block_size, tiles_per_block, num_tiles,
+    rects, q_start, k_start, rect_stride,
+    num_q_heads, group,
+    MERGE: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
+    D_PAD: tl.constexpr, DV_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """One program: one tile of the sorted queries of one key block, one (problem, head).
+
+    Attends to the key block (through KPerm) and to the sampled keys outside it (through
+    SIdx, with log-weights SLogW), in one online softmax."""
+    pid = tl.program_id(0)
+    zh = pid // num_tiles
+    tile = pid % num_tiles
+    blk = tile // tiles_per_block
+    z = zh // num_q_heads
+    h = zh % num_q_heads
+    hk = h // group
+    batch = z // rects
+    r = z % rects
+
+    # Sorted query ranks of this key block: p with (p * n_k // n_q) // block_size == blk.
+    q_lo = (blk * block_size * n_q + n_k - 1) // n_k
+    q_hi = tl.minimum(((blk + 1) * block_size * n_q + n_k - 1) // n_k, n_q)
+    row0 = q_lo + (tile % tiles_per_block) * BLOCK_M
+    if row0 < q_hi:
+        offs_m = row0 + tl.arange(0, BLOCK_M)
+        rmask = offs_m < q_hi
+        offs_d = tl.arange(0, D_PAD)
+        offs_dv = tl.arange(0, DV_PAD)
+        d_mask = offs_d < HEAD_DIM
+        dv_mask = offs_dv < HEAD_DIM_V
+
+        zh64 = zh.to(tl.int64)
+        zk64 = (z * (num_q_heads // group) + hk).to(tl.int64)
+        q_local = tl.load(QPerm + zh64 * n_q + offs_m, mask=rmask, other=0)
+        q_rows = (q_start + r * rect_stride + q_local).to(tl.int64)
+        q_base = Q + batch.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
+        q = tl.load(q_base + q_rows[:, None] * stride_qn + offs_d[None, :],
+                    mask=rmask[:, None] & d_mask[None, :], other=0.0)
+        k_base = K + batch.to(tl.int64) * stride_kb + hk.to(tl.int64) * stride_kh
+        v_base = V + batch.to(tl.int64) * stride_vb + hk.to(tl.int64) * stride_vh
+        key_row0 = k_start + r * rect_stride
+
+        m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_M], tl.float32)
+        acc = tl.zeros([BLOCK_M, DV_PAD], tl.float32)
+
+        k_lo = blk * block_size
+        for start in range(0, block_size, BLOCK_N):
+            offs_n = start + tl.arange(0, BLOCK_N)
+            ranks = k_lo + offs_n
+            kmask = (offs_n < block_size) & (ranks < n_k)
+            k_local = tl.load(KPerm + zk64 * n_k + ranks, mask=kmask, other=0)
+            k_rows = (key_row0 + k_local).to(tl.int64)
+            k = tl.load(k_base + k_rows[:, None] * stride_kn + offs_d[None, :],
+                        mask=kmask[:, None] & d_mask[None, :], other=0.0)
+            v = tl.load(v_base + k_rows[:, None] * stride_vn + offs_dv[None, :],
+                        mask=kmask[:, None] & dv_mask[None, :], other=0.0)
+            s = tl.dot(q, tl.trans(k)) * scale_log2
+            s = tl.where(kmask[None, :], s, float("-inf"))
+            m_i, l_i, acc = _softmax_step(s, v, m_i, l_i, acc)
+
+        for start in range(0, num_samples, BLOCK_N):
+            offs_n = start + tl.arange(0, BLOCK_N)
+            smask = offs_n < num_samples
+            s_local = tl.load(SIdx + zk64 * num_samples + offs_n, mask=smask, other=0)
+            s_blk = tl.load(SBlk + zk64 * num_samples + offs_n, mask=smask, other=-1)
+            s_logw = tl.load(SLogW + zk64 * num_samples + offs_n, mask=smask, other=0.0)
+            smask = smask & (s_blk != blk)
+            k_rows = (key_row0 + s_local).to(tl.int64)
+            k = tl.load(k_base + k_rows[:, None] * stride_kn + offs_d[None, :],
+                        mask=smask[:, None] & d_mask[None, :], other=0.0)
+            v = tl.load(v_base + k_rows[:, None] * stride_vn + offs_dv[None, :],
+                        mask=smask[:, None] & dv_mask[None, :], other=0.0)
+            s = tl.dot(q, tl.trans(k)) * scale_log2 + (s_logw * LOG2E)[None, :]
+            s = tl.where(smask[None, :], s, float("-inf"))
+            m_i, l_i, acc = _softmax_step(s, v, m_i, l_i, acc)
+
+        o_rows = batch.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + q_rows * stride_on
+        lse_rows = batch.to(tl.int64) * stride_lb + h.to(tl.int64) * stride_lh + q_rows
+        _finish_rows(Out, Lse, o_rows, lse_rows, offs_dv, rmask, acc, m_i, l_i, MERGE, HEAD_DIM_V)
+
+
+@triton.jit
+def dense_fwd_kernel(
+    Q, K, V, Out, Lse,
+    scale_log2,
+    stride_qb, stride_qh, stride_qn,
+    stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn,
+    stride_ob, stride_oh, stride_on,
+    stride_lb, stride_lh,
+    n_q, n_k, num_tiles,
+    rects, q_start, k_start, rect_stride,
+    num_q_heads, group,
+    CAUSAL: tl.constexpr, MERGE: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
+    D_PAD: tl.constexpr, DV_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """Exact attention of one tile of consecutive queries of one (problem, head); causal is
+    bottom-right aligned (query i sees keys j <= n_k - n_q + i)."""
+    pid = tl.program_id(0)
+    zh = pid // num_tiles
+    tile = pid % num_tiles
+    z = zh // num_q_heads
+    h = zh % num_q_heads
+    hk = h // group
+    batch = z // rects
+    r = z % rects
+
+    offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+    rmask = offs_m < n_q
+    offs_d = tl.arange(0, D_PAD)
+    offs_dv = tl.arange(0, DV_PAD)
+    d_mask = offs_d < HEAD_DIM
+    dv_mask = offs_dv < HEAD_DIM_V
+
+    q_rows = (q_start + r * rect_stride + offs_m).to(tl.int64)
+    q_base = Q + batch.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
+    q = tl.load(q_base + q_rows[:, None] * stride_qn + offs_d[None, :],
+                mask=rmask[:, None] & d_mask[None, :], other=0.0)
+    k_base = K + batch.to(tl.int64) * stride_kb + hk.to(tl.int64) * stride_kh
+    v_base = V + batch.to(tl.int64) * stride_vb + hk.to(tl.int64) * stride_vh
+    key_row0 = k_start + r * rect_stride
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, DV_PAD], tl.float32)
+
+    k_hi = n_k
+    if CAUSAL:
+        k_hi = tl.minimum(n_k, n_k - n_q + (tile + 1) * BLOCK_M)
+    for start in range(0, k_hi, BLOCK_N):
+        offs_n = start + tl.arange(0, BLOCK_N)
+        kmask = offs_n < n_k
+        k_rows = (key_row0 + offs_n).to(tl.int64)
+        k = tl.load(k_base + k_rows[:, None] * stride_kn + offs_d[None, :],
+                    mask=kmask[:, None] & d_mask[None, :], other=0.0)
+        v = tl.load(v_base + k_rows[:, None] * stride_vn + offs_dv[None, :],
+                    mask=kmask[:, None] & dv_mask[None, :], other=0.0)
+        s = tl.dot(q, tl.trans(k)) * scale_log2
+        visible = kmask[None, :]
+        if CAUSAL:
+            visible = visible & (offs_n[None, :] <= (n_k - n_q + offs_m)[:, None])
+        s = tl.where(visible, s, float("-inf"))
+        m_i, l_i, acc = _softmax_step(s, v, m_i, l_i, acc)
+
+    o_rows = batch.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + q_rows * stride_on
+    lse_rows = batch.to(tl.int64) * stride_lb + h.to(tl.int64) * stride_lh + q_rows
+    _finish_rows(Out, Lse, o_rows, lse_rows, offs_dv, rmask, acc, m_i, l_i, MERGE, HEAD_DIM_V)

@@ -1,0 +1,214 @@
+"""Fused Triton executors: the same plans as ``hyperattn.ops.reference``, run as kernels.
+
+fp16 and bf16 inputs on CUDA (or any device under ``TRITON_INTERPRET=1``); the output is in
+the input dtype, lse float32. Every part of the pattern is one launch that merges into fp32
+accumulators; the backward recomputes probabilities from the final lse, so gradients
+include every merge.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+import triton
+
+from hyperattn.ops.triton.backward import (
+    dense_bwd_dkdv_kernel,
+    dense_bwd_dq_kernel,
+    hyper_bwd_dkdv_kernel,
+    hyper_bwd_dq_kernel,
+)
+from hyperattn.ops.triton.forward import dense_fwd_kernel, hyper_fwd_kernel
+from hyperattn.plan import AttentionPlan, CausalPlan
+
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
+
+
+@dataclass(frozen=True)
+class Part:
+    """One launch: ``rects`` problems per batch row, problem r reading query rows
+    ``q_start + r * rect_stride + [0, n_q)`` and key rows ``k_start + r * rect_stride + [0, n_k)``.
+
+    ``plan`` None means exact attention (causal: bottom-right within the problem).
+    ``merge``: merge into rows an earlier part wrote (else write them)."""
+
+    plan: AttentionPlan | None
+    causal: bool
+    merge: bool
+    rects: int
+    q_start: int
+    k_start: int
+    rect_stride: int
+    n_q: int
+    n_k: int
+
+
+def parts_of(plan: AttentionPlan | CausalPlan | None, n_q: int, n_k: int, causal: bool) -> list[Part]:
+    """The launches that execute ``plan`` (None: exact attention) over (n_q, n_k) rows."""
+    if plan is None or isinstance(plan, AttentionPlan):
+        return [Part(plan, causal and plan is None, False, 1, 0, 0, 0, n_q, n_k)]
+    s = plan.schedule
+    head, prefix = s.head_len, s.prefix_len + s.head_len
+    parts = [Part(None, True, False, s.num_leaves, head, prefix, s.leaf_len, s.leaf_len, s.leaf_len)]
+    if head > 0:
+        parts.append(Part(None, True, False, 1, 0, 0, 0, head, prefix))
+    for level, level_plan in enumerate(plan.level_plans, start=1):
+        side = s.rectangle_side(level)
+        parts.append(Part(level_plan, False, True, s.num_rectangles(level), head + side, prefix, 2 * side, side, side))
+    if plan.prefix_plan is not None:
+        parts.append(Part(plan.prefix_plan, False, True, 1, head, 0, 0, s.main_len, prefix))
+    return parts
+
+
+def _launch_config(head_dim: int, head_dim_v: int) -> dict:
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return dict(BLOCK_M=16, BLOCK_N=16)
+    widest = max(head_dim, head_dim_v)
+    if widest <= 64:
+        return dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3)
+    if widest <= 128:
+        return dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2)
+    return dict(BLOCK_M=64, BLOCK_N=32, num_warps=8, num_stages=1)
+
+
+def _dims(q, v) -> dict:
+    d, dv = q.shape[-1], v.shape[-1]
+    return dict(HEAD_DIM=d, HEAD_DIM_V=dv, D_PAD=max(16, triton.next_power_of_2(d)),
+                DV_PAD=max(16, triton.next_power_of_2(dv)))
+
+
+def _strides(*tensors) -> list[int]:
+    out = []
+    for x in tensors:
+        out.extend(x.stride()[:-1] if x.dim() == 4 else x.stride()[:2])
+    return out
+
+
+def _hyper_tiles(part: Part, block_m: int) -> tuple[int, int, int]:
+    """(query tiles per key block, key blocks, tiles) of a hyper part."""
+    b = part.plan.block_size
+    num_blocks = -(-part.n_k // b)
+    rows_per_block = -(-b * part.n_q // part.n_k) + 1
+    tiles_per_block = -(-rows_per_block // block_m)
+    return tiles_per_block, num_blocks, tiles_per_block * num_blocks
+
+
+def attention_forward(q, k, v, parts: list[Part], scale: float, poison: bool = False):
+    """Run the parts; returns out (B, Hq, Nq, Dv) in q's dtype and lse (B, Hq, Nq) float32.
+
+    ``poison`` fills the accumulators with NaN first, so rows no part wrote show up."""
+    batch, num_q_heads, n_q, _ = q.shape
+    num_kv_heads = k.shape[1]
+    fill = float("nan") if poison else 0.0
+    out = torch.full((batch, num_q_heads, n_q, v.shape[-1]), fill, dtype=torch.float32, device=q.device)
+    lse = torch.full((batch, num_q_heads, n_q), fill, dtype=torch.float32, device=q.device)
+    cfg, dims = _launch_config(q.shape[-1], v.shape[-1]), _dims(q, v)
+    strides = _strides(q, k, v, out, lse)
+    scale_log2 = scale * math.log2(math.e)
+    group = num_q_heads // num_kv_heads
+    for part in parts:
+        geometry = (part.rects, part.q_start, part.k_start, part.rect_stride, num_q_heads, group)
+        problems = batch * part.rects * num_q_heads
+        if part.plan is None:
+            tiles = triton.cdiv(part.n_q, cfg["BLOCK_M"])
+            dense_fwd_kernel[(problems * tiles,)](
+                q, k, v, out, lse, scale_log2, *strides, part.n_q, part.n_k, tiles, *geometry,
+                CAUSAL=part.causal, MERGE=part.merge, **dims, **cfg)
+        else:
+            p = part.plan
+            tiles_per_block, _, tiles = _hyper_tiles(part, cfg["BLOCK_M"])
+            hyper_fwd_kernel[(problems * tiles,)](
+                q, k, v, out, lse, p.q_perm, p.k_perm, p.sample_idx, p.sample_block, p.sample_log_weight,
+                scale_log2, *strides, part.n_q, part.n_k, p.sample_idx.shape[-1], p.block_size,
+                tiles_per_block, tiles, *geometry, MERGE=part.merge, **dims, **cfg)
+    return out.to(q.dtype), lse
+
+
+def attention_backward(dout, dlse, q, k, v, out, lse, parts: list[Part], scale: float):
+    """Gradients of ``attention_forward``'s (out, lse) with respect to q, k, v."""
+    batch, num_q_heads, n_q, d = q.shape
+    num_kv_heads, n_k, dv = k.shape[1], k.shape[2], v.shape[-1]
+    dout = dout.contiguous()
+    delta = (dout.float() * out.float()).sum(-1)
+    if dlse is not None:
+        delta = delta - dlse.float()
+    delta = delta.contiguous()
+    dq = torch.zeros(batch, num_q_heads, n_q, d, dtype=torch.float32, device=q.device)
+    dk = torch.zeros(batch, num_kv_heads, n_k, d, dtype=torch.float32, device=q.device)
+    dvv = torch.zeros(batch, num_kv_heads, n_k, dv, dtype=torch.float32, device=q.device)
+    cfg, dims = _launch_config(d, dv), _dims(q, v)
+    strides = _strides(q, k, v, dout, lse)
+    scale_log2 = scale * math.log2(math.e)
+    group = num_q_heads // num_kv_heads
+    for part in parts:
+        q_geometry = (part.rects, part.q_start, part.k_start, part.rect_stride, num_q_heads, group)
+        kv_geometry = (part.rects, part.q_start, part.k_start, part.rect_stride, num_kv_heads, group, n_k)
+        problems = batch * part.rects
+        if part.plan is None:
+            q_tiles = triton.cdiv(part.n_q, cfg["BLOCK_M"])
+            k_tiles = triton.cdiv(part.n_k, cfg["BLOCK_N"])
+            dense_bwd_dq_kernel[(problems * num_q_heads * q_tiles,)](
+                q, k, v, dout, lse, delta, dq, scale, scale_log2, *strides, part.n_q, part.n_k, q_tiles,
+                *q_geometry, CAUSAL=part.causal, **dims, **cfg)
+            dense_bwd_dkdv_kernel[(problems * num_kv_heads * k_tiles,)](
+                q, k, v, dout, lse, delta, dk, dvv, scale, scale_log2, *strides, part.n_q, part.n_k, k_tiles,
+                *kv_geometry, CAUSAL=part.causal, **dims, **cfg)
+            continue
+        p = part.plan
+        num_samples = p.sample_idx.shape[-1]
+        tiles_per_block, num_blocks, tiles = _hyper_tiles(part, cfg["BLOCK_M"])
+        dks = torch.zeros(*p.sample_idx.shape, d, dtype=torch.float32, device=q.device)
+        dvs = torch.zeros(*p.sample_idx.shape, dv, dtype=torch.float32, device=q.device)
+        hyper_bwd_dq_kernel[(problems * num_q_heads * tiles,)](
+            q, k, v, dout, lse, delta, dq, dks, dvs, p.q_perm, p.k_perm, p.sample_idx, p.sample_block,
+            p.sample_log_weight, scale, scale_log2, *strides, part.n_q, part.n_k, num_samples, p.block_size,
+            tiles_per_block, tiles, *q_geometry, **dims, **cfg)
+        key_tiles_per_block = triton.cdiv(p.block_size, cfg["BLOCK_N"])
+        key_tiles = key_tiles_per_block * num_blocks
+        hyper_bwd_dkdv_kernel[(problems * num_kv_heads * key_tiles,)](
+            q, k, v, dout, lse, delta, dk, dvv, p.q_perm, p.k_perm, scale, scale_log2, *strides,
+            part.n_q, part.n_k, p.block_size, key_tiles_per_block, key_tiles, *kv_geometry, **dims, **cfg)
+        if num_samples:
+            _add_sample_grads(dk, dks, part, p)
+            _add_sample_grads(dvv, dvs, part, p)
+    return dq.to(q.dtype), dk.to(k.dtype), dvv.to(v.dtype)
+
+
+def _add_sample_grads(grad: torch.Tensor, sample_grad: torch.Tensor, part: Part, plan: AttentionPlan) -> None:
+    """grad (B, Hkv, Nk, D) += sample_grad (Z, Hkv, m, D) at the sampled keys' rows."""
+    z, num_kv_heads, m = plan.sample_idx.shape
+    problem = torch.arange(z, device=grad.device).view(z, 1, 1)
+    rows = part.k_start + (problem % part.rects) * part.rect_stride + plan.sample_idx
+    batch_index = (problem // part.rects).expand(z, num_kv_heads, m)
+    head_index = torch.arange(num_kv_heads, device=grad.device).view(1, num_kv_heads, 1).expand(z, num_kv_heads, m)
+    grad.index_put_((batch_index, head_index, rows), sample_grad, accumulate=True)
+
+
+class _TritonAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, parts, scale):
+        out, lse = attention_forward(q, k, v, parts, scale)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.parts, ctx.scale = parts, scale
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, dout, dlse):
+        q, k, v, out, lse = ctx.saved_tensors
+        if dout is None:
+            dout = torch.zeros_like(out)
+        dq, dk, dv = attention_backward(dout, dlse, q, k, v, out, lse, ctx.parts, ctx.scale)
+        return dq, dk, dv, None, None
+
+
+def triton_attention(q, k, v, plan: AttentionPlan | CausalPlan | None, scale: float, causal: bool):
+    """Attention over ``plan`` (None: exact attention) with fused kernels; differentiable.
+
+    q (B, Hq, Nq, D), k (B, Hkv, Nk, D), v (B, Hkv, Nk, Dv), fp16 or bf16, last dim contiguous.
+    Returns out (B, Hq, Nq, Dv) in q's dtype and lse (B, Hq, Nq) float32."""
+    q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
+    parts = parts_of(plan, q.shape[2], k.shape[2], causal)
+    return _TritonAttention.apply(q, k, v, parts, scale)
