@@ -25,6 +25,7 @@ def test_defaults_are_the_papers():
         ("min_seq_len", None, TypeError),
         ("sampling", "random", ValueError),
         ("sampling", 1, ValueError),
+        ("impl", "cuda", ValueError),
     ],
 )
 def test_bad_values_name_the_field(field, value, error):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
+
 import torch
 
 from hyperattn.config import HyperAttentionConfig, check_scale
@@ -64,9 +67,38 @@ def _finish(q, out, lse, return_lse):
     return out, lse if q.dtype == torch.float64 else lse.float()
 
 
-def _exact(q, k, v, scale, causal, return_lse):
-    """Exact attention: PyTorch SDPA for the output alone, the reference executor with lse."""
+TRITON_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def _use_triton(q: torch.Tensor, impl: str) -> bool:
+    """Path choice: fused Triton kernels or the PyTorch reference executor."""
+    if impl == "reference":
+        return False
+    interpreting = os.environ.get("TRITON_INTERPRET") == "1"
+    available = importlib.util.find_spec("triton") is not None and (q.is_cuda or interpreting)
+    if impl == "triton":
+        if not available:
+            raise ValueError(
+                f"config.impl='triton' needs Triton and a CUDA tensor (or TRITON_INTERPRET=1), got a tensor on "
+                f"{q.device}; use impl='auto' or 'reference'"
+            )
+        if q.dtype not in TRITON_DTYPES:
+            raise TypeError(
+                f"config.impl='triton' supports float16 and bfloat16 inputs, got {q.dtype}; "
+                f"use impl='auto' or 'reference'"
+            )
+        return True
+    return available and q.is_cuda and q.dtype in TRITON_DTYPES
+
+
+def _exact(q, k, v, scale, causal, return_lse, use_triton):
+    """Exact attention: PyTorch SDPA for the output alone; with lse, the fused kernel or
+    the reference executor."""
     if return_lse:
+        if use_triton:
+            from hyperattn.ops.triton.interface import triton_attention
+
+            return triton_attention(q, k, v, None, scale, causal)
         out, lse = exact_attention_reference(q, k, v, scale, causal)
         return _finish(q, out, lse, True)
     nq, nk = q.shape[2], k.shape[2]
@@ -106,7 +138,7 @@ def exact_attention(q, k, v, causal: bool = False, scale: float | None = None, r
     scale = check_scale(scale, q.shape[-1])
     if q.numel() == 0 or k.shape[2] == 0:
         return _empty_result(q, v, return_lse)
-    return _exact(q, k, v, scale, causal, return_lse)
+    return _exact(q, k, v, scale, causal, return_lse, _use_triton(q, "auto"))
 
 
 def hyper_attention(
@@ -147,13 +179,17 @@ def hyper_attention(
     elif not isinstance(config, HyperAttentionConfig):
         raise TypeError(f"config must be a HyperAttentionConfig or None, got {type(config).__name__}")
     generator = _make_generator(seed)
+    use_triton = _use_triton(q, config.impl)
     if q.numel() == 0 or k.shape[2] == 0:
         return _empty_result(q, v, return_lse)
-    num_queries = q.shape[2]
-    if num_queries <= config.min_seq_len:
-        return _exact(q, k, v, scale, causal, return_lse)
+    if q.shape[2] <= config.min_seq_len:
+        return _exact(q, k, v, scale, causal, return_lse, use_triton)
     plan = plan_hyper_attention(q, k, v, causal, config, generator)
-    if causal:
+    if use_triton:
+        from hyperattn.ops.triton.interface import triton_attention
+
+        out, lse = triton_attention(q, k, v, plan, scale, causal)
+    elif causal:
         out, lse = causal_hyper_attention_reference(q, k, v, plan, scale)
     else:
         out, lse = hyper_attention_reference(q, k, v, plan, scale)

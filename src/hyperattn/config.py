@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 
 SAMPLING_METHODS = ("uniform", "value_norm")
+IMPLEMENTATIONS = ("auto", "reference", "triton")
 MAX_LSH_NUM_PROJS = 16
 
 
@@ -34,6 +35,9 @@ class HyperAttentionConfig:
         sampling: ``"uniform"`` (each sampled term weighted by ``n_k / m``) or
             ``"value_norm"`` (keys drawn with probability ``p_j`` proportional to
             ``||v_j||^2``, each term weighted by ``1 / (m p_j)``).
+        impl: ``"auto"`` (fused Triton kernels for fp16/bf16 CUDA tensors, the PyTorch
+            reference otherwise), ``"reference"`` or ``"triton"`` (fp16/bf16 only; CUDA, or
+            any device under ``TRITON_INTERPRET=1``).
     """
 
     block_size: int = 256
@@ -41,6 +45,7 @@ class HyperAttentionConfig:
     lsh_num_projs: int = 7
     min_seq_len: int = 4096
     sampling: str = "uniform"
+    impl: str = "auto"
 
     def __post_init__(self) -> None:
         _check_int("block_size", self.block_size, 1)
@@ -51,6 +56,8 @@ class HyperAttentionConfig:
             raise ValueError(
                 f"HyperAttentionConfig.sampling must be one of {SAMPLING_METHODS}, got {self.sampling!r}"
             )
+        if not isinstance(self.impl, str) or self.impl not in IMPLEMENTATIONS:
+            raise ValueError(f"HyperAttentionConfig.impl must be one of {IMPLEMENTATIONS}, got {self.impl!r}")
 
 
 def check_scale(scale, head_dim: int) -> float:

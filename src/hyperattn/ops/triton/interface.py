@@ -187,28 +187,86 @@ def _add_sample_grads(grad: torch.Tensor, sample_grad: torch.Tensor, part: Part,
     grad.index_put_((batch_index, head_index, rows), sample_grad, accumulate=True)
 
 
-class _TritonAttention(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, parts, scale):
-        out, lse = attention_forward(q, k, v, parts, scale)
-        ctx.save_for_backward(q, k, v, out, lse)
-        ctx.parts, ctx.scale = parts, scale
-        return out, lse
+# --- torch.library ops: the parts travel as a flat tensor list and an int list -----------
 
-    @staticmethod
-    def backward(ctx, dout, dlse):
-        q, k, v, out, lse = ctx.saved_tensors
-        if dout is None:
-            dout = torch.zeros_like(out)
-        dq, dk, dv = attention_backward(dout, dlse, q, k, v, out, lse, ctx.parts, ctx.scale)
-        return dq, dk, dv, None, None
+_PART_INTS = 10  # has_plan, causal, merge, rects, q_start, k_start, rect_stride, n_q, n_k, block_size
+
+
+def _encode(parts: list[Part]) -> tuple[list[torch.Tensor], list[int]]:
+    tensors, ints = [], []
+    for part in parts:
+        p = part.plan
+        ints += [int(p is not None), int(part.causal), int(part.merge), part.rects, part.q_start, part.k_start,
+                 part.rect_stride, part.n_q, part.n_k, 0 if p is None else p.block_size]
+        if p is not None:
+            tensors += [p.q_perm, p.k_perm, p.sample_idx, p.sample_block, p.sample_log_weight]
+    return tensors, ints
+
+
+def _decode(tensors: list[torch.Tensor], ints: list[int]) -> list[Part]:
+    parts, next_tensor = [], 0
+    for i in range(0, len(ints), _PART_INTS):
+        has_plan, causal, merge, rects, q_start, k_start, rect_stride, n_q, n_k, block_size = ints[i:i + _PART_INTS]
+        plan = None
+        if has_plan:
+            plan = AttentionPlan(*tensors[next_tensor:next_tensor + 5], block_size=block_size)
+            next_tensor += 5
+        parts.append(Part(plan, bool(causal), bool(merge), rects, q_start, k_start, rect_stride, n_q, n_k))
+    return parts
+
+
+@torch.library.custom_op("hyperattn::attention_fwd", mutates_args=())
+def attention_fwd_op(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan_tensors: list[torch.Tensor], part_ints: list[int],
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return attention_forward(q, k, v, _decode(plan_tensors, part_ints), scale)
+
+
+@attention_fwd_op.register_fake
+def _(q, k, v, plan_tensors, part_ints, scale):
+    batch, heads, n_q, _ = q.shape
+    return q.new_empty(batch, heads, n_q, v.shape[-1]), q.new_empty(batch, heads, n_q, dtype=torch.float32)
+
+
+@torch.library.custom_op("hyperattn::attention_bwd", mutates_args=())
+def attention_bwd_op(
+    dout: torch.Tensor, dlse: torch.Tensor | None, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+    out: torch.Tensor, lse: torch.Tensor, plan_tensors: list[torch.Tensor], part_ints: list[int], scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return attention_backward(dout, dlse, q, k, v, out, lse, _decode(plan_tensors, part_ints), scale)
+
+
+@attention_bwd_op.register_fake
+def _(dout, dlse, q, k, v, out, lse, plan_tensors, part_ints, scale):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, plan_tensors, part_ints, scale = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, *plan_tensors)
+    ctx.part_ints, ctx.scale = part_ints, scale
+
+
+def _backward(ctx, dout, dlse):
+    q, k, v, out, lse, *plan_tensors = ctx.saved_tensors
+    if dout is None:
+        dout = torch.zeros_like(out)
+    dq, dk, dv = attention_bwd_op(dout, dlse, q, k, v, out, lse, plan_tensors, ctx.part_ints, ctx.scale)
+    return dq, dk, dv, [None] * len(plan_tensors), None, None
+
+
+attention_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def triton_attention(q, k, v, plan: AttentionPlan | CausalPlan | None, scale: float, causal: bool):
     """Attention over ``plan`` (None: exact attention) with fused kernels; differentiable.
 
-    q (B, Hq, Nq, D), k (B, Hkv, Nk, D), v (B, Hkv, Nk, Dv), fp16 or bf16, last dim contiguous.
-    Returns out (B, Hq, Nq, Dv) in q's dtype and lse (B, Hq, Nq) float32."""
+    q (B, Hq, Nq, D), k (B, Hkv, Nk, D), v (B, Hkv, Nk, Dv), fp16 or bf16. Returns out
+    (B, Hq, Nq, Dv) in q's dtype and lse (B, Hq, Nq) float32. Runs as the custom op
+    ``hyperattn::attention_fwd`` (backward ``hyperattn::attention_bwd``), so
+    ``torch.compile`` and CUDA graphs treat it as one opaque call."""
     q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
-    parts = parts_of(plan, q.shape[2], k.shape[2], causal)
-    return _TritonAttention.apply(q, k, v, parts, scale)
+    plan_tensors, part_ints = _encode(parts_of(plan, q.shape[2], k.shape[2], causal))
+    return attention_fwd_op(q, k, v, plan_tensors, part_ints, float(scale))

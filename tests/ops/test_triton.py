@@ -1,0 +1,121 @@
+"""Fused kernels against the reference executor on the same plan (Triton's interpreter on CPU)."""
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from hyperattn import HyperAttentionConfig, hyper_attention  # noqa: E402
+from hyperattn.ops import causal_hyper_attention_reference, exact_attention_reference, hyper_attention_reference  # noqa: E402
+from hyperattn.ops.triton.interface import attention_forward, attention_fwd_op, parts_of, triton_attention, _encode  # noqa: E402
+from hyperattn.plan import AttentionPlan, plan_hyper_attention  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DTYPE = torch.float16  # Triton 3.6's interpreter computes bf16 dots wrongly; the GPU check covers bf16
+
+CASES = {
+    # name: (Hq, Hkv, Nq, Nk, D, Dv, block, samples, min_seq_len, causal)
+    "causal-gqa": (4, 2, 96, 96, 32, 32, 16, 20, 16, True),
+    "causal-odd-prefill": (2, 1, 50, 77, 16, 24, 8, 10, 8, True),
+    "causal-mqa-odd": (3, 1, 77, 77, 16, 16, 16, 5, 8, True),
+    "noncausal-longer-q": (2, 2, 70, 45, 16, 16, 8, 10, 8, False),
+    "noncausal-gqa-odd": (4, 2, 37, 83, 32, 16, 16, 12, 8, False),
+    "exact-causal": (2, 1, 40, 40, 16, 16, 8, 10, 64, True),
+    "d64": (2, 1, 48, 48, 64, 64, 16, 16, 16, True),
+    "d128": (2, 1, 40, 40, 128, 128, 16, 16, 16, False),
+    "d256": (1, 1, 36, 36, 256, 256, 16, 16, 16, True),
+}
+
+
+def make_case(name, seed=0, dtype=DTYPE):
+    hq, hkv, nq, nk, d, dv, block, samples, min_len, causal = CASES[name]
+    gen = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(1, h, n, w, generator=gen).to(DEVICE, dtype)
+               for h, n, w in ((hq, nq, d), (hkv, nk, d), (hkv, nk, dv)))
+    cfg = HyperAttentionConfig(block_size=block, sample_size=samples, min_seq_len=min_len)
+    plan = None if nq <= min_len else plan_hyper_attention(q, k, v, causal, cfg, torch.Generator().manual_seed(seed))
+    return q, k, v, plan, causal
+
+
+def reference(q, k, v, plan, causal, scale):
+    if plan is None:
+        return exact_attention_reference(q, k, v, scale, causal)
+    if isinstance(plan, AttentionPlan):
+        return hyper_attention_reference(q, k, v, plan, scale)
+    return causal_hyper_attention_reference(q, k, v, plan, scale)
+
+
+def rel_error(x, ref):
+    return ((x.double() - ref).norm() / ref.norm()).item()
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_forward_matches_reference(name):
+    q, k, v, plan, causal = make_case(name)
+    scale = q.shape[-1] ** -0.5
+    out, lse = attention_forward(q, k, v, parts_of(plan, q.shape[2], k.shape[2], causal), scale, poison=True)
+    assert out.dtype == q.dtype and lse.dtype == torch.float32
+    assert torch.isfinite(out).all() and torch.isfinite(lse).all(), "unwritten rows"
+    want_out, want_lse = reference(*(x.double() for x in (q, k, v)), plan, causal, scale)
+    same_dtype_out, _ = reference(q, k, v, plan, causal, scale)  # the reference's own fp16 rounding
+    same_dtype_error = rel_error(same_dtype_out.to(q.dtype), want_out)
+    assert rel_error(out, want_out) <= 2 * same_dtype_error + 1e-4, "out"
+    assert (lse.double() - want_lse).abs().max() < 1e-3, "lse"
+
+
+@pytest.mark.parametrize("name", ["causal-gqa", "causal-odd-prefill", "noncausal-gqa-odd", "exact-causal", "d64"])
+def test_backward_matches_reference(name):
+    q, k, v, plan, causal = make_case(name, seed=1)
+    scale = q.shape[-1] ** -0.5
+    q, k, v = (x.requires_grad_() for x in (q, k, v))
+    out, lse = triton_attention(q, k, v, plan, scale, causal)
+    gen = torch.Generator().manual_seed(2)
+    dout = torch.randn(out.shape, generator=gen).to(DEVICE)
+    dlse = torch.randn(lse.shape, generator=gen).to(DEVICE)
+    grads = torch.autograd.grad((out.float() * dout).sum() + (lse * dlse).sum(), (q, k, v))
+    q64, k64, v64 = (x.detach().double().requires_grad_() for x in (q, k, v))
+    want_out, want_lse = reference(q64, k64, v64, plan, causal, scale)
+    want = torch.autograd.grad((want_out * dout.double()).sum() + (want_lse * dlse.double()).sum(), (q64, k64, v64))
+    for label, got, ref in zip(("dq", "dk", "dv"), grads, want):
+        assert got.dtype == q.dtype
+        assert rel_error(got, ref) < 2e-3, label
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_api_triton_path_matches_reference_path(causal):
+    gen = torch.Generator().manual_seed(3)
+    q = torch.randn(1, 4, 90, 32, generator=gen).to(DEVICE, DTYPE)
+    k, v = (torch.randn(1, 2, 90, 32, generator=gen).to(DEVICE, DTYPE) for _ in range(2))
+    cfg = dict(block_size=16, sample_size=8, min_seq_len=16)
+    fused = hyper_attention(q, k, v, causal=causal, seed=5, return_lse=True,
+                            config=HyperAttentionConfig(**cfg, impl="triton"))
+    ref = hyper_attention(q, k, v, causal=causal, seed=5, return_lse=True,
+                          config=HyperAttentionConfig(**cfg, impl="reference"))
+    assert rel_error(fused[0], ref[0].double()) < 2e-3
+    assert (fused[1] - ref[1]).abs().max() < 1e-3
+
+
+def test_triton_impl_rejects_float32():
+    q = torch.randn(1, 1, 40, 16)
+    with pytest.raises(TypeError, match="impl='triton'"):
+        hyper_attention(q, q, q, config=HyperAttentionConfig(min_seq_len=8, impl="triton"))
+
+
+def test_custom_op_passes_opcheck():
+    q, k, v, plan, causal = make_case("noncausal-gqa-odd")
+    plan_tensors, part_ints = _encode(parts_of(plan, q.shape[2], k.shape[2], causal))
+    q, k, v = (x.requires_grad_() for x in (q, k, v))
+    torch.library.opcheck(attention_fwd_op, (q, k, v, plan_tensors, part_ints, 0.25),
+                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+
+
+def test_torch_compile_runs_around_the_op():
+    q, k, v, plan, causal = make_case("causal-gqa")
+
+    class Model(torch.nn.Module):
+        def forward(self, q, k, v):
+            out, lse = triton_attention(q * 1.0, k, v, plan, 0.2, causal)
+            return out.float().sum() + lse.sum()
+
+    compiled = torch.compile(Model(), backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(compiled(q, k, v), Model()(q, k, v))
