@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test demo clean
+.PHONY: setup test demo gpu-check clean
 
 setup: $(STAMP)
 
@@ -22,6 +22,10 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/hyperattn demo
+
+# On a CUDA machine: every kernel against the reference at realistic sizes.
+gpu-check: $(STAMP)
+	$(BIN)/python -m hyperattn.testing.gpu
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

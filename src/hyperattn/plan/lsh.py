@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from hyperattn.plan.sampling import to_device
+
 
 def lsh_directions(num_kv_heads: int, head_dim: int, num_projs: int, generator: torch.Generator) -> torch.Tensor:
     """Gaussian hyperplane normals, one set per kv head.
@@ -43,7 +45,7 @@ def lsh_buckets(x: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
     z, h, n, d = x.shape
     hkv, _, r = directions.shape
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    proj_dirs = directions.to(device=x.device, dtype=dtype)
+    proj_dirs = to_device(directions, x.device).to(dtype)
     grouped = x.detach().to(dtype).reshape(z, hkv, h // hkv, n, d)
     projections = torch.einsum("zhgnd,hdr->zhgnr", grouped, proj_dirs)
     powers = 2 ** torch.arange(r, device=x.device, dtype=torch.int64)

@@ -12,6 +12,14 @@ def value_sq_norms(v: torch.Tensor) -> torch.Tensor:
     return v.detach().to(torch.float64).pow(2).sum(-1)
 
 
+def to_device(x: torch.Tensor, device) -> torch.Tensor:
+    """Copy a CPU tensor to ``device`` without blocking the host (pinned memory on CUDA)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return x.pin_memory().to(device, non_blocking=True)
+    return x.to(device)
+
+
 def sample_keys(
     shape: tuple[int, int],
     num_keys: int,
@@ -40,10 +48,10 @@ def sample_keys(
         return (torch.empty(full_shape, dtype=torch.int64, device=device),
                 torch.empty(full_shape, dtype=dtype, device=device))
     if sq_norms is None:
-        indices = torch.randint(num_keys, full_shape, generator=generator).to(device)
+        indices = to_device(torch.randint(num_keys, full_shape, generator=generator), device)
         log_weights = torch.full(full_shape, math.log(num_keys / sample_size), dtype=dtype, device=device)
         return indices, log_weights
-    uniforms = torch.rand(full_shape, generator=generator, dtype=torch.float64).to(device)
+    uniforms = to_device(torch.rand(full_shape, generator=generator, dtype=torch.float64), device)
     totals = sq_norms.sum(-1, keepdim=True)
     masses = torch.where(totals > 0, sq_norms, torch.ones_like(sq_norms))
     cdf = torch.cumsum(masses, -1)

@@ -1,0 +1,125 @@
+"""GPU check: every fused kernel against the reference executor at realistic sizes.
+
+Run on a CUDA machine before any timing: ``python -m hyperattn.testing.gpu``. Inputs are
+fresh random tensors every run; accumulators are poisoned with NaN so unwritten rows
+fail; forward and backward are compared with the float64 reference on the same plan.
+Exits non-zero on any failure and prints a table last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import torch
+
+from hyperattn import HyperAttentionConfig, hyper_attention
+from hyperattn.ops import causal_hyper_attention_reference, exact_attention_reference, hyper_attention_reference
+from hyperattn.ops.triton.interface import attention_forward, parts_of, triton_attention
+from hyperattn.plan import AttentionPlan, plan_hyper_attention
+
+# Relative Frobenius error allowed against float64, per input dtype.
+TOLERANCE = {torch.float16: {"fwd": 3e-3, "bwd": 6e-3}, torch.bfloat16: {"fwd": 2e-2, "bwd": 4e-2}}
+
+# name: (batch, Hq, Hkv, Nq, Nk, D, Dv, causal, config overrides); None config = exact part only
+CASES = [
+    ("causal d64", 1, 8, 8, 16384, 16384, 64, 64, True, {}),
+    ("causal gqa d128", 1, 8, 2, 12000, 12000, 128, 128, True, {}),
+    ("causal d256", 1, 4, 2, 9000, 9000, 256, 256, True, dict(min_seq_len=2048)),
+    ("prefill chunk", 1, 8, 2, 6000, 16384, 64, 64, True, dict(min_seq_len=2048)),
+    ("non-causal odd", 2, 4, 4, 10000, 12345, 64, 64, False, {}),
+    ("value_norm", 1, 4, 4, 16384, 16384, 64, 64, True, dict(sampling="value_norm")),
+    ("small blocks", 1, 4, 2, 8192, 8192, 64, 64, True, dict(block_size=64, sample_size=128, min_seq_len=512)),
+    ("exact lse", 1, 8, 2, 3000, 4000, 64, 64, True, None),
+]
+
+
+def _reference(q, k, v, plan, causal, scale):
+    if plan is None:
+        return exact_attention_reference(q, k, v, scale, causal)
+    if isinstance(plan, AttentionPlan):
+        return hyper_attention_reference(q, k, v, plan, scale)
+    return causal_hyper_attention_reference(q, k, v, plan, scale)
+
+
+def _rel(x, ref):
+    return ((x.double() - ref).norm() / ref.norm()).item()
+
+
+def check_case(name, batch, hq, hkv, nq, nk, d, dv, causal, overrides, dtype, device="cuda"):
+    q = torch.randn(batch, hq, nq, d, device=device, dtype=dtype)
+    k = torch.randn(batch, hkv, nk, d, device=device, dtype=dtype)
+    v = torch.randn(batch, hkv, nk, dv, device=device, dtype=dtype)
+    scale = d ** -0.5
+    plan = None
+    if overrides is not None:
+        cfg = HyperAttentionConfig(**overrides)
+        plan = plan_hyper_attention(q, k, v, causal, cfg, torch.Generator().manual_seed(int(torch.seed() % 2**31)))
+    out, lse = attention_forward(q, k, v, parts_of(plan, nq, nk, causal), scale, poison=True)
+    unwritten = (~torch.isfinite(out)).sum().item() + (~torch.isfinite(lse)).sum().item()
+
+    q64, k64, v64 = (x.detach().double().requires_grad_() for x in (q, k, v))
+    ref_out, ref_lse = _reference(q64, k64, v64, plan, causal, scale)
+    dout = torch.randn_like(ref_out)
+    dlse = torch.randn_like(ref_lse)
+    ref_grads = torch.autograd.grad((ref_out * dout).sum() + (ref_lse * dlse).sum(), (q64, k64, v64))
+
+    qg, kg, vg = (x.detach().requires_grad_() for x in (q, k, v))
+    out2, lse2 = triton_attention(qg, kg, vg, plan, scale, causal)
+    grads = torch.autograd.grad((out2.float() * dout.float()).sum() + (lse2 * dlse.float()).sum(), (qg, kg, vg))
+    errors = {"out": _rel(out, ref_out), "lse": (lse.double() - ref_lse).abs().max().item()}
+    errors.update({label: _rel(g, r) for label, g, r in zip(("dq", "dk", "dv"), grads, ref_grads)})
+    tol = TOLERANCE[dtype]
+    ok = (unwritten == 0 and errors["out"] <= tol["fwd"] and errors["lse"] <= 10 * tol["fwd"]
+          and all(errors[g] <= tol["bwd"] for g in ("dq", "dk", "dv")) and torch.equal(out, out2))
+    return ok, unwritten, errors
+
+
+def check_long(seq_len, heads, device="cuda"):
+    """Causal forward at a length where 32-bit offsets overflow: runs, writes every row."""
+    q, k, v = (torch.randn(1, heads, seq_len, 64, device=device, dtype=torch.bfloat16) for _ in range(3))
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    out = hyper_attention(q, k, v, causal=True, seed=0)
+    torch.cuda.synchronize()
+    elapsed = time.perf_counter() - start
+    ok = bool(torch.isfinite(out).all())
+    peak = torch.cuda.max_memory_allocated() / 2**30
+    del q, k, v, out
+    torch.cuda.empty_cache()
+    return ok, elapsed, peak
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--long", default="1048576:32,2097152:16",
+                        help="comma-separated LENGTH:HEADS causal forward runs at scale ('' to skip)")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("no CUDA device", file=sys.stderr)
+        return 2
+    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}")
+    rows, failed = [], 0
+    for dtype in (torch.bfloat16, torch.float16):
+        for case in CASES:
+            ok, unwritten, errors = check_case(*case, dtype=dtype)
+            failed += not ok
+            rows.append(f"{'PASS' if ok else 'FAIL'} {case[0]:<16} {str(dtype)[6:]:<9} unwritten={unwritten} "
+                        + " ".join(f"{key}={value:.2e}" for key, value in errors.items()))
+            print(rows[-1], flush=True)
+    for spec in filter(None, args.long.split(",")):
+        seq_len, heads = map(int, spec.split(":"))
+        torch.cuda.reset_peak_memory_stats()
+        ok, elapsed, peak = check_long(seq_len, heads)
+        failed += not ok
+        rows.append(f"{'PASS' if ok else 'FAIL'} causal fwd {seq_len} tokens, {heads} heads: "
+                    f"{elapsed * 1e3:.0f} ms (first call), peak {peak:.1f} GiB")
+        print(rows[-1], flush=True)
+    print("\n".join(["", "summary:"] + rows))
+    print(f"{len(rows) - failed} passed, {failed} failed")
+    return int(failed > 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
