@@ -13,7 +13,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-LOG2E: tl.constexpr = 1.4426950408889634
+LOG2E = tl.constexpr(1.4426950408889634)
 
 
 @triton.jit
@@ -56,8 +56,8 @@ def hyper_bwd_dq_kernel(
     batch = z // rects
     r = z % rects
 
-    q_lo = (blk * block_size * n_q + n_k - 1) // n_k
-    q_hi = tl.minimum(((blk + 1) * block_size * n_q + n_k - 1) // n_k, n_q)
+    q_lo = (blk.to(tl.int64) * block_size * n_q + n_k - 1) // n_k
+    q_hi = tl.minimum(((blk.to(tl.int64) + 1) * block_size * n_q + n_k - 1) // n_k, n_q)
     row0 = q_lo + (tile % tiles_per_block) * BLOCK_M
     if row0 < q_hi:
         offs_m = row0 + tl.arange(0, BLOCK_M)
@@ -171,8 +171,8 @@ def hyper_bwd_dkdv_kernel(
     dk = tl.zeros([BLOCK_N, D_PAD], tl.float32)
     dv = tl.zeros([BLOCK_N, DV_PAD], tl.float32)
 
-    q_lo = (blk * block_size * n_q + n_k - 1) // n_k
-    q_hi = tl.minimum(((blk + 1) * block_size * n_q + n_k - 1) // n_k, n_q)
+    q_lo = (blk.to(tl.int64) * block_size * n_q + n_k - 1) // n_k
+    q_hi = tl.minimum(((blk.to(tl.int64) + 1) * block_size * n_q + n_k - 1) // n_k, n_q)
     for g in range(0, group):
         h = hk * group + g
         zh64 = (z * num_q_heads + h).to(tl.int64)

@@ -12,8 +12,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-LOG2E: tl.constexpr = 1.4426950408889634
-LN2: tl.constexpr = 0.6931471805599453
+LOG2E = tl.constexpr(1.4426950408889634)
+LN2 = tl.constexpr(0.6931471805599453)
 
 
 @triton.jit
@@ -81,8 +81,8 @@ def hyper_fwd_kernel(
     r = z % rects
 
     # Sorted query ranks of this key block: p with (p * n_k // n_q) // block_size == blk.
-    q_lo = (blk * block_size * n_q + n_k - 1) // n_k
-    q_hi = tl.minimum(((blk + 1) * block_size * n_q + n_k - 1) // n_k, n_q)
+    q_lo = (blk.to(tl.int64) * block_size * n_q + n_k - 1) // n_k
+    q_hi = tl.minimum(((blk.to(tl.int64) + 1) * block_size * n_q + n_k - 1) // n_k, n_q)
     row0 = q_lo + (tile % tiles_per_block) * BLOCK_M
     if row0 < q_hi:
         offs_m = row0 + tl.arange(0, BLOCK_M)
