@@ -1,0 +1,172 @@
+"""``hyperattn bench attention``: one attention layer, ours against PyTorch's exact kernels.
+
+Times forward and forward+backward of HyperAttention and of PyTorch SDPA (flash and cuDNN
+backends) in one process on one card: medians of ``triton.testing.do_bench``, peak memory,
+speed-up against cuDNN. Writes JSON (card, versions, date, command) and prints a table.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import platform
+import sys
+from dataclasses import asdict
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from hyperattn.api import hyper_attention
+from hyperattn.config import HyperAttentionConfig
+
+BASELINES = ("flash", "cudnn")
+
+
+def _sdpa(backend: str):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    kind = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}[backend]
+
+    def run(q, k, v, causal):
+        with sdpa_kernel(kind):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+
+    return run
+
+
+def _ours(config: HyperAttentionConfig):
+    def run(q, k, v, causal):
+        return hyper_attention(q, k, v, causal=causal, config=config, seed=0)
+
+    return run
+
+
+def time_case(fn, seq_len, heads, head_dim, causal, mode, dtype=torch.bfloat16, batch=1):
+    """(median ms, peak GiB) of ``fn`` forward (mode "fwd") or forward+backward ("fwd_bwd")."""
+    import triton.testing
+
+    torch.cuda.empty_cache()
+    q, k, v = (torch.randn(batch, heads, seq_len, head_dim, device="cuda", dtype=dtype,
+                           requires_grad=mode == "fwd_bwd") for _ in range(3))
+    if mode == "fwd":
+        def step():
+            with torch.no_grad():
+                fn(q, k, v, causal)
+    else:
+        grad = torch.randn(batch, heads, seq_len, head_dim, device="cuda", dtype=dtype)
+
+        def step():
+            fn(q, k, v, causal).backward(grad)
+    step()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    ms = triton.testing.do_bench(step, warmup=25, rep=100, grad_to_none=[q, k, v], return_mode="median")
+    peak = torch.cuda.max_memory_allocated() / 2**30
+    del q, k, v
+    return float(ms), peak
+
+
+def run_benchmark(seq_lens, long_seq_lens, head_dims, causals, modes, heads=32, config=None):
+    config = config or HyperAttentionConfig()
+    impls = {"ours": _ours(config), **{name: _sdpa(name) for name in BASELINES}}
+    cases = [(n, d, c, m, impl) for d in head_dims for c in causals for m in modes
+             for n in list(seq_lens) + list(long_seq_lens) for impl in impls
+             if impl == "ours" or n in seq_lens]
+    results = []
+    for seq_len, head_dim, causal, mode, impl in tqdm(cases, desc="bench attention", file=sys.stderr):
+        row = dict(seq_len=seq_len, head_dim=head_dim, causal=causal, mode=mode, impl=impl)
+        try:
+            row["ms"], row["peak_gib"] = time_case(impls[impl], seq_len, heads, head_dim, causal, mode)
+        except torch.OutOfMemoryError:
+            row["ms"], row["peak_gib"], row["error"] = None, None, "out of memory"
+            torch.cuda.empty_cache()
+        results.append(row)
+    import triton
+
+    return dict(
+        benchmark="attention",
+        card=torch.cuda.get_device_name(),
+        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        torch=torch.__version__, triton=triton.__version__, python=platform.python_version(),
+        command=" ".join(["hyperattn", *sys.argv[1:]]) if sys.argv and sys.argv[0].endswith("hyperattn")
+        else " ".join(sys.argv),
+        batch=1, heads=heads, dtype="bfloat16", config=asdict(config), results=results,
+    )
+
+
+def format_table(result: dict) -> str:
+    by_key = {(r["seq_len"], r["head_dim"], r["causal"], r["mode"], r["impl"]): r for r in result["results"]}
+    groups = sorted({(r["head_dim"], r["causal"], r["mode"]) for r in result["results"]})
+    lines = [f"{result['card']}, batch {result['batch']}, {result['heads']} heads, {result['dtype']}; median ms"]
+    for head_dim, causal, mode in groups:
+        lines.append(f"\nhead dim {head_dim}, {'causal' if causal else 'non-causal'}, {mode.replace('_', '+')}")
+        lines.append(f"{'seq_len':>8} {'flash':>9} {'cudnn':>9} {'ours':>9} {'vs cudnn':>9} {'ours GiB':>9}")
+        for seq_len in sorted({r["seq_len"] for r in result["results"]}):
+            cells = [by_key.get((seq_len, head_dim, causal, mode, impl)) for impl in ("flash", "cudnn", "ours")]
+            if cells[2] is None:
+                continue
+            times = [c["ms"] if c and c["ms"] is not None else None for c in cells]
+            ratio = f"{times[1] / times[2]:.2f}x" if times[1] and times[2] else "-"
+            fmt = [f"{t:9.2f}" if t is not None else f"{'-':>9}" for t in times]
+            peak = cells[2]["peak_gib"]
+            lines.append(f"{seq_len:>8} {' '.join(fmt)} {ratio:>9} {peak if peak is None else round(peak, 2):>9}")
+    return "\n".join(lines)
+
+
+def plot(result: dict, path: str) -> None:
+    """Log-log plot of time against length, one panel per (head dim, causal, mode)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = sorted({(r["head_dim"], r["causal"], r["mode"]) for r in result["results"]})
+    cols = 2
+    rows = -(-len(groups) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 4 * rows), squeeze=False)
+    for ax, (head_dim, causal, mode) in zip(axes.flat, groups):
+        for impl, style in (("flash", "s--"), ("cudnn", "^--"), ("ours", "o-")):
+            points = sorted((r["seq_len"], r["ms"]) for r in result["results"]
+                            if (r["head_dim"], r["causal"], r["mode"], r["impl"]) == (head_dim, causal, mode, impl)
+                            and r["ms"] is not None)
+            if points:
+                ax.plot(*zip(*points), style, label="HyperAttention" if impl == "ours" else f"SDPA {impl}")
+        ax.set(xscale="log", yscale="log", xlabel="sequence length", ylabel="median ms",
+               title=f"d={head_dim}, {'causal' if causal else 'non-causal'}, {mode.replace('_', '+')}")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    for ax in list(axes.flat)[len(groups):]:
+        ax.set_visible(False)
+    fig.suptitle(f"{result['card']}: batch 1, {result['heads']} heads, bf16")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(args) -> int:
+    if args.plot_only:
+        with open(args.plot_only) as f:
+            result = json.load(f)
+        print(format_table(result))
+        plot(result, args.plot or args.plot_only.removesuffix(".json") + ".png")
+        return 0
+    if not torch.cuda.is_available():
+        print("hyperattn bench attention: error: needs a CUDA device (use --plot-only to redraw a result)",
+              file=sys.stderr)
+        return 2
+    config = HyperAttentionConfig(block_size=args.block_size, sample_size=args.sample_size,
+                                  lsh_num_projs=args.lsh_num_projs, min_seq_len=args.min_seq_len)
+    causals = {"both": (False, True), "causal": (True,), "non-causal": (False,)}[args.causal]
+    result = run_benchmark(args.seq_lens, args.long_seq_lens, args.head_dims, causals, args.modes,
+                           heads=args.heads, config=config)
+    print(format_table(result))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+        print(f"wrote {args.json}")
+    if args.plot:
+        try:
+            plot(result, args.plot)
+        except ImportError:
+            print("matplotlib is not installed: no plot (redraw with --plot-only JSON)", file=sys.stderr)
+    return 0
