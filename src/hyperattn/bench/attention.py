@@ -89,8 +89,7 @@ def run_benchmark(seq_lens, long_seq_lens, head_dims, causals, modes, heads=32, 
         card=torch.cuda.get_device_name(),
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         torch=torch.__version__, triton=triton.__version__, python=platform.python_version(),
-        command=" ".join(["hyperattn", *sys.argv[1:]]) if sys.argv and sys.argv[0].endswith("hyperattn")
-        else " ".join(sys.argv),
+        command=" ".join(["hyperattn", *sys.argv[1:]]),
         batch=1, heads=heads, dtype="bfloat16", config=asdict(config), results=results,
     )
 

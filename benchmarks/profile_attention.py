@@ -1,0 +1,61 @@
+"""Where the time goes: CUDA kernel time per stage of one HyperAttention call.
+
+    python benchmarks/profile_attention.py --seq-len 131072 --heads 32 --head-dim 64
+
+Prints, for causal and non-causal, forward and forward+backward, the total CUDA time of
+each kernel (torch.profiler), largest first.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import defaultdict
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from hyperattn import HyperAttentionConfig, hyper_attention
+
+
+def profile_case(seq_len, heads, head_dim, causal, backward, top):
+    q, k, v = (torch.randn(1, heads, seq_len, head_dim, device="cuda", dtype=torch.bfloat16,
+                           requires_grad=backward) for _ in range(3))
+    grad = torch.randn_like(q)
+
+    def step():
+        out = hyper_attention(q, k, v, causal=causal, config=HyperAttentionConfig(), seed=0)
+        if backward:
+            out.backward(grad)
+
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    totals = defaultdict(float)
+    for event in prof.events():
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            totals[event.name[:70]] += event.device_time_total / 1e3  # us -> ms
+    total = sum(totals.values())
+    label = f"{'causal' if causal else 'non-causal'} {'fwd+bwd' if backward else 'fwd'} {seq_len} tokens"
+    print(f"\n{label}: {total:.2f} ms of kernels")
+    for name, ms in sorted(totals.items(), key=lambda kv: -kv[1])[:top]:
+        print(f"  {ms:8.3f} ms  {name}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seq-len", type=int, default=131072)
+    parser.add_argument("--heads", type=int, default=32)
+    parser.add_argument("--head-dim", type=int, default=64)
+    parser.add_argument("--top", type=int, default=12)
+    args = parser.parse_args()
+    print(torch.cuda.get_device_name())
+    for causal in (False, True):
+        for backward in (False, True):
+            profile_case(args.seq_len, args.heads, args.head_dim, causal, backward, args.top)
+
+
+if __name__ == "__main__":
+    main()
