@@ -26,7 +26,7 @@ def test_buckets_match_sign_bits():
     dirs = lsh_directions(2, 8, 5, gen)
     x = torch.randn(3, 4, 50, 8, generator=gen)
     buckets = lsh_buckets(x, dirs)
-    assert buckets.shape == (3, 4, 50) and buckets.dtype == torch.int64
+    assert buckets.shape == (3, 4, 50) and buckets.dtype == torch.int32
     for h in range(4):
         bits = (x[:, h] @ dirs[h // 2] > 0).long()
         codes = (bits * (2 ** torch.arange(5))).sum(-1)

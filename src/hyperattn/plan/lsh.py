@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import torch
 
 from hyperattn.plan.sampling import to_device
@@ -39,17 +41,22 @@ def lsh_buckets(x: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
             ``h // (H // Hkv)``, so grouped query heads hash like their kv head.
         directions: float32 (Hkv, D, r).
     Returns:
-        int64 (Z, H, N) with values in ``[0, 2**r)``. Projections are computed in float32
-        (float64 for float64 inputs) whatever the input dtype.
+        int32 (Z, H, N) with values in ``[0, 2**r)``. Projections are computed in float32
+        (float64 for float64 inputs) whatever the input dtype; on CUDA by a fused kernel
+        (``hyperattn.ops.triton.hashing``) that reads each row once.
     """
     z, h, n, d = x.shape
     hkv, _, r = directions.shape
+    proj_dirs = to_device(directions, x.device)
+    if x.is_cuda and x.dtype != torch.float64 and importlib.util.find_spec("triton") is not None:
+        from hyperattn.ops.triton.hashing import lsh_buckets_triton
+
+        return lsh_buckets_triton(x.detach(), proj_dirs)
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    proj_dirs = to_device(directions, x.device).to(dtype)
     grouped = x.detach().to(dtype).reshape(z, hkv, h // hkv, n, d)
-    projections = torch.einsum("zhgnd,hdr->zhgnr", grouped, proj_dirs)
-    powers = 2 ** torch.arange(r, device=x.device, dtype=torch.int64)
-    codes = ((projections > 0).to(torch.int64) * powers).sum(-1)
+    projections = torch.einsum("zhgnd,hdr->zhgnr", grouped, proj_dirs.to(dtype))
+    powers = 2 ** torch.arange(r, device=x.device, dtype=torch.int32)
+    codes = ((projections > 0).to(torch.int32) * powers).sum(-1, dtype=torch.int32)
     return gray_code_rank(codes, r).reshape(z, h, n)
 
 

@@ -30,7 +30,7 @@ def _softmax_step(s, v, m_i, l_i, acc):
 @triton.jit
 def _finish_rows(Out, Lse, o_rows, lse_rows, offs_dv, rmask, acc, m_i, l_i, MERGE: tl.constexpr,
                  HEAD_DIM_V: tl.constexpr):
-    """Normalize and store (or merge into) the fp32 accumulators at the given rows.
+    """Normalize and store (or merge into) the output rows (fp32 when merging).
 
     o_rows (BM,) int64 offsets of the rows in Out, lse_rows (BM,) int64 offsets in Lse."""
     lse2 = m_i + tl.log2(l_i)
@@ -46,7 +46,7 @@ def _finish_rows(Out, Lse, o_rows, lse_rows, offs_dv, rmask, acc, m_i, l_i, MERG
         total = w_prev + w_new
         out = (w_prev[:, None] * prev_out + w_new[:, None] * out) / total[:, None]
         lse2 = top + tl.log2(total)
-    tl.store(o_ptrs, out, mask=o_mask)
+    tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=o_mask)
     tl.store(Lse + lse_rows, lse2 * LN2, mask=rmask)
 
 

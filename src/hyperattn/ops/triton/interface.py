@@ -64,13 +64,19 @@ def parts_of(plan: AttentionPlan | CausalPlan | None, n_q: int, n_k: int, causal
 
 
 def _launch_config(head_dim: int, head_dim_v: int) -> dict:
+    """Tile sizes and warps by head dim; ``HYPERATTN_TRITON_CONFIG="BLOCK_M,BLOCK_N,warps,stages"``
+    overrides them (for tuning)."""
     if os.environ.get("TRITON_INTERPRET") == "1":
         return dict(BLOCK_M=16, BLOCK_N=16)
+    override = os.environ.get("HYPERATTN_TRITON_CONFIG")
+    if override:
+        block_m, block_n, warps, stages = (int(x) for x in override.split(","))
+        return dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages)
     widest = max(head_dim, head_dim_v)
     if widest <= 64:
-        return dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3)
+        return dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3)
     if widest <= 128:
-        return dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2)
+        return dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=2)
     return dict(BLOCK_M=64, BLOCK_N=32, num_warps=8, num_stages=1)
 
 
@@ -91,7 +97,7 @@ def _hyper_tiles(part: Part, block_m: int) -> tuple[int, int, int]:
     """(query tiles per key block, key blocks, tiles) of a hyper part."""
     b = part.plan.block_size
     num_blocks = -(-part.n_k // b)
-    rows_per_block = -(-b * part.n_q // part.n_k) + 1
+    rows_per_block = -(-b * part.n_q // part.n_k)  # ceil((i+1)x) - ceil(ix) <= ceil(x)
     tiles_per_block = -(-rows_per_block // block_m)
     return tiles_per_block, num_blocks, tiles_per_block * num_blocks
 
@@ -99,12 +105,16 @@ def _hyper_tiles(part: Part, block_m: int) -> tuple[int, int, int]:
 def attention_forward(q, k, v, parts: list[Part], scale: float, poison: bool = False):
     """Run the parts; returns out (B, Hq, Nq, Dv) in q's dtype and lse (B, Hq, Nq) float32.
 
-    ``poison`` fills the accumulators with NaN first, so rows no part wrote show up."""
+    A single part writes the output in q's dtype; several merge in a float32 accumulator.
+    ``poison`` fills the outputs with NaN first, so rows no part wrote show up."""
     batch, num_q_heads, n_q, _ = q.shape
     num_kv_heads = k.shape[1]
-    fill = float("nan") if poison else 0.0
-    out = torch.full((batch, num_q_heads, n_q, v.shape[-1]), fill, dtype=torch.float32, device=q.device)
-    lse = torch.full((batch, num_q_heads, n_q), fill, dtype=torch.float32, device=q.device)
+    out_dtype = q.dtype if len(parts) == 1 else torch.float32
+    out = torch.empty((batch, num_q_heads, n_q, v.shape[-1]), dtype=out_dtype, device=q.device)
+    lse = torch.empty((batch, num_q_heads, n_q), dtype=torch.float32, device=q.device)
+    if poison:
+        out.fill_(float("nan"))
+        lse.fill_(float("nan"))
     cfg, dims = _launch_config(q.shape[-1], v.shape[-1]), _dims(q, v)
     strides = _strides(q, k, v, out, lse)
     scale_log2 = scale * math.log2(math.e)
