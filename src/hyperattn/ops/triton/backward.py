@@ -5,7 +5,8 @@ Every part was merged into one softmax per query, so its probabilities are
 ``delta = rowsum(dO * O) - dLse``: the lse paths of every merge are in ``delta``. Each
 part adds its share into fp32 accumulators; within a launch every row is owned by one
 program, except the sampled keys, whose gradients are reduced with fp32 atomics into a
-per-part buffer (Z, Hkv, m, D).
+per-part buffer (Z, Hkv, m, D): each program reduces a whole segment of queries in
+registers first, so there are few atomics.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def _score_grads(q, k, v, do, lse2, delta, bias2, visible, scale_log2):
 
 @triton.jit
 def hyper_bwd_dq_kernel(
-    Q, K, V, DO, Lse, Delta, DQ, DKS, DVS,
+    Q, K, V, DO, Lse, Delta, DQ,
     QPerm, KPerm, SIdx, SBlk, SLogW,
     scale, scale_log2,
     stride_qb, stride_qh, stride_qn,
@@ -42,7 +43,7 @@ def hyper_bwd_dq_kernel(
     HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
     D_PAD: tl.constexpr, DV_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    """dQ of one query tile (block keys and samples); dK, dV of the samples by atomics.
+    """dQ of one query tile: its key block and the samples outside it.
 
     DO, DQ share the strides ``stride_o*`` (contiguous (B, Hq, Nq, *) buffers); Lse, Delta
     share ``stride_l*``."""
@@ -113,13 +114,6 @@ def hyper_bwd_dq_kernel(
             p, ds = _score_grads(q, k, v, do, lse2, delta, (s_logw * LOG2E)[None, :],
                                  rmask[:, None] & live[None, :], scale_log2)
             dq += tl.dot(ds.to(k.dtype), k)
-            sample_rows = zk64 * num_samples + offs_n
-            dvs = tl.dot(tl.trans(p).to(do.dtype), do)
-            dks = tl.dot(tl.trans(ds).to(q.dtype), q) * scale
-            tl.atomic_add(DVS + sample_rows[:, None] * HEAD_DIM_V + offs_dv[None, :], dvs,
-                          mask=live[:, None] & dv_mask[None, :])
-            tl.atomic_add(DKS + sample_rows[:, None] * HEAD_DIM + offs_d[None, :], dks,
-                          mask=live[:, None] & d_mask[None, :])
 
         dq_ptrs = DQ + l_rows[:, None] * HEAD_DIM + offs_d[None, :]  # DQ is laid out like Lse
         dq_mask = rmask[:, None] & d_mask[None, :]
@@ -339,3 +333,81 @@ def dense_bwd_dkdv_kernel(
     dv_mask2 = kmask[:, None] & dv_mask[None, :]
     tl.store(dk_ptrs, tl.load(dk_ptrs, mask=dk_mask, other=0.0) + dk * scale, mask=dk_mask)
     tl.store(dv_ptrs, tl.load(dv_ptrs, mask=dv_mask2, other=0.0) + dv, mask=dv_mask2)
+
+
+@triton.jit
+def hyper_bwd_samples_kernel(
+    Q, K, V, DO, Lse, Delta, DKS, DVS,
+    QPerm, SIdx, SBlk, SLogW,
+    scale, scale_log2,
+    stride_qb, stride_qh, stride_qn,
+    stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn,
+    stride_ob, stride_oh, stride_on,
+    stride_lb, stride_lh,
+    n_q, n_k, num_samples, block_size, sample_chunks, segments, segment_len,
+    rects, q_start, k_start, rect_stride,
+    num_kv_heads, group,
+    HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
+    D_PAD: tl.constexpr, DV_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """dK, dV of one chunk of sampled keys from one segment of sorted queries (all query
+    heads of the kv head), reduced in registers, then added to DKS/DVS (Z, Hkv, m, *) by
+    fp32 atomics."""
+    pid = tl.program_id(0)
+    zk = pid // (sample_chunks * segments)
+    chunk = (pid // segments) % sample_chunks
+    segment = pid % segments
+    z = zk // num_kv_heads
+    hk = zk % num_kv_heads
+    batch = z // rects
+    r = z % rects
+    num_q_heads = num_kv_heads * group
+
+    offs_n = chunk * BLOCK_N + tl.arange(0, BLOCK_N)
+    smask = offs_n < num_samples
+    offs_d = tl.arange(0, D_PAD)
+    offs_dv = tl.arange(0, DV_PAD)
+    d_mask = offs_d < HEAD_DIM
+    dv_mask = offs_dv < HEAD_DIM_V
+    zk64 = zk.to(tl.int64)
+    s_local = tl.load(SIdx + zk64 * num_samples + offs_n, mask=smask, other=0)
+    s_blk = tl.load(SBlk + zk64 * num_samples + offs_n, mask=smask, other=-1)
+    bias2 = tl.load(SLogW + zk64 * num_samples + offs_n, mask=smask, other=0.0) * LOG2E
+    k_rows = (k_start + r * rect_stride + s_local).to(tl.int64)
+    k = tl.load(K + batch.to(tl.int64) * stride_kb + hk.to(tl.int64) * stride_kh + k_rows[:, None] * stride_kn
+                + offs_d[None, :], mask=smask[:, None] & d_mask[None, :], other=0.0)
+    v = tl.load(V + batch.to(tl.int64) * stride_vb + hk.to(tl.int64) * stride_vh + k_rows[:, None] * stride_vn
+                + offs_dv[None, :], mask=smask[:, None] & dv_mask[None, :], other=0.0)
+    dk = tl.zeros([BLOCK_N, D_PAD], tl.float32)
+    dv = tl.zeros([BLOCK_N, DV_PAD], tl.float32)
+
+    rank_lo = segment * segment_len
+    rank_hi = tl.minimum(rank_lo + segment_len, n_q)
+    for g in range(0, group):
+        h = hk * group + g
+        zh64 = (z * num_q_heads + h).to(tl.int64)
+        q_base = Q + batch.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
+        for row0 in range(rank_lo, rank_hi, BLOCK_M):
+            offs_m = row0 + tl.arange(0, BLOCK_M)
+            rmask = offs_m < rank_hi
+            q_blk = (offs_m.to(tl.int64) * n_k // n_q) // block_size
+            q_local = tl.load(QPerm + zh64 * n_q + offs_m, mask=rmask, other=0)
+            q_rows = (q_start + r * rect_stride + q_local).to(tl.int64)
+            q = tl.load(q_base + q_rows[:, None] * stride_qn + offs_d[None, :],
+                        mask=rmask[:, None] & d_mask[None, :], other=0.0)
+            o_rows = batch.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + q_rows * stride_on
+            l_rows = batch.to(tl.int64) * stride_lb + h.to(tl.int64) * stride_lh + q_rows
+            do = tl.load(DO + o_rows[:, None] + offs_dv[None, :], mask=rmask[:, None] & dv_mask[None, :], other=0.0)
+            lse2 = tl.load(Lse + l_rows, mask=rmask, other=0.0) * LOG2E
+            delta = tl.load(Delta + l_rows, mask=rmask, other=0.0)
+            visible = rmask[:, None] & smask[None, :] & (q_blk[:, None] != s_blk[None, :])
+            p, ds = _score_grads(q, k, v, do, lse2, delta, bias2[None, :], visible, scale_log2)
+            dv += tl.dot(tl.trans(p).to(do.dtype), do)
+            dk += tl.dot(tl.trans(ds).to(q.dtype), q)
+
+    sample_rows = zk64 * num_samples + offs_n
+    tl.atomic_add(DVS + sample_rows[:, None] * HEAD_DIM_V + offs_dv[None, :], dv,
+                  mask=smask[:, None] & dv_mask[None, :])
+    tl.atomic_add(DKS + sample_rows[:, None] * HEAD_DIM + offs_d[None, :], dk * scale,
+                  mask=smask[:, None] & d_mask[None, :])

@@ -1,7 +1,9 @@
 """sortLSH hashing kernel: projections, sign bits and Gray-code rank in one pass over the rows.
 
-Computes what ``hyperattn.plan.lsh.lsh_buckets`` computes (float32 projections, ``ieee``
-precision) while reading each row once in its own dtype and writing one int32 per row.
+Computes what ``hyperattn.plan.lsh.lsh_buckets`` computes while reading each row once in its
+own dtype and writing one int32 per row. The projections run on the tensor cores (directions
+rounded to the input dtype, float32 accumulation), so a row whose projection is within
+rounding distance of a hyperplane may land on the other side: harmless for a hash.
 """
 
 from __future__ import annotations
@@ -30,10 +32,10 @@ def lsh_bucket_kernel(
     rmask = offs_n < n
     x = tl.load(X + z.to(tl.int64) * stride_xz + h.to(tl.int64) * stride_xh
                 + offs_n.to(tl.int64)[:, None] * stride_xn + offs_d[None, :],
-                mask=rmask[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0).to(tl.float32)
+                mask=rmask[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
     dirs = tl.load(Dirs + (h // group) * HEAD_DIM * NUM_PROJS + offs_d[:, None] * NUM_PROJS + offs_r[None, :],
                    mask=(offs_d[:, None] < HEAD_DIM) & (offs_r[None, :] < NUM_PROJS), other=0.0)
-    proj = tl.dot(x, dirs, input_precision="ieee")
+    proj = tl.dot(x, dirs.to(x.dtype))
     bits = tl.where((proj > 0) & (offs_r[None, :] < NUM_PROJS), 1 << offs_r[None, :], 0)
     rank = tl.sum(bits, axis=1)
     rank ^= rank >> 1

@@ -20,11 +20,13 @@ from hyperattn.ops.triton.backward import (
     dense_bwd_dq_kernel,
     hyper_bwd_dkdv_kernel,
     hyper_bwd_dq_kernel,
+    hyper_bwd_samples_kernel,
 )
 from hyperattn.ops.triton.forward import dense_fwd_kernel, hyper_fwd_kernel
 from hyperattn.plan import AttentionPlan, CausalPlan
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
+_SM_COUNT = torch.cuda.get_device_properties(0).multi_processor_count if torch.cuda.is_available() else 8
 
 
 @dataclass(frozen=True)
@@ -73,8 +75,8 @@ def _launch_config(head_dim: int, head_dim_v: int) -> dict:
         block_m, block_n, warps, stages = (int(x) for x in override.split(","))
         return dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages)
     widest = max(head_dim, head_dim_v)
-    if widest <= 64:
-        return dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3)
+    if widest <= 64:  # fastest of benchmarks/sweep_configs.py on an H200 at 131k tokens
+        return dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3)
     if widest <= 128:
         return dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=2)
     return dict(BLOCK_M=64, BLOCK_N=32, num_warps=8, num_stages=1)
@@ -170,10 +172,8 @@ def attention_backward(dout, dlse, q, k, v, out, lse, parts: list[Part], scale: 
         p = part.plan
         num_samples = p.sample_idx.shape[-1]
         tiles_per_block, num_blocks, tiles = _hyper_tiles(part, cfg["BLOCK_M"])
-        dks = torch.zeros(*p.sample_idx.shape, d, dtype=torch.float32, device=q.device)
-        dvs = torch.zeros(*p.sample_idx.shape, dv, dtype=torch.float32, device=q.device)
         hyper_bwd_dq_kernel[(problems * num_q_heads * tiles,)](
-            q, k, v, dout, lse, delta, dq, dks, dvs, p.q_perm, p.k_perm, p.sample_idx, p.sample_block,
+            q, k, v, dout, lse, delta, dq, p.q_perm, p.k_perm, p.sample_idx, p.sample_block,
             p.sample_log_weight, scale, scale_log2, *strides, part.n_q, part.n_k, num_samples, p.block_size,
             tiles_per_block, tiles, *q_geometry, **dims, **cfg)
         key_tiles_per_block = triton.cdiv(p.block_size, cfg["BLOCK_N"])
@@ -182,6 +182,18 @@ def attention_backward(dout, dlse, q, k, v, out, lse, parts: list[Part], scale: 
             q, k, v, dout, lse, delta, dk, dvv, p.q_perm, p.k_perm, scale, scale_log2, *strides,
             part.n_q, part.n_k, p.block_size, key_tiles_per_block, key_tiles, *kv_geometry, **dims, **cfg)
         if num_samples:
+            dks = torch.zeros(*p.sample_idx.shape, d, dtype=torch.float32, device=q.device)
+            dvs = torch.zeros(*p.sample_idx.shape, dv, dtype=torch.float32, device=q.device)
+            sample_chunks = triton.cdiv(num_samples, cfg["BLOCK_N"])
+            # enough programs to fill the device, each reducing a long run of queries
+            segments = max(1, min(triton.cdiv(part.n_q, 4 * cfg["BLOCK_M"]),
+                                  triton.cdiv(4 * _SM_COUNT, problems * num_kv_heads * sample_chunks)))
+            segment_len = triton.cdiv(triton.cdiv(part.n_q, segments), cfg["BLOCK_M"]) * cfg["BLOCK_M"]
+            segments = triton.cdiv(part.n_q, segment_len)
+            hyper_bwd_samples_kernel[(problems * num_kv_heads * sample_chunks * segments,)](
+                q, k, v, dout, lse, delta, dks, dvs, p.q_perm, p.sample_idx, p.sample_block, p.sample_log_weight,
+                scale, scale_log2, *strides, part.n_q, part.n_k, num_samples, p.block_size, sample_chunks,
+                segments, segment_len, *kv_geometry[:-1], **dims, **cfg)
             _add_sample_grads(dk, dks, part, p)
             _add_sample_grads(dvv, dvs, part, p)
     return dq.to(q.dtype), dk.to(k.dtype), dvv.to(v.dtype)
