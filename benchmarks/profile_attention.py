@@ -30,7 +30,7 @@ def profile_case(seq_len, heads, head_dim, causal, backward, top):
     for _ in range(3):
         step()
     torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
         step()
         torch.cuda.synchronize()
     totals = defaultdict(float)
@@ -42,6 +42,13 @@ def profile_case(seq_len, heads, head_dim, causal, backward, top):
     print(f"\n{label}: {total:.2f} ms of kernels")
     for name, ms in sorted(totals.items(), key=lambda kv: -kv[1])[:top]:
         print(f"  {ms:8.3f} ms  {name}")
+    cpu = defaultdict(float)
+    for event in prof.key_averages():
+        if event.self_cpu_time_total > 0:
+            cpu[event.key[:70]] += event.self_cpu_time_total / 1e3
+    print(f"  host: {sum(cpu.values()):.2f} ms of self CPU time; largest:")
+    for name, ms in sorted(cpu.items(), key=lambda kv: -kv[1])[:top]:
+        print(f"  {ms:8.3f} ms  {name}")
 
 
 def main():
@@ -50,10 +57,11 @@ def main():
     parser.add_argument("--heads", type=int, default=32)
     parser.add_argument("--head-dim", type=int, default=64)
     parser.add_argument("--top", type=int, default=12)
+    parser.add_argument("--forward-only", action="store_true")
     args = parser.parse_args()
     print(torch.cuda.get_device_name())
     for causal in (False, True):
-        for backward in (False, True):
+        for backward in (False,) if args.forward_only else (False, True):
             profile_case(args.seq_len, args.heads, args.head_dim, causal, backward, args.top)
 
 
