@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import torch
 
 from hyperattn.config import HyperAttentionConfig, check_scale
 from hyperattn.ops import causal_hyper_attention_reference, exact_attention_reference, hyper_attention_reference
+from hyperattn.ops.triton import has_triton
 from hyperattn.plan import plan_hyper_attention
 
 _SEED_MIN, _SEED_MAX = -(1 << 63), (1 << 64) - 1
@@ -75,7 +75,7 @@ def _use_triton(q: torch.Tensor, impl: str) -> bool:
     if impl == "reference":
         return False
     interpreting = os.environ.get("TRITON_INTERPRET") == "1"
-    available = importlib.util.find_spec("triton") is not None and (q.is_cuda or interpreting)
+    available = has_triton() and (q.is_cuda or interpreting)
     if impl == "triton":
         if not available:
             raise ValueError(
@@ -110,14 +110,14 @@ def _exact(q, k, v, scale, causal, return_lse, use_triton):
     )
 
 
-def _make_generator(seed) -> torch.Generator:
+def _make_generator(seed, device: torch.device) -> torch.Generator:
     if seed is None:
         seed = int(torch.randint(0, 1 << 62, (1,)))
     elif isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
     elif not _SEED_MIN <= seed <= _SEED_MAX:
         raise ValueError(f"seed must be in [-2**63, 2**64), got {seed}")
-    return torch.Generator(device="cpu").manual_seed(seed)
+    return torch.Generator(device=device).manual_seed(seed)
 
 
 def exact_attention(q, k, v, causal: bool = False, scale: float | None = None, return_lse: bool = False):
@@ -160,9 +160,10 @@ def hyper_attention(
             ``Nk - Nq + i`` and sees keys ``j <= Nk - Nq + i``; requires Nq <= Nk.
         scale: softmax scale, default ``D ** -0.5``.
         config: hyperparameters; default ``HyperAttentionConfig()`` (the paper's).
-        seed: decides the LSH directions and the sampled keys: the same seed and inputs on
-            the same device give bit-identical results. None draws a seed from PyTorch's
-            global CPU generator (so ``torch.manual_seed`` makes runs repeatable).
+        seed: decides the LSH directions and the sampled keys (drawn by a generator on q's
+            device): the same seed and inputs on the same device give bit-identical results.
+            None draws a seed from PyTorch's global CPU generator (so ``torch.manual_seed``
+            makes runs repeatable).
         return_lse: also return the log-sum-exp of each row of the (approximate) attention.
     Returns:
         out (B, Hq, Nq, Dv) in q's dtype; with ``return_lse`` also lse (B, Hq, Nq) float32
@@ -178,7 +179,7 @@ def hyper_attention(
         config = HyperAttentionConfig()
     elif not isinstance(config, HyperAttentionConfig):
         raise TypeError(f"config must be a HyperAttentionConfig or None, got {type(config).__name__}")
-    generator = _make_generator(seed)
+    generator = _make_generator(seed, q.device)
     use_triton = _use_triton(q, config.impl)
     if q.numel() == 0 or k.shape[2] == 0:
         return _empty_result(q, v, return_lse)

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import torch
 
-from hyperattn.plan.sampling import to_device
+from hyperattn.ops.triton import has_triton
 
 
 def lsh_directions(num_kv_heads: int, head_dim: int, num_projs: int, generator: torch.Generator) -> torch.Tensor:
     """Gaussian hyperplane normals, one set per kv head.
 
-    Returns float32 (num_kv_heads, head_dim, num_projs) on the generator's device (the CPU),
-    so the same seed gives the same directions on every device.
+    Returns float32 (num_kv_heads, head_dim, num_projs) on the generator's device.
     """
-    return torch.randn(num_kv_heads, head_dim, num_projs, generator=generator, dtype=torch.float32)
+    return torch.randn(num_kv_heads, head_dim, num_projs, generator=generator, dtype=torch.float32,
+                       device=generator.device)
 
 
 def gray_code_rank(codes: torch.Tensor, num_bits: int) -> torch.Tensor:
@@ -47,8 +45,8 @@ def lsh_buckets(x: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
     """
     z, h, n, d = x.shape
     hkv, _, r = directions.shape
-    proj_dirs = to_device(directions, x.device)
-    if x.is_cuda and x.dtype != torch.float64 and importlib.util.find_spec("triton") is not None:
+    proj_dirs = directions.to(x.device)
+    if x.is_cuda and x.dtype != torch.float64 and has_triton():
         from hyperattn.ops.triton.hashing import lsh_buckets_triton
 
         return lsh_buckets_triton(x.detach(), proj_dirs)

@@ -12,14 +12,6 @@ def value_sq_norms(v: torch.Tensor) -> torch.Tensor:
     return v.detach().to(torch.float64).pow(2).sum(-1)
 
 
-def to_device(x: torch.Tensor, device) -> torch.Tensor:
-    """Copy a CPU tensor to ``device`` without blocking the host (pinned memory on CUDA)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return x.pin_memory().to(device, non_blocking=True)
-    return x.to(device)
-
-
 def sample_keys(
     shape: tuple[int, int],
     num_keys: int,
@@ -37,8 +29,7 @@ def sample_keys(
             ``log(Nk / m)``); else (Z, Hkv, Nk) squared value norms for ``value_norm``
             sampling (key j with probability ``p_j = ||v_j||^2 / ||V||_F^2``, uniform where
             all values are zero; log-weight ``-log(m p_j)``).
-        generator: a CPU generator; draws are made on the CPU and moved to ``device``, so
-            a seed decides the sample on every device.
+        generator: decides the draws, made on its device and moved to ``device``.
     Returns:
         indices int64 (Z, Hkv, m) and log-weights (Z, Hkv, m) of ``dtype``. Both are
         constants of the backward pass: gradients never flow through the sampling.
@@ -48,10 +39,10 @@ def sample_keys(
         return (torch.empty(full_shape, dtype=torch.int64, device=device),
                 torch.empty(full_shape, dtype=dtype, device=device))
     if sq_norms is None:
-        indices = to_device(torch.randint(num_keys, full_shape, generator=generator), device)
+        indices = torch.randint(num_keys, full_shape, generator=generator, device=generator.device).to(device)
         log_weights = torch.full(full_shape, math.log(num_keys / sample_size), dtype=dtype, device=device)
         return indices, log_weights
-    uniforms = to_device(torch.rand(full_shape, generator=generator, dtype=torch.float64), device)
+    uniforms = torch.rand(full_shape, generator=generator, dtype=torch.float64, device=generator.device).to(device)
     totals = sq_norms.sum(-1, keepdim=True)
     masses = torch.where(totals > 0, sq_norms, torch.ones_like(sq_norms))
     cdf = torch.cumsum(masses, -1)

@@ -106,13 +106,15 @@ def main(argv=None) -> int:
                         help="comma-separated LENGTH:HEADS causal forward runs at scale, compared with the "
                         "reference where HEADS <= 4 ('' to skip)")
     parser.add_argument("--no-cases", action="store_true", help="skip the realistic-size cases")
+    parser.add_argument("--dtypes", default="bfloat16,float16", help="comma-separated input dtypes to check")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("no CUDA device", file=sys.stderr)
         return 2
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}")
     rows, failed = [], 0
-    for dtype in () if args.no_cases else (torch.bfloat16, torch.float16):
+    dtypes = [getattr(torch, name) for name in args.dtypes.split(",")]
+    for dtype in () if args.no_cases else dtypes:
         for case in CASES:
             ok, unwritten, errors = check_case(*case, dtype=dtype)
             failed += not ok
