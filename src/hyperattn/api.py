@@ -7,7 +7,7 @@ import os
 import torch
 
 from hyperattn.config import HyperAttentionConfig, check_scale
-from hyperattn.ops import causal_hyper_attention_reference, exact_attention_reference, hyper_attention_reference
+from hyperattn.ops import exact_attention_reference, reference_attention
 from hyperattn.ops.triton import has_triton
 from hyperattn.plan import plan_hyper_attention
 
@@ -190,8 +190,6 @@ def hyper_attention(
         from hyperattn.ops.triton.interface import triton_attention
 
         out, lse = triton_attention(q, k, v, plan, scale, causal)
-    elif causal:
-        out, lse = causal_hyper_attention_reference(q, k, v, plan, scale)
     else:
-        out, lse = hyper_attention_reference(q, k, v, plan, scale)
+        out, lse = reference_attention(q, k, v, plan, scale, causal)
     return _finish(q, out, lse, return_lse)

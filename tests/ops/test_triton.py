@@ -6,9 +6,9 @@ import torch
 pytest.importorskip("triton")
 
 from hyperattn import HyperAttentionConfig, hyper_attention  # noqa: E402
-from hyperattn.ops import causal_hyper_attention_reference, exact_attention_reference, hyper_attention_reference  # noqa: E402
+from hyperattn.ops import reference_attention  # noqa: E402
 from hyperattn.ops.triton.interface import attention_forward, attention_fwd_op, parts_of, triton_attention, _encode  # noqa: E402
-from hyperattn.plan import AttentionPlan, plan_hyper_attention  # noqa: E402
+from hyperattn.plan import plan_hyper_attention  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPE = torch.float16  # Triton 3.6's interpreter computes bf16 dots wrongly; the GPU check covers bf16
@@ -37,14 +37,6 @@ def make_case(name, seed=0, dtype=DTYPE):
     return q, k, v, plan, causal
 
 
-def reference(q, k, v, plan, causal, scale):
-    if plan is None:
-        return exact_attention_reference(q, k, v, scale, causal)
-    if isinstance(plan, AttentionPlan):
-        return hyper_attention_reference(q, k, v, plan, scale)
-    return causal_hyper_attention_reference(q, k, v, plan, scale)
-
-
 def rel_error(x, ref):
     return ((x.double() - ref).norm() / ref.norm()).item()
 
@@ -56,8 +48,8 @@ def test_forward_matches_reference(name):
     out, lse = attention_forward(q, k, v, parts_of(plan, q.shape[2], k.shape[2], causal), scale, poison=True)
     assert out.dtype == q.dtype and lse.dtype == torch.float32
     assert torch.isfinite(out).all() and torch.isfinite(lse).all(), "unwritten rows"
-    want_out, want_lse = reference(*(x.double() for x in (q, k, v)), plan, causal, scale)
-    same_dtype_out, _ = reference(q, k, v, plan, causal, scale)  # the reference's own fp16 rounding
+    want_out, want_lse = reference_attention(*(x.double() for x in (q, k, v)), plan, scale, causal)
+    same_dtype_out, _ = reference_attention(q, k, v, plan, scale, causal)  # the reference's own fp16 rounding
     same_dtype_error = rel_error(same_dtype_out.to(q.dtype), want_out)
     assert rel_error(out, want_out) <= 2 * same_dtype_error + 1e-4, "out"
     assert (lse.double() - want_lse).abs().max() < 1e-3, "lse"
@@ -74,7 +66,7 @@ def test_backward_matches_reference(name):
     dlse = torch.randn(lse.shape, generator=gen).to(DEVICE)
     grads = torch.autograd.grad((out.float() * dout).sum() + (lse * dlse).sum(), (q, k, v))
     q64, k64, v64 = (x.detach().double().requires_grad_() for x in (q, k, v))
-    want_out, want_lse = reference(q64, k64, v64, plan, causal, scale)
+    want_out, want_lse = reference_attention(q64, k64, v64, plan, scale, causal)
     want = torch.autograd.grad((want_out * dout.double()).sum() + (want_lse * dlse.double()).sum(), (q64, k64, v64))
     for label, got, ref in zip(("dq", "dk", "dv"), grads, want):
         assert got.dtype == q.dtype

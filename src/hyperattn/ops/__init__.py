@@ -5,6 +5,7 @@ from hyperattn.ops.reference import (
     causal_hyper_attention_reference,
     exact_attention_reference,
     hyper_attention_reference,
+    reference_attention,
 )
 
 __all__ = [

@@ -155,3 +155,15 @@ def causal_hyper_attention_reference(
         )
         out, lse = torch.cat((head_out, out), 2), torch.cat((head_lse, lse), 2)
     return out, lse
+
+
+def reference_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: AttentionPlan | CausalPlan | None, scale: float,
+    causal: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference executor for any plan: None (exact attention), non-causal or causal."""
+    if plan is None:
+        return exact_attention_reference(q, k, v, scale, causal)
+    if isinstance(plan, AttentionPlan):
+        return hyper_attention_reference(q, k, v, plan, scale)
+    return causal_hyper_attention_reference(q, k, v, plan, scale)

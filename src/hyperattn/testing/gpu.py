@@ -15,9 +15,9 @@ import time
 import torch
 
 from hyperattn import HyperAttentionConfig, hyper_attention
-from hyperattn.ops import causal_hyper_attention_reference, exact_attention_reference, hyper_attention_reference
+from hyperattn.ops import causal_hyper_attention_reference, reference_attention
 from hyperattn.ops.triton.interface import attention_forward, parts_of, triton_attention
-from hyperattn.plan import AttentionPlan, plan_hyper_attention
+from hyperattn.plan import plan_hyper_attention
 
 # Relative Frobenius error allowed against float64, per input dtype.
 TOLERANCE = {torch.float16: {"fwd": 3e-3, "bwd": 6e-3}, torch.bfloat16: {"fwd": 2e-2, "bwd": 4e-2}}
@@ -33,14 +33,6 @@ CASES = [
     ("small blocks", 1, 4, 2, 8192, 8192, 64, 64, True, dict(block_size=64, sample_size=128, min_seq_len=512)),
     ("exact lse", 1, 8, 2, 3000, 4000, 64, 64, True, None),
 ]
-
-
-def _reference(q, k, v, plan, causal, scale):
-    if plan is None:
-        return exact_attention_reference(q, k, v, scale, causal)
-    if isinstance(plan, AttentionPlan):
-        return hyper_attention_reference(q, k, v, plan, scale)
-    return causal_hyper_attention_reference(q, k, v, plan, scale)
 
 
 def _rel(x, ref):
@@ -60,7 +52,7 @@ def check_case(name, batch, hq, hkv, nq, nk, d, dv, causal, overrides, dtype, de
     unwritten = (~torch.isfinite(out)).sum().item() + (~torch.isfinite(lse)).sum().item()
 
     q64, k64, v64 = (x.detach().double().requires_grad_() for x in (q, k, v))
-    ref_out, ref_lse = _reference(q64, k64, v64, plan, causal, scale)
+    ref_out, ref_lse = reference_attention(q64, k64, v64, plan, scale, causal)
     dout = torch.randn_like(ref_out)
     dlse = torch.randn_like(ref_lse)
     ref_grads = torch.autograd.grad((ref_out * dout).sum() + (ref_lse * dlse).sum(), (q64, k64, v64))

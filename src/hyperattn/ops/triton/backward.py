@@ -14,7 +14,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-LOG2E = tl.constexpr(1.4426950408889634)
+from hyperattn.ops.triton.common import LOG2E, add_rows, load_rows, query_block_range
+
 
 
 @triton.jit
@@ -57,8 +58,7 @@ def hyper_bwd_dq_kernel(
     batch = z // rects
     r = z % rects
 
-    q_lo = (blk.to(tl.int64) * block_size * n_q + n_k - 1) // n_k
-    q_hi = tl.minimum(((blk.to(tl.int64) + 1) * block_size * n_q + n_k - 1) // n_k, n_q)
+    q_lo, q_hi = query_block_range(blk, block_size, n_q, n_k)
     row0 = q_lo + (tile % tiles_per_block) * BLOCK_M
     if row0 < q_hi:
         offs_m = row0 + tl.arange(0, BLOCK_M)
@@ -73,11 +73,10 @@ def hyper_bwd_dq_kernel(
         q_local = tl.load(QPerm + zh64 * n_q + offs_m, mask=rmask, other=0)
         q_rows = (q_start + r * rect_stride + q_local).to(tl.int64)
         q_base = Q + batch.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
-        q = tl.load(q_base + q_rows[:, None] * stride_qn + offs_d[None, :],
-                    mask=rmask[:, None] & d_mask[None, :], other=0.0)
+        q = load_rows(q_base, q_rows, stride_qn, offs_d, rmask, d_mask)
         o_rows = batch.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + q_rows * stride_on
         l_rows = batch.to(tl.int64) * stride_lb + h.to(tl.int64) * stride_lh + q_rows
-        do = tl.load(DO + o_rows[:, None] + offs_dv[None, :], mask=rmask[:, None] & dv_mask[None, :], other=0.0)
+        do = load_rows(DO, o_rows, 1, offs_dv, rmask, dv_mask)
         lse2 = tl.load(Lse + l_rows, mask=rmask, other=0.0) * LOG2E
         delta = tl.load(Delta + l_rows, mask=rmask, other=0.0)
         k_base = K + batch.to(tl.int64) * stride_kb + hk.to(tl.int64) * stride_kh
@@ -92,10 +91,8 @@ def hyper_bwd_dq_kernel(
             kmask = (offs_n < block_size) & (ranks < n_k)
             k_local = tl.load(KPerm + zk64 * n_k + ranks, mask=kmask, other=0)
             k_rows = (key_row0 + k_local).to(tl.int64)
-            k = tl.load(k_base + k_rows[:, None] * stride_kn + offs_d[None, :],
-                        mask=kmask[:, None] & d_mask[None, :], other=0.0)
-            v = tl.load(v_base + k_rows[:, None] * stride_vn + offs_dv[None, :],
-                        mask=kmask[:, None] & dv_mask[None, :], other=0.0)
+            k = load_rows(k_base, k_rows, stride_kn, offs_d, kmask, d_mask)
+            v = load_rows(v_base, k_rows, stride_vn, offs_dv, kmask, dv_mask)
             p, ds = _score_grads(q, k, v, do, lse2, delta, 0.0, rmask[:, None] & kmask[None, :], scale_log2)
             dq += tl.dot(ds.to(k.dtype), k)
 
@@ -107,17 +104,13 @@ def hyper_bwd_dq_kernel(
             s_logw = tl.load(SLogW + zk64 * num_samples + offs_n, mask=smask, other=0.0)
             live = smask & (s_blk != blk)
             k_rows = (key_row0 + s_local).to(tl.int64)
-            k = tl.load(k_base + k_rows[:, None] * stride_kn + offs_d[None, :],
-                        mask=live[:, None] & d_mask[None, :], other=0.0)
-            v = tl.load(v_base + k_rows[:, None] * stride_vn + offs_dv[None, :],
-                        mask=live[:, None] & dv_mask[None, :], other=0.0)
+            k = load_rows(k_base, k_rows, stride_kn, offs_d, live, d_mask)
+            v = load_rows(v_base, k_rows, stride_vn, offs_dv, live, dv_mask)
             p, ds = _score_grads(q, k, v, do, lse2, delta, (s_logw * LOG2E)[None, :],
                                  rmask[:, None] & live[None, :], scale_log2)
             dq += tl.dot(ds.to(k.dtype), k)
 
-        dq_ptrs = DQ + l_rows[:, None] * HEAD_DIM + offs_d[None, :]  # DQ is laid out like Lse
-        dq_mask = rmask[:, None] & d_mask[None, :]
-        tl.store(dq_ptrs, tl.load(dq_ptrs, mask=dq_mask, other=0.0) + dq * scale, mask=dq_mask)
+        add_rows(DQ, l_rows, HEAD_DIM, offs_d, rmask, d_mask, dq * scale)  # DQ is laid out like Lse
 
 
 @triton.jit
@@ -158,15 +151,12 @@ def hyper_bwd_dkdv_kernel(
 
     k_local = tl.load(KPerm + zk.to(tl.int64) * n_k + ranks, mask=kmask, other=0)
     k_rows = (k_start + r * rect_stride + k_local).to(tl.int64)
-    k = tl.load(K + batch.to(tl.int64) * stride_kb + hk.to(tl.int64) * stride_kh + k_rows[:, None] * stride_kn
-                + offs_d[None, :], mask=kmask[:, None] & d_mask[None, :], other=0.0)
-    v = tl.load(V + batch.to(tl.int64) * stride_vb + hk.to(tl.int64) * stride_vh + k_rows[:, None] * stride_vn
-                + offs_dv[None, :], mask=kmask[:, None] & dv_mask[None, :], other=0.0)
+    k = load_rows(K + batch.to(tl.int64) * stride_kb + hk.to(tl.int64) * stride_kh, k_rows, stride_kn, offs_d, kmask, d_mask)
+    v = load_rows(V + batch.to(tl.int64) * stride_vb + hk.to(tl.int64) * stride_vh, k_rows, stride_vn, offs_dv, kmask, dv_mask)
     dk = tl.zeros([BLOCK_N, D_PAD], tl.float32)
     dv = tl.zeros([BLOCK_N, DV_PAD], tl.float32)
 
-    q_lo = (blk.to(tl.int64) * block_size * n_q + n_k - 1) // n_k
-    q_hi = tl.minimum(((blk.to(tl.int64) + 1) * block_size * n_q + n_k - 1) // n_k, n_q)
+    q_lo, q_hi = query_block_range(blk, block_size, n_q, n_k)
     for g in range(0, group):
         h = hk * group + g
         zh64 = (z * num_q_heads + h).to(tl.int64)
@@ -176,11 +166,10 @@ def hyper_bwd_dkdv_kernel(
             rmask = offs_m < q_hi
             q_local = tl.load(QPerm + zh64 * n_q + offs_m, mask=rmask, other=0)
             q_rows = (q_start + r * rect_stride + q_local).to(tl.int64)
-            q = tl.load(q_base + q_rows[:, None] * stride_qn + offs_d[None, :],
-                        mask=rmask[:, None] & d_mask[None, :], other=0.0)
+            q = load_rows(q_base, q_rows, stride_qn, offs_d, rmask, d_mask)
             o_rows = batch.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + q_rows * stride_on
             l_rows = batch.to(tl.int64) * stride_lb + h.to(tl.int64) * stride_lh + q_rows
-            do = tl.load(DO + o_rows[:, None] + offs_dv[None, :], mask=rmask[:, None] & dv_mask[None, :], other=0.0)
+            do = load_rows(DO, o_rows, 1, offs_dv, rmask, dv_mask)
             lse2 = tl.load(Lse + l_rows, mask=rmask, other=0.0) * LOG2E
             delta = tl.load(Delta + l_rows, mask=rmask, other=0.0)
             p, ds = _score_grads(q, k, v, do, lse2, delta, 0.0, rmask[:, None] & kmask[None, :], scale_log2)
@@ -188,12 +177,8 @@ def hyper_bwd_dkdv_kernel(
             dk += tl.dot(tl.trans(ds).to(q.dtype), q)
 
     kv_rows = (batch.to(tl.int64) * num_kv_heads + hk) * kv_seq_len + k_rows
-    dk_ptrs = DK + kv_rows[:, None] * HEAD_DIM + offs_d[None, :]
-    dv_ptrs = DV + kv_rows[:, None] * HEAD_DIM_V + offs_dv[None, :]
-    dk_mask = kmask[:, None] & d_mask[None, :]
-    dv_mask2 = kmask[:, None] & dv_mask[None, :]
-    tl.store(dk_ptrs, tl.load(dk_ptrs, mask=dk_mask, other=0.0) + dk * scale, mask=dk_mask)
-    tl.store(dv_ptrs, tl.load(dv_ptrs, mask=dv_mask2, other=0.0) + dv, mask=dv_mask2)
+    add_rows(DK, kv_rows, HEAD_DIM, offs_d, kmask, d_mask, dk * scale)
+    add_rows(DV, kv_rows, HEAD_DIM_V, offs_dv, kmask, dv_mask, dv)
 
 
 @triton.jit
@@ -228,11 +213,10 @@ def dense_bwd_dq_kernel(
     d_mask = offs_d < HEAD_DIM
     dv_mask = offs_dv < HEAD_DIM_V
     q_rows = (q_start + r * rect_stride + offs_m).to(tl.int64)
-    q = tl.load(Q + batch.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh + q_rows[:, None] * stride_qn
-                + offs_d[None, :], mask=rmask[:, None] & d_mask[None, :], other=0.0)
+    q = load_rows(Q + batch.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh, q_rows, stride_qn, offs_d, rmask, d_mask)
     o_rows = batch.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + q_rows * stride_on
     l_rows = batch.to(tl.int64) * stride_lb + h.to(tl.int64) * stride_lh + q_rows
-    do = tl.load(DO + o_rows[:, None] + offs_dv[None, :], mask=rmask[:, None] & dv_mask[None, :], other=0.0)
+    do = load_rows(DO, o_rows, 1, offs_dv, rmask, dv_mask)
     lse2 = tl.load(Lse + l_rows, mask=rmask, other=0.0) * LOG2E
     delta = tl.load(Delta + l_rows, mask=rmask, other=0.0)
     k_base = K + batch.to(tl.int64) * stride_kb + hk.to(tl.int64) * stride_kh
@@ -247,19 +231,15 @@ def dense_bwd_dq_kernel(
         offs_n = start + tl.arange(0, BLOCK_N)
         kmask = offs_n < n_k
         k_rows = (key_row0 + offs_n).to(tl.int64)
-        k = tl.load(k_base + k_rows[:, None] * stride_kn + offs_d[None, :],
-                    mask=kmask[:, None] & d_mask[None, :], other=0.0)
-        v = tl.load(v_base + k_rows[:, None] * stride_vn + offs_dv[None, :],
-                    mask=kmask[:, None] & dv_mask[None, :], other=0.0)
+        k = load_rows(k_base, k_rows, stride_kn, offs_d, kmask, d_mask)
+        v = load_rows(v_base, k_rows, stride_vn, offs_dv, kmask, dv_mask)
         visible = rmask[:, None] & kmask[None, :]
         if CAUSAL:
             visible = visible & (offs_n[None, :] <= (n_k - n_q + offs_m)[:, None])
         p, ds = _score_grads(q, k, v, do, lse2, delta, 0.0, visible, scale_log2)
         dq += tl.dot(ds.to(k.dtype), k)
 
-    dq_ptrs = DQ + l_rows[:, None] * HEAD_DIM + offs_d[None, :]  # DQ is laid out like Lse
-    dq_mask = rmask[:, None] & d_mask[None, :]
-    tl.store(dq_ptrs, tl.load(dq_ptrs, mask=dq_mask, other=0.0) + dq * scale, mask=dq_mask)
+    add_rows(DQ, l_rows, HEAD_DIM, offs_d, rmask, d_mask, dq * scale)  # DQ is laid out like Lse
 
 
 @triton.jit
@@ -294,10 +274,8 @@ def dense_bwd_dkdv_kernel(
     d_mask = offs_d < HEAD_DIM
     dv_mask = offs_dv < HEAD_DIM_V
     k_rows = (k_start + r * rect_stride + offs_n).to(tl.int64)
-    k = tl.load(K + batch.to(tl.int64) * stride_kb + hk.to(tl.int64) * stride_kh + k_rows[:, None] * stride_kn
-                + offs_d[None, :], mask=kmask[:, None] & d_mask[None, :], other=0.0)
-    v = tl.load(V + batch.to(tl.int64) * stride_vb + hk.to(tl.int64) * stride_vh + k_rows[:, None] * stride_vn
-                + offs_dv[None, :], mask=kmask[:, None] & dv_mask[None, :], other=0.0)
+    k = load_rows(K + batch.to(tl.int64) * stride_kb + hk.to(tl.int64) * stride_kh, k_rows, stride_kn, offs_d, kmask, d_mask)
+    v = load_rows(V + batch.to(tl.int64) * stride_vb + hk.to(tl.int64) * stride_vh, k_rows, stride_vn, offs_dv, kmask, dv_mask)
     dk = tl.zeros([BLOCK_N, D_PAD], tl.float32)
     dv = tl.zeros([BLOCK_N, DV_PAD], tl.float32)
 
@@ -312,11 +290,10 @@ def dense_bwd_dkdv_kernel(
             offs_m = row0 + tl.arange(0, BLOCK_M)
             rmask = offs_m < n_q
             q_rows = (q_start + r * rect_stride + offs_m).to(tl.int64)
-            q = tl.load(q_base + q_rows[:, None] * stride_qn + offs_d[None, :],
-                        mask=rmask[:, None] & d_mask[None, :], other=0.0)
+            q = load_rows(q_base, q_rows, stride_qn, offs_d, rmask, d_mask)
             o_rows = batch.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + q_rows * stride_on
             l_rows = batch.to(tl.int64) * stride_lb + h.to(tl.int64) * stride_lh + q_rows
-            do = tl.load(DO + o_rows[:, None] + offs_dv[None, :], mask=rmask[:, None] & dv_mask[None, :], other=0.0)
+            do = load_rows(DO, o_rows, 1, offs_dv, rmask, dv_mask)
             lse2 = tl.load(Lse + l_rows, mask=rmask, other=0.0) * LOG2E
             delta = tl.load(Delta + l_rows, mask=rmask, other=0.0)
             visible = rmask[:, None] & kmask[None, :]
@@ -327,12 +304,8 @@ def dense_bwd_dkdv_kernel(
             dk += tl.dot(tl.trans(ds).to(q.dtype), q)
 
     kv_rows = (batch.to(tl.int64) * num_kv_heads + hk) * kv_seq_len + k_rows
-    dk_ptrs = DK + kv_rows[:, None] * HEAD_DIM + offs_d[None, :]
-    dv_ptrs = DV + kv_rows[:, None] * HEAD_DIM_V + offs_dv[None, :]
-    dk_mask = kmask[:, None] & d_mask[None, :]
-    dv_mask2 = kmask[:, None] & dv_mask[None, :]
-    tl.store(dk_ptrs, tl.load(dk_ptrs, mask=dk_mask, other=0.0) + dk * scale, mask=dk_mask)
-    tl.store(dv_ptrs, tl.load(dv_ptrs, mask=dv_mask2, other=0.0) + dv, mask=dv_mask2)
+    add_rows(DK, kv_rows, HEAD_DIM, offs_d, kmask, d_mask, dk * scale)
+    add_rows(DV, kv_rows, HEAD_DIM_V, offs_dv, kmask, dv_mask, dv)
 
 
 @triton.jit
@@ -375,10 +348,8 @@ def hyper_bwd_samples_kernel(
     s_blk = tl.load(SBlk + zk64 * num_samples + offs_n, mask=smask, other=-1)
     bias2 = tl.load(SLogW + zk64 * num_samples + offs_n, mask=smask, other=0.0) * LOG2E
     k_rows = (k_start + r * rect_stride + s_local).to(tl.int64)
-    k = tl.load(K + batch.to(tl.int64) * stride_kb + hk.to(tl.int64) * stride_kh + k_rows[:, None] * stride_kn
-                + offs_d[None, :], mask=smask[:, None] & d_mask[None, :], other=0.0)
-    v = tl.load(V + batch.to(tl.int64) * stride_vb + hk.to(tl.int64) * stride_vh + k_rows[:, None] * stride_vn
-                + offs_dv[None, :], mask=smask[:, None] & dv_mask[None, :], other=0.0)
+    k = load_rows(K + batch.to(tl.int64) * stride_kb + hk.to(tl.int64) * stride_kh, k_rows, stride_kn, offs_d, smask, d_mask)
+    v = load_rows(V + batch.to(tl.int64) * stride_vb + hk.to(tl.int64) * stride_vh, k_rows, stride_vn, offs_dv, smask, dv_mask)
     dk = tl.zeros([BLOCK_N, D_PAD], tl.float32)
     dv = tl.zeros([BLOCK_N, DV_PAD], tl.float32)
 
@@ -394,11 +365,10 @@ def hyper_bwd_samples_kernel(
             q_blk = (offs_m.to(tl.int64) * n_k // n_q) // block_size
             q_local = tl.load(QPerm + zh64 * n_q + offs_m, mask=rmask, other=0)
             q_rows = (q_start + r * rect_stride + q_local).to(tl.int64)
-            q = tl.load(q_base + q_rows[:, None] * stride_qn + offs_d[None, :],
-                        mask=rmask[:, None] & d_mask[None, :], other=0.0)
+            q = load_rows(q_base, q_rows, stride_qn, offs_d, rmask, d_mask)
             o_rows = batch.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + q_rows * stride_on
             l_rows = batch.to(tl.int64) * stride_lb + h.to(tl.int64) * stride_lh + q_rows
-            do = tl.load(DO + o_rows[:, None] + offs_dv[None, :], mask=rmask[:, None] & dv_mask[None, :], other=0.0)
+            do = load_rows(DO, o_rows, 1, offs_dv, rmask, dv_mask)
             lse2 = tl.load(Lse + l_rows, mask=rmask, other=0.0) * LOG2E
             delta = tl.load(Delta + l_rows, mask=rmask, other=0.0)
             visible = rmask[:, None] & smask[None, :] & (q_blk[:, None] != s_blk[None, :])

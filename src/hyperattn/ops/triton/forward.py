@@ -12,8 +12,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-LOG2E = tl.constexpr(1.4426950408889634)
-LN2 = tl.constexpr(0.6931471805599453)
+from hyperattn.ops.triton.common import LOG2E, LN2, load_rows, query_block_range
+
 
 
 @triton.jit
@@ -81,8 +81,7 @@ def hyper_fwd_kernel(
     r = z % rects
 
     # Sorted query ranks of this key block: p with (p * n_k // n_q) // block_size == blk.
-    q_lo = (blk.to(tl.int64) * block_size * n_q + n_k - 1) // n_k
-    q_hi = tl.minimum(((blk.to(tl.int64) + 1) * block_size * n_q + n_k - 1) // n_k, n_q)
+    q_lo, q_hi = query_block_range(blk, block_size, n_q, n_k)
     row0 = q_lo + (tile % tiles_per_block) * BLOCK_M
     if row0 < q_hi:
         offs_m = row0 + tl.arange(0, BLOCK_M)
@@ -97,8 +96,7 @@ def hyper_fwd_kernel(
         q_local = tl.load(QPerm + zh64 * n_q + offs_m, mask=rmask, other=0)
         q_rows = (q_start + r * rect_stride + q_local).to(tl.int64)
         q_base = Q + batch.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
-        q = tl.load(q_base + q_rows[:, None] * stride_qn + offs_d[None, :],
-                    mask=rmask[:, None] & d_mask[None, :], other=0.0)
+        q = load_rows(q_base, q_rows, stride_qn, offs_d, rmask, d_mask)
         k_base = K + batch.to(tl.int64) * stride_kb + hk.to(tl.int64) * stride_kh
         v_base = V + batch.to(tl.int64) * stride_vb + hk.to(tl.int64) * stride_vh
         key_row0 = k_start + r * rect_stride
@@ -114,10 +112,8 @@ def hyper_fwd_kernel(
             kmask = (offs_n < block_size) & (ranks < n_k)
             k_local = tl.load(KPerm + zk64 * n_k + ranks, mask=kmask, other=0)
             k_rows = (key_row0 + k_local).to(tl.int64)
-            k = tl.load(k_base + k_rows[:, None] * stride_kn + offs_d[None, :],
-                        mask=kmask[:, None] & d_mask[None, :], other=0.0)
-            v = tl.load(v_base + k_rows[:, None] * stride_vn + offs_dv[None, :],
-                        mask=kmask[:, None] & dv_mask[None, :], other=0.0)
+            k = load_rows(k_base, k_rows, stride_kn, offs_d, kmask, d_mask)
+            v = load_rows(v_base, k_rows, stride_vn, offs_dv, kmask, dv_mask)
             s = tl.dot(q, tl.trans(k)) * scale_log2
             s = tl.where(kmask[None, :], s, float("-inf"))
             m_i, l_i, acc = _softmax_step(s, v, m_i, l_i, acc)
@@ -130,10 +126,8 @@ def hyper_fwd_kernel(
             s_logw = tl.load(SLogW + zk64 * num_samples + offs_n, mask=smask, other=0.0)
             smask = smask & (s_blk != blk)
             k_rows = (key_row0 + s_local).to(tl.int64)
-            k = tl.load(k_base + k_rows[:, None] * stride_kn + offs_d[None, :],
-                        mask=smask[:, None] & d_mask[None, :], other=0.0)
-            v = tl.load(v_base + k_rows[:, None] * stride_vn + offs_dv[None, :],
-                        mask=smask[:, None] & dv_mask[None, :], other=0.0)
+            k = load_rows(k_base, k_rows, stride_kn, offs_d, smask, d_mask)
+            v = load_rows(v_base, k_rows, stride_vn, offs_dv, smask, dv_mask)
             s = tl.dot(q, tl.trans(k)) * scale_log2 + (s_logw * LOG2E)[None, :]
             s = tl.where(smask[None, :], s, float("-inf"))
             m_i, l_i, acc = _softmax_step(s, v, m_i, l_i, acc)
@@ -178,8 +172,7 @@ def dense_fwd_kernel(
 
     q_rows = (q_start + r * rect_stride + offs_m).to(tl.int64)
     q_base = Q + batch.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
-    q = tl.load(q_base + q_rows[:, None] * stride_qn + offs_d[None, :],
-                mask=rmask[:, None] & d_mask[None, :], other=0.0)
+    q = load_rows(q_base, q_rows, stride_qn, offs_d, rmask, d_mask)
     k_base = K + batch.to(tl.int64) * stride_kb + hk.to(tl.int64) * stride_kh
     v_base = V + batch.to(tl.int64) * stride_vb + hk.to(tl.int64) * stride_vh
     key_row0 = k_start + r * rect_stride
@@ -195,10 +188,8 @@ def dense_fwd_kernel(
         offs_n = start + tl.arange(0, BLOCK_N)
         kmask = offs_n < n_k
         k_rows = (key_row0 + offs_n).to(tl.int64)
-        k = tl.load(k_base + k_rows[:, None] * stride_kn + offs_d[None, :],
-                    mask=kmask[:, None] & d_mask[None, :], other=0.0)
-        v = tl.load(v_base + k_rows[:, None] * stride_vn + offs_dv[None, :],
-                    mask=kmask[:, None] & dv_mask[None, :], other=0.0)
+        k = load_rows(k_base, k_rows, stride_kn, offs_d, kmask, d_mask)
+        v = load_rows(v_base, k_rows, stride_vn, offs_dv, kmask, dv_mask)
         s = tl.dot(q, tl.trans(k)) * scale_log2
         visible = kmask[None, :]
         if CAUSAL:

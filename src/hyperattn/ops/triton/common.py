@@ -1,0 +1,33 @@
+"""Pieces shared by the kernels: constants, row loads, the query range of a key block."""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+LOG2E = tl.constexpr(1.4426950408889634)
+LN2 = tl.constexpr(0.6931471805599453)
+
+
+@triton.jit
+def load_rows(base, rows, row_stride, cols, row_mask, col_mask):
+    """(R, C) tile: rows ``rows`` (int64 (R,)) and columns ``cols`` of a matrix at ``base``; 0 where masked."""
+    return tl.load(base + rows[:, None] * row_stride + cols[None, :], mask=row_mask[:, None] & col_mask[None, :],
+                   other=0.0)
+
+
+@triton.jit
+def query_block_range(blk, block_size, n_q, n_k):
+    """Sorted query ranks [lo, hi) of key block ``blk``: p with (p * n_k // n_q) // block_size == blk.
+    64-bit: blk * block_size * n_q passes 2**31 from about 64k tokens on."""
+    lo = (blk.to(tl.int64) * block_size * n_q + n_k - 1) // n_k
+    hi = tl.minimum(((blk.to(tl.int64) + 1) * block_size * n_q + n_k - 1) // n_k, n_q)
+    return lo, hi
+
+
+@triton.jit
+def add_rows(base, rows, row_stride, cols, row_mask, col_mask, value):
+    """``base[rows, cols] += value`` for rows this program alone owns (no atomics)."""
+    ptrs = base + rows[:, None] * row_stride + cols[None, :]
+    mask = row_mask[:, None] & col_mask[None, :]
+    tl.store(ptrs, tl.load(ptrs, mask=mask, other=0.0) + value, mask=mask)
