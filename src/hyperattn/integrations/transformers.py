@@ -1,0 +1,194 @@
+"""HyperAttention inside Hugging Face transformers models (transformers >= 4.56 and 5.x).
+
+    from hyperattn.integrations.transformers import patch_model
+    patch_model(model, layers="last:15", config=HyperAttentionConfig(), seed=0)
+
+``register()`` adds the attention implementation ``"hyper"`` to transformers'
+``AttentionInterface`` and the matching mask function (the SDPA one) to
+``AttentionMaskInterface``. ``patch_model`` switches a model to it and marks the chosen
+attention modules; every other module, and every call a patched module cannot serve with
+HyperAttention, runs PyTorch SDPA exactly as ``attn_implementation="sdpa"`` would:
+
+- prefill (more than ``config.min_seq_len`` queries) runs HyperAttention, causal and aligned
+  bottom-right, so chunked prefill against a KV cache works;
+- decoding and short prompts (at most ``min_seq_len`` queries) are exact;
+- padded batches run HyperAttention once per sequence over its valid tokens, so padded
+  keys never contribute;
+- masks HyperAttention cannot honour (sliding windows that cut, packed sequences, custom
+  masks), attention dropout, logit soft-capping and attention sinks raise ``ValueError``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import torch
+
+from hyperattn.api import hyper_attention
+from hyperattn.config import HyperAttentionConfig
+
+IMPLEMENTATION = "hyper"
+_CONFIG_ATTR = "hyperattn_config"
+_SEED_ATTR = "hyperattn_seed"
+
+
+def register(name: str = IMPLEMENTATION) -> str:
+    """Register the attention function and its mask function under ``name``; returns ``name``."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(name, hyper_attention_forward)
+    AttentionMaskInterface.register(name, sdpa_mask)
+    return name
+
+
+def attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The model's self-attention modules in layer order (modules with a ``layer_idx`` that
+    project queries)."""
+    found = [m for m in model.modules() if hasattr(m, "layer_idx") and hasattr(m, "q_proj")]
+    return sorted(found, key=lambda m: m.layer_idx)
+
+
+def select_layers(layers: str | Sequence[int], num_layers: int) -> list[int]:
+    """Layer indices from ``"all"``, ``"last:K"``, ``"first:K"`` or a list of indices (negative
+    ones count from the end)."""
+    if isinstance(layers, str):
+        if layers == "all":
+            return list(range(num_layers))
+        match = re.fullmatch(r"(last|first):(\d+)", layers)
+        if not match:
+            raise ValueError(f"layers must be 'all', 'last:K', 'first:K' or a list of ints, got {layers!r}")
+        count = int(match.group(2))
+        if count > num_layers:
+            raise ValueError(f"layers={layers!r} asks for {count} layers, the model has {num_layers}")
+        return list(range(num_layers - count, num_layers)) if match.group(1) == "last" else list(range(count))
+    indices = []
+    for index in layers:
+        if isinstance(index, bool) or not isinstance(index, int) or not -num_layers <= index < num_layers:
+            raise ValueError(f"layer index {index!r} is out of range for a model of {num_layers} layers")
+        indices.append(index % num_layers)
+    return sorted(set(indices))
+
+
+def patch_model(
+    model: torch.nn.Module,
+    layers: str | Sequence[int] = "all",
+    config: HyperAttentionConfig | None = None,
+    seed: int | None = 0,
+    include_sliding: bool = False,
+) -> list[int]:
+    """Use HyperAttention in the chosen layers of a transformers model; returns their indices.
+
+    Args:
+        layers: ``"all"``, ``"last:K"``, ``"first:K"`` or layer indices.
+        config: HyperAttention hyperparameters (default: the paper's).
+        seed: layer i uses ``seed + i`` (None: fresh randomness every call).
+        include_sliding: also patch sliding-window layers (Gemma-3's local layers,
+            Mistral's); they then run HyperAttention only while the window covers the whole
+            sequence and raise otherwise. By default they stay exact.
+    Calling it again re-patches: layers not chosen this time go back to exact attention.
+    """
+    if config is None:
+        config = HyperAttentionConfig()
+    elif not isinstance(config, HyperAttentionConfig):
+        raise TypeError(f"config must be a HyperAttentionConfig, got {type(config).__name__}")
+    modules = attention_modules(model)
+    if not modules:
+        raise ValueError(f"found no attention modules (with layer_idx and q_proj) in {type(model).__name__}")
+    chosen = set(select_layers(layers, len(modules)))
+    patched = []
+    for index, module in enumerate(modules):
+        sliding = getattr(module, "sliding_window", None) is not None
+        if index in chosen and (include_sliding or not sliding):
+            setattr(module, _CONFIG_ATTR, config)
+            setattr(module, _SEED_ATTR, None if seed is None else seed + index)
+            patched.append(index)
+        else:
+            for attr in (_CONFIG_ATTR, _SEED_ATTR):
+                if hasattr(module, attr):
+                    delattr(module, attr)
+    name = register()
+    if hasattr(model, "set_attn_implementation"):
+        model.set_attn_implementation(name)
+    else:  # transformers < 4.56 has no setter
+        model.config._attn_implementation = name
+    return patched
+
+
+def _sdpa(module, query, key, value, attention_mask, **kwargs):
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+
+def _bottom_right_causal(num_queries: int, num_keys: int, device) -> torch.Tensor:
+    return torch.ones(num_queries, num_keys, dtype=torch.bool, device=device).tril(num_keys - num_queries)
+
+
+def _valid_tokens(attention_mask: torch.Tensor, num_queries: int, num_keys: int) -> torch.Tensor | None:
+    """Key validity (B, Sk) when the mask is bottom-right causal restricted to valid keys
+    (None when nothing is padded); raises for any other mask."""
+    if attention_mask.dtype != torch.bool:
+        attention_mask = attention_mask == 0  # additive float mask: 0 where attended
+    if attention_mask.dim() != 4 or attention_mask.shape[1] != 1:
+        raise ValueError(f"hyper attention supports masks shared by all heads, got shape {tuple(attention_mask.shape)}")
+    mask = attention_mask[:, 0].expand(-1, num_queries, num_keys)
+    causal = _bottom_right_causal(num_queries, num_keys, mask.device)
+    valid = mask.any(dim=1)  # keys some query attends to
+    query_valid = valid[:, num_keys - num_queries:]
+    expected = causal & valid[:, None, :]
+    if not torch.equal(mask & query_valid[:, :, None], expected & query_valid[:, :, None]):
+        raise ValueError(
+            "hyper attention supports causal masks with padding only; this mask cuts more "
+            "(sliding window, packed sequences or a custom mask). Leave this layer exact."
+        )
+    return None if bool(valid.all()) else valid
+
+
+def hyper_attention_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    is_causal: bool | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """transformers attention function: query (B, Hq, Sq, D), key/value (B, Hkv, Sk, D) ->
+    (out (B, Sq, Hq, D) contiguous, None). Unpatched modules and short calls run SDPA."""
+    config = getattr(module, _CONFIG_ATTR, None)
+    num_queries, num_keys = query.shape[2], key.shape[2]
+    if config is None or num_queries <= config.min_seq_len:
+        return _sdpa(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                     is_causal=is_causal, **kwargs)
+    if dropout:
+        raise ValueError(f"hyper attention has no attention dropout; got dropout={dropout} (use model.eval())")
+    for name in ("softcap", "s_aux", "sinks"):
+        if kwargs.get(name) is not None:
+            raise ValueError(f"hyper attention does not support {name!r}; leave layer {module.layer_idx} exact")
+    causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    if not causal:
+        raise ValueError(f"hyper attention is patched for causal language models; layer {module.layer_idx} is not causal")
+    seed = getattr(module, _SEED_ATTR, None)
+    valid = None if attention_mask is None else _valid_tokens(attention_mask, num_queries, num_keys)
+    if valid is None:
+        out = hyper_attention(query, key, value, causal=True, scale=scaling, config=config, seed=seed)
+        return out.transpose(1, 2).contiguous(), None
+
+    # Padded batch: one causal run per sequence over its valid tokens.
+    out = query.new_zeros(query.shape[0], query.shape[1], num_queries, value.shape[-1])
+    for row in range(query.shape[0]):
+        keys = valid[row].nonzero().squeeze(1)
+        queries = valid[row, num_keys - num_queries:].nonzero().squeeze(1)
+        if queries.numel() == 0:
+            continue
+        if not torch.equal(queries + (num_keys - num_queries), keys[keys.numel() - queries.numel():]):
+            raise ValueError("hyper attention needs the valid queries to be the last valid keys of each sequence")
+        out[row, :, queries] = hyper_attention(
+            query[row:row + 1, :, queries], key[row:row + 1, :, keys], value[row:row + 1, :, keys],
+            causal=True, scale=scaling, config=config, seed=seed,
+        )[0]
+    return out.transpose(1, 2).contiguous(), None

@@ -1,0 +1,128 @@
+"""HyperAttention inside tiny random-weight transformers models (CPU)."""
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from hyperattn import HyperAttentionConfig  # noqa: E402
+from hyperattn.integrations import transformers as integration  # noqa: E402
+
+COMMON = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+              num_key_value_heads=2, max_position_embeddings=1024)
+
+
+def tiny_model(arch):
+    if arch == "llama":
+        config = transformers.LlamaConfig(**COMMON)
+    elif arch == "qwen2":
+        config = transformers.Qwen2Config(**COMMON)
+    elif arch == "qwen3":
+        config = transformers.Qwen3Config(**COMMON, head_dim=16)
+    elif arch == "mistral":
+        config = transformers.MistralConfig(**COMMON, sliding_window=None)
+    elif arch == "gemma3":
+        config = transformers.Gemma3TextConfig(**COMMON, head_dim=16, sliding_window=32,
+                                               layer_types=["sliding_attention", "full_attention"] * 2)
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+    return model.eval()
+
+
+ARCHS = ["llama", "qwen2", "qwen3", "mistral", "gemma3"]
+APPROX = HyperAttentionConfig(block_size=16, sample_size=16, min_seq_len=32)
+
+
+def tokens(length, batch=1, seed=0):
+    return torch.randint(1, 128, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_exact_when_min_seq_len_covers_the_input(arch):
+    model = tiny_model(arch)
+    ids = tokens(100)
+    with torch.no_grad():
+        want = model(ids).logits
+        integration.patch_model(model, "all", HyperAttentionConfig(min_seq_len=256))
+        got = model(ids).logits
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_patched_layers_run_hyper_attention_and_others_stay_exact(arch, monkeypatch):
+    model = tiny_model(arch)
+    calls = []
+    original = integration.hyper_attention
+
+    def spy(q, *args, **kwargs):
+        calls.append(q.shape)
+        return original(q, *args, **kwargs)
+
+    monkeypatch.setattr(integration, "hyper_attention", spy)
+    ids = tokens(150)
+    with torch.no_grad():
+        want = model(ids).logits
+        patched = integration.patch_model(model, "last:2", APPROX, seed=0)
+        got = model(ids).logits
+    expected = [2, 3] if arch != "gemma3" else [3]  # gemma3's layer 2 is a sliding-window layer
+    assert patched == expected
+    assert len(calls) == len(expected)
+    assert torch.isfinite(got).all()
+    assert not torch.allclose(got, want, atol=1e-4)
+    rel = ((got - want).norm() / want.norm()).item()
+    assert rel < 0.5
+
+
+def test_layer_selection():
+    assert integration.select_layers("last:3", 10) == [7, 8, 9]
+    assert integration.select_layers("first:2", 10) == [0, 1]
+    assert integration.select_layers([0, -1], 10) == [0, 9]
+    for bad in ("last:11", "middle", [10], [True]):
+        with pytest.raises(ValueError):
+            integration.select_layers(bad, 10)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_generate_runs_and_decoding_is_exact(arch):
+    model = tiny_model(arch)
+    ids = tokens(80)
+    integration.patch_model(model, "all", APPROX, seed=0)
+    out = model.generate(ids, max_new_tokens=5, do_sample=False)
+    assert out.shape == (1, 85)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_padded_batch_matches_per_sequence_runs(arch, side):
+    model = tiny_model(arch)
+    integration.patch_model(model, "all", APPROX, seed=3)
+    lengths = [120, 90]
+    seqs = [tokens(n, seed=i)[0] for i, n in enumerate(lengths)]
+    width = max(lengths)
+    ids = torch.zeros(2, width, dtype=torch.long)
+    mask = torch.zeros(2, width, dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        span = slice(width - len(seq), width) if side == "left" else slice(0, len(seq))
+        ids[row, span], mask[row, span] = seq, 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # as generate() numbers padded sequences
+    with torch.no_grad():
+        batched = model(ids, attention_mask=mask, position_ids=positions).logits
+        for row, seq in enumerate(seqs):
+            span = slice(width - len(seq), width) if side == "left" else slice(0, len(seq))
+            alone = model(seq[None]).logits[0]
+            torch.testing.assert_close(batched[row, span], alone, rtol=1e-4, atol=1e-4)
+
+
+def test_unsupported_mask_is_a_clear_error():
+    model = tiny_model("gemma3")
+    integration.patch_model(model, "all", APPROX, seed=0, include_sliding=True)
+    with torch.no_grad(), pytest.raises(ValueError, match="sliding window"):
+        model(tokens(100))  # the window (32) cuts a 100-token sequence
+
+
+def test_bad_arguments():
+    model = tiny_model("llama")
+    with pytest.raises(TypeError, match="HyperAttentionConfig"):
+        integration.patch_model(model, "all", config={"block_size": 8})
+    with pytest.raises(ValueError, match="layers"):
+        integration.patch_model(model, "some")
