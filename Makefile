@@ -21,7 +21,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -q tests
 
 demo: $(STAMP)
-	$(BIN)/hyperattn demo
+	$(BIN)/hyperattn demo --out out/demo
 
 # On a CUDA machine: every kernel against the reference at realistic sizes.
 gpu-check: $(STAMP)

@@ -1,4 +1,4 @@
-"""Command line: ``hyperattn demo``."""
+"""Command line: ``hyperattn demo | eval ppl | eval needle | bench attention``."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import sys
 
 
-def _positive_int_list(text: str) -> list[int]:
+def _int_list(text: str) -> list[int]:
     try:
         values = [int(part) for part in text.split(",") if part]
     except ValueError:
@@ -16,26 +16,87 @@ def _positive_int_list(text: str) -> list[int]:
     return values
 
 
+def _float_list(text: str) -> list[float]:
+    try:
+        values = [float(part) for part in text.split(",") if part]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values or min(values) < 0 or max(values) > 1:
+        raise argparse.ArgumentTypeError(f"expected numbers in [0, 1], got {text!r}")
+    return values
+
+
+def _str_list(text: str) -> list[str]:
+    return [part for part in text.split(",") if part]
+
+
+def _add_config_args(parser: argparse.ArgumentParser, min_seq_len: int = 4096) -> None:
+    group = parser.add_argument_group("HyperAttention (defaults: the paper's)")
+    group.add_argument("--block-size", type=int, default=256)
+    group.add_argument("--sample-size", type=int, default=256)
+    group.add_argument("--lsh-num-projs", type=int, default=7)
+    group.add_argument("--min-seq-len", type=int, default=min_seq_len)
+    group.add_argument("--sampling", choices=["uniform", "value_norm"], default="uniform")
+
+
+def config_from_args(args):
+    from hyperattn.config import HyperAttentionConfig
+
+    return HyperAttentionConfig(block_size=args.block_size, sample_size=args.sample_size,
+                                lsh_num_projs=args.lsh_num_projs, min_seq_len=args.min_seq_len, sampling=args.sampling)
+
+
+def _add_model_args(parser: argparse.ArgumentParser, seq_len: int) -> None:
+    parser.add_argument("--model", default="smollm2",
+                        help="smollm2 (SmolLM2-135M-Instruct), gemma3 (Gemma-3-270m), a .gguf file or a model folder")
+    parser.add_argument("--text", default="paul-graham",
+                        help="paul-graham (the essays of the needle test), stdlib (Python source) or a text file")
+    parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
+    parser.add_argument("--plot", metavar="PNG", help="write a plot")
+    parser.set_defaults(seq_len_default=seq_len)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hyperattn", description="HyperAttention: near-linear-time attention.")
     commands = parser.add_subparsers(dest="command", required=True)
+
     demo = commands.add_parser(
-        "demo",
-        help="time exact attention against HyperAttention on this machine",
-        description="Times causal exact attention (PyTorch SDPA) against HyperAttention on synthetic clustered "
-        "inputs at a few lengths, on the GPU if there is one, and prints time, speed-up and relative error.",
-    )
-    demo.add_argument("--seq-lens", type=_positive_int_list, help="comma-separated lengths (default by device)")
-    demo.add_argument("--heads", type=int, default=8)
-    demo.add_argument("--head-dim", type=int, default=64)
-    demo.add_argument("--block-size", type=int, default=256)
-    demo.add_argument("--sample-size", type=int, default=256)
-    demo.add_argument("--lsh-num-projs", type=int, default=7)
-    demo.add_argument("--min-seq-len", type=int, default=4096)
-    demo.add_argument("--sampling", choices=["uniform", "value_norm"], default="uniform")
-    demo.add_argument("--device", help="torch device, default cuda if available else cpu")
+        "demo", help="SmolLM2 on Paul Graham's essays: perplexity and needle tests, exact vs HyperAttention",
+        description="Loads SmolLM2-135M-Instruct (from PyPI, cached), measures perplexity on the first SEQ_LEN "
+        "tokens of Paul Graham's essays with exact attention and with HyperAttention in the last 15 layers, hides "
+        "a needle at a few depths and asks for it, and prints a table with timings (and plots with --out).")
+    _add_model_args(demo, 8192)
+    demo.add_argument("--seq-len", type=int, default=8192)
+    demo.add_argument("--layers", default="last:15", help="layers patched: all, last:K, first:K")
+    demo.add_argument("--depths", type=_float_list, default=[0.1, 0.5, 0.9], help="needle depths in [0, 1]")
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    demo.add_argument("--out", metavar="DIR", help="write demo.json and plots to this folder")
+    _add_config_args(demo)
+
+    evaluate = commands.add_parser("eval", help="quality of pretrained models with HyperAttention")
+    evals = evaluate.add_subparsers(dest="eval", required=True)
+    ppl = evals.add_parser(
+        "ppl", help="perplexity: exact vs HyperAttention in some layers",
+        description="Perplexity of a pretrained causal LM on windows of a long text, exact and with "
+        "HyperAttention in the given layers, per quarter of the window, over several windows and seeds.")
+    _add_model_args(ppl, 8192)
+    ppl.add_argument("--seq-len", type=int, default=8192)
+    ppl.add_argument("--layers", type=_str_list, default=["last:0", "last:8", "last:15", "all"],
+                     help="comma-separated settings; last:0 is exact attention")
+    ppl.add_argument("--windows", type=int, default=1, help="consecutive windows from the start of the text")
+    ppl.add_argument("--seeds", type=_str_list, default=["0"], help="comma-separated seeds")
+    _add_config_args(ppl)
+    needle = evals.add_parser(
+        "needle", help="needle in a haystack: exact vs HyperAttention",
+        description="Hides a 5-digit number at each depth of a long text and asks for it by greedy decoding; "
+        "prints an accuracy grid for exact attention and each patched setting.")
+    _add_model_args(needle, 8192)
+    needle.add_argument("--lengths", type=_int_list, default=[4096, 8192])
+    needle.add_argument("--depths", type=_float_list, default=[0.0, 0.25, 0.5, 0.75, 1.0])
+    needle.add_argument("--layers", type=_str_list, default=["last:0", "last:15"])
+    needle.add_argument("--seed", type=int, default=0)
+    _add_config_args(needle)
 
     bench = commands.add_parser("bench", help="speed benchmarks (CUDA)")
     bench_kinds = bench.add_subparsers(dest="bench", required=True)
@@ -46,34 +107,36 @@ def build_parser() -> argparse.ArgumentParser:
         "backends) in one process on one CUDA card, batch 1, bf16: medians of triton.testing.do_bench, peak "
         "memory, speed-up against cuDNN. Prints a table; writes JSON and a log-log plot on request.",
     )
-    attn.add_argument("--seq-lens", type=_positive_int_list, default=[4096, 8192, 16384, 32768, 65536, 131072],
+    attn.add_argument("--seq-lens", type=_int_list, default=[4096, 8192, 16384, 32768, 65536, 131072],
                       help="lengths timed for every implementation")
-    attn.add_argument("--long-seq-lens", type=_positive_int_list, default=[262144, 524288, 1048576],
+    attn.add_argument("--long-seq-lens", type=_int_list, default=[262144, 524288, 1048576],
                       help="lengths timed for HyperAttention alone")
-    attn.add_argument("--head-dims", type=_positive_int_list, default=[64, 128])
+    attn.add_argument("--head-dims", type=_int_list, default=[64, 128])
     attn.add_argument("--heads", type=int, default=32)
     attn.add_argument("--causal", choices=["both", "causal", "non-causal"], default="both")
-    attn.add_argument("--modes", type=lambda t: t.split(","), default=["fwd", "fwd_bwd"],
-                      help="comma-separated: fwd, fwd_bwd")
-    attn.add_argument("--block-size", type=int, default=256)
-    attn.add_argument("--sample-size", type=int, default=256)
-    attn.add_argument("--lsh-num-projs", type=int, default=7)
-    attn.add_argument("--min-seq-len", type=int, default=4096)
+    attn.add_argument("--modes", type=_str_list, default=["fwd", "fwd_bwd"], help="comma-separated: fwd, fwd_bwd")
     attn.add_argument("--json", metavar="PATH", help="write the results as JSON")
     attn.add_argument("--plot", metavar="PNG", help="write a log-log plot of time against length")
     attn.add_argument("--plot-only", metavar="JSON", help="redraw table and plot from a saved result; no timing")
+    _add_config_args(attn)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.command_line = " ".join(["hyperattn", *argv])  # recorded with every result
     if args.command == "demo":
         from hyperattn.demo import main as run
+    elif args.command == "eval":
+        from hyperattn.eval.cli import main as run
     else:
         from hyperattn.bench.attention import main as run
+    from hyperattn.eval.assets import AssetError
+
     try:
         return run(args)
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, AssetError) as error:
         print(f"hyperattn {args.command}: error: {error}", file=sys.stderr)
         return 2
 

@@ -67,7 +67,7 @@ def time_case(fn, seq_len, heads, head_dim, causal, mode, dtype=torch.bfloat16, 
     return float(ms), peak
 
 
-def run_benchmark(seq_lens, long_seq_lens, head_dims, causals, modes, heads=32, config=None):
+def run_benchmark(seq_lens, long_seq_lens, head_dims, causals, modes, heads=32, config=None, command=""):
     config = config or HyperAttentionConfig()
     impls = {"ours": _ours(config), **{name: _sdpa(name) for name in BASELINES}}
     cases = [(n, d, c, m, impl) for d in head_dims for c in causals for m in modes
@@ -89,7 +89,7 @@ def run_benchmark(seq_lens, long_seq_lens, head_dims, causals, modes, heads=32, 
         card=torch.cuda.get_device_name(),
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         torch=torch.__version__, triton=triton.__version__, python=platform.python_version(),
-        command=" ".join(["hyperattn", *sys.argv[1:]]),
+        command=command,
         batch=1, heads=heads, dtype="bfloat16", config=asdict(config), results=results,
     )
 
@@ -153,11 +153,12 @@ def main(args) -> int:
         print("hyperattn bench attention: error: needs a CUDA device (use --plot-only to redraw a result)",
               file=sys.stderr)
         return 2
-    config = HyperAttentionConfig(block_size=args.block_size, sample_size=args.sample_size,
-                                  lsh_num_projs=args.lsh_num_projs, min_seq_len=args.min_seq_len)
+    from hyperattn.cli import config_from_args
+
+    config = config_from_args(args)
     causals = {"both": (False, True), "causal": (True,), "non-causal": (False,)}[args.causal]
     result = run_benchmark(args.seq_lens, args.long_seq_lens, args.head_dims, causals, args.modes,
-                           heads=args.heads, config=config)
+                           heads=args.heads, config=config, command=args.command_line)
     print(format_table(result))
     if args.json:
         with open(args.json, "w") as f:

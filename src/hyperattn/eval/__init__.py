@@ -1,0 +1,1 @@
+"""Evaluation on pretrained models and real long texts: perplexity and needle tests."""

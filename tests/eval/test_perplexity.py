@@ -1,0 +1,45 @@
+import math
+
+import pytest
+import torch
+
+from hyperattn import HyperAttentionConfig
+from hyperattn.eval.perplexity import evaluate_perplexity, format_summary, summarize, token_windows
+from tests.eval.conftest import TEXT
+
+APPROX = HyperAttentionConfig(block_size=16, sample_size=16, min_seq_len=32)
+
+
+def test_summary_quarters():
+    nll = torch.tensor([0.0, 0.0, 1.0, 1.0, 2.0, 2.0, 3.0, 3.0], dtype=torch.float64)
+    s = summarize(nll)
+    assert s["ppl"] == pytest.approx(math.exp(1.5))
+    assert s["quarter_ppl"] == pytest.approx([1.0, math.e, math.e ** 2, math.e ** 3])
+
+
+def test_windows_are_consecutive_and_too_short_text_is_an_error(char_tokenizer):
+    windows = token_windows(char_tokenizer, "abcdefgh", 3, 2)
+    assert windows.tolist() == [[98, 99, 100], [101, 102, 103]]
+    with pytest.raises(ValueError, match="tokens"):
+        token_windows(char_tokenizer, "abc", 3, 2)
+
+
+def test_exact_setting_matches_the_models_own_loss(tiny_llama, char_tokenizer):
+    result = evaluate_perplexity(tiny_llama, char_tokenizer, TEXT, 200, ["last:0", "last:2"], num_windows=2,
+                                 seeds=[0, 1], config=APPROX)
+    exact = [r for r in result["runs"] if r["layers"] == "last:0"]
+    assert len(exact) == 2  # exact attention runs once per window, whatever the seeds
+    ids = token_windows(char_tokenizer, TEXT, 200, 2)
+    with torch.no_grad():
+        loss = tiny_llama(ids[:1], labels=ids[:1]).loss
+    assert exact[0]["ppl"] == pytest.approx(math.exp(loss.item()), rel=1e-5)
+    patched = [r for r in result["runs"] if r["layers"] == "last:2"]
+    assert len(patched) == 4 and all(r["ppl"] != exact[r["window"]]["ppl"] for r in patched)
+    summary = {s["layers"]: s for s in result["summary"]}
+    assert summary["last:2"]["min_ppl"] <= summary["last:2"]["mean_ppl"] <= summary["last:2"]["max_ppl"]
+    assert "vs exact" in format_summary(result)
+
+
+def test_longer_than_the_context_is_an_error(tiny_llama, char_tokenizer):
+    with pytest.raises(ValueError, match="context"):
+        evaluate_perplexity(tiny_llama, char_tokenizer, TEXT, 2048, ["last:0"])
