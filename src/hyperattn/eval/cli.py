@@ -18,7 +18,10 @@ def environment(device: torch.device, command_line: str) -> dict:
     """Where and how a result was measured."""
     import transformers
 
-    card = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
+    if device.type == "cuda":
+        card = torch.cuda.get_device_name(device)
+    else:
+        card = f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
     return dict(device=card, date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 torch=torch.__version__, transformers=transformers.__version__, python=platform.python_version(),
                 command=command_line)
