@@ -43,3 +43,22 @@ def test_exact_setting_matches_the_models_own_loss(tiny_llama, char_tokenizer):
 def test_longer_than_the_context_is_an_error(tiny_llama, char_tokenizer):
     with pytest.raises(ValueError, match="context"):
         evaluate_perplexity(tiny_llama, char_tokenizer, TEXT, 2048, ["last:0"])
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3-softcap"])
+def test_chunked_nll_matches_the_models_loss(arch, monkeypatch):
+    import transformers
+
+    from hyperattn.eval import perplexity
+
+    common = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=512)
+    config = (transformers.LlamaConfig(**common) if arch == "llama"
+              else transformers.Gemma3TextConfig(**common, head_dim=16, final_logit_softcapping=30.0))
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    monkeypatch.setattr(perplexity, "LOGIT_CHUNK", 64)  # several chunks
+    ids = torch.randint(0, 128, (300,), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        loss = model(ids[None], labels=ids[None]).loss.item()
+    assert perplexity.window_nll(model, ids).mean().item() == pytest.approx(loss, rel=1e-5)

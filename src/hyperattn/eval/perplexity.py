@@ -27,12 +27,27 @@ def token_windows(tokenizer, text: str, seq_len: int, num_windows: int) -> torch
     return ids[:needed].view(num_windows, seq_len)
 
 
+LOGIT_CHUNK = 1024  # positions whose logits exist at once (Gemma-3's vocabulary has 262k entries)
+
+
 @torch.no_grad()
 def window_nll(model, ids: torch.Tensor) -> torch.Tensor:
-    """Negative log-likelihood of tokens 1..L-1 of one window (L,), float64 (L-1,)."""
+    """Negative log-likelihood of tokens 1..L-1 of one window (L,), float64 (L-1,).
+
+    The decoder runs once; the output projection runs in chunks of positions, so the
+    (L, vocabulary) logits never exist at once."""
     device = next(model.parameters()).device
-    logits = model(ids[None].to(device)).logits[0, :-1].float()
-    return F.cross_entropy(logits, ids[1:].to(device), reduction="none").double().cpu()
+    hidden = model.get_decoder()(input_ids=ids[None].to(device)).last_hidden_state[0, :-1]
+    head = model.get_output_embeddings()
+    softcap = getattr(model.config, "final_logit_softcapping", None)
+    targets = ids[1:].to(device)
+    nll = []
+    for start in range(0, hidden.shape[0], LOGIT_CHUNK):
+        logits = head(hidden[start:start + LOGIT_CHUNK]).float()
+        if softcap:
+            logits = torch.tanh(logits / softcap) * softcap
+        nll.append(F.cross_entropy(logits, targets[start:start + LOGIT_CHUNK], reduction="none"))
+    return torch.cat(nll).double().cpu()
 
 
 def summarize(nll: torch.Tensor) -> dict:
