@@ -29,6 +29,7 @@ def test_eval_ppl_prints_a_table_and_writes_json_and_plot(tmp_path, capsys):
     (["eval", "ppl", "--text", "/no/such/file.txt"], "text"),
     (["eval", "needle", "--lengths", "100000"], "context"),
     (["demo", "--block-size", "0"], "block_size"),
+    (["demo", "--layers", "last:0"], "patches no layer"),
 ])
 def test_clear_errors(argv, message, capsys):
     assert main(argv + ["--device", "cpu"]) == 2
@@ -40,3 +41,7 @@ def test_bad_numbers_are_rejected_by_the_parser():
         main(["eval", "needle", "--depths", "0.5,2"])
     with pytest.raises(SystemExit):
         main(["bench", "attention", "--seq-lens", "64,x"])
+    for argv in (["eval", "ppl", "--windows", "0"], ["eval", "ppl", "--seeds", "0,-1"], ["demo", "--seq-len", "-5"],
+                 ["eval", "needle", "--seed", "x"]):
+        with pytest.raises(SystemExit):
+            main(argv)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 
 import torch
+from torch.nn.attention.bias import causal_lower_right
 
 from hyperattn.config import HyperAttentionConfig, check_scale
-from hyperattn.ops import exact_attention_reference, reference_attention
-from hyperattn.ops.triton import has_triton
+from hyperattn.ops import compute_dtype, exact_attention_reference, reference_attention
+from hyperattn.ops.triton import TRITON_DTYPES, has_triton
 from hyperattn.plan import plan_hyper_attention
 
 _SEED_MIN, _SEED_MAX = -(1 << 63), (1 << 64) - 1
@@ -55,8 +56,7 @@ def _check_inputs(q, k, v, causal) -> None:
 def _empty_result(q, v, return_lse):
     b, h, n, _ = q.shape
     out = q.new_zeros(b, h, n, v.shape[-1])
-    lse_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
-    lse = torch.full((b, h, n), -torch.inf, dtype=lse_dtype, device=q.device)
+    lse = torch.full((b, h, n), -torch.inf, dtype=compute_dtype(q.dtype), device=q.device)
     return (out, lse) if return_lse else out
 
 
@@ -64,10 +64,7 @@ def _finish(q, out, lse, return_lse):
     out = out.to(q.dtype)
     if not return_lse:
         return out
-    return out, lse if q.dtype == torch.float64 else lse.float()
-
-
-TRITON_DTYPES = (torch.float16, torch.bfloat16)
+    return out, lse.to(compute_dtype(q.dtype))
 
 
 def _use_triton(q: torch.Tensor, impl: str) -> bool:
@@ -102,9 +99,7 @@ def _exact(q, k, v, scale, causal, return_lse, use_triton):
         out, lse = exact_attention_reference(q, k, v, scale, causal)
         return _finish(q, out, lse, True)
     nq, nk = q.shape[2], k.shape[2]
-    mask = None
-    if causal and nq != nk:  # bottom-right alignment
-        mask = torch.ones(nq, nk, dtype=torch.bool, device=q.device).tril(nk - nq)
+    mask = causal_lower_right(nq, nk) if causal and nq != nk else None  # bottom-right, never materialized
     return torch.nn.functional.scaled_dot_product_attention(
         q, k, v, attn_mask=mask, is_causal=causal and nq == nk, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
     )
@@ -131,8 +126,8 @@ def exact_attention(q, k, v, causal: bool = False, scale: float | None = None, r
     Returns:
         out (B, Hq, Nq, Dv) in q's dtype, and with ``return_lse`` lse (B, Hq, Nq) float32
         (float64 for float64 inputs). The output alone comes from PyTorch's
-        ``scaled_dot_product_attention``; with ``return_lse`` both come from the reference
-        executor (``hyperattn.ops.reference``).
+        ``scaled_dot_product_attention``; with ``return_lse`` both come from the fused kernel
+        (fp16/bf16 CUDA tensors) or the reference executor (``hyperattn.ops.reference``).
     """
     _check_inputs(q, k, v, causal)
     scale = check_scale(scale, q.shape[-1])
@@ -185,7 +180,7 @@ def hyper_attention(
         return _empty_result(q, v, return_lse)
     if q.shape[2] <= config.min_seq_len:
         return _exact(q, k, v, scale, causal, return_lse, use_triton)
-    plan = plan_hyper_attention(q, k, v, causal, config, generator)
+    plan = plan_hyper_attention(q, k, v, causal, config, generator, use_kernels=use_triton)
     if use_triton:
         from hyperattn.ops.triton.interface import triton_attention
 

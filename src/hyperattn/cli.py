@@ -6,6 +6,36 @@ import argparse
 import sys
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _seed_list(text: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated seeds (integers >= 0), got {text!r}") from None
+    if not values or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"expected comma-separated seeds (integers >= 0), got {text!r}")
+    return values
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a seed (an integer >= 0), got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a seed (an integer >= 0), got {text!r}")
+    return value
+
+
 def _int_list(text: str) -> list[int]:
     try:
         values = [int(part) for part in text.split(",") if part]
@@ -30,12 +60,12 @@ def _str_list(text: str) -> list[str]:
     return [part for part in text.split(",") if part]
 
 
-def _add_config_args(parser: argparse.ArgumentParser, min_seq_len: int = 4096) -> None:
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("HyperAttention (defaults: the paper's)")
     group.add_argument("--block-size", type=int, default=256)
     group.add_argument("--sample-size", type=int, default=256)
     group.add_argument("--lsh-num-projs", type=int, default=7)
-    group.add_argument("--min-seq-len", type=int, default=min_seq_len)
+    group.add_argument("--min-seq-len", type=int, default=4096)
     group.add_argument("--sampling", choices=["uniform", "value_norm"], default="uniform")
 
 
@@ -46,7 +76,7 @@ def config_from_args(args):
                                 lsh_num_projs=args.lsh_num_projs, min_seq_len=args.min_seq_len, sampling=args.sampling)
 
 
-def _add_model_args(parser: argparse.ArgumentParser, seq_len: int) -> None:
+def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="smollm2",
                         help="smollm2 (SmolLM2-135M-Instruct), gemma3 (Gemma-3-270m), a .gguf file or a model folder")
     parser.add_argument("--text", default="paul-graham",
@@ -54,7 +84,6 @@ def _add_model_args(parser: argparse.ArgumentParser, seq_len: int) -> None:
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
     parser.add_argument("--plot", metavar="PNG", help="write a plot")
-    parser.set_defaults(seq_len_default=seq_len)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,11 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Loads SmolLM2-135M-Instruct (from PyPI, cached), measures perplexity on the first SEQ_LEN "
         "tokens of Paul Graham's essays with exact attention and with HyperAttention in the last 15 layers, hides "
         "a needle at a few depths and asks for it, and prints a table with timings (and plots with --out).")
-    _add_model_args(demo, 8192)
-    demo.add_argument("--seq-len", type=int, default=8192)
+    _add_model_args(demo)
+    demo.add_argument("--seq-len", type=_positive_int, default=8192)
     demo.add_argument("--layers", default="last:15", help="layers patched: all, last:K, first:K")
     demo.add_argument("--depths", type=_float_list, default=[0.1, 0.5, 0.9], help="needle depths in [0, 1]")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=_seed, default=0)
     demo.add_argument("--out", metavar="DIR", help="write demo.json and plots to this folder")
     _add_config_args(demo)
 
@@ -80,22 +109,22 @@ def build_parser() -> argparse.ArgumentParser:
         "ppl", help="perplexity: exact vs HyperAttention in some layers",
         description="Perplexity of a pretrained causal LM on windows of a long text, exact and with "
         "HyperAttention in the given layers, per quarter of the window, over several windows and seeds.")
-    _add_model_args(ppl, 8192)
-    ppl.add_argument("--seq-len", type=int, default=8192)
+    _add_model_args(ppl)
+    ppl.add_argument("--seq-len", type=_positive_int, default=8192)
     ppl.add_argument("--layers", type=_str_list, default=["last:0", "last:8", "last:15", "all"],
                      help="comma-separated settings; last:0 is exact attention")
-    ppl.add_argument("--windows", type=int, default=1, help="consecutive windows from the start of the text")
-    ppl.add_argument("--seeds", type=_str_list, default=["0"], help="comma-separated seeds")
+    ppl.add_argument("--windows", type=_positive_int, default=1, help="consecutive windows from the start of the text")
+    ppl.add_argument("--seeds", type=_seed_list, default=[0], help="comma-separated seeds")
     _add_config_args(ppl)
     needle = evals.add_parser(
         "needle", help="needle in a haystack: exact vs HyperAttention",
         description="Hides a 5-digit number at each depth of a long text and asks for it by greedy decoding; "
         "prints an accuracy grid for exact attention and each patched setting.")
-    _add_model_args(needle, 8192)
+    _add_model_args(needle)
     needle.add_argument("--lengths", type=_int_list, default=[4096, 8192])
     needle.add_argument("--depths", type=_float_list, default=[0.0, 0.25, 0.5, 0.75, 1.0])
     needle.add_argument("--layers", type=_str_list, default=["last:0", "last:15"])
-    needle.add_argument("--seed", type=int, default=0)
+    needle.add_argument("--seed", type=_seed, default=0)
     _add_config_args(needle)
 
     bench = commands.add_parser("bench", help="speed benchmarks (CUDA)")
@@ -112,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     attn.add_argument("--long-seq-lens", type=_int_list, default=[262144, 524288, 1048576],
                       help="lengths timed for HyperAttention alone")
     attn.add_argument("--head-dims", type=_int_list, default=[64, 128])
-    attn.add_argument("--heads", type=int, default=32)
+    attn.add_argument("--heads", type=_positive_int, default=32)
     attn.add_argument("--causal", choices=["both", "causal", "non-causal"], default="both")
     attn.add_argument("--modes", type=_str_list, default=["fwd", "fwd_bwd"], help="comma-separated: fwd, fwd_bwd")
     attn.add_argument("--json", metavar="PATH", help="write the results as JSON")

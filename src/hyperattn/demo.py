@@ -40,6 +40,9 @@ def main(args) -> int:
 
     start = time.perf_counter()
     config = config_from_args(args)
+    if args.layers in ("last:0", "first:0"):
+        raise ValueError(f"--layers {args.layers} patches no layer: the demo compares exact attention with "
+                         "HyperAttention in some layers (e.g. last:15)")
     model, tokenizer, text, device = load(args)
     specs = ["last:0", args.layers]
     perplexity = evaluate_perplexity(model, tokenizer, text, args.seq_len, specs, 1, [args.seed], config)

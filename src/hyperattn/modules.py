@@ -9,7 +9,7 @@ from hyperattn.config import HyperAttentionConfig
 
 
 class HyperAttention(torch.nn.Module):
-    """A parameter-free attention layer: ``layer(q, k, v, causal=True, seed=None)``.
+    """A parameter-free attention layer: ``layer(q, k, v, causal=False, scale=None, seed=None)``.
 
     Holds a :class:`HyperAttentionConfig`; see :func:`hyperattn.hyper_attention` for the
     tensor layout and semantics.

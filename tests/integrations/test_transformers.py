@@ -126,3 +126,22 @@ def test_bad_arguments():
         integration.patch_model(model, "all", config={"block_size": 8})
     with pytest.raises(ValueError, match="layers"):
         integration.patch_model(model, "some")
+    for seed in (1.5, "0", True, -1):
+        with pytest.raises(TypeError, match="seed"):
+            integration.patch_model(model, "all", seed=seed)
+
+
+def test_static_cache_slots_and_mask_shapes():
+    """A mask with unused trailing key slots (a static cache) runs over the filled slots only."""
+    from hyperattn.integrations.transformers import _sequences
+
+    num_queries, past, slots = 6, 4, 16
+    mask = torch.zeros(1, 1, num_queries, slots, dtype=torch.bool)
+    for i in range(num_queries):
+        mask[0, 0, i, : past + i + 1] = True
+    (queries, keys), = _sequences(mask, num_queries, slots)
+    assert queries.tolist() == list(range(6)) and keys.tolist() == list(range(10))
+    window = mask.clone()
+    window[0, 0, 5, 0] = False  # a sliding window cuts the first key for the last query
+    with pytest.raises(ValueError, match="sliding window"):
+        _sequences(window, num_queries, slots)

@@ -56,7 +56,7 @@ def main(args) -> int:
     if args.eval == "ppl":
         from hyperattn.eval.perplexity import evaluate_perplexity, format_summary, plot_perplexity
 
-        seeds = [int(s) for s in args.seeds]
+        seeds = args.seeds
         result = evaluate_perplexity(model, tokenizer, text, args.seq_len, args.layers, args.windows, seeds, config)
         result = {**meta, **result}
         print(f"{args.model} on {args.text}, {args.seq_len} tokens, {args.windows} window(s), seeds {seeds}")

@@ -9,8 +9,8 @@ import torch
 from tqdm import tqdm
 
 from hyperattn.config import HyperAttentionConfig
-from hyperattn.eval.models import check_length, count_attention_layers
-from hyperattn.integrations.transformers import patch_model, select_layers
+from hyperattn.eval.models import check_length
+from hyperattn.integrations.transformers import patch_model
 
 NEEDLE = "The special magic number is {number}."
 ANSWER_TOKENS = 8
@@ -45,18 +45,17 @@ def evaluate_needle(model, tokenizer, text: str, lengths: list[int], depths: lis
     for length in lengths:
         check_length(model, length)
     haystack = tokenizer(text, add_special_tokens=False).input_ids
-    num_layers = count_attention_layers(model)
     rng = random.Random(seed)
     numbers = {(length, depth): rng.randrange(10000, 100000) for length in lengths for depth in depths}
     jobs = [(spec, length, depth) for spec in layer_specs for length in lengths for depth in depths]
     rows = []
     for spec, length, depth in tqdm(jobs, desc="needle", unit="prompt"):
-        patch_model(model, spec, config, seed=seed)
+        patched = patch_model(model, spec, config, seed=seed)
         number = numbers[(length, depth)]
         start = time.perf_counter()
         prompt = build_prompt(tokenizer, haystack, length - ANSWER_TOKENS, depth, number)  # answer fits the context
         reply = answer(model, tokenizer, prompt, ANSWER_TOKENS)
-        rows.append(dict(layers=spec, num_patched=len(select_layers(spec, num_layers)), length=length, depth=depth,
+        rows.append(dict(layers=spec, num_patched=len(patched), length=length, depth=depth,
                          number=number, answer=reply.strip(), correct=str(number) in reply,
                          seconds=time.perf_counter() - start))
     patch_model(model, "last:0", config)

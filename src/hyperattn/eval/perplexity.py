@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from hyperattn.config import HyperAttentionConfig
 from hyperattn.eval.models import check_length, count_attention_layers
-from hyperattn.integrations.transformers import patch_model, select_layers
+from hyperattn.integrations.transformers import patch_model
 
 QUARTERS = 4
 
@@ -69,7 +69,7 @@ def evaluate_perplexity(model, tokenizer, text: str, seq_len: int, layer_specs: 
     num_layers = count_attention_layers(model)
     jobs = []
     for spec in layer_specs:
-        patched = len(select_layers(spec, num_layers))
+        patched = len(patch_model(model, spec, config))  # sliding-window layers stay exact
         for seed in (seeds if patched else seeds[:1]):  # exact attention has no randomness
             jobs += [(spec, patched, seed, w) for w in range(num_windows)]
     runs = []

@@ -93,6 +93,8 @@ def patch_model(
         config = HyperAttentionConfig()
     elif not isinstance(config, HyperAttentionConfig):
         raise TypeError(f"config must be a HyperAttentionConfig, got {type(config).__name__}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise TypeError(f"seed must be a non-negative int or None, got {seed!r}")
     modules = attention_modules(model)
     if not modules:
         raise ValueError(f"found no attention modules (with layer_idx and q_proj) in {type(model).__name__}")
@@ -126,24 +128,37 @@ def _bottom_right_causal(num_queries: int, num_keys: int, device) -> torch.Tenso
     return torch.ones(num_queries, num_keys, dtype=torch.bool, device=device).tril(num_keys - num_queries)
 
 
-def _valid_tokens(attention_mask: torch.Tensor, num_queries: int, num_keys: int) -> torch.Tensor | None:
-    """Key validity (B, Sk) when the mask is bottom-right causal restricted to valid keys
-    (None when nothing is padded); raises for any other mask."""
+def _sequences(attention_mask: torch.Tensor, num_queries: int, num_keys: int):
+    """Per batch row, (query rows, key columns) over which the mask is bottom-right causal;
+    None when the whole mask is plain bottom-right causal (one batched call).
+
+    Keys no query attends to (padding, unused static-cache slots) are dropped. A query row
+    is kept when it attends to more keys than every row before it: the tokens of the
+    sequence. Other rows (padding, right or left) get a zero output. Any mask that is not,
+    row by row, a growing prefix of the kept keys (a sliding window, packed sequences, a
+    custom mask) raises."""
     if attention_mask.dtype != torch.bool:
         attention_mask = attention_mask == 0  # additive float mask: 0 where attended
     if attention_mask.dim() != 4 or attention_mask.shape[1] != 1:
         raise ValueError(f"hyper attention supports masks shared by all heads, got shape {tuple(attention_mask.shape)}")
-    mask = attention_mask[:, 0].expand(-1, num_queries, num_keys)
-    causal = _bottom_right_causal(num_queries, num_keys, mask.device)
-    valid = mask.any(dim=1)  # keys some query attends to
-    query_valid = valid[:, num_keys - num_queries:]
-    expected = causal & valid[:, None, :]
-    if not torch.equal(mask & query_valid[:, :, None], expected & query_valid[:, :, None]):
-        raise ValueError(
-            "hyper attention supports causal masks with padding only; this mask cuts more "
-            "(sliding window, packed sequences or a custom mask). Leave this layer exact."
-        )
-    return None if bool(valid.all()) else valid
+    mask = attention_mask[:, 0, :, :num_keys].expand(-1, num_queries, num_keys)
+    if torch.equal(mask, _bottom_right_causal(num_queries, num_keys, mask.device).expand_as(mask)):
+        return None
+    sequences = []
+    for row in mask:
+        keys = row.any(dim=0).nonzero().squeeze(1)
+        counts = row.sum(dim=1)
+        prefixes = torch.arange(len(keys), device=row.device) < counts[:, None]
+        earlier = torch.cat([counts.new_zeros(1), torch.cummax(counts, 0).values[:-1]])
+        queries = (counts > earlier).nonzero().squeeze(1)
+        expected = torch.arange(len(keys) - len(queries) + 1, len(keys) + 1, device=row.device)
+        if not (torch.equal(row[:, keys], prefixes) and torch.equal(counts[queries], expected)):
+            raise ValueError(
+                "hyper attention supports causal masks with padding only; this mask cuts more "
+                "(sliding window, packed sequences or a custom mask). Leave this layer exact."
+            )
+        sequences.append((queries, keys))
+    return sequences
 
 
 def hyper_attention_forward(
@@ -158,7 +173,7 @@ def hyper_attention_forward(
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
     """transformers attention function: query (B, Hq, Sq, D), key/value (B, Hkv, Sk, D) ->
-    (out (B, Sq, Hq, D) contiguous, None). Unpatched modules and short calls run SDPA."""
+    (out (B, Sq, Hq, Dv) contiguous, None). Unpatched modules and short calls run SDPA."""
     config = getattr(module, _CONFIG_ATTR, None)
     num_queries, num_keys = query.shape[2], key.shape[2]
     if config is None or num_queries <= config.min_seq_len:
@@ -173,20 +188,17 @@ def hyper_attention_forward(
     if not causal:
         raise ValueError(f"hyper attention is patched for causal language models; layer {module.layer_idx} is not causal")
     seed = getattr(module, _SEED_ATTR, None)
-    valid = None if attention_mask is None else _valid_tokens(attention_mask, num_queries, num_keys)
-    if valid is None:
+    sequences = None if attention_mask is None else _sequences(attention_mask, num_queries, num_keys)
+    if sequences is None:
         out = hyper_attention(query, key, value, causal=True, scale=scaling, config=config, seed=seed)
         return out.transpose(1, 2).contiguous(), None
 
-    # Padded batch: one causal run per sequence over its valid tokens.
+    # Padded batch (or a partly filled static cache): one causal run per sequence over its
+    # valid tokens; fully masked query rows give zeros.
     out = query.new_zeros(query.shape[0], query.shape[1], num_queries, value.shape[-1])
-    for row in range(query.shape[0]):
-        keys = valid[row].nonzero().squeeze(1)
-        queries = valid[row, num_keys - num_queries:].nonzero().squeeze(1)
+    for row, (queries, keys) in enumerate(sequences):
         if queries.numel() == 0:
             continue
-        if not torch.equal(queries + (num_keys - num_queries), keys[keys.numel() - queries.numel():]):
-            raise ValueError("hyper attention needs the valid queries to be the last valid keys of each sequence")
         out[row, :, queries] = hyper_attention(
             query[row:row + 1, :, queries], key[row:row + 1, :, keys], value[row:row + 1, :, keys],
             causal=True, scale=scaling, config=config, seed=seed,

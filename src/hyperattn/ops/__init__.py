@@ -3,6 +3,7 @@
 from hyperattn.ops.merge import masked_softmax_lse, merge_attention
 from hyperattn.ops.reference import (
     causal_hyper_attention_reference,
+    compute_dtype,
     exact_attention_reference,
     hyper_attention_reference,
     reference_attention,
@@ -10,4 +11,10 @@ from hyperattn.ops.reference import (
 
 __all__ = [
     "causal_hyper_attention_reference",
-    "exact_attention_reference", "hyper_attention_reference", "masked_softmax_lse", "merge_attention"]
+    "compute_dtype",
+    "exact_attention_reference",
+    "hyper_attention_reference",
+    "masked_softmax_lse",
+    "merge_attention",
+    "reference_attention",
+]

@@ -146,9 +146,9 @@ def causal_hyper_attention_reference(
         level_lse = torch.stack((torch.full_like(rect_lse, -torch.inf), rect_lse), 2).flatten(1, 2)
         out, lse = merge_attention(out, lse, join_rows(level_out), join_rows(level_lse))
 
-    if plan.prefix_plan is not None:
+    if prefix > 0:  # prefix keys: one rectangle, exact when no longer than a block
         k_pre, v_pre = k[:, :, :prefix], v[:, :, :prefix]
-        out, lse = merge_attention(out, lse, *hyper_attention_reference(q_main, k_pre, v_pre, plan.prefix_plan, scale))
+        out, lse = merge_attention(out, lse, *reference_attention(q_main, k_pre, v_pre, plan.prefix_plan, scale, False))
     if head > 0:
         head_out, head_lse = exact_attention_reference(
             q[:, :, :head], k[:, :, :prefix], v[:, :, :prefix], scale, causal=True

@@ -80,7 +80,8 @@ def make_plan(
 class CausalPlan:
     """Plans of causal HyperAttention: one ``AttentionPlan`` per level of ``schedule``
     (its problems are the level's rectangles, batch-major) and one for the prefix
-    rectangle (None when the schedule has no prefix keys)."""
+    rectangle: None when its keys fit in one block (or there are none), which executors
+    then attend to exactly."""
 
     schedule: CausalSchedule
     level_plans: list[AttentionPlan]
@@ -94,6 +95,7 @@ def plan_hyper_attention(
     causal: bool,
     config: HyperAttentionConfig,
     generator: torch.Generator,
+    use_kernels: bool = False,
 ) -> AttentionPlan | CausalPlan:
     """Every random and data-dependent choice of one HyperAttention call.
 
@@ -101,9 +103,11 @@ def plan_hyper_attention(
     whole input, or a rectangle of the causal schedule) sorts its own slice and draws its
     own samples, in the order levels 1..L, then the prefix.
     q (B, Hq, Nq, D), k (B, Hkv, Nk, D), v (B, Hkv, Nk, Dv); requires Nq > config.min_seq_len.
+    ``use_kernels`` hashes with the fused kernel (CUDA).
     """
     directions = lsh_directions(k.shape[1], q.shape[-1], config.lsh_num_projs, generator)
-    q_buckets, k_buckets = lsh_buckets(q, directions), lsh_buckets(k, directions)
+    q_buckets = lsh_buckets(q, directions, use_kernels)
+    k_buckets = lsh_buckets(k, directions, use_kernels)
     sq_norms = value_sq_norms(v) if config.sampling == "value_norm" else None
     weight_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
     if not causal:
@@ -120,7 +124,7 @@ def plan_hyper_attention(
             config, generator, level_norms, weight_dtype,
         ))
     prefix_plan = None
-    if prefix > 0:
+    if prefix > config.block_size:
         prefix_norms = None if sq_norms is None else sq_norms[:, :, :prefix]
         prefix_plan = make_plan(q_main, k_buckets[:, :, :prefix], config, generator, prefix_norms, weight_dtype)
     return CausalPlan(schedule, level_plans, prefix_plan)

@@ -31,22 +31,23 @@ def gray_code_rank(codes: torch.Tensor, num_bits: int) -> torch.Tensor:
     return rank
 
 
-def lsh_buckets(x: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
+def lsh_buckets(x: torch.Tensor, directions: torch.Tensor, use_kernel: bool = False) -> torch.Tensor:
     """Bucket of every row of ``x`` in Gray-code order.
 
     Args:
         x: (Z, H, N, D) floating; head ``h`` uses the directions of kv head
             ``h // (H // Hkv)``, so grouped query heads hash like their kv head.
         directions: float32 (Hkv, D, r).
+        use_kernel: hash CUDA tensors with the fused kernel (``hyperattn.ops.triton.hashing``),
+            which reads each row once and projects on the tensor cores in the input dtype.
     Returns:
-        int32 (Z, H, N) with values in ``[0, 2**r)``. Projections are computed in float32
-        (float64 for float64 inputs) whatever the input dtype; on CUDA by a fused kernel
-        (``hyperattn.ops.triton.hashing``) that reads each row once.
+        int32 (Z, H, N) with values in ``[0, 2**r)``. Without the kernel, projections are
+        computed in float32 (float64 for float64 inputs) whatever the input dtype.
     """
     z, h, n, d = x.shape
     hkv, _, r = directions.shape
     proj_dirs = directions.to(x.device)
-    if x.is_cuda and x.dtype != torch.float64 and has_triton():
+    if use_kernel and x.is_cuda and x.dtype != torch.float64 and has_triton():
         from hyperattn.ops.triton.hashing import lsh_buckets_triton
 
         return lsh_buckets_triton(x.detach(), proj_dirs)

@@ -3,11 +3,22 @@
 Importing this package does not import Triton; ``hyperattn.ops.triton.interface`` does.
 """
 
+import contextlib
 import functools
 import importlib.util
+
+import torch
+
+TRITON_DTYPES = (torch.float16, torch.bfloat16)
 
 
 @functools.cache
 def has_triton() -> bool:
     """Whether Triton is installed (checked once)."""
     return importlib.util.find_spec("triton") is not None
+
+
+def on_device(x: torch.Tensor):
+    """Context in which kernels launch on x's GPU (Triton launches on the current CUDA device,
+    which differs from x's when a model is split over GPUs)."""
+    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()

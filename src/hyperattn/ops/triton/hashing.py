@@ -12,6 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
+from hyperattn.ops.triton import on_device
+
 
 @triton.jit
 def lsh_bucket_kernel(
@@ -55,7 +57,8 @@ def lsh_buckets_triton(x: torch.Tensor, directions: torch.Tensor) -> torch.Tenso
     out = torch.empty(z, heads, n, dtype=torch.int32, device=x.device)
     block = 128
     tiles = triton.cdiv(n, block)
-    lsh_bucket_kernel[(z * heads * tiles,)](
-        x, directions.contiguous(), out, x.stride(0), x.stride(1), x.stride(2), n, heads, heads // num_kv_heads,
-        tiles, HEAD_DIM=d, NUM_PROJS=num_projs, D_PAD=max(16, triton.next_power_of_2(d)), R_PAD=16, BLOCK=block)
+    with on_device(x):
+        lsh_bucket_kernel[(z * heads * tiles,)](
+            x, directions.contiguous(), out, x.stride(0), x.stride(1), x.stride(2), n, heads, heads // num_kv_heads,
+            tiles, HEAD_DIM=d, NUM_PROJS=num_projs, D_PAD=max(16, triton.next_power_of_2(d)), R_PAD=16, BLOCK=block)
     return out

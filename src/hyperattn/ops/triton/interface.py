@@ -22,11 +22,14 @@ from hyperattn.ops.triton.backward import (
     hyper_bwd_dq_kernel,
     hyper_bwd_samples_kernel,
 )
+from hyperattn.ops.triton import on_device
 from hyperattn.ops.triton.forward import dense_fwd_kernel, hyper_fwd_kernel
 from hyperattn.plan import AttentionPlan, CausalPlan
 
-SUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
-_SM_COUNT = torch.cuda.get_device_properties(0).multi_processor_count if torch.cuda.is_available() else 8
+
+
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 8
 
 
 @dataclass(frozen=True)
@@ -60,7 +63,7 @@ def parts_of(plan: AttentionPlan | CausalPlan | None, n_q: int, n_k: int, causal
     for level, level_plan in enumerate(plan.level_plans, start=1):
         side = s.rectangle_side(level)
         parts.append(Part(level_plan, False, True, s.num_rectangles(level), head + side, prefix, 2 * side, side, side))
-    if plan.prefix_plan is not None:
+    if prefix > 0:  # exact (plan None) when the prefix fits in one block
         parts.append(Part(plan.prefix_plan, False, True, 1, head, 0, 0, s.main_len, prefix))
     return parts
 
@@ -99,7 +102,7 @@ def _hyper_tiles(part: Part, block_m: int) -> tuple[int, int, int]:
     """(query tiles per key block, key blocks, tiles) of a hyper part."""
     b = part.plan.block_size
     num_blocks = -(-part.n_k // b)
-    rows_per_block = -(-b * part.n_q // part.n_k)  # ceil((i+1)x) - ceil(ix) <= ceil(x)
+    rows_per_block = min(-(-b * part.n_q // part.n_k), part.n_q)  # ceil((i+1)x) - ceil(ix) <= ceil(x)
     tiles_per_block = -(-rows_per_block // block_m)
     return tiles_per_block, num_blocks, tiles_per_block * num_blocks
 
@@ -187,7 +190,7 @@ def attention_backward(dout, dlse, q, k, v, out, lse, parts: list[Part], scale: 
             sample_chunks = triton.cdiv(num_samples, cfg["BLOCK_N"])
             # enough programs to fill the device, each reducing a long run of queries
             segments = max(1, min(triton.cdiv(part.n_q, 4 * cfg["BLOCK_M"]),
-                                  triton.cdiv(4 * _SM_COUNT, problems * num_kv_heads * sample_chunks)))
+                                  triton.cdiv(4 * _sm_count(q.device), problems * num_kv_heads * sample_chunks)))
             segment_len = triton.cdiv(triton.cdiv(part.n_q, segments), cfg["BLOCK_M"]) * cfg["BLOCK_M"]
             segments = triton.cdiv(part.n_q, segment_len)
             hyper_bwd_samples_kernel[(problems * num_kv_heads * sample_chunks * segments,)](
@@ -210,6 +213,7 @@ def _add_sample_grads(grad: torch.Tensor, sample_grad: torch.Tensor, part: Part,
 
 
 # --- torch.library ops: the parts travel as a flat tensor list and an int list -----------
+
 
 _PART_INTS = 10  # has_plan, causal, merge, rects, q_start, k_start, rect_stride, n_q, n_k, block_size
 
@@ -242,7 +246,8 @@ def attention_fwd_op(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan_tensors: list[torch.Tensor], part_ints: list[int],
     scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    return attention_forward(q, k, v, _decode(plan_tensors, part_ints), scale)
+    with on_device(q):
+        return attention_forward(q, k, v, _decode(plan_tensors, part_ints), scale)
 
 
 @attention_fwd_op.register_fake
@@ -256,7 +261,8 @@ def attention_bwd_op(
     dout: torch.Tensor, dlse: torch.Tensor | None, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     out: torch.Tensor, lse: torch.Tensor, plan_tensors: list[torch.Tensor], part_ints: list[int], scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return attention_backward(dout, dlse, q, k, v, out, lse, _decode(plan_tensors, part_ints), scale)
+    with on_device(q):
+        return attention_backward(dout, dlse, q, k, v, out, lse, _decode(plan_tensors, part_ints), scale)
 
 
 @attention_bwd_op.register_fake
