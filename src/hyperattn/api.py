@@ -164,9 +164,11 @@ def hyper_attention(
         out (B, Hq, Nq, Dv) in q's dtype; with ``return_lse`` also lse (B, Hq, Nq) float32
         (float64 for float64 inputs).
 
-    Attention over at most ``config.min_seq_len`` queries is exact. Gradients are those of
-    the computed approximation for its fixed plan (hashes, samples and sample weights are
-    constants), including every path through the log-sum-exp merges.
+    Attention over at most ``config.min_seq_len`` queries is exact (PyTorch SDPA). Longer
+    inputs run fused Triton kernels for fp16/bf16 CUDA tensors and the PyTorch reference
+    executor otherwise (fp32 and fp64 inputs, CPU); ``config.impl`` overrides the choice.
+    Gradients are those of the computed approximation for its fixed plan (hashes, samples and
+    sample weights are constants), including every path through the log-sum-exp merges.
     """
     _check_inputs(q, k, v, causal)
     scale = check_scale(scale, q.shape[-1])
