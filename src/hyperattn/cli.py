@@ -6,54 +6,29 @@ import argparse
 import sys
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def _numbers(kind, low, high=None, many=False, what="integer"):
+    """An argparse type: one number (or a comma-separated list) of ``kind`` in [low, high]."""
+    bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
+    article = "an " if what[0] in "aeiou" else "a "
+    expected = f"{'comma-separated ' if many else article}{what}{'s' if many else ''} {bounds}"
+
+    def parse(text: str):
+        try:
+            values = [kind(part) for part in text.split(",") if part] if many else [kind(text)]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not values or min(values) < low or (high is not None and max(values) > high):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return values if many else values[0]
+
+    return parse
 
 
-def _seed_list(text: str) -> list[int]:
-    try:
-        values = [int(part) for part in text.split(",") if part]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated seeds (integers >= 0), got {text!r}") from None
-    if not values or min(values) < 0:
-        raise argparse.ArgumentTypeError(f"expected comma-separated seeds (integers >= 0), got {text!r}")
-    return values
-
-
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a seed (an integer >= 0), got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a seed (an integer >= 0), got {text!r}")
-    return value
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(part) for part in text.split(",") if part]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
-
-
-def _float_list(text: str) -> list[float]:
-    try:
-        values = [float(part) for part in text.split(",") if part]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-    if not values or min(values) < 0 or max(values) > 1:
-        raise argparse.ArgumentTypeError(f"expected numbers in [0, 1], got {text!r}")
-    return values
+_positive_int = _numbers(int, 1)
+_seed = _numbers(int, 0, what="seed")
+_seed_list = _numbers(int, 0, many=True, what="seed")
+_int_list = _numbers(int, 1, many=True)
+_float_list = _numbers(float, 0, 1, many=True, what="number")
 
 
 def _str_list(text: str) -> list[str]:
