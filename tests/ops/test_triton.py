@@ -7,7 +7,7 @@ pytest.importorskip("triton")
 
 from hyperattn import HyperAttentionConfig, hyper_attention  # noqa: E402
 from hyperattn.ops import reference_attention  # noqa: E402
-from hyperattn.ops.triton.interface import attention_forward, attention_fwd_op, parts_of, triton_attention, _encode  # noqa: E402
+from hyperattn.ops.triton.interface import attention_backward, attention_forward, attention_fwd_op, parts_of, triton_attention, _encode  # noqa: E402
 from hyperattn.plan import plan_hyper_attention  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -18,6 +18,8 @@ CASES = {
     "causal-gqa": (4, 2, 96, 96, 32, 32, 16, 20, 16, True),
     "causal-odd-prefill": (2, 1, 50, 77, 16, 24, 8, 10, 8, True),
     "causal-mqa-odd": (3, 1, 77, 77, 16, 16, 16, 5, 8, True),
+    "causal-prefill-no-head": (2, 1, 64, 90, 16, 16, 8, 10, 8, True),  # the prefix part owns its keys
+    "causal-prefill-short-prefix": (2, 2, 64, 70, 16, 16, 8, 6, 8, True),  # exact prefix part
     "noncausal-longer-q": (2, 2, 70, 45, 16, 16, 8, 10, 8, False),
     "noncausal-gqa-odd": (4, 2, 37, 83, 32, 16, 16, 12, 8, False),
     "exact-causal": (2, 1, 40, 40, 16, 16, 8, 10, 64, True),
@@ -43,6 +45,10 @@ def rel_error(x, ref):
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_forward_matches_reference(name):
+    check_forward(name)
+
+
+def check_forward(name):
     q, k, v, plan, causal = make_case(name)
     scale = q.shape[-1] ** -0.5
     out, lse = attention_forward(q, k, v, parts_of(plan, q.shape[2], k.shape[2], causal), scale, poison=True)
@@ -55,8 +61,13 @@ def test_forward_matches_reference(name):
     assert (lse.double() - want_lse).abs().max() < 1e-3, "lse"
 
 
-@pytest.mark.parametrize("name", ["causal-gqa", "causal-odd-prefill", "noncausal-gqa-odd", "exact-causal", "d64"])
+@pytest.mark.parametrize("name", ["causal-gqa", "causal-odd-prefill", "causal-prefill-no-head",
+                                  "causal-prefill-short-prefix", "noncausal-gqa-odd", "exact-causal", "d64"])
 def test_backward_matches_reference(name):
+    check_backward(name)
+
+
+def check_backward(name):
     q, k, v, plan, causal = make_case(name, seed=1)
     scale = q.shape[-1] ** -0.5
     q, k, v = (x.requires_grad_() for x in (q, k, v))
@@ -71,6 +82,33 @@ def test_backward_matches_reference(name):
     for label, got, ref in zip(("dq", "dk", "dv"), grads, want):
         assert got.dtype == q.dtype
         assert rel_error(got, ref) < 2e-3, label
+    parts = parts_of(plan, q.shape[2], k.shape[2], causal)
+    poisoned = attention_backward(dout.to(q.dtype), dlse, q.detach(), k.detach(), v.detach(), out.detach(),
+                                  lse.detach(), parts, scale, poison=True)
+    for label, got, ref in zip(("dq", "dk", "dv"), poisoned, grads):
+        assert torch.isfinite(got).all(), f"unwritten {label} rows"
+        assert rel_error(got, ref.double()) < 1e-3, label
+
+
+@pytest.mark.parametrize("tiles", ["32,16,4,1", "16,32,4,1"])
+@pytest.mark.parametrize("name", ["causal-odd-prefill", "exact-causal"])
+def test_unequal_query_and_key_tiles_match_reference(name, tiles, monkeypatch):
+    """Causal kernels split their loops into masked and unmasked tiles at tile boundaries."""
+    monkeypatch.setenv("HYPERATTN_TRITON_CONFIG", tiles)
+    check_forward(name)
+    check_backward(name)
+
+
+def test_launch_config_override_names_families(monkeypatch):
+    from hyperattn.ops.triton.interface import _launch_config
+
+    monkeypatch.setenv("HYPERATTN_TRITON_CONFIG", "dense_dkdv=64,128,8,2")
+    assert _launch_config("dense_dkdv", 64, 64) == dict(BLOCK_M=64, BLOCK_N=128, num_warps=8, num_stages=2)
+    assert _launch_config("hyper_dkdv", 64, 64) != dict(BLOCK_M=64, BLOCK_N=128, num_warps=8, num_stages=2)
+    for bad in ("dense_dq=1,2,3", "backward=64,64,4,3"):
+        monkeypatch.setenv("HYPERATTN_TRITON_CONFIG", bad)
+        with pytest.raises(ValueError, match="HYPERATTN_TRITON_CONFIG"):
+            _launch_config("hyper_fwd", 64, 64)
 
 
 @pytest.mark.parametrize("causal", [False, True])

@@ -1,7 +1,7 @@
 """GPU check: every fused kernel against the reference executor at realistic sizes.
 
 Run on a CUDA machine before any timing: ``python -m hyperattn.testing.gpu``. Inputs are
-fresh random tensors every run; accumulators are poisoned with NaN so unwritten rows
+fresh random tensors every run; outputs and gradients are poisoned with NaN so unwritten rows
 fail; forward and backward are compared with the float64 reference on the same plan.
 Exits non-zero on any failure and prints a table last.
 """
@@ -16,7 +16,7 @@ import torch
 
 from hyperattn import HyperAttentionConfig, hyper_attention
 from hyperattn.ops import causal_hyper_attention_reference, reference_attention
-from hyperattn.ops.triton.interface import attention_forward, parts_of, triton_attention
+from hyperattn.ops.triton.interface import attention_backward, attention_forward, parts_of, triton_attention
 from hyperattn.plan import plan_hyper_attention
 
 # Relative Frobenius error allowed against float64, per input dtype.
@@ -27,7 +27,8 @@ CASES = [
     ("causal d64", 1, 8, 8, 16384, 16384, 64, 64, True, {}),
     ("causal gqa d128", 1, 8, 2, 12000, 12000, 128, 128, True, {}),
     ("causal d256", 1, 4, 2, 9000, 9000, 256, 256, True, dict(min_seq_len=2048)),
-    ("prefill chunk", 1, 8, 2, 6000, 16384, 64, 64, True, dict(min_seq_len=2048)),
+    ("prefill chunk", 1, 8, 2, 6003, 16384, 64, 64, True, dict(min_seq_len=2048)),  # a 3-row head
+    ("prefill no head", 1, 4, 2, 6000, 16384, 64, 64, True, dict(min_seq_len=2048)),
     ("non-causal odd", 2, 4, 4, 10000, 12345, 64, 64, False, {}),
     ("value_norm", 1, 4, 4, 16384, 16384, 64, 64, True, dict(sampling="value_norm")),
     ("small blocks", 1, 4, 2, 8192, 8192, 64, 64, True, dict(block_size=64, sample_size=128, min_seq_len=512)),
@@ -57,6 +58,9 @@ def check_case(name, batch, hq, hkv, nq, nk, d, dv, causal, overrides, dtype, de
     dlse = torch.randn_like(ref_lse)
     ref_grads = torch.autograd.grad((ref_out * dout).sum() + (ref_lse * dlse).sum(), (q64, k64, v64))
 
+    poisoned = attention_backward(dout.to(dtype), dlse.float(), q, k, v, out, lse, parts_of(plan, nq, nk, causal),
+                                  scale, poison=True)
+    unwritten += sum((~torch.isfinite(g)).sum().item() for g in poisoned)
     qg, kg, vg = (x.detach().requires_grad_() for x in (q, k, v))
     out2, lse2 = triton_attention(qg, kg, vg, plan, scale, causal)
     grads = torch.autograd.grad((out2.float() * dout.float()).sum() + (lse2 * dlse.float()).sum(), (qg, kg, vg))

@@ -2,11 +2,11 @@
 
 Every part was merged into one softmax per query, so its probabilities are
 ``exp(s - lse_final)`` and its score gradient is ``p * (dp - delta)`` with
-``delta = rowsum(dO * O) - dLse``: the lse paths of every merge are in ``delta``. Each
-part adds its share into fp32 accumulators; within a launch every row is owned by one
-program, except the sampled keys, whose gradients are reduced with fp32 atomics into a
-per-part buffer (Z, Hkv, m, D): each program reduces a whole segment of queries in
-registers first, so there are few atomics.
+``delta = rowsum(dO * O) - dLse``: the lse paths of every merge are in ``delta``. Within
+a launch every gradient row is owned by one program (``write_rows``: add into an fp32
+accumulator, or write the final gradient when no later part touches the row), except the
+sampled keys, whose gradients go to the accumulators by fp32 atomics: each program reduces
+a whole segment of queries in registers first, so there are few atomics.
 """
 
 from __future__ import annotations
@@ -14,8 +14,24 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from hyperattn.ops.triton.common import LOG2E, add_rows, load_rows, query_block_range
+from hyperattn.ops.triton.common import LOG2E, load_rows, query_block_range, write_rows
 
+
+
+@triton.jit
+def bwd_delta_kernel(Out, DO, DLse, Delta, n_rows, head_dim_v, HAS_DLSE: tl.constexpr, DV_PAD: tl.constexpr,
+                     BLOCK: tl.constexpr):
+    """Delta = rowsum(dO * O) - dLse over rows of contiguous (rows, Dv) Out/DO, in fp32."""
+    rows = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    cols = tl.arange(0, DV_PAD)
+    rmask = rows < n_rows
+    mask = rmask[:, None] & (cols[None, :] < head_dim_v)
+    o = tl.load(Out + rows[:, None] * head_dim_v + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    do = tl.load(DO + rows[:, None] * head_dim_v + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    delta = tl.sum(o * do, 1)
+    if HAS_DLSE:
+        delta -= tl.load(DLse + rows, mask=rmask, other=0.0)
+    tl.store(Delta + rows, delta, mask=rmask)
 
 
 @triton.jit
@@ -30,7 +46,7 @@ def _score_grads(q, k, v, do, lse2, delta, bias2, visible, scale_log2):
 
 @triton.jit
 def hyper_bwd_dq_kernel(
-    Q, K, V, DO, Lse, Delta, DQ,
+    Q, K, V, DO, Lse, Delta, DQAcc, DQ,
     QPerm, KPerm, SIdx, SBlk, SLogW,
     scale, scale_log2,
     stride_qb, stride_qh, stride_qn,
@@ -41,7 +57,7 @@ def hyper_bwd_dq_kernel(
     n_q, n_k, num_samples, block_size, tiles_per_block, num_tiles,
     rects, q_start, k_start, rect_stride,
     num_q_heads, group,
-    HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
+    WRITE: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
     D_PAD: tl.constexpr, DV_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """dQ of one query tile: its key block and the samples outside it.
@@ -110,12 +126,12 @@ def hyper_bwd_dq_kernel(
                                  rmask[:, None] & live[None, :], scale_log2)
             dq += tl.dot(ds.to(k.dtype), k)
 
-        add_rows(DQ, l_rows, HEAD_DIM, offs_d, rmask, d_mask, dq * scale)  # DQ is laid out like Lse
+        write_rows(DQAcc, DQ, l_rows, HEAD_DIM, offs_d, rmask, d_mask, dq * scale, WRITE)  # DQ is laid out like Lse
 
 
 @triton.jit
 def hyper_bwd_dkdv_kernel(
-    Q, K, V, DO, Lse, Delta, DK, DV,
+    Q, K, V, DO, Lse, Delta, DKAcc, DK, DVAcc, DV,
     QPerm, KPerm,
     scale, scale_log2,
     stride_qb, stride_qh, stride_qn,
@@ -126,7 +142,7 @@ def hyper_bwd_dkdv_kernel(
     n_q, n_k, block_size, key_tiles_per_block, num_tiles,
     rects, q_start, k_start, rect_stride,
     num_kv_heads, group, kv_seq_len,
-    HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
+    WRITE: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
     D_PAD: tl.constexpr, DV_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """dK, dV of one tile of one key block (block part only), over every query head of its
@@ -177,13 +193,57 @@ def hyper_bwd_dkdv_kernel(
             dk += tl.dot(tl.trans(ds).to(q.dtype), q)
 
     kv_rows = (batch.to(tl.int64) * num_kv_heads + hk) * kv_seq_len + k_rows
-    add_rows(DK, kv_rows, HEAD_DIM, offs_d, kmask, d_mask, dk * scale)
-    add_rows(DV, kv_rows, HEAD_DIM_V, offs_dv, kmask, dv_mask, dv)
+    write_rows(DKAcc, DK, kv_rows, HEAD_DIM, offs_d, kmask, d_mask, dk * scale, WRITE)
+    write_rows(DVAcc, DV, kv_rows, HEAD_DIM_V, offs_dv, kmask, dv_mask, dv, WRITE)
+
+
+@triton.jit
+def _dense_dq_range(q, do, lse2, delta, dq, k_base, v_base, key_row0, stride_kn, stride_vn, offs_m, rmask,
+                    offs_d, offs_dv, d_mask, dv_mask, lo, hi, n_q, n_k, scale_log2,
+                    CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr):
+    """dq (unscaled) of the query tile over consecutive keys [lo, hi)."""
+    for start in range(lo, hi, BLOCK_N):
+        offs_n = start + tl.arange(0, BLOCK_N)
+        kmask = offs_n < n_k
+        k_rows = (key_row0 + offs_n).to(tl.int64)
+        k = load_rows(k_base, k_rows, stride_kn, offs_d, kmask, d_mask)
+        v = load_rows(v_base, k_rows, stride_vn, offs_dv, kmask, dv_mask)
+        visible = rmask[:, None] & kmask[None, :]
+        if CAUSAL:
+            visible = visible & (offs_n[None, :] <= (n_k - n_q + offs_m)[:, None])
+        p, ds = _score_grads(q, k, v, do, lse2, delta, 0.0, visible, scale_log2)
+        dq += tl.dot(ds.to(k.dtype), k)
+    return dq
+
+
+@triton.jit
+def _dense_dkdv_range(q_base, DO, Lse, Delta, k, v, dk, dv, batch, h, r, q_start, rect_stride,
+                      stride_qn, stride_ob, stride_oh, stride_on, stride_lb, stride_lh,
+                      offs_n, kmask, offs_d, offs_dv, d_mask, dv_mask, lo, hi, n_q, n_k, scale_log2,
+                      CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr):
+    """dk (unscaled), dv of the key tile from consecutive queries [lo, hi) of head ``h``."""
+    for row0 in range(lo, hi, BLOCK_M):
+        offs_m = row0 + tl.arange(0, BLOCK_M)
+        rmask = offs_m < n_q
+        q_rows = (q_start + r * rect_stride + offs_m).to(tl.int64)
+        q = load_rows(q_base, q_rows, stride_qn, offs_d, rmask, d_mask)
+        o_rows = batch.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + q_rows * stride_on
+        l_rows = batch.to(tl.int64) * stride_lb + h.to(tl.int64) * stride_lh + q_rows
+        do = load_rows(DO, o_rows, 1, offs_dv, rmask, dv_mask)
+        lse2 = tl.load(Lse + l_rows, mask=rmask, other=0.0) * LOG2E
+        delta = tl.load(Delta + l_rows, mask=rmask, other=0.0)
+        visible = rmask[:, None] & kmask[None, :]
+        if CAUSAL:
+            visible = visible & (offs_n[None, :] <= (n_k - n_q + offs_m)[:, None])
+        p, ds = _score_grads(q, k, v, do, lse2, delta, 0.0, visible, scale_log2)
+        dv += tl.dot(tl.trans(p).to(do.dtype), do)
+        dk += tl.dot(tl.trans(ds).to(q.dtype), q)
+    return dk, dv
 
 
 @triton.jit
 def dense_bwd_dq_kernel(
-    Q, K, V, DO, Lse, Delta, DQ,
+    Q, K, V, DO, Lse, Delta, DQAcc, DQ,
     scale, scale_log2,
     stride_qb, stride_qh, stride_qn,
     stride_kb, stride_kh, stride_kn,
@@ -193,7 +253,7 @@ def dense_bwd_dq_kernel(
     n_q, n_k, num_tiles,
     rects, q_start, k_start, rect_stride,
     num_q_heads, group,
-    CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
+    CAUSAL: tl.constexpr, WRITE: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
     D_PAD: tl.constexpr, DV_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """dQ of one tile of consecutive queries of an exact (optionally causal) part."""
@@ -225,26 +285,21 @@ def dense_bwd_dq_kernel(
     dq = tl.zeros([BLOCK_M, D_PAD], tl.float32)
 
     k_hi = n_k
-    if CAUSAL:
+    k_full = n_k
+    if CAUSAL:  # keys [0, k_full) are visible to every row of the tile: no mask there
         k_hi = tl.minimum(n_k, n_k - n_q + (tile + 1) * BLOCK_M)
-    for start in range(0, k_hi, BLOCK_N):
-        offs_n = start + tl.arange(0, BLOCK_N)
-        kmask = offs_n < n_k
-        k_rows = (key_row0 + offs_n).to(tl.int64)
-        k = load_rows(k_base, k_rows, stride_kn, offs_d, kmask, d_mask)
-        v = load_rows(v_base, k_rows, stride_vn, offs_dv, kmask, dv_mask)
-        visible = rmask[:, None] & kmask[None, :]
-        if CAUSAL:
-            visible = visible & (offs_n[None, :] <= (n_k - n_q + offs_m)[:, None])
-        p, ds = _score_grads(q, k, v, do, lse2, delta, 0.0, visible, scale_log2)
-        dq += tl.dot(ds.to(k.dtype), k)
+        k_full = (n_k - n_q + tile * BLOCK_M + 1) // BLOCK_N * BLOCK_N
+    dq = _dense_dq_range(q, do, lse2, delta, dq, k_base, v_base, key_row0, stride_kn, stride_vn, offs_m, rmask,
+                         offs_d, offs_dv, d_mask, dv_mask, 0, k_full, n_q, n_k, scale_log2, False, BLOCK_N)
+    dq = _dense_dq_range(q, do, lse2, delta, dq, k_base, v_base, key_row0, stride_kn, stride_vn, offs_m, rmask,
+                         offs_d, offs_dv, d_mask, dv_mask, k_full, k_hi, n_q, n_k, scale_log2, CAUSAL, BLOCK_N)
 
-    add_rows(DQ, l_rows, HEAD_DIM, offs_d, rmask, d_mask, dq * scale)  # DQ is laid out like Lse
+    write_rows(DQAcc, DQ, l_rows, HEAD_DIM, offs_d, rmask, d_mask, dq * scale, WRITE)  # DQ is laid out like Lse
 
 
 @triton.jit
 def dense_bwd_dkdv_kernel(
-    Q, K, V, DO, Lse, Delta, DK, DV,
+    Q, K, V, DO, Lse, Delta, DKAcc, DK, DVAcc, DV,
     scale, scale_log2,
     stride_qb, stride_qh, stride_qn,
     stride_kb, stride_kh, stride_kn,
@@ -254,7 +309,7 @@ def dense_bwd_dkdv_kernel(
     n_q, n_k, num_tiles,
     rects, q_start, k_start, rect_stride,
     num_kv_heads, group, kv_seq_len,
-    CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
+    CAUSAL: tl.constexpr, WRITE: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
     D_PAD: tl.constexpr, DV_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """dK, dV of one tile of consecutive keys of an exact part, over the kv head's query heads."""
@@ -265,7 +320,6 @@ def dense_bwd_dkdv_kernel(
     hk = zk % num_kv_heads
     batch = z // rects
     r = z % rects
-    num_q_heads = num_kv_heads * group
 
     offs_n = tile * BLOCK_N + tl.arange(0, BLOCK_N)
     kmask = offs_n < n_k
@@ -280,37 +334,31 @@ def dense_bwd_dkdv_kernel(
     dv = tl.zeros([BLOCK_N, DV_PAD], tl.float32)
 
     q_lo = 0
-    if CAUSAL:  # first query that sees this key tile
-        q_lo = tl.maximum(0, tile * BLOCK_N - (n_k - n_q))
-        q_lo = (q_lo // BLOCK_M) * BLOCK_M
+    q_full = 0
+    if CAUSAL:  # queries from q_lo see part of this key tile, from q_full all of it
+        q_lo = tl.maximum(0, tile * BLOCK_N - (n_k - n_q)) // BLOCK_M * BLOCK_M
+        q_full = tl.minimum(tl.maximum(q_lo, tile * BLOCK_N + BLOCK_N - 1 - (n_k - n_q)), n_q)
+        q_full = tl.minimum((q_full + BLOCK_M - 1) // BLOCK_M * BLOCK_M, n_q)
     for g in range(0, group):
         h = hk * group + g
         q_base = Q + batch.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
-        for row0 in range(q_lo, n_q, BLOCK_M):
-            offs_m = row0 + tl.arange(0, BLOCK_M)
-            rmask = offs_m < n_q
-            q_rows = (q_start + r * rect_stride + offs_m).to(tl.int64)
-            q = load_rows(q_base, q_rows, stride_qn, offs_d, rmask, d_mask)
-            o_rows = batch.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + q_rows * stride_on
-            l_rows = batch.to(tl.int64) * stride_lb + h.to(tl.int64) * stride_lh + q_rows
-            do = load_rows(DO, o_rows, 1, offs_dv, rmask, dv_mask)
-            lse2 = tl.load(Lse + l_rows, mask=rmask, other=0.0) * LOG2E
-            delta = tl.load(Delta + l_rows, mask=rmask, other=0.0)
-            visible = rmask[:, None] & kmask[None, :]
-            if CAUSAL:
-                visible = visible & (offs_n[None, :] <= (n_k - n_q + offs_m)[:, None])
-            p, ds = _score_grads(q, k, v, do, lse2, delta, 0.0, visible, scale_log2)
-            dv += tl.dot(tl.trans(p).to(do.dtype), do)
-            dk += tl.dot(tl.trans(ds).to(q.dtype), q)
+        dk, dv = _dense_dkdv_range(q_base, DO, Lse, Delta, k, v, dk, dv, batch, h, r, q_start, rect_stride,
+                                   stride_qn, stride_ob, stride_oh, stride_on, stride_lb, stride_lh,
+                                   offs_n, kmask, offs_d, offs_dv, d_mask, dv_mask, q_lo, q_full, n_q, n_k,
+                                   scale_log2, CAUSAL, BLOCK_M)
+        dk, dv = _dense_dkdv_range(q_base, DO, Lse, Delta, k, v, dk, dv, batch, h, r, q_start, rect_stride,
+                                   stride_qn, stride_ob, stride_oh, stride_on, stride_lb, stride_lh,
+                                   offs_n, kmask, offs_d, offs_dv, d_mask, dv_mask, q_full, n_q, n_q, n_k,
+                                   scale_log2, False, BLOCK_M)
 
     kv_rows = (batch.to(tl.int64) * num_kv_heads + hk) * kv_seq_len + k_rows
-    add_rows(DK, kv_rows, HEAD_DIM, offs_d, kmask, d_mask, dk * scale)
-    add_rows(DV, kv_rows, HEAD_DIM_V, offs_dv, kmask, dv_mask, dv)
+    write_rows(DKAcc, DK, kv_rows, HEAD_DIM, offs_d, kmask, d_mask, dk * scale, WRITE)
+    write_rows(DVAcc, DV, kv_rows, HEAD_DIM_V, offs_dv, kmask, dv_mask, dv, WRITE)
 
 
 @triton.jit
 def hyper_bwd_samples_kernel(
-    Q, K, V, DO, Lse, Delta, DKS, DVS,
+    Q, K, V, DO, Lse, Delta, DKAcc, DVAcc,
     QPerm, SIdx, SBlk, SLogW,
     scale, scale_log2,
     stride_qb, stride_qh, stride_qn,
@@ -320,13 +368,13 @@ def hyper_bwd_samples_kernel(
     stride_lb, stride_lh,
     n_q, n_k, num_samples, block_size, sample_chunks, segments, segment_len,
     rects, q_start, k_start, rect_stride,
-    num_kv_heads, group,
+    num_kv_heads, group, kv_seq_len,
     HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
     D_PAD: tl.constexpr, DV_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """dK, dV of one chunk of sampled keys from one segment of sorted queries (all query
-    heads of the kv head), reduced in registers, then added to DKS/DVS (Z, Hkv, m, *) by
-    fp32 atomics."""
+    heads of the kv head), reduced in registers, then added to the fp32 accumulators
+    DKAcc/DVAcc (B, Hkv, kv_seq_len, *) by atomics."""
     pid = tl.program_id(0)
     zk = pid // (sample_chunks * segments)
     chunk = (pid // segments) % sample_chunks
@@ -376,8 +424,8 @@ def hyper_bwd_samples_kernel(
             dv += tl.dot(tl.trans(p).to(do.dtype), do)
             dk += tl.dot(tl.trans(ds).to(q.dtype), q)
 
-    sample_rows = zk64 * num_samples + offs_n
-    tl.atomic_add(DVS + sample_rows[:, None] * HEAD_DIM_V + offs_dv[None, :], dv,
+    kv_rows = (batch.to(tl.int64) * num_kv_heads + hk) * kv_seq_len + k_rows
+    tl.atomic_add(DVAcc + kv_rows[:, None] * HEAD_DIM_V + offs_dv[None, :], dv,
                   mask=smask[:, None] & dv_mask[None, :])
-    tl.atomic_add(DKS + sample_rows[:, None] * HEAD_DIM + offs_d[None, :], dk * scale,
+    tl.atomic_add(DKAcc + kv_rows[:, None] * HEAD_DIM + offs_d[None, :], dk * scale,
                   mask=smask[:, None] & d_mask[None, :])

@@ -26,8 +26,18 @@ def query_block_range(blk, block_size, n_q, n_k):
 
 
 @triton.jit
-def add_rows(base, rows, row_stride, cols, row_mask, col_mask, value):
-    """``base[rows, cols] += value`` for rows this program alone owns (no atomics)."""
-    ptrs = base + rows[:, None] * row_stride + cols[None, :]
+def write_rows(Acc, Final, rows, row_stride, cols, row_mask, col_mask, value, WRITE: tl.constexpr):
+    """Write a gradient tile to rows this program alone owns (no atomics).
+
+    ``WRITE``: "add" does ``Acc += value`` (fp32); "finish" writes ``Acc + value`` to Final in
+    Final's dtype; "store" writes ``value`` to Final. Acc and Final share the layout."""
+    offsets = rows[:, None] * row_stride + cols[None, :]
     mask = row_mask[:, None] & col_mask[None, :]
-    tl.store(ptrs, tl.load(ptrs, mask=mask, other=0.0) + value, mask=mask)
+    if WRITE == "store":
+        tl.store(Final + offsets, value.to(Final.dtype.element_ty), mask=mask)
+    else:
+        total = tl.load(Acc + offsets, mask=mask, other=0.0) + value
+        if WRITE == "finish":
+            tl.store(Final + offsets, total.to(Final.dtype.element_ty), mask=mask)
+        else:
+            tl.store(Acc + offsets, total, mask=mask)

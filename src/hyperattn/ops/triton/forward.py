@@ -138,6 +138,26 @@ def hyper_fwd_kernel(
 
 
 @triton.jit
+def _dense_fwd_range(q, k_base, v_base, key_row0, stride_kn, stride_vn, offs_m, offs_d, offs_dv, d_mask, dv_mask,
+                     lo, hi, n_q, n_k, m_i, l_i, acc, scale_log2, CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Online softmax of the query tile over consecutive keys [lo, hi); ``CAUSAL`` masks
+    keys after each query (bottom-right)."""
+    for start in range(lo, hi, BLOCK_N):
+        offs_n = start + tl.arange(0, BLOCK_N)
+        kmask = offs_n < n_k
+        k_rows = (key_row0 + offs_n).to(tl.int64)
+        k = load_rows(k_base, k_rows, stride_kn, offs_d, kmask, d_mask)
+        v = load_rows(v_base, k_rows, stride_vn, offs_dv, kmask, dv_mask)
+        s = tl.dot(q, tl.trans(k)) * scale_log2
+        visible = kmask[None, :]
+        if CAUSAL:
+            visible = visible & (offs_n[None, :] <= (n_k - n_q + offs_m)[:, None])
+        s = tl.where(visible, s, float("-inf"))
+        m_i, l_i, acc = _softmax_step(s, v, m_i, l_i, acc)
+    return m_i, l_i, acc
+
+
+@triton.jit
 def dense_fwd_kernel(
     Q, K, V, Out, Lse,
     scale_log2,
@@ -182,20 +202,16 @@ def dense_fwd_kernel(
     acc = tl.zeros([BLOCK_M, DV_PAD], tl.float32)
 
     k_hi = n_k
-    if CAUSAL:
+    k_full = n_k
+    if CAUSAL:  # keys [0, k_full) are visible to every row of the tile: no mask there
         k_hi = tl.minimum(n_k, n_k - n_q + (tile + 1) * BLOCK_M)
-    for start in range(0, k_hi, BLOCK_N):
-        offs_n = start + tl.arange(0, BLOCK_N)
-        kmask = offs_n < n_k
-        k_rows = (key_row0 + offs_n).to(tl.int64)
-        k = load_rows(k_base, k_rows, stride_kn, offs_d, kmask, d_mask)
-        v = load_rows(v_base, k_rows, stride_vn, offs_dv, kmask, dv_mask)
-        s = tl.dot(q, tl.trans(k)) * scale_log2
-        visible = kmask[None, :]
-        if CAUSAL:
-            visible = visible & (offs_n[None, :] <= (n_k - n_q + offs_m)[:, None])
-        s = tl.where(visible, s, float("-inf"))
-        m_i, l_i, acc = _softmax_step(s, v, m_i, l_i, acc)
+        k_full = (n_k - n_q + tile * BLOCK_M + 1) // BLOCK_N * BLOCK_N
+    m_i, l_i, acc = _dense_fwd_range(q, k_base, v_base, key_row0, stride_kn, stride_vn, offs_m, offs_d, offs_dv,
+                                     d_mask, dv_mask, 0, k_full, n_q, n_k, m_i, l_i, acc, scale_log2,
+                                     False, BLOCK_N)
+    m_i, l_i, acc = _dense_fwd_range(q, k_base, v_base, key_row0, stride_kn, stride_vn, offs_m, offs_d, offs_dv,
+                                     d_mask, dv_mask, k_full, k_hi, n_q, n_k, m_i, l_i, acc, scale_log2,
+                                     CAUSAL, BLOCK_N)
 
     o_rows = batch.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + q_rows * stride_on
     lse_rows = batch.to(tl.int64) * stride_lb + h.to(tl.int64) * stride_lh + q_rows

@@ -16,6 +16,7 @@ import torch
 import triton
 
 from hyperattn.ops.triton.backward import (
+    bwd_delta_kernel,
     dense_bwd_dkdv_kernel,
     dense_bwd_dq_kernel,
     hyper_bwd_dkdv_kernel,
@@ -38,7 +39,10 @@ class Part:
     ``q_start + r * rect_stride + [0, n_q)`` and key rows ``k_start + r * rect_stride + [0, n_k)``.
 
     ``plan`` None means exact attention (causal: bottom-right within the problem).
-    ``merge``: merge into rows an earlier part wrote (else write them)."""
+    ``merge``: merge into rows an earlier part wrote (else write them).
+    ``last_dq`` / ``last_dkdv``: in the backward, this part's query (key) rows get no gradient
+    from parts that run after it; these parts partition the rows, so they write the final
+    gradients in the input dtype."""
 
     plan: AttentionPlan | None
     causal: bool
@@ -49,6 +53,8 @@ class Part:
     rect_stride: int
     n_q: int
     n_k: int
+    last_dq: bool = True
+    last_dkdv: bool = True
 
 
 def parts_of(plan: AttentionPlan | CausalPlan | None, n_q: int, n_k: int, causal: bool) -> list[Part]:
@@ -57,32 +63,61 @@ def parts_of(plan: AttentionPlan | CausalPlan | None, n_q: int, n_k: int, causal
         return [Part(plan, causal and plan is None, False, 1, 0, 0, 0, n_q, n_k)]
     s = plan.schedule
     head, prefix = s.head_len, s.prefix_len + s.head_len
+    # the diagonal leaves and the head own every query row; with the prefix's keys (when
+    # there is no head) they own every key row
     parts = [Part(None, True, False, s.num_leaves, head, prefix, s.leaf_len, s.leaf_len, s.leaf_len)]
     if head > 0:
         parts.append(Part(None, True, False, 1, 0, 0, 0, head, prefix))
     for level, level_plan in enumerate(plan.level_plans, start=1):
         side = s.rectangle_side(level)
-        parts.append(Part(level_plan, False, True, s.num_rectangles(level), head + side, prefix, 2 * side, side, side))
+        parts.append(Part(level_plan, False, True, s.num_rectangles(level), head + side, prefix, 2 * side, side, side,
+                          last_dq=False, last_dkdv=False))
     if prefix > 0:  # exact (plan None) when the prefix fits in one block
-        parts.append(Part(plan.prefix_plan, False, True, 1, head, 0, 0, s.main_len, prefix))
+        parts.append(Part(plan.prefix_plan, False, True, 1, head, 0, 0, s.main_len, prefix,
+                          last_dq=False, last_dkdv=head == 0))
     return parts
 
 
-def _launch_config(head_dim: int, head_dim_v: int) -> dict:
-    """Tile sizes and warps by head dim; ``HYPERATTN_TRITON_CONFIG="BLOCK_M,BLOCK_N,warps,stages"``
-    overrides them (for tuning)."""
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        return dict(BLOCK_M=16, BLOCK_N=16)
-    override = os.environ.get("HYPERATTN_TRITON_CONFIG")
-    if override:
-        block_m, block_n, warps, stages = (int(x) for x in override.split(","))
-        return dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages)
+# Tile configurations (BLOCK_M, BLOCK_N, num_warps, num_stages) per kernel family and head
+# dim: the fastest of benchmarks/sweep_configs.py on an H200 at 131k tokens (head dims 64 and
+# 128; 256 untuned). BLOCK_M tiles queries and BLOCK_N keys in every family.
+KERNEL_FAMILIES = ("hyper_fwd", "dense_fwd", "hyper_dq", "dense_dq", "hyper_dkdv", "dense_dkdv", "hyper_samples")
+_CONFIGS = {
+    64: dict(hyper_fwd=(128, 64, 4, 3), dense_fwd=(128, 64, 4, 3), hyper_dq=(128, 64, 4, 3),
+             dense_dq=(128, 64, 8, 3), hyper_dkdv=(128, 64, 4, 3), dense_dkdv=(64, 64, 4, 3),
+             hyper_samples=(64, 64, 4, 3)),
+    128: dict(hyper_fwd=(64, 64, 4, 3), dense_fwd=(128, 128, 8, 3), hyper_dq=(64, 64, 4, 3),
+              dense_dq=(128, 64, 8, 3), hyper_dkdv=(64, 64, 4, 3), dense_dkdv=(64, 64, 4, 2),
+              hyper_samples=(64, 64, 4, 3)),
+    256: {family: (64, 32, 8, 1) for family in KERNEL_FAMILIES},
+}
+
+
+def _parse_override(text: str) -> dict[str, tuple[int, ...]]:
+    """``"BM,BN,W,S"`` (every family) or ``"fwd=BM,BN,W,S;bwd_dkdv=..."`` (the families named)."""
+    overrides = {}
+    for item in filter(None, (part.strip() for part in text.split(";"))):
+        family, _, numbers = item.rpartition("=")
+        families = KERNEL_FAMILIES if not family else (family.strip(),)
+        values = tuple(int(x) for x in numbers.split(","))
+        if len(values) != 4 or any(f not in KERNEL_FAMILIES for f in families):
+            raise ValueError(f"HYPERATTN_TRITON_CONFIG: expected 'BM,BN,warps,stages' or "
+                             f"'family=BM,BN,warps,stages;...' with family in {KERNEL_FAMILIES}, got {text!r}")
+        overrides.update({f: values for f in families})
+    return overrides
+
+
+def _launch_config(family: str, head_dim: int, head_dim_v: int) -> dict:
+    """Tile sizes and warps of one kernel family by head dim;
+    ``HYPERATTN_TRITON_CONFIG`` overrides them (for tuning, see ``_parse_override``)."""
     widest = max(head_dim, head_dim_v)
-    if widest <= 64:  # fastest of benchmarks/sweep_configs.py on an H200 at 131k tokens
-        return dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3)
-    if widest <= 128:
-        return dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=2)
-    return dict(BLOCK_M=64, BLOCK_N=32, num_warps=8, num_stages=1)
+    block_m, block_n, warps, stages = _CONFIGS[64 if widest <= 64 else 128 if widest <= 128 else 256][family]
+    if os.environ.get("TRITON_INTERPRET") == "1":  # small tiles: the interpreter is slow
+        block_m, block_n = 16, 16
+    override = _parse_override(os.environ.get("HYPERATTN_TRITON_CONFIG", "")).get(family)
+    if override:
+        block_m, block_n, warps, stages = override
+    return dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages)
 
 
 def _dims(q, v) -> dict:
@@ -120,7 +155,8 @@ def attention_forward(q, k, v, parts: list[Part], scale: float, poison: bool = F
     if poison:
         out.fill_(float("nan"))
         lse.fill_(float("nan"))
-    cfg, dims = _launch_config(q.shape[-1], v.shape[-1]), _dims(q, v)
+    hyper_cfg, dense_cfg = (_launch_config(f, q.shape[-1], v.shape[-1]) for f in ("hyper_fwd", "dense_fwd"))
+    dims = _dims(q, v)
     strides = _strides(q, k, v, out, lse)
     scale_log2 = scale * math.log2(math.e)
     group = num_q_heads // num_kv_heads
@@ -128,94 +164,111 @@ def attention_forward(q, k, v, parts: list[Part], scale: float, poison: bool = F
         geometry = (part.rects, part.q_start, part.k_start, part.rect_stride, num_q_heads, group)
         problems = batch * part.rects * num_q_heads
         if part.plan is None:
-            tiles = triton.cdiv(part.n_q, cfg["BLOCK_M"])
+            tiles = triton.cdiv(part.n_q, dense_cfg["BLOCK_M"])
             dense_fwd_kernel[(problems * tiles,)](
                 q, k, v, out, lse, scale_log2, *strides, part.n_q, part.n_k, tiles, *geometry,
-                CAUSAL=part.causal, MERGE=part.merge, **dims, **cfg)
+                CAUSAL=part.causal, MERGE=part.merge, **dims, **dense_cfg)
         else:
             p = part.plan
-            tiles_per_block, _, tiles = _hyper_tiles(part, cfg["BLOCK_M"])
+            tiles_per_block, _, tiles = _hyper_tiles(part, hyper_cfg["BLOCK_M"])
             hyper_fwd_kernel[(problems * tiles,)](
                 q, k, v, out, lse, p.q_perm, p.k_perm, p.sample_idx, p.sample_block, p.sample_log_weight,
                 scale_log2, *strides, part.n_q, part.n_k, p.sample_idx.shape[-1], p.block_size,
-                tiles_per_block, tiles, *geometry, MERGE=part.merge, **dims, **cfg)
+                tiles_per_block, tiles, *geometry, MERGE=part.merge, **dims, **hyper_cfg)
     return out.to(q.dtype), lse
 
 
-def attention_backward(dout, dlse, q, k, v, out, lse, parts: list[Part], scale: float):
-    """Gradients of ``attention_forward``'s (out, lse) with respect to q, k, v."""
+def attention_backward(dout, dlse, q, k, v, out, lse, parts: list[Part], scale: float, poison: bool = False):
+    """Gradients of ``attention_forward``'s (out, lse) with respect to q, k, v, in their dtypes.
+
+    Parts that share gradient rows add into zeroed fp32 accumulators; the parts that own
+    the rows (``Part.last_dq``, ``Part.last_dkdv``) run last and write the final gradients.
+    ``poison`` fills the gradients with NaN first, so rows no part wrote show up."""
     batch, num_q_heads, n_q, d = q.shape
     num_kv_heads, n_k, dv = k.shape[1], k.shape[2], v.shape[-1]
     dout = dout.contiguous()
-    delta = (dout.float() * out.float()).sum(-1)
-    if dlse is not None:
-        delta = delta - dlse.float()
-    delta = delta.contiguous()
-    dq = torch.zeros(batch, num_q_heads, n_q, d, dtype=torch.float32, device=q.device)
-    dk = torch.zeros(batch, num_kv_heads, n_k, d, dtype=torch.float32, device=q.device)
-    dvv = torch.zeros(batch, num_kv_heads, n_k, dv, dtype=torch.float32, device=q.device)
-    cfg, dims = _launch_config(d, dv), _dims(q, v)
+    dims = _dims(q, v)
+    delta = torch.empty(batch, num_q_heads, n_q, dtype=torch.float32, device=q.device)
+    if delta.numel():
+        bwd_delta_kernel[(triton.cdiv(delta.numel(), 64),)](
+            out.contiguous(), dout, None if dlse is None else dlse.float().contiguous(), delta, delta.numel(), dv,
+            HAS_DLSE=dlse is not None, DV_PAD=dims["DV_PAD"], BLOCK=64)
+    grads = [torch.empty(batch, num_q_heads, n_q, d, dtype=q.dtype, device=q.device),
+             torch.empty(batch, num_kv_heads, n_k, d, dtype=k.dtype, device=q.device),
+             torch.empty(batch, num_kv_heads, n_k, dv, dtype=v.dtype, device=q.device)]
+    if poison:
+        for grad in grads:
+            grad.fill_(float("nan"))
+    dq, dk, dvv = grads
+    # fp32 accumulators, allocated once some part must add into them
+    acc = {}
+
+    def accumulator(name, like):
+        if name not in acc:
+            acc[name] = torch.zeros(like.shape, dtype=torch.float32, device=q.device)
+        return acc[name]
+
+    def write_mode(name, last):
+        return ("finish" if name in acc else "store") if last else "add"
+
+    cfgs = {f: _launch_config(f, d, dv) for f in KERNEL_FAMILIES if f not in ("hyper_fwd", "dense_fwd")}
     strides = _strides(q, k, v, dout, lse)
     scale_log2 = scale * math.log2(math.e)
     group = num_q_heads // num_kv_heads
-    for part in parts:
+    # parts that own rows run last, so that every addition lands before the final write
+    for part in sorted(parts, key=lambda part: (part.last_dq, part.last_dkdv)):
         q_geometry = (part.rects, part.q_start, part.k_start, part.rect_stride, num_q_heads, group)
         kv_geometry = (part.rects, part.q_start, part.k_start, part.rect_stride, num_kv_heads, group, n_k)
         problems = batch * part.rects
-        if part.plan is None:
-            q_tiles = triton.cdiv(part.n_q, cfg["BLOCK_M"])
-            k_tiles = triton.cdiv(part.n_k, cfg["BLOCK_N"])
-            dense_bwd_dq_kernel[(problems * num_q_heads * q_tiles,)](
-                q, k, v, dout, lse, delta, dq, scale, scale_log2, *strides, part.n_q, part.n_k, q_tiles,
-                *q_geometry, CAUSAL=part.causal, **dims, **cfg)
-            dense_bwd_dkdv_kernel[(problems * num_kv_heads * k_tiles,)](
-                q, k, v, dout, lse, delta, dk, dvv, scale, scale_log2, *strides, part.n_q, part.n_k, k_tiles,
-                *kv_geometry, CAUSAL=part.causal, **dims, **cfg)
-            continue
         p = part.plan
-        num_samples = p.sample_idx.shape[-1]
-        tiles_per_block, num_blocks, tiles = _hyper_tiles(part, cfg["BLOCK_M"])
-        hyper_bwd_dq_kernel[(problems * num_q_heads * tiles,)](
-            q, k, v, dout, lse, delta, dq, p.q_perm, p.k_perm, p.sample_idx, p.sample_block,
-            p.sample_log_weight, scale, scale_log2, *strides, part.n_q, part.n_k, num_samples, p.block_size,
-            tiles_per_block, tiles, *q_geometry, **dims, **cfg)
-        key_tiles_per_block = triton.cdiv(p.block_size, cfg["BLOCK_N"])
-        key_tiles = key_tiles_per_block * num_blocks
-        hyper_bwd_dkdv_kernel[(problems * num_kv_heads * key_tiles,)](
-            q, k, v, dout, lse, delta, dk, dvv, p.q_perm, p.k_perm, scale, scale_log2, *strides,
-            part.n_q, part.n_k, p.block_size, key_tiles_per_block, key_tiles, *kv_geometry, **dims, **cfg)
+        num_samples = 0 if p is None else p.sample_idx.shape[-1]
         if num_samples:
-            dks = torch.zeros(*p.sample_idx.shape, d, dtype=torch.float32, device=q.device)
-            dvs = torch.zeros(*p.sample_idx.shape, dv, dtype=torch.float32, device=q.device)
-            sample_chunks = triton.cdiv(num_samples, cfg["BLOCK_N"])
+            cfg = cfgs["hyper_samples"]
+            block_m, block_n = cfg["BLOCK_M"], cfg["BLOCK_N"]
+            sample_chunks = triton.cdiv(num_samples, block_n)
             # enough programs to fill the device, each reducing a long run of queries
-            segments = max(1, min(triton.cdiv(part.n_q, 4 * cfg["BLOCK_M"]),
+            segments = max(1, min(triton.cdiv(part.n_q, 4 * block_m),
                                   triton.cdiv(4 * _sm_count(q.device), problems * num_kv_heads * sample_chunks)))
-            segment_len = triton.cdiv(triton.cdiv(part.n_q, segments), cfg["BLOCK_M"]) * cfg["BLOCK_M"]
+            segment_len = triton.cdiv(triton.cdiv(part.n_q, segments), block_m) * block_m
             segments = triton.cdiv(part.n_q, segment_len)
             hyper_bwd_samples_kernel[(problems * num_kv_heads * sample_chunks * segments,)](
-                q, k, v, dout, lse, delta, dks, dvs, p.q_perm, p.sample_idx, p.sample_block, p.sample_log_weight,
+                q, k, v, dout, lse, delta, accumulator("dk", dk), accumulator("dv", dvv),
+                p.q_perm, p.sample_idx, p.sample_block, p.sample_log_weight,
                 scale, scale_log2, *strides, part.n_q, part.n_k, num_samples, p.block_size, sample_chunks,
-                segments, segment_len, *kv_geometry[:-1], **dims, **cfg)
-            _add_sample_grads(dk, dks, part, p)
-            _add_sample_grads(dvv, dvs, part, p)
-    return dq.to(q.dtype), dk.to(k.dtype), dvv.to(v.dtype)
-
-
-def _add_sample_grads(grad: torch.Tensor, sample_grad: torch.Tensor, part: Part, plan: AttentionPlan) -> None:
-    """grad (B, Hkv, Nk, D) += sample_grad (Z, Hkv, m, D) at the sampled keys' rows."""
-    z, num_kv_heads, m = plan.sample_idx.shape
-    problem = torch.arange(z, device=grad.device).view(z, 1, 1)
-    rows = part.k_start + (problem % part.rects) * part.rect_stride + plan.sample_idx
-    batch_index = (problem // part.rects).expand(z, num_kv_heads, m)
-    head_index = torch.arange(num_kv_heads, device=grad.device).view(1, num_kv_heads, 1).expand(z, num_kv_heads, m)
-    grad.index_put_((batch_index, head_index, rows), sample_grad, accumulate=True)
+                segments, segment_len, *kv_geometry, **dims, **cfg)
+        dq_mode, dkdv_mode = write_mode("dq", part.last_dq), write_mode("dk", part.last_dkdv)
+        dq_acc = accumulator("dq", dq) if dq_mode != "store" else dq
+        dk_acc, dv_acc = (accumulator("dk", dk), accumulator("dv", dvv)) if dkdv_mode != "store" else (dk, dvv)
+        if p is None:
+            cfg_dq, cfg_dkdv = cfgs["dense_dq"], cfgs["dense_dkdv"]
+            q_tiles = triton.cdiv(part.n_q, cfg_dq["BLOCK_M"])
+            k_tiles = triton.cdiv(part.n_k, cfg_dkdv["BLOCK_N"])
+            dense_bwd_dq_kernel[(problems * num_q_heads * q_tiles,)](
+                q, k, v, dout, lse, delta, dq_acc, dq, scale, scale_log2, *strides, part.n_q, part.n_k, q_tiles,
+                *q_geometry, CAUSAL=part.causal, WRITE=dq_mode, **dims, **cfg_dq)
+            dense_bwd_dkdv_kernel[(problems * num_kv_heads * k_tiles,)](
+                q, k, v, dout, lse, delta, dk_acc, dk, dv_acc, dvv, scale, scale_log2, *strides, part.n_q, part.n_k,
+                k_tiles, *kv_geometry, CAUSAL=part.causal, WRITE=dkdv_mode, **dims, **cfg_dkdv)
+            continue
+        cfg_dq, cfg_dkdv = cfgs["hyper_dq"], cfgs["hyper_dkdv"]
+        tiles_per_block, num_blocks, tiles = _hyper_tiles(part, cfg_dq["BLOCK_M"])
+        hyper_bwd_dq_kernel[(problems * num_q_heads * tiles,)](
+            q, k, v, dout, lse, delta, dq_acc, dq, p.q_perm, p.k_perm, p.sample_idx, p.sample_block,
+            p.sample_log_weight, scale, scale_log2, *strides, part.n_q, part.n_k, num_samples, p.block_size,
+            tiles_per_block, tiles, *q_geometry, WRITE=dq_mode, **dims, **cfg_dq)
+        key_tiles_per_block = triton.cdiv(p.block_size, cfg_dkdv["BLOCK_N"])
+        key_tiles = key_tiles_per_block * num_blocks
+        hyper_bwd_dkdv_kernel[(problems * num_kv_heads * key_tiles,)](
+            q, k, v, dout, lse, delta, dk_acc, dk, dv_acc, dvv, p.q_perm, p.k_perm, scale, scale_log2, *strides,
+            part.n_q, part.n_k, p.block_size, key_tiles_per_block, key_tiles, *kv_geometry, WRITE=dkdv_mode,
+            **dims, **cfg_dkdv)
+    return dq, dk, dvv
 
 
 # --- torch.library ops: the parts travel as a flat tensor list and an int list -----------
 
 
-_PART_INTS = 10  # has_plan, causal, merge, rects, q_start, k_start, rect_stride, n_q, n_k, block_size
+_PART_INTS = 12  # has_plan, causal, merge, rects, q_start, k_start, rect_stride, n_q, n_k, last_dq, last_dkdv, block_size
 
 
 def _encode(parts: list[Part]) -> tuple[list[torch.Tensor], list[int]]:
@@ -223,7 +276,8 @@ def _encode(parts: list[Part]) -> tuple[list[torch.Tensor], list[int]]:
     for part in parts:
         p = part.plan
         ints += [int(p is not None), int(part.causal), int(part.merge), part.rects, part.q_start, part.k_start,
-                 part.rect_stride, part.n_q, part.n_k, 0 if p is None else p.block_size]
+                 part.rect_stride, part.n_q, part.n_k, int(part.last_dq), int(part.last_dkdv),
+                 0 if p is None else p.block_size]
         if p is not None:
             tensors += [p.q_perm, p.k_perm, p.sample_idx, p.sample_block, p.sample_log_weight]
     return tensors, ints
@@ -232,12 +286,14 @@ def _encode(parts: list[Part]) -> tuple[list[torch.Tensor], list[int]]:
 def _decode(tensors: list[torch.Tensor], ints: list[int]) -> list[Part]:
     parts, next_tensor = [], 0
     for i in range(0, len(ints), _PART_INTS):
-        has_plan, causal, merge, rects, q_start, k_start, rect_stride, n_q, n_k, block_size = ints[i:i + _PART_INTS]
+        (has_plan, causal, merge, rects, q_start, k_start, rect_stride, n_q, n_k, last_dq, last_dkdv,
+         block_size) = ints[i:i + _PART_INTS]
         plan = None
         if has_plan:
             plan = AttentionPlan(*tensors[next_tensor:next_tensor + 5], block_size=block_size)
             next_tensor += 5
-        parts.append(Part(plan, bool(causal), bool(merge), rects, q_start, k_start, rect_stride, n_q, n_k))
+        parts.append(Part(plan, bool(causal), bool(merge), rects, q_start, k_start, rect_stride, n_q, n_k,
+                          bool(last_dq), bool(last_dkdv)))
     return parts
 
 
