@@ -23,6 +23,8 @@ def profile_case(seq_len, heads, head_dim, causal, backward, top):
     grad = torch.randn_like(q)
 
     def step():
+        for x in (q, k, v):
+            x.grad = None  # time the backward alone, not the accumulation into .grad
         out = hyper_attention(q, k, v, causal=causal, config=HyperAttentionConfig(), seed=0)
         if backward:
             out.backward(grad)

@@ -1,4 +1,4 @@
-"""Command line: ``hyperattn demo | eval ppl | eval needle | bench attention``."""
+"""Command line: ``hyperattn demo | eval ppl | eval needle | bench attention | bench model``."""
 
 from __future__ import annotations
 
@@ -123,6 +123,27 @@ def build_parser() -> argparse.ArgumentParser:
     attn.add_argument("--plot", metavar="PNG", help="write a log-log plot of time against length")
     attn.add_argument("--plot-only", metavar="JSON", help="redraw table and plot from a saved result; no timing")
     _add_config_args(attn)
+    from hyperattn.bench.model import ARCHS
+
+    model = bench_kinds.add_parser(
+        "model",
+        help="prefill of a 7B/8B-class model (random weights, a few layers): exact vs HyperAttention",
+        description="Builds a model with random weights and the dimensions of a real checkpoint ("
+        + ", ".join(f"{arch}: {name}" for arch, (_, name, _) in ARCHS.items())
+        + ") and times one prefill (batch 1, bf16, last-token logits) with exact SDPA attention and with "
+        "HyperAttention in some layers, at each length: medians of triton.testing.do_bench on one CUDA card.",
+    )
+    model.add_argument("--arch", choices=sorted(ARCHS), default="llama")
+    model.add_argument("--seq-len", "--seq-lens", dest="seq_lens", type=_int_list, default=[32768, 65536, 131072],
+                       help="comma-separated lengths")
+    model.add_argument("--num-layers", type=_positive_int, default=4, help="decoder layers built")
+    model.add_argument("--layers", type=_str_list, default=["exact", "half", "all"],
+                       help="comma-separated settings: exact, half (the last half), all, last:K, first:K")
+    model.add_argument("--seed", type=_seed, default=0)
+    model.add_argument("--device", help="torch device (default: cuda; another device only for smoke runs)")
+    model.add_argument("--json", metavar="PATH", help="write the results as JSON")
+    model.add_argument("--plot", metavar="PNG", help="write a log-log plot of prefill time against length")
+    _add_config_args(model)
     return parser
 
 
@@ -134,8 +155,10 @@ def main(argv: list[str] | None = None) -> int:
         from hyperattn.demo import main as run
     elif args.command == "eval":
         from hyperattn.eval.cli import main as run
-    else:
+    elif args.bench == "attention":
         from hyperattn.bench.attention import main as run
+    else:
+        from hyperattn.bench.model import main as run
     from hyperattn.eval.assets import AssetError
 
     try:
