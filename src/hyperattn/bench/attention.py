@@ -109,7 +109,8 @@ def format_table(result: dict) -> str:
             ratio = f"{times[1] / times[2]:.2f}x" if times[1] and times[2] else "-"
             fmt = [f"{t:9.2f}" if t is not None else f"{'-':>9}" for t in times]
             peak = cells[2]["peak_gib"]
-            lines.append(f"{seq_len:>8} {' '.join(fmt)} {ratio:>9} {peak if peak is None else round(peak, 2):>9}")
+            peak = f"{peak:.2f}" if peak is not None else cells[2].get("error", "-")
+            lines.append(f"{seq_len:>8} {' '.join(fmt)} {ratio:>9} {peak:>9}")
     return "\n".join(lines)
 
 
@@ -159,11 +160,11 @@ def main(args) -> int:
     causals = {"both": (False, True), "causal": (True,), "non-causal": (False,)}[args.causal]
     result = run_benchmark(args.seq_lens, args.long_seq_lens, args.head_dims, causals, args.modes,
                            heads=args.heads, config=config, command=args.command_line)
-    print(format_table(result))
-    if args.json:
+    if args.json:  # first, so that no later failure loses the measurements
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
         print(f"wrote {args.json}")
+    print(format_table(result))
     if args.plot:
         try:
             plot(result, args.plot)

@@ -156,8 +156,8 @@ def main(args) -> int:
     result = dict(benchmark="model", arch=args.arch, model=ARCHS[args.arch][1], num_layers=args.num_layers,
                   dtype=str(dtype).removeprefix("torch."), config=asdict(hyper_config), seed=args.seed,
                   **environment(device, args.command_line), results=rows)
+    write_json(result, args.json)  # first, so that no later failure loses the measurements
     print(format_table(result))
-    write_json(result, args.json)
     if args.plot:
         plot(result, args.plot)
     return 0
