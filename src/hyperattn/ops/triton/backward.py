@@ -14,7 +14,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from hyperattn.ops.triton.common import LOG2E, load_rows, query_block_range, write_rows
+from hyperattn.ops.triton.common import LOG2E, load_key_tile, load_rows, query_block_range, write_rows
 
 
 
@@ -32,6 +32,20 @@ def bwd_delta_kernel(Out, DO, DLse, Delta, n_rows, head_dim_v, HAS_DLSE: tl.cons
     if HAS_DLSE:
         delta -= tl.load(DLse + rows, mask=rmask, other=0.0)
     tl.store(Delta + rows, delta, mask=rmask)
+
+
+@triton.jit
+def _load_query_rows(q_base, DO, Lse, Delta, batch, h, q_rows, rmask, stride_qn, stride_ob, stride_oh, stride_on,
+                     stride_lb, stride_lh, offs_d, offs_dv, d_mask, dv_mask):
+    """What the backward needs of query rows ``q_rows`` (int64 (R,)) of head ``h``: q (R, D),
+    dO (R, Dv), lse in log2 units and delta (R,), and the rows' offsets in Lse (= in Delta, DQ)."""
+    q = load_rows(q_base, q_rows, stride_qn, offs_d, rmask, d_mask)
+    o_rows = batch.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + q_rows * stride_on
+    l_rows = batch.to(tl.int64) * stride_lb + h.to(tl.int64) * stride_lh + q_rows
+    do = load_rows(DO, o_rows, 1, offs_dv, rmask, dv_mask)
+    lse2 = tl.load(Lse + l_rows, mask=rmask, other=0.0) * LOG2E
+    delta = tl.load(Delta + l_rows, mask=rmask, other=0.0)
+    return q, do, lse2, delta, l_rows
 
 
 @triton.jit
@@ -89,12 +103,9 @@ def hyper_bwd_dq_kernel(
         q_local = tl.load(QPerm + zh64 * n_q + offs_m, mask=rmask, other=0)
         q_rows = (q_start + r * rect_stride + q_local).to(tl.int64)
         q_base = Q + batch.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
-        q = load_rows(q_base, q_rows, stride_qn, offs_d, rmask, d_mask)
-        o_rows = batch.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + q_rows * stride_on
-        l_rows = batch.to(tl.int64) * stride_lb + h.to(tl.int64) * stride_lh + q_rows
-        do = load_rows(DO, o_rows, 1, offs_dv, rmask, dv_mask)
-        lse2 = tl.load(Lse + l_rows, mask=rmask, other=0.0) * LOG2E
-        delta = tl.load(Delta + l_rows, mask=rmask, other=0.0)
+        q, do, lse2, delta, l_rows = _load_query_rows(q_base, DO, Lse, Delta, batch, h, q_rows, rmask, stride_qn,
+                                                      stride_ob, stride_oh, stride_on, stride_lb, stride_lh,
+                                                      offs_d, offs_dv, d_mask, dv_mask)
         k_base = K + batch.to(tl.int64) * stride_kb + hk.to(tl.int64) * stride_kh
         v_base = V + batch.to(tl.int64) * stride_vb + hk.to(tl.int64) * stride_vh
         key_row0 = k_start + r * rect_stride
@@ -182,12 +193,9 @@ def hyper_bwd_dkdv_kernel(
             rmask = offs_m < q_hi
             q_local = tl.load(QPerm + zh64 * n_q + offs_m, mask=rmask, other=0)
             q_rows = (q_start + r * rect_stride + q_local).to(tl.int64)
-            q = load_rows(q_base, q_rows, stride_qn, offs_d, rmask, d_mask)
-            o_rows = batch.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + q_rows * stride_on
-            l_rows = batch.to(tl.int64) * stride_lb + h.to(tl.int64) * stride_lh + q_rows
-            do = load_rows(DO, o_rows, 1, offs_dv, rmask, dv_mask)
-            lse2 = tl.load(Lse + l_rows, mask=rmask, other=0.0) * LOG2E
-            delta = tl.load(Delta + l_rows, mask=rmask, other=0.0)
+            q, do, lse2, delta, l_rows = _load_query_rows(q_base, DO, Lse, Delta, batch, h, q_rows, rmask, stride_qn,
+                                                          stride_ob, stride_oh, stride_on, stride_lb, stride_lh,
+                                                          offs_d, offs_dv, d_mask, dv_mask)
             p, ds = _score_grads(q, k, v, do, lse2, delta, 0.0, rmask[:, None] & kmask[None, :], scale_log2)
             dv += tl.dot(tl.trans(p).to(do.dtype), do)
             dk += tl.dot(tl.trans(ds).to(q.dtype), q)
@@ -203,15 +211,9 @@ def _dense_dq_range(q, do, lse2, delta, dq, k_base, v_base, key_row0, stride_kn,
                     CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr):
     """dq (unscaled) of the query tile over consecutive keys [lo, hi)."""
     for start in range(lo, hi, BLOCK_N):
-        offs_n = start + tl.arange(0, BLOCK_N)
-        kmask = offs_n < n_k
-        k_rows = (key_row0 + offs_n).to(tl.int64)
-        k = load_rows(k_base, k_rows, stride_kn, offs_d, kmask, d_mask)
-        v = load_rows(v_base, k_rows, stride_vn, offs_dv, kmask, dv_mask)
-        visible = rmask[:, None] & kmask[None, :]
-        if CAUSAL:
-            visible = visible & (offs_n[None, :] <= (n_k - n_q + offs_m)[:, None])
-        p, ds = _score_grads(q, k, v, do, lse2, delta, 0.0, visible, scale_log2)
+        k, v, visible = load_key_tile(k_base, v_base, key_row0, start, offs_m, n_q, n_k, stride_kn, stride_vn, offs_d,
+                                      offs_dv, d_mask, dv_mask, CAUSAL, BLOCK_N)
+        p, ds = _score_grads(q, k, v, do, lse2, delta, 0.0, rmask[:, None] & visible, scale_log2)
         dq += tl.dot(ds.to(k.dtype), k)
     return dq
 
@@ -226,12 +228,9 @@ def _dense_dkdv_range(q_base, DO, Lse, Delta, k, v, dk, dv, batch, h, r, q_start
         offs_m = row0 + tl.arange(0, BLOCK_M)
         rmask = offs_m < n_q
         q_rows = (q_start + r * rect_stride + offs_m).to(tl.int64)
-        q = load_rows(q_base, q_rows, stride_qn, offs_d, rmask, d_mask)
-        o_rows = batch.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + q_rows * stride_on
-        l_rows = batch.to(tl.int64) * stride_lb + h.to(tl.int64) * stride_lh + q_rows
-        do = load_rows(DO, o_rows, 1, offs_dv, rmask, dv_mask)
-        lse2 = tl.load(Lse + l_rows, mask=rmask, other=0.0) * LOG2E
-        delta = tl.load(Delta + l_rows, mask=rmask, other=0.0)
+        q, do, lse2, delta, l_rows = _load_query_rows(q_base, DO, Lse, Delta, batch, h, q_rows, rmask, stride_qn,
+                                                      stride_ob, stride_oh, stride_on, stride_lb, stride_lh,
+                                                      offs_d, offs_dv, d_mask, dv_mask)
         visible = rmask[:, None] & kmask[None, :]
         if CAUSAL:
             visible = visible & (offs_n[None, :] <= (n_k - n_q + offs_m)[:, None])
@@ -273,12 +272,10 @@ def dense_bwd_dq_kernel(
     d_mask = offs_d < HEAD_DIM
     dv_mask = offs_dv < HEAD_DIM_V
     q_rows = (q_start + r * rect_stride + offs_m).to(tl.int64)
-    q = load_rows(Q + batch.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh, q_rows, stride_qn, offs_d, rmask, d_mask)
-    o_rows = batch.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + q_rows * stride_on
-    l_rows = batch.to(tl.int64) * stride_lb + h.to(tl.int64) * stride_lh + q_rows
-    do = load_rows(DO, o_rows, 1, offs_dv, rmask, dv_mask)
-    lse2 = tl.load(Lse + l_rows, mask=rmask, other=0.0) * LOG2E
-    delta = tl.load(Delta + l_rows, mask=rmask, other=0.0)
+    q_base = Q + batch.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
+    q, do, lse2, delta, l_rows = _load_query_rows(q_base, DO, Lse, Delta, batch, h, q_rows, rmask, stride_qn,
+                                                  stride_ob, stride_oh, stride_on, stride_lb, stride_lh,
+                                                  offs_d, offs_dv, d_mask, dv_mask)
     k_base = K + batch.to(tl.int64) * stride_kb + hk.to(tl.int64) * stride_kh
     v_base = V + batch.to(tl.int64) * stride_vb + hk.to(tl.int64) * stride_vh
     key_row0 = k_start + r * rect_stride
@@ -413,12 +410,9 @@ def hyper_bwd_samples_kernel(
             q_blk = (offs_m.to(tl.int64) * n_k // n_q) // block_size
             q_local = tl.load(QPerm + zh64 * n_q + offs_m, mask=rmask, other=0)
             q_rows = (q_start + r * rect_stride + q_local).to(tl.int64)
-            q = load_rows(q_base, q_rows, stride_qn, offs_d, rmask, d_mask)
-            o_rows = batch.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + q_rows * stride_on
-            l_rows = batch.to(tl.int64) * stride_lb + h.to(tl.int64) * stride_lh + q_rows
-            do = load_rows(DO, o_rows, 1, offs_dv, rmask, dv_mask)
-            lse2 = tl.load(Lse + l_rows, mask=rmask, other=0.0) * LOG2E
-            delta = tl.load(Delta + l_rows, mask=rmask, other=0.0)
+            q, do, lse2, delta, l_rows = _load_query_rows(q_base, DO, Lse, Delta, batch, h, q_rows, rmask, stride_qn,
+                                                          stride_ob, stride_oh, stride_on, stride_lb, stride_lh,
+                                                          offs_d, offs_dv, d_mask, dv_mask)
             visible = rmask[:, None] & smask[None, :] & (q_blk[:, None] != s_blk[None, :])
             p, ds = _score_grads(q, k, v, do, lse2, delta, bias2[None, :], visible, scale_log2)
             dv += tl.dot(tl.trans(p).to(do.dtype), do)

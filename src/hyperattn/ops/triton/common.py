@@ -17,6 +17,23 @@ def load_rows(base, rows, row_stride, cols, row_mask, col_mask):
 
 
 @triton.jit
+def load_key_tile(k_base, v_base, key_row0, start, offs_m, n_q, n_k, stride_kn, stride_vn, offs_d, offs_dv, d_mask,
+                  dv_mask, CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr):
+    """k (BN, D) and v (BN, Dv) of the consecutive keys from ``start``, and which of them each
+    query of ``offs_m`` sees (BM, BN): none past ``n_k``; with ``CAUSAL`` none after the query
+    (bottom-right: query i sees keys j <= n_k - n_q + i)."""
+    offs_n = start + tl.arange(0, BLOCK_N)
+    kmask = offs_n < n_k
+    k_rows = (key_row0 + offs_n).to(tl.int64)
+    k = load_rows(k_base, k_rows, stride_kn, offs_d, kmask, d_mask)
+    v = load_rows(v_base, k_rows, stride_vn, offs_dv, kmask, dv_mask)
+    visible = kmask[None, :]
+    if CAUSAL:
+        visible = visible & (offs_n[None, :] <= (n_k - n_q + offs_m)[:, None])
+    return k, v, visible
+
+
+@triton.jit
 def query_block_range(blk, block_size, n_q, n_k):
     """Sorted query ranks [lo, hi) of key block ``blk``: p with (p * n_k // n_q) // block_size == blk.
     64-bit: blk * block_size * n_q passes 2**31 from about 64k tokens on."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from hyperattn.ops.triton.common import LOG2E, LN2, load_rows, query_block_range
+from hyperattn.ops.triton.common import LOG2E, LN2, load_key_tile, load_rows, query_block_range
 
 
 
@@ -143,16 +143,9 @@ def _dense_fwd_range(q, k_base, v_base, key_row0, stride_kn, stride_vn, offs_m, 
     """Online softmax of the query tile over consecutive keys [lo, hi); ``CAUSAL`` masks
     keys after each query (bottom-right)."""
     for start in range(lo, hi, BLOCK_N):
-        offs_n = start + tl.arange(0, BLOCK_N)
-        kmask = offs_n < n_k
-        k_rows = (key_row0 + offs_n).to(tl.int64)
-        k = load_rows(k_base, k_rows, stride_kn, offs_d, kmask, d_mask)
-        v = load_rows(v_base, k_rows, stride_vn, offs_dv, kmask, dv_mask)
-        s = tl.dot(q, tl.trans(k)) * scale_log2
-        visible = kmask[None, :]
-        if CAUSAL:
-            visible = visible & (offs_n[None, :] <= (n_k - n_q + offs_m)[:, None])
-        s = tl.where(visible, s, float("-inf"))
+        k, v, visible = load_key_tile(k_base, v_base, key_row0, start, offs_m, n_q, n_k, stride_kn, stride_vn, offs_d,
+                                      offs_dv, d_mask, dv_mask, CAUSAL, BLOCK_N)
+        s = tl.where(visible, tl.dot(q, tl.trans(k)) * scale_log2, float("-inf"))
         m_i, l_i, acc = _softmax_step(s, v, m_i, l_i, acc)
     return m_i, l_i, acc
 
