@@ -46,12 +46,70 @@ def test_approximation_is_active_above_min_seq_len():
                      exact_attention(q, k, v, causal=True)) > 1e-3
 
 
+# --- exact sinks and window ---------------------------------------------------------------
+
+@pytest.mark.parametrize("nq,nk", [(100, 100), (77, 77), (64, 150)])
+@pytest.mark.parametrize("extra", [dict(exact_sinks=10**6), dict(exact_window=10**6)])
+def test_sinks_or_window_covering_every_key_is_exact(nq, nk, extra):
+    q, k, v = random_qkv(batch=2, hq=4, hkv=2, nq=nq, nk=nk, d=8)
+    cfg = HyperAttentionConfig(block_size=4, sample_size=4, lsh_num_projs=3, min_seq_len=8, **extra)
+    out, lse = hyper_attention(q, k, v, causal=True, config=cfg, seed=1, return_lse=True)
+    ref, ref_lse = exact_attention(q, k, v, causal=True, return_lse=True)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(lse, ref_lse, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("nq,nk", [(96, 96), (70, 101)])
+def test_dominant_sinks_are_computed_exactly(nq, nk):
+    """When every query attends mostly to the first keys, sampling them is the large error;
+    computing them exactly removes most of it."""
+    q, k, v = random_qkv(hq=2, hkv=1, nq=nq, nk=nk, d=8, seed=4)
+    q, k = q.clone(), k.clone()
+    q[..., 0], k[..., 0] = 3.0, 0.0
+    k[:, :, :4, 0] = 3.0  # scores of the 4 sink keys: about 9 / sqrt(8) above the rest
+    ref = exact_attention(q, k, v, causal=True)
+    base = dict(block_size=4, sample_size=4, lsh_num_projs=3, min_seq_len=8)
+    plain = rel_error(hyper_attention(q, k, v, causal=True, config=HyperAttentionConfig(**base), seed=2), ref)
+    sinks = rel_error(hyper_attention(q, k, v, causal=True, config=HyperAttentionConfig(**base, exact_sinks=4),
+                                      seed=2), ref)
+    assert sinks < 0.5 * plain
+
+
+def test_window_keeps_the_keys_before_a_leaf_exact():
+    """Scores that fall with distance: the window makes the recent keys before each diagonal
+    leaf exact, and the error drops."""
+    nq = nk = 128
+    positions = torch.arange(nq, dtype=torch.float64)
+    freqs = torch.tensor([0.02, 0.05, 0.11, 0.23], dtype=torch.float64)
+    angles = positions[:, None] * freqs
+    features = torch.cat((angles.cos(), angles.sin()), -1) * 2.5  # q_i . k_j = 6.25 sum cos(f (i - j))
+    q = features.expand(1, 2, nq, 8).contiguous()
+    k = features.expand(1, 1, nk, 8).contiguous()
+    v = torch.randn(1, 1, nk, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    ref = exact_attention(q, k, v, causal=True)
+    base = dict(block_size=4, sample_size=4, lsh_num_projs=3, min_seq_len=16)
+    plain = rel_error(hyper_attention(q, k, v, causal=True, config=HyperAttentionConfig(**base), seed=2), ref)
+    window = rel_error(hyper_attention(q, k, v, causal=True, config=HyperAttentionConfig(**base, exact_window=8),
+                                       seed=2), ref)
+    assert window < 0.5 * plain
+
+
+def test_sinks_and_window_are_causal_and_reference_only():
+    q, k, v = random_qkv(nq=40, d=4)
+    with pytest.raises(ValueError, match="apply to causal attention"):
+        hyper_attention(q, k, v, causal=False, config=HyperAttentionConfig(min_seq_len=8, exact_sinks=2))
+    with pytest.raises(ValueError, match="reference executor only"):
+        hyper_attention(q.half(), k.half(), v.half(), causal=True,
+                        config=HyperAttentionConfig(min_seq_len=8, exact_window=4, impl="triton"))
+
+
 # --- causality --------------------------------------------------------------------------
 
-@pytest.mark.parametrize("sampling", ["uniform", "value_norm"])
+@pytest.mark.parametrize("sampling,extra", [("uniform", {}), ("value_norm", {}),
+                                            ("uniform", dict(exact_sinks=3, exact_window=5))])
 @pytest.mark.parametrize("nq,nk", [(96, 96), (83, 83), (70, 101)])
-def test_future_keys_and_values_do_not_leak(sampling, nq, nk):
-    cfg = HyperAttentionConfig(block_size=4, sample_size=4, lsh_num_projs=3, min_seq_len=8, sampling=sampling)
+def test_future_keys_and_values_do_not_leak(sampling, extra, nq, nk):
+    cfg = HyperAttentionConfig(block_size=4, sample_size=4, lsh_num_projs=3, min_seq_len=8, sampling=sampling, **extra)
     q, k, v = random_qkv(hq=2, hkv=1, nq=nq, nk=nk)
     out = hyper_attention(q, k, v, causal=True, config=cfg, seed=3)
     for t in (0, 9, nq // 2, nq - 2):
@@ -126,11 +184,11 @@ def test_low_precision_inputs_follow_the_float64_result(dtype, causal):
 
 # --- gradients --------------------------------------------------------------------------
 
-@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("causal,extra", [(False, {}), (True, {}), (True, dict(exact_sinks=2, exact_window=3))])
 @pytest.mark.parametrize("nq,nk", [(40, 40), (29, 45)])
-def test_gradcheck_with_the_approximation_active(causal, nq, nk):
+def test_gradcheck_with_the_approximation_active(causal, extra, nq, nk):
     q, k, v = random_qkv(hq=2, hkv=1, nq=nq, nk=nk, d=4, requires_grad=True, seed=5)
-    cfg = HyperAttentionConfig(block_size=4, sample_size=5, lsh_num_projs=3, min_seq_len=6)
+    cfg = HyperAttentionConfig(block_size=4, sample_size=5, lsh_num_projs=3, min_seq_len=6, **extra)
     approx = hyper_attention(q, k, v, causal=causal, config=cfg, seed=2)
     assert rel_error(approx, exact_attention(q, k, v, causal=causal)) > 1e-3
 

@@ -26,6 +26,8 @@ def test_defaults_are_the_papers():
         ("sampling", "random", ValueError),
         ("sampling", 1, ValueError),
         ("impl", "cuda", ValueError),
+        ("exact_sinks", -1, ValueError),
+        ("exact_window", 1.5, TypeError),
     ],
 )
 def test_bad_values_name_the_field(field, value, error):

@@ -178,6 +178,12 @@ def hyper_attention(
         raise TypeError(f"config must be a HyperAttentionConfig or None, got {type(config).__name__}")
     generator = _make_generator(seed, q.device)
     use_triton = _use_triton(q, config.impl)
+    if config.exact_sinks or config.exact_window:
+        if not causal:
+            raise ValueError("config.exact_sinks and config.exact_window apply to causal attention; got causal=False")
+        if use_triton:
+            raise ValueError("config.exact_sinks and config.exact_window run in the reference executor only so far; "
+                             "pass HyperAttentionConfig(impl='reference', ...)")
     if q.numel() == 0 or k.shape[2] == 0:
         return _empty_result(q, v, return_lse)
     if q.shape[2] <= config.min_seq_len:

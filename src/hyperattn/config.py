@@ -38,6 +38,12 @@ class HyperAttentionConfig:
         impl: ``"auto"`` (fused Triton kernels for fp16/bf16 CUDA tensors, the PyTorch
             reference otherwise), ``"reference"`` or ``"triton"`` (fp16/bf16 only; CUDA, or
             any device under ``TRITON_INTERPRET=1``).
+        exact_sinks: causal only: every query attends exactly to the first ``exact_sinks``
+            keys of the sequence (the "attention sinks" of language models); the
+            approximated parts skip them. ``>= 0``; not in the fused kernels yet.
+        exact_window: causal only: every query attends exactly to the ``exact_window`` keys
+            before it, also where they lie outside its diagonal block; the approximated
+            parts skip them. ``>= 0``; not in the fused kernels yet.
     """
 
     block_size: int = 256
@@ -46,12 +52,16 @@ class HyperAttentionConfig:
     min_seq_len: int = 4096
     sampling: str = "uniform"
     impl: str = "auto"
+    exact_sinks: int = 0
+    exact_window: int = 0
 
     def __post_init__(self) -> None:
         _check_int("block_size", self.block_size, 1)
         _check_int("sample_size", self.sample_size, 0)
         _check_int("lsh_num_projs", self.lsh_num_projs, 1, MAX_LSH_NUM_PROJS)
         _check_int("min_seq_len", self.min_seq_len, 1)
+        _check_int("exact_sinks", self.exact_sinks, 0)
+        _check_int("exact_window", self.exact_window, 0)
         if not isinstance(self.sampling, str) or self.sampling not in SAMPLING_METHODS:
             raise ValueError(
                 f"HyperAttentionConfig.sampling must be one of {SAMPLING_METHODS}, got {self.sampling!r}"

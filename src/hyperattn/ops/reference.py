@@ -7,6 +7,9 @@ inputs) and return ``(out, lse)`` in that compute dtype; autograd gives their gr
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 
 from hyperattn.ops.merge import masked_softmax_lse, merge_attention
@@ -14,6 +17,23 @@ from hyperattn.plan import AttentionPlan, CausalPlan, inverse_permutation, join_
 
 # Largest score tensor materialized at once by exact_attention_reference (elements).
 EXACT_CHUNK_ELEMENTS = 1 << 22
+
+
+@dataclass(frozen=True)
+class Exclusion:
+    """Pairs an approximated part skips because an exact part computes them: key position
+    j for the query at position p when ``j < sinks`` or ``j >= p - window``.
+
+    ``query_pos`` (Z, 1, Nq) and ``key_pos`` (Z, 1, Nk): int64 positions in the sequence."""
+
+    query_pos: torch.Tensor
+    key_pos: torch.Tensor
+    sinks: int
+    window: int
+
+    def mask(self, query_pos: torch.Tensor, key_pos: torch.Tensor) -> torch.Tensor:
+        """Broadcast (query, key) positions -> True where the pair is skipped."""
+        return (key_pos < self.sinks) | (key_pos >= query_pos - self.window)
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -32,12 +52,15 @@ def _gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 
 def exact_attention_reference(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, causal: bool
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, causal: bool,
+    visible: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Dense softmax attention; causal is aligned bottom-right (query i sees keys <= Nk - Nq + i).
 
     q (Z, Hq, Nq, D), k (Z, Hkv, Nk, D), v (Z, Hkv, Nk, Dv) -> out (Z, Hq, Nq, Dv), lse (Z, Hq, Nq).
-    Queries are processed in chunks so that at most ``EXACT_CHUNK_ELEMENTS`` scores live at once.
+    ``visible(query_index)`` ((C,) int64 -> (C, Nk) bool) further restricts which keys each
+    query sees (rows with none get a zero output and lse -inf). Queries are processed in
+    chunks so that at most ``EXACT_CHUNK_ELEMENTS`` scores live at once.
     """
     dtype = compute_dtype(q.dtype)
     z, hq, nq, _ = q.shape
@@ -54,6 +77,8 @@ def exact_attention_reference(
         if causal:
             query_pos = torch.arange(start, stop, device=q.device) + (nk - nq)
             scores = scores.masked_fill(key_pos > query_pos[:, None], -torch.inf)
+        if visible is not None:
+            scores = scores.masked_fill(~visible(torch.arange(start, stop, device=q.device)), -torch.inf)
         probs, lse = masked_softmax_lse(scores)
         outs.append(probs @ vg)
         lses.append(lse)
@@ -63,12 +88,14 @@ def exact_attention_reference(
 
 
 def hyper_attention_reference(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: AttentionPlan, scale: float
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: AttentionPlan, scale: float,
+    skip: Exclusion | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Non-causal HyperAttention over the pattern of ``plan``.
 
     Each query attends exactly to the key block at its sorted rank, plus the sampled keys
     outside that block with their importance weights; the two parts are merged by lse.
+    ``skip`` drops the (query, key) pairs that an exact part computes instead.
     q (Z, Hq, Nq, D), k (Z, Hkv, Nk, D), v (Z, Hkv, Nk, Dv) -> out (Z, Hq, Nq, Dv), lse (Z, Hq, Nq).
     """
     dtype = compute_dtype(q.dtype)
@@ -89,7 +116,13 @@ def hyper_attention_reference(
     k_blocks = _gather_rows(k, slot_key).view(z, hkv, 1, num_blocks, block, d)
     v_blocks = _gather_rows(v, slot_key).view(z, hkv, 1, num_blocks, block, dv)
     scores = torch.einsum("zhgbqd,zhgbkd->zhgbqk", q_blocks, k_blocks) * scale
-    probs, lse_blocks = masked_softmax_lse(scores.masked_fill(~key_valid, -torch.inf))
+    scores = scores.masked_fill(~key_valid, -torch.inf)
+    if skip is not None:
+        query_pos = skip.query_pos.expand(z, hq, nq).gather(-1, slot_query)
+        key_pos = skip.key_pos.expand(z, hkv, nk).gather(-1, slot_key)
+        scores = scores.masked_fill(skip.mask(query_pos.view(z, hkv, groups, num_blocks, max_rows, 1),
+                                              key_pos.view(z, hkv, 1, num_blocks, 1, block)), -torch.inf)
+    probs, lse_blocks = masked_softmax_lse(scores)
     out_blocks = (probs @ v_blocks).reshape(z, hq, num_blocks * max_rows, dv)
 
     query_rank = inverse_permutation(plan.q_perm)
@@ -105,8 +138,12 @@ def hyper_attention_reference(
     scores = torch.einsum("zhgqd,zhgsd->zhgqs", _grouped(q, hkv), k_samples) * scale
     scores = scores + plan.sample_log_weight.to(dtype)[:, :, None, None, :]
     query_block = _grouped(layout.rank_block[query_rank].unsqueeze(-1), hkv)
-    own_block = query_block == plan.sample_block[:, :, None, None, :]
-    probs, lse_samples = masked_softmax_lse(scores.masked_fill(own_block, -torch.inf))
+    skipped = query_block == plan.sample_block[:, :, None, None, :]  # own block
+    if skip is not None:
+        query_pos = _grouped(skip.query_pos.expand(z, hq, nq).unsqueeze(-1), hkv)
+        sample_pos = skip.key_pos.expand(z, hkv, nk).gather(-1, plan.sample_idx)[:, :, None, None, :]
+        skipped = skipped | skip.mask(query_pos, sample_pos)
+    probs, lse_samples = masked_softmax_lse(scores.masked_fill(skipped, -torch.inf))
     out_samples = (probs @ v_samples).reshape(z, hq, nq, dv)
     return merge_attention(out, lse, out_samples, lse_samples.reshape(z, hq, nq))
 
@@ -118,12 +155,19 @@ def causal_hyper_attention_reference(
 
     Diagonal leaves: one batched exact causal call; each level: one batched
     ``hyper_attention_reference`` over its rectangles; the prefix: one more; all merged by
-    lse. The head rows (fewer than the number of leaves) are exact.
+    lse. The head rows (fewer than the number of leaves) are exact. With ``plan.sinks`` or
+    ``plan.window``, the levels and the prefix skip those keys, and one more exact part
+    attends each main query to the ones before its leaf.
     """
     schedule = plan.schedule
     batch, head = q.shape[0], schedule.head_len
     prefix = schedule.prefix_len + head
     q_main, k_main, v_main = q[:, :, head:], k[:, :, prefix:], v[:, :, prefix:]
+    main_pos = (prefix + torch.arange(schedule.main_len, device=q.device)).expand(batch, 1, -1)
+    excluding = plan.sinks > 0 or plan.window > 0
+
+    def skip(query_pos, key_pos):
+        return Exclusion(query_pos, key_pos, plan.sinks, plan.window) if excluding else None
 
     leaves = schedule.num_leaves
     out, lse = exact_attention_reference(
@@ -139,6 +183,7 @@ def causal_hyper_attention_reference(
             level_rows(v_main, level, schedule, right=False),
             level_plan,
             scale,
+            skip(level_rows(main_pos, level, schedule, right=True), level_rows(main_pos, level, schedule, right=False)),
         )
         rect_out, rect_lse = rect_out.unflatten(0, (batch, nodes)), rect_lse.unflatten(0, (batch, nodes))
         # Left halves of each node see nothing at this level: an empty part (lse = -inf).
@@ -148,7 +193,24 @@ def causal_hyper_attention_reference(
 
     if prefix > 0:  # prefix keys: one rectangle, exact when no longer than a block
         k_pre, v_pre = k[:, :, :prefix], v[:, :, :prefix]
-        out, lse = merge_attention(out, lse, *reference_attention(q_main, k_pre, v_pre, plan.prefix_plan, scale, False))
+        prefix_skip = skip(main_pos, torch.arange(prefix, device=q.device).expand(batch, 1, -1))
+        if plan.prefix_plan is not None:
+            part = hyper_attention_reference(q_main, k_pre, v_pre, plan.prefix_plan, scale, prefix_skip)
+        else:
+            part = exact_attention_reference(
+                q_main, k_pre, v_pre, scale, False,
+                None if prefix_skip is None else lambda i: ~prefix_skip.mask(main_pos[0, 0, i, None], prefix_skip.key_pos[0, 0]),
+            )
+        out, lse = merge_attention(out, lse, *part)
+    if excluding:  # the skipped keys before each main query's leaf, exactly
+        key_pos = torch.arange(k.shape[2], device=q.device)
+        rule = Exclusion(main_pos, key_pos, plan.sinks, plan.window)
+
+        def before_leaf_and_skipped(i):
+            leaf_start = prefix + (i // schedule.leaf_len) * schedule.leaf_len
+            return (key_pos < leaf_start[:, None]) & rule.mask(main_pos[0, 0, i, None], key_pos)
+
+        out, lse = merge_attention(out, lse, *exact_attention_reference(q_main, k, v, scale, False, before_leaf_and_skipped))
     if head > 0:
         head_out, head_lse = exact_attention_reference(
             q[:, :, :head], k[:, :, :prefix], v[:, :, :prefix], scale, causal=True

@@ -81,11 +81,17 @@ class CausalPlan:
     """Plans of causal HyperAttention: one ``AttentionPlan`` per level of ``schedule``
     (its problems are the level's rectangles, batch-major) and one for the prefix
     rectangle: None when its keys fit in one block (or there are none), which executors
-    then attend to exactly."""
+    then attend to exactly.
+
+    ``sinks`` and ``window`` (``HyperAttentionConfig.exact_sinks`` / ``exact_window``): the
+    query at position p also attends exactly to keys j < sinks and p - window <= j, which
+    the approximated parts then skip."""
 
     schedule: CausalSchedule
     level_plans: list[AttentionPlan]
     prefix_plan: AttentionPlan | None
+    sinks: int = 0
+    window: int = 0
 
 
 def plan_hyper_attention(
@@ -127,7 +133,7 @@ def plan_hyper_attention(
     if prefix > config.block_size:
         prefix_norms = None if sq_norms is None else sq_norms[:, :, :prefix]
         prefix_plan = make_plan(q_main, k_buckets[:, :, :prefix], config, generator, prefix_norms, weight_dtype)
-    return CausalPlan(schedule, level_plans, prefix_plan)
+    return CausalPlan(schedule, level_plans, prefix_plan, config.exact_sinks, config.exact_window)
 
 
 __all__ = [

@@ -61,6 +61,8 @@ def parts_of(plan: AttentionPlan | CausalPlan | None, n_q: int, n_k: int, causal
     """The launches that execute ``plan`` (None: exact attention) over (n_q, n_k) rows."""
     if plan is None or isinstance(plan, AttentionPlan):
         return [Part(plan, causal and plan is None, False, 1, 0, 0, 0, n_q, n_k)]
+    if plan.sinks or plan.window:
+        raise ValueError("the fused kernels do not run exact sinks or windows yet (CausalPlan.sinks/window)")
     s = plan.schedule
     head, prefix = s.head_len, s.prefix_len + s.head_len
     # the diagonal leaves and the head own every query row; with the prefix's keys (when
