@@ -203,20 +203,36 @@ def causal_hyper_attention_reference(
             )
         out, lse = merge_attention(out, lse, *part)
     if excluding:  # the skipped keys before each main query's leaf, exactly
-        key_pos = torch.arange(k.shape[2], device=q.device)
-        rule = Exclusion(main_pos, key_pos, plan.sinks, plan.window)
-
-        def before_leaf_and_skipped(i):
-            leaf_start = prefix + (i // schedule.leaf_len) * schedule.leaf_len
-            return (key_pos < leaf_start[:, None]) & rule.mask(main_pos[0, 0, i, None], key_pos)
-
-        out, lse = merge_attention(out, lse, *exact_attention_reference(q_main, k, v, scale, False, before_leaf_and_skipped))
+        out, lse = merge_attention(out, lse, *_skipped_keys_attention(q_main, k, v, plan, scale))
     if head > 0:
         head_out, head_lse = exact_attention_reference(
             q[:, :, :head], k[:, :, :prefix], v[:, :, :prefix], scale, causal=True
         )
         out, lse = torch.cat((head_out, out), 2), torch.cat((head_lse, lse), 2)
     return out, lse
+
+
+def _skipped_keys_attention(q_main, k, v, plan: CausalPlan, scale: float):
+    """Exact attention of each main query over the keys before its diagonal leaf that
+    ``plan.sinks`` and ``plan.window`` take from the approximated parts: per leaf, only the
+    first ``sinks`` keys and the ``window`` keys before the leaf can be such keys."""
+    schedule = plan.schedule
+    prefix = schedule.prefix_len + schedule.head_len
+    leaf_len = schedule.leaf_len
+    outs, lses = [], []
+    for leaf in range(schedule.num_leaves):
+        start = prefix + leaf * leaf_len
+        sinks = min(plan.sinks, start)
+        keys = torch.cat((torch.arange(sinks), torch.arange(max(sinks, start - plan.window), start))).to(q_main.device)
+        query_pos = start + torch.arange(leaf_len, device=q_main.device)
+        rule = Exclusion(query_pos, keys, plan.sinks, plan.window)
+        part = exact_attention_reference(
+            q_main[:, :, leaf * leaf_len:(leaf + 1) * leaf_len], k[:, :, keys], v[:, :, keys], scale, False,
+            lambda i: rule.mask(query_pos[i, None], keys),
+        )
+        outs.append(part[0])
+        lses.append(part[1])
+    return torch.cat(outs, 2), torch.cat(lses, 2)
 
 
 def reference_attention(
