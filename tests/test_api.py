@@ -48,7 +48,7 @@ def test_approximation_is_active_above_min_seq_len():
 
 # --- exact sinks and window ---------------------------------------------------------------
 
-@pytest.mark.parametrize("nq,nk", [(100, 100), (77, 77), (64, 150)])
+@pytest.mark.parametrize("nq,nk", [(100, 100), (77, 77), (64, 64), (64, 150)])  # 64: no head, no prefix
 @pytest.mark.parametrize("extra", [dict(exact_sinks=10**6), dict(exact_window=10**6)])
 def test_sinks_or_window_covering_every_key_is_exact(nq, nk, extra):
     q, k, v = random_qkv(batch=2, hq=4, hkv=2, nq=nq, nk=nk, d=8)

@@ -225,9 +225,14 @@ def _skipped_keys_attention(q_main, k, v, plan: CausalPlan, scale: float):
         sinks = min(plan.sinks, start)
         keys = torch.cat((torch.arange(sinks), torch.arange(max(sinks, start - plan.window), start))).to(q_main.device)
         query_pos = start + torch.arange(leaf_len, device=q_main.device)
+        queries = q_main[:, :, leaf * leaf_len:(leaf + 1) * leaf_len]
+        if len(keys) == 0:  # the first leaf of a sequence without prefix: nothing before it
+            outs.append(queries.new_zeros(*queries.shape[:3], v.shape[-1]).to(compute_dtype(q_main.dtype)))
+            lses.append(torch.full(queries.shape[:3], -torch.inf, dtype=outs[-1].dtype, device=q_main.device))
+            continue
         rule = Exclusion(query_pos, keys, plan.sinks, plan.window)
         part = exact_attention_reference(
-            q_main[:, :, leaf * leaf_len:(leaf + 1) * leaf_len], k[:, :, keys], v[:, :, keys], scale, False,
+            queries, k[:, :, keys], v[:, :, keys], scale, False,
             lambda i: rule.mask(query_pos[i, None], keys),
         )
         outs.append(part[0])
