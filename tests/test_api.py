@@ -94,7 +94,7 @@ def test_window_keeps_the_keys_before_a_leaf_exact():
     assert window < 0.5 * plain
 
 
-def test_sinks_and_window_are_causal_and_reference_only():
+def test_sinks_and_window_are_causal_and_the_window_reference_only():
     q, k, v = random_qkv(nq=40, d=4)
     with pytest.raises(ValueError, match="apply to causal attention"):
         hyper_attention(q, k, v, causal=False, config=HyperAttentionConfig(min_seq_len=8, exact_sinks=2))

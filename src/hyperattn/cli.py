@@ -43,7 +43,7 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--min-seq-len", type=int, default=4096)
     group.add_argument("--sampling", choices=["uniform", "value_norm"], default="uniform")
     group.add_argument("--exact-sinks", type=int, default=0, metavar="S",
-                       help="causal: every query attends exactly to the first S keys (reference executor only)")
+                       help="causal: every query attends exactly to the first S keys")
     group.add_argument("--exact-window", type=int, default=0, metavar="W",
                        help="causal: every query attends exactly to the W keys before it (reference executor only)")
 
@@ -54,7 +54,7 @@ def config_from_args(args):
     return HyperAttentionConfig(block_size=args.block_size, sample_size=args.sample_size,
                                 lsh_num_projs=args.lsh_num_projs, min_seq_len=args.min_seq_len, sampling=args.sampling,
                                 exact_sinks=args.exact_sinks, exact_window=args.exact_window,
-                                impl="reference" if args.exact_sinks or args.exact_window else "auto")
+                                impl="reference" if args.exact_window else "auto")
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:

@@ -40,7 +40,8 @@ class HyperAttentionConfig:
             any device under ``TRITON_INTERPRET=1``).
         exact_sinks: causal only: every query attends exactly to the first ``exact_sinks``
             keys of the sequence (the "attention sinks" of language models); the
-            approximated parts skip them. ``>= 0``; not in the fused kernels yet.
+            approximated parts skip them. ``>= 0``; the fused kernels take at most the
+            keys before the second diagonal leaf (at least ``min_seq_len / 2``).
         exact_window: causal only: every query attends exactly to the ``exact_window`` keys
             before it, also where they lie outside its diagonal block; the approximated
             parts skip them. ``>= 0``; not in the fused kernels yet.

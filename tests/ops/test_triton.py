@@ -29,12 +29,23 @@ CASES = {
 }
 
 
+# name: (Hq, Hkv, Nq, Nk, D, Dv, block, samples, min_seq_len, exact_sinks), all causal
+SINK_CASES = {
+    "sinks": (2, 1, 96, 96, 16, 16, 8, 10, 8, 3),  # no head, no prefix
+    "sinks-odd-head": (2, 1, 77, 77, 16, 16, 8, 10, 8, 4),  # sinks cover the head rows' keys
+    "sinks-prefill-hyper-prefix": (2, 1, 64, 90, 16, 16, 8, 10, 8, 5),  # prefix of 26 keys, hashed
+    "sinks-prefill-exact-prefix": (2, 2, 64, 70, 16, 16, 8, 6, 8, 9),  # prefix of 6 keys < sinks, exact
+}
+CASES.update({name: (*shape[:9], True) for name, shape in SINK_CASES.items()})
+
+
 def make_case(name, seed=0, dtype=DTYPE):
     hq, hkv, nq, nk, d, dv, block, samples, min_len, causal = CASES[name]
     gen = torch.Generator().manual_seed(seed)
     q, k, v = (torch.randn(1, h, n, w, generator=gen).to(DEVICE, dtype)
                for h, n, w in ((hq, nq, d), (hkv, nk, d), (hkv, nk, dv)))
-    cfg = HyperAttentionConfig(block_size=block, sample_size=samples, min_seq_len=min_len)
+    sinks = SINK_CASES[name][-1] if name in SINK_CASES else 0
+    cfg = HyperAttentionConfig(block_size=block, sample_size=samples, min_seq_len=min_len, exact_sinks=sinks)
     plan = None if nq <= min_len else plan_hyper_attention(q, k, v, causal, cfg, torch.Generator().manual_seed(seed))
     return q, k, v, plan, causal
 
@@ -62,7 +73,8 @@ def check_forward(name):
 
 
 @pytest.mark.parametrize("name", ["causal-gqa", "causal-odd-prefill", "causal-prefill-no-head",
-                                  "causal-prefill-short-prefix", "noncausal-gqa-odd", "exact-causal", "d64"])
+                                  "causal-prefill-short-prefix", "noncausal-gqa-odd", "exact-causal", "d64",
+                                  *SINK_CASES])
 def test_backward_matches_reference(name):
     check_backward(name)
 

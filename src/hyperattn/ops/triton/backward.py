@@ -70,7 +70,7 @@ def hyper_bwd_dq_kernel(
     stride_lb, stride_lh,
     n_q, n_k, num_samples, block_size, tiles_per_block, num_tiles,
     rects, q_start, k_start, rect_stride,
-    num_q_heads, group,
+    num_q_heads, group, sinks,
     WRITE: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
     D_PAD: tl.constexpr, DV_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
@@ -120,7 +120,8 @@ def hyper_bwd_dq_kernel(
             k_rows = (key_row0 + k_local).to(tl.int64)
             k = load_rows(k_base, k_rows, stride_kn, offs_d, kmask, d_mask)
             v = load_rows(v_base, k_rows, stride_vn, offs_dv, kmask, dv_mask)
-            p, ds = _score_grads(q, k, v, do, lse2, delta, 0.0, rmask[:, None] & kmask[None, :], scale_log2)
+            visible = rmask[:, None] & (kmask & (k_rows >= sinks))[None, :]
+            p, ds = _score_grads(q, k, v, do, lse2, delta, 0.0, visible, scale_log2)
             dq += tl.dot(ds.to(k.dtype), k)
 
         for start in range(0, num_samples, BLOCK_N):
@@ -129,8 +130,8 @@ def hyper_bwd_dq_kernel(
             s_local = tl.load(SIdx + zk64 * num_samples + offs_n, mask=smask, other=0)
             s_blk = tl.load(SBlk + zk64 * num_samples + offs_n, mask=smask, other=-1)
             s_logw = tl.load(SLogW + zk64 * num_samples + offs_n, mask=smask, other=0.0)
-            live = smask & (s_blk != blk)
             k_rows = (key_row0 + s_local).to(tl.int64)
+            live = smask & (s_blk != blk) & (k_rows >= sinks)
             k = load_rows(k_base, k_rows, stride_kn, offs_d, live, d_mask)
             v = load_rows(v_base, k_rows, stride_vn, offs_dv, live, dv_mask)
             p, ds = _score_grads(q, k, v, do, lse2, delta, (s_logw * LOG2E)[None, :],
@@ -152,7 +153,7 @@ def hyper_bwd_dkdv_kernel(
     stride_lb, stride_lh,
     n_q, n_k, block_size, key_tiles_per_block, num_tiles,
     rects, q_start, k_start, rect_stride,
-    num_kv_heads, group, kv_seq_len,
+    num_kv_heads, group, kv_seq_len, sinks,
     WRITE: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
     D_PAD: tl.constexpr, DV_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
@@ -196,7 +197,8 @@ def hyper_bwd_dkdv_kernel(
             q, do, lse2, delta, l_rows = _load_query_rows(q_base, DO, Lse, Delta, batch, h, q_rows, rmask, stride_qn,
                                                           stride_ob, stride_oh, stride_on, stride_lb, stride_lh,
                                                           offs_d, offs_dv, d_mask, dv_mask)
-            p, ds = _score_grads(q, k, v, do, lse2, delta, 0.0, rmask[:, None] & kmask[None, :], scale_log2)
+            visible = rmask[:, None] & (kmask & (k_rows >= sinks))[None, :]
+            p, ds = _score_grads(q, k, v, do, lse2, delta, 0.0, visible, scale_log2)
             dv += tl.dot(tl.trans(p).to(do.dtype), do)
             dk += tl.dot(tl.trans(ds).to(q.dtype), q)
 
@@ -365,7 +367,7 @@ def hyper_bwd_samples_kernel(
     stride_lb, stride_lh,
     n_q, n_k, num_samples, block_size, sample_chunks, segments, segment_len,
     rects, q_start, k_start, rect_stride,
-    num_kv_heads, group, kv_seq_len,
+    num_kv_heads, group, kv_seq_len, sinks,
     HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
     D_PAD: tl.constexpr, DV_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
@@ -413,7 +415,7 @@ def hyper_bwd_samples_kernel(
             q, do, lse2, delta, l_rows = _load_query_rows(q_base, DO, Lse, Delta, batch, h, q_rows, rmask, stride_qn,
                                                           stride_ob, stride_oh, stride_on, stride_lb, stride_lh,
                                                           offs_d, offs_dv, d_mask, dv_mask)
-            visible = rmask[:, None] & smask[None, :] & (q_blk[:, None] != s_blk[None, :])
+            visible = rmask[:, None] & (smask & (k_rows >= sinks))[None, :] & (q_blk[:, None] != s_blk[None, :])
             p, ds = _score_grads(q, k, v, do, lse2, delta, bias2[None, :], visible, scale_log2)
             dv += tl.dot(tl.trans(p).to(do.dtype), do)
             dk += tl.dot(tl.trans(ds).to(q.dtype), q)

@@ -62,14 +62,15 @@ def hyper_fwd_kernel(
     stride_lb, stride_lh,
     n_q, n_k, num_samples, block_size, tiles_per_block, num_tiles,
     rects, q_start, k_start, rect_stride,
-    num_q_heads, group,
+    num_q_heads, group, sinks,
     MERGE: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
     D_PAD: tl.constexpr, DV_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """One program: one tile of the sorted queries of one key block, one (problem, head).
 
     Attends to the key block (through KPerm) and to the sampled keys outside it (through
-    SIdx, with log-weights SLogW), in one online softmax."""
+    SIdx, with log-weights SLogW), in one online softmax; keys at rows below ``sinks`` are
+    skipped (an exact part attends to them)."""
     pid = tl.program_id(0)
     zh = pid // num_tiles
     tile = pid % num_tiles
@@ -115,7 +116,7 @@ def hyper_fwd_kernel(
             k = load_rows(k_base, k_rows, stride_kn, offs_d, kmask, d_mask)
             v = load_rows(v_base, k_rows, stride_vn, offs_dv, kmask, dv_mask)
             s = tl.dot(q, tl.trans(k)) * scale_log2
-            s = tl.where(kmask[None, :], s, float("-inf"))
+            s = tl.where((kmask & (k_rows >= sinks))[None, :], s, float("-inf"))
             m_i, l_i, acc = _softmax_step(s, v, m_i, l_i, acc)
 
         for start in range(0, num_samples, BLOCK_N):
@@ -124,8 +125,8 @@ def hyper_fwd_kernel(
             s_local = tl.load(SIdx + zk64 * num_samples + offs_n, mask=smask, other=0)
             s_blk = tl.load(SBlk + zk64 * num_samples + offs_n, mask=smask, other=-1)
             s_logw = tl.load(SLogW + zk64 * num_samples + offs_n, mask=smask, other=0.0)
-            smask = smask & (s_blk != blk)
             k_rows = (key_row0 + s_local).to(tl.int64)
+            smask = smask & (s_blk != blk) & (k_rows >= sinks)
             k = load_rows(k_base, k_rows, stride_kn, offs_d, smask, d_mask)
             v = load_rows(v_base, k_rows, stride_vn, offs_dv, smask, dv_mask)
             s = tl.dot(q, tl.trans(k)) * scale_log2 + (s_logw * LOG2E)[None, :]

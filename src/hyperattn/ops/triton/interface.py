@@ -42,7 +42,8 @@ class Part:
     ``merge``: merge into rows an earlier part wrote (else write them).
     ``last_dq`` / ``last_dkdv``: in the backward, this part's query (key) rows get no gradient
     from parts that run after it; these parts partition the rows, so they write the final
-    gradients in the input dtype."""
+    gradients in the input dtype. ``sinks``: a hyper part skips key rows below it (an exact
+    part attends to them)."""
 
     plan: AttentionPlan | None
     causal: bool
@@ -55,16 +56,20 @@ class Part:
     n_k: int
     last_dq: bool = True
     last_dkdv: bool = True
+    sinks: int = 0
 
 
 def parts_of(plan: AttentionPlan | CausalPlan | None, n_q: int, n_k: int, causal: bool) -> list[Part]:
     """The launches that execute ``plan`` (None: exact attention) over (n_q, n_k) rows."""
     if plan is None or isinstance(plan, AttentionPlan):
         return [Part(plan, causal and plan is None, False, 1, 0, 0, 0, n_q, n_k)]
-    if plan.sinks or plan.window:
-        raise ValueError("the fused kernels do not run exact sinks or windows yet (CausalPlan.sinks/window)")
     s = plan.schedule
     head, prefix = s.head_len, s.prefix_len + s.head_len
+    if plan.window:
+        raise ValueError("the fused kernels do not run an exact window yet (CausalPlan.window)")
+    if plan.sinks > prefix + s.leaf_len:
+        raise ValueError(f"the fused kernels run at most {prefix + s.leaf_len} exact sinks here (the keys before "
+                         f"the second diagonal leaf), got {plan.sinks}")
     # the diagonal leaves and the head own every query row; with the prefix's keys (when
     # there is no head) they own every key row
     parts = [Part(None, True, False, s.num_leaves, head, prefix, s.leaf_len, s.leaf_len, s.leaf_len)]
@@ -73,10 +78,18 @@ def parts_of(plan: AttentionPlan | CausalPlan | None, n_q: int, n_k: int, causal
     for level, level_plan in enumerate(plan.level_plans, start=1):
         side = s.rectangle_side(level)
         parts.append(Part(level_plan, False, True, s.num_rectangles(level), head + side, prefix, 2 * side, side, side,
-                          last_dq=False, last_dkdv=False))
+                          last_dq=False, last_dkdv=False, sinks=plan.sinks))
     if prefix > 0:  # exact (plan None) when the prefix fits in one block
         parts.append(Part(plan.prefix_plan, False, True, 1, head, 0, 0, s.main_len, prefix,
-                          last_dq=False, last_dkdv=head == 0))
+                          last_dq=False, last_dkdv=head == 0, sinks=plan.sinks))
+    if plan.sinks:  # exact sinks that no exact part covers yet, for the first leaf and the later ones
+        exact_before = prefix if plan.prefix_plan is None else 0  # keys below this are already exact
+        if exact_before < min(plan.sinks, prefix):
+            parts.append(Part(None, False, True, 1, head, exact_before, 0, s.leaf_len,
+                              min(plan.sinks, prefix) - exact_before, last_dq=False, last_dkdv=False))
+        if s.num_leaves > 1 and exact_before < plan.sinks:
+            parts.append(Part(None, False, True, 1, head + s.leaf_len, exact_before, 0, s.main_len - s.leaf_len,
+                              plan.sinks - exact_before, last_dq=False, last_dkdv=False))
     return parts
 
 
@@ -176,7 +189,7 @@ def attention_forward(q, k, v, parts: list[Part], scale: float, poison: bool = F
             hyper_fwd_kernel[(problems * tiles,)](
                 q, k, v, out, lse, p.q_perm, p.k_perm, p.sample_idx, p.sample_block, p.sample_log_weight,
                 scale_log2, *strides, part.n_q, part.n_k, p.sample_idx.shape[-1], p.block_size,
-                tiles_per_block, tiles, *geometry, MERGE=part.merge, **dims, **hyper_cfg)
+                tiles_per_block, tiles, *geometry, part.sinks, MERGE=part.merge, **dims, **hyper_cfg)
     return out.to(q.dtype), lse
 
 
@@ -237,7 +250,7 @@ def attention_backward(dout, dlse, q, k, v, out, lse, parts: list[Part], scale: 
                 q, k, v, dout, lse, delta, accumulator("dk", dk), accumulator("dv", dvv),
                 p.q_perm, p.sample_idx, p.sample_block, p.sample_log_weight,
                 scale, scale_log2, *strides, part.n_q, part.n_k, num_samples, p.block_size, sample_chunks,
-                segments, segment_len, *kv_geometry, **dims, **cfg)
+                segments, segment_len, *kv_geometry, part.sinks, **dims, **cfg)
         dq_mode, dkdv_mode = write_mode("dq", part.last_dq), write_mode("dk", part.last_dkdv)
         dq_acc = accumulator("dq", dq) if dq_mode != "store" else dq
         dk_acc, dv_acc = (accumulator("dk", dk), accumulator("dv", dvv)) if dkdv_mode != "store" else (dk, dvv)
@@ -257,12 +270,12 @@ def attention_backward(dout, dlse, q, k, v, out, lse, parts: list[Part], scale: 
         hyper_bwd_dq_kernel[(problems * num_q_heads * tiles,)](
             q, k, v, dout, lse, delta, dq_acc, dq, p.q_perm, p.k_perm, p.sample_idx, p.sample_block,
             p.sample_log_weight, scale, scale_log2, *strides, part.n_q, part.n_k, num_samples, p.block_size,
-            tiles_per_block, tiles, *q_geometry, WRITE=dq_mode, **dims, **cfg_dq)
+            tiles_per_block, tiles, *q_geometry, part.sinks, WRITE=dq_mode, **dims, **cfg_dq)
         key_tiles_per_block = triton.cdiv(p.block_size, cfg_dkdv["BLOCK_N"])
         key_tiles = key_tiles_per_block * num_blocks
         hyper_bwd_dkdv_kernel[(problems * num_kv_heads * key_tiles,)](
             q, k, v, dout, lse, delta, dk_acc, dk, dv_acc, dvv, p.q_perm, p.k_perm, scale, scale_log2, *strides,
-            part.n_q, part.n_k, p.block_size, key_tiles_per_block, key_tiles, *kv_geometry, WRITE=dkdv_mode,
+            part.n_q, part.n_k, p.block_size, key_tiles_per_block, key_tiles, *kv_geometry, part.sinks, WRITE=dkdv_mode,
             **dims, **cfg_dkdv)
     return dq, dk, dvv
 
@@ -270,7 +283,8 @@ def attention_backward(dout, dlse, q, k, v, out, lse, parts: list[Part], scale: 
 # --- torch.library ops: the parts travel as a flat tensor list and an int list -----------
 
 
-_PART_INTS = 12  # has_plan, causal, merge, rects, q_start, k_start, rect_stride, n_q, n_k, last_dq, last_dkdv, block_size
+_PART_INTS = 13  # has_plan, causal, merge, rects, q_start, k_start, rect_stride, n_q, n_k, last_dq, last_dkdv, sinks,
+#                  block_size
 
 
 def _encode(parts: list[Part]) -> tuple[list[torch.Tensor], list[int]]:
@@ -278,7 +292,7 @@ def _encode(parts: list[Part]) -> tuple[list[torch.Tensor], list[int]]:
     for part in parts:
         p = part.plan
         ints += [int(p is not None), int(part.causal), int(part.merge), part.rects, part.q_start, part.k_start,
-                 part.rect_stride, part.n_q, part.n_k, int(part.last_dq), int(part.last_dkdv),
+                 part.rect_stride, part.n_q, part.n_k, int(part.last_dq), int(part.last_dkdv), part.sinks,
                  0 if p is None else p.block_size]
         if p is not None:
             tensors += [p.q_perm, p.k_perm, p.sample_idx, p.sample_block, p.sample_log_weight]
@@ -288,14 +302,14 @@ def _encode(parts: list[Part]) -> tuple[list[torch.Tensor], list[int]]:
 def _decode(tensors: list[torch.Tensor], ints: list[int]) -> list[Part]:
     parts, next_tensor = [], 0
     for i in range(0, len(ints), _PART_INTS):
-        (has_plan, causal, merge, rects, q_start, k_start, rect_stride, n_q, n_k, last_dq, last_dkdv,
+        (has_plan, causal, merge, rects, q_start, k_start, rect_stride, n_q, n_k, last_dq, last_dkdv, sinks,
          block_size) = ints[i:i + _PART_INTS]
         plan = None
         if has_plan:
             plan = AttentionPlan(*tensors[next_tensor:next_tensor + 5], block_size=block_size)
             next_tensor += 5
         parts.append(Part(plan, bool(causal), bool(merge), rects, q_start, k_start, rect_stride, n_q, n_k,
-                          bool(last_dq), bool(last_dkdv)))
+                          bool(last_dq), bool(last_dkdv), sinks))
     return parts
 
 
