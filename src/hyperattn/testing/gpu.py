@@ -33,6 +33,8 @@ CASES = [
     ("value_norm", 1, 4, 4, 16384, 16384, 64, 64, True, dict(sampling="value_norm")),
     ("small blocks", 1, 4, 2, 8192, 8192, 64, 64, True, dict(block_size=64, sample_size=128, min_seq_len=512)),
     ("exact lse", 1, 8, 2, 3000, 4000, 64, 64, True, None),
+    ("sinks", 1, 8, 2, 16384, 16384, 64, 64, True, dict(exact_sinks=16)),
+    ("sinks prefill", 1, 4, 2, 6000, 16384, 128, 128, True, dict(min_seq_len=2048, exact_sinks=64)),
 ]
 
 
