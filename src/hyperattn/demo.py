@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import asdict
 
 from hyperattn.eval.cli import environment, load, write_json
 
@@ -21,12 +22,15 @@ def format_demo(result: dict) -> str:
         cells = [r["seconds"] for r in needles if r["layers"] == spec]
         return sum(cells) / len(cells)
 
+    label = "HyperAttention " + result["layers"]
+    if result["config"]["exact_sinks"]:
+        label += f" + {result['config']['exact_sinks']} sinks"
     return "\n".join([
         f"{result['model']} on {result['text']}, {result['seq_len']} tokens, {result['device']}",
-        f"{'attention':<28} {'perplexity':>10} {'forward s':>10} {'needles':>8} {'s/needle':>9}",
-        f"{'exact':<28} {exact['mean_ppl']:>10.2f} {exact['mean_seconds']:>10.1f} "
+        f"{'attention':<34} {'perplexity':>10} {'forward s':>10} {'needles':>8} {'s/needle':>9}",
+        f"{'exact':<34} {exact['mean_ppl']:>10.2f} {exact['mean_seconds']:>10.1f} "
         f"{needle_score('last:0'):>8} {needle_seconds('last:0'):>9.1f}",
-        f"{'HyperAttention ' + result['layers']:<28} {patched['mean_ppl']:>10.2f} {patched['mean_seconds']:>10.1f} "
+        f"{label:<34} {patched['mean_ppl']:>10.2f} {patched['mean_seconds']:>10.1f} "
         f"{needle_score(result['layers']):>8} {needle_seconds(result['layers']):>9.1f}",
         f"perplexity change: {100 * (patched['mean_ppl'] / exact['mean_ppl'] - 1):+.1f}%   "
         f"total {result['seconds']:.0f} s",
@@ -47,7 +51,7 @@ def main(args) -> int:
     specs = ["last:0", args.layers]
     perplexity = evaluate_perplexity(model, tokenizer, text, args.seq_len, specs, 1, [args.seed], config)
     needle = evaluate_needle(model, tokenizer, text, [args.seq_len], args.depths, specs, config, args.seed)
-    result = dict(model=args.model, text=args.text, seq_len=args.seq_len, layers=args.layers,
+    result = dict(model=args.model, text=args.text, seq_len=args.seq_len, layers=args.layers, config=asdict(config),
                   **environment(device, args.command_line), perplexity=perplexity, needle=needle,
                   seconds=time.perf_counter() - start)
     print(format_demo(result))
