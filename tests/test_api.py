@@ -59,6 +59,13 @@ def test_sinks_or_window_covering_every_key_is_exact(nq, nk, extra):
     torch.testing.assert_close(lse, ref_lse, rtol=1e-12, atol=1e-12)
 
 
+def causal_errors(q, k, v, base: dict, **extra) -> tuple[float, float]:
+    """Relative errors against exact causal attention: with ``base`` alone, and with ``extra`` too."""
+    ref = exact_attention(q, k, v, causal=True)
+    return tuple(rel_error(hyper_attention(q, k, v, causal=True, config=HyperAttentionConfig(**base, **more),
+                                           seed=2), ref) for more in ({}, extra))
+
+
 @pytest.mark.parametrize("nq,nk", [(96, 96), (70, 101)])
 def test_dominant_sinks_are_computed_exactly(nq, nk):
     """When every query attends mostly to the first keys, sampling them is the large error;
@@ -67,11 +74,8 @@ def test_dominant_sinks_are_computed_exactly(nq, nk):
     q, k = q.clone(), k.clone()
     q[..., 0], k[..., 0] = 3.0, 0.0
     k[:, :, :4, 0] = 3.0  # scores of the 4 sink keys: about 9 / sqrt(8) above the rest
-    ref = exact_attention(q, k, v, causal=True)
-    base = dict(block_size=4, sample_size=4, lsh_num_projs=3, min_seq_len=8)
-    plain = rel_error(hyper_attention(q, k, v, causal=True, config=HyperAttentionConfig(**base), seed=2), ref)
-    sinks = rel_error(hyper_attention(q, k, v, causal=True, config=HyperAttentionConfig(**base, exact_sinks=4),
-                                      seed=2), ref)
+    plain, sinks = causal_errors(q, k, v, dict(block_size=4, sample_size=4, lsh_num_projs=3, min_seq_len=8),
+                                 exact_sinks=4)
     assert sinks < 0.5 * plain
 
 
@@ -86,11 +90,8 @@ def test_window_keeps_the_keys_before_a_leaf_exact():
     q = features.expand(1, 2, nq, 8).contiguous()
     k = features.expand(1, 1, nk, 8).contiguous()
     v = torch.randn(1, 1, nk, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    ref = exact_attention(q, k, v, causal=True)
-    base = dict(block_size=4, sample_size=4, lsh_num_projs=3, min_seq_len=16)
-    plain = rel_error(hyper_attention(q, k, v, causal=True, config=HyperAttentionConfig(**base), seed=2), ref)
-    window = rel_error(hyper_attention(q, k, v, causal=True, config=HyperAttentionConfig(**base, exact_window=8),
-                                       seed=2), ref)
+    plain, window = causal_errors(q, k, v, dict(block_size=4, sample_size=4, lsh_num_projs=3, min_seq_len=16),
+                                  exact_window=8)
     assert window < 0.5 * plain
 
 

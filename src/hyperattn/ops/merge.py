@@ -10,8 +10,11 @@ def masked_softmax_lse(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 
     A row with no finite score gets probabilities 0 and lse ``-inf``; values and gradients
     stay free of NaN (the ``torch.where`` guards keep infinities out of the backward too).
-    Returns (probs, lse): probs like ``scores``, lse ``scores.shape[:-1]``.
+    Returns (probs, lse): probs like ``scores``, lse ``scores.shape[:-1]``. An empty last
+    dim (no keys at all) counts as rows with no finite score.
     """
+    if scores.shape[-1] == 0:
+        return scores, scores.new_full(scores.shape[:-1], -torch.inf)
     row_max = scores.amax(-1, keepdim=True).detach()
     row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
     exps = torch.exp(scores - row_max)

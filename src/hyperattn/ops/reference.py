@@ -35,6 +35,11 @@ class Exclusion:
         """Broadcast (query, key) positions -> True where the pair is skipped."""
         return (key_pos < self.sinks) | (key_pos >= query_pos - self.window)
 
+    def rows(self, query_index: torch.Tensor) -> torch.Tensor:
+        """(C, Nk) mask of the queries at ``query_index`` against every key (positions shared
+        by the Z problems)."""
+        return self.mask(self.query_pos[0, 0, query_index, None], self.key_pos[0, 0])
+
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
@@ -198,8 +203,7 @@ def causal_hyper_attention_reference(
             part = hyper_attention_reference(q_main, k_pre, v_pre, plan.prefix_plan, scale, prefix_skip)
         else:
             part = exact_attention_reference(
-                q_main, k_pre, v_pre, scale, False,
-                None if prefix_skip is None else lambda i: ~prefix_skip.mask(main_pos[0, 0, i, None], prefix_skip.key_pos[0, 0]),
+                q_main, k_pre, v_pre, scale, False, None if prefix_skip is None else lambda i: ~prefix_skip.rows(i)
             )
         out, lse = merge_attention(out, lse, *part)
     if excluding:  # the skipped keys before each main query's leaf, exactly
@@ -225,18 +229,12 @@ def _skipped_keys_attention(q_main, k, v, plan: CausalPlan, scale: float):
         sinks = min(plan.sinks, start)
         keys = torch.cat((torch.arange(sinks), torch.arange(max(sinks, start - plan.window), start))).to(q_main.device)
         query_pos = start + torch.arange(leaf_len, device=q_main.device)
-        queries = q_main[:, :, leaf * leaf_len:(leaf + 1) * leaf_len]
-        if len(keys) == 0:  # the first leaf of a sequence without prefix: nothing before it
-            outs.append(queries.new_zeros(*queries.shape[:3], v.shape[-1]).to(compute_dtype(q_main.dtype)))
-            lses.append(torch.full(queries.shape[:3], -torch.inf, dtype=outs[-1].dtype, device=q_main.device))
-            continue
-        rule = Exclusion(query_pos, keys, plan.sinks, plan.window)
-        part = exact_attention_reference(
-            queries, k[:, :, keys], v[:, :, keys], scale, False,
-            lambda i: rule.mask(query_pos[i, None], keys),
+        rule = Exclusion(query_pos.view(1, 1, -1), keys.view(1, 1, -1), plan.sinks, plan.window)
+        out, lse = exact_attention_reference(
+            q_main[:, :, leaf * leaf_len:(leaf + 1) * leaf_len], k[:, :, keys], v[:, :, keys], scale, False, rule.rows
         )
-        outs.append(part[0])
-        lses.append(part[1])
+        outs.append(out)
+        lses.append(lse)
     return torch.cat(outs, 2), torch.cat(lses, 2)
 
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import triton
 
+from hyperattn.ops.triton import on_device
 from hyperattn.ops.triton.backward import (
     bwd_delta_kernel,
     dense_bwd_dkdv_kernel,
@@ -23,10 +24,8 @@ from hyperattn.ops.triton.backward import (
     hyper_bwd_dq_kernel,
     hyper_bwd_samples_kernel,
 )
-from hyperattn.ops.triton import on_device
 from hyperattn.ops.triton.forward import dense_fwd_kernel, hyper_fwd_kernel
 from hyperattn.plan import AttentionPlan, CausalPlan
-
 
 
 def _sm_count(device: torch.device) -> int:
@@ -283,33 +282,30 @@ def attention_backward(dout, dlse, q, k, v, out, lse, parts: list[Part], scale: 
 # --- torch.library ops: the parts travel as a flat tensor list and an int list -----------
 
 
-_PART_INTS = 13  # has_plan, causal, merge, rects, q_start, k_start, rect_stride, n_q, n_k, last_dq, last_dkdv, sinks,
-#                  block_size
+_PART_FIELDS = [f for f in fields(Part) if f.name != "plan"]  # ints, then has_plan and block_size
 
 
 def _encode(parts: list[Part]) -> tuple[list[torch.Tensor], list[int]]:
     tensors, ints = [], []
     for part in parts:
         p = part.plan
-        ints += [int(p is not None), int(part.causal), int(part.merge), part.rects, part.q_start, part.k_start,
-                 part.rect_stride, part.n_q, part.n_k, int(part.last_dq), int(part.last_dkdv), part.sinks,
-                 0 if p is None else p.block_size]
+        ints += [int(getattr(part, f.name)) for f in _PART_FIELDS]
+        ints += [int(p is not None), 0 if p is None else p.block_size]
         if p is not None:
             tensors += [p.q_perm, p.k_perm, p.sample_idx, p.sample_block, p.sample_log_weight]
     return tensors, ints
 
 
 def _decode(tensors: list[torch.Tensor], ints: list[int]) -> list[Part]:
-    parts, next_tensor = [], 0
-    for i in range(0, len(ints), _PART_INTS):
-        (has_plan, causal, merge, rects, q_start, k_start, rect_stride, n_q, n_k, last_dq, last_dkdv, sinks,
-         block_size) = ints[i:i + _PART_INTS]
+    parts, next_tensor, width = [], 0, len(_PART_FIELDS) + 2
+    for i in range(0, len(ints), width):
+        *values, has_plan, block_size = ints[i:i + width]
         plan = None
         if has_plan:
             plan = AttentionPlan(*tensors[next_tensor:next_tensor + 5], block_size=block_size)
             next_tensor += 5
-        parts.append(Part(plan, bool(causal), bool(merge), rects, q_start, k_start, rect_stride, n_q, n_k,
-                          bool(last_dq), bool(last_dkdv), sinks))
+        values = {f.name: bool(x) if f.type == "bool" else x for f, x in zip(_PART_FIELDS, values)}
+        parts.append(Part(plan, **values))
     return parts
 
 
