@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import platform
 import sys
 from dataclasses import asdict
@@ -90,7 +91,9 @@ def run_benchmark(seq_lens, long_seq_lens, head_dims, causals, modes, heads=32, 
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         torch=torch.__version__, triton=triton.__version__, python=platform.python_version(),
         command=command,
-        batch=1, heads=heads, dtype="bfloat16", config=asdict(config), results=results,
+        batch=1, heads=heads, dtype="bfloat16", config=asdict(config),
+        diagonal_leaves=os.environ.get("HYPERATTN_LEAVES", "cudnn"),  # see hyperattn.ops.cudnn
+        results=results,
     )
 
 

@@ -2,7 +2,9 @@
 
 Run on a CUDA machine before any timing: ``python -m hyperattn.testing.gpu``. Inputs are
 fresh random tensors every run; outputs and gradients are poisoned with NaN so unwritten rows
-fail; forward and backward are compared with the float64 reference on the same plan.
+fail; forward and backward are compared with the float64 reference on the same plan (the
+backward with and without an lse gradient: without one, cuDNN runs the diagonal leaves;
+``dq_o``, ``dk_o``, ``dv_o`` are those errors).
 Exits non-zero on any failure and prints a table last.
 """
 
@@ -25,6 +27,8 @@ TOLERANCE = {torch.float16: {"fwd": 3e-3, "bwd": 6e-3}, torch.bfloat16: {"fwd": 
 # name: (batch, Hq, Hkv, Nq, Nk, D, Dv, causal, config overrides); None config = exact part only
 CASES = [
     ("causal d64", 1, 8, 8, 16384, 16384, 64, 64, True, {}),
+    ("causal batch 2", 2, 4, 4, 9001, 9001, 128, 128, True, dict(min_seq_len=2048)),  # a 1-row head
+    ("prefill mha", 1, 4, 4, 6000, 16384, 64, 64, True, dict(min_seq_len=2048)),
     ("causal gqa d128", 1, 8, 2, 12000, 12000, 128, 128, True, {}),
     ("causal d256", 1, 4, 2, 9000, 9000, 256, 256, True, dict(min_seq_len=2048)),
     ("prefill chunk", 1, 8, 2, 6003, 16384, 64, 64, True, dict(min_seq_len=2048)),  # a 3-row head
@@ -58,7 +62,9 @@ def check_case(name, batch, hq, hkv, nq, nk, d, dv, causal, overrides, dtype, de
     ref_out, ref_lse = reference_attention(q64, k64, v64, plan, scale, causal)
     dout = torch.randn_like(ref_out)
     dlse = torch.randn_like(ref_lse)
-    ref_grads = torch.autograd.grad((ref_out * dout).sum() + (ref_lse * dlse).sum(), (q64, k64, v64))
+    ref_grads = torch.autograd.grad((ref_out * dout).sum() + (ref_lse * dlse).sum(), (q64, k64, v64),
+                                    retain_graph=True)
+    ref_out_grads = torch.autograd.grad((ref_out * dout).sum(), (q64, k64, v64))  # no lse gradient: cuDNN leaves
 
     poisoned = attention_backward(dout.to(dtype), dlse.float(), q, k, v, out, lse, parts_of(plan, nq, nk, causal),
                                   scale, poison=True)
@@ -66,11 +72,16 @@ def check_case(name, batch, hq, hkv, nq, nk, d, dv, causal, overrides, dtype, de
     qg, kg, vg = (x.detach().requires_grad_() for x in (q, k, v))
     out2, lse2 = triton_attention(qg, kg, vg, plan, scale, causal)
     grads = torch.autograd.grad((out2.float() * dout.float()).sum() + (lse2 * dlse.float()).sum(), (qg, kg, vg))
+    out_grads = attention_backward(dout.to(dtype), None, q, k, v, out, lse, parts_of(plan, nq, nk, causal), scale,
+                                   poison=True)
+    unwritten += sum((~torch.isfinite(g)).sum().item() for g in out_grads)
     errors = {"out": _rel(out, ref_out), "lse": (lse.double() - ref_lse).abs().max().item()}
     errors.update({label: _rel(g, r) for label, g, r in zip(("dq", "dk", "dv"), grads, ref_grads)})
+    errors.update({label + "_o": _rel(g, r) for label, g, r in zip(("dq", "dk", "dv"), out_grads, ref_out_grads)})
     tol = TOLERANCE[dtype]
     ok = (unwritten == 0 and errors["out"] <= tol["fwd"] and errors["lse"] <= 10 * tol["fwd"]
-          and all(errors[g] <= tol["bwd"] for g in ("dq", "dk", "dv")) and torch.equal(out, out2))
+          and all(value <= tol["bwd"] for key, value in errors.items() if key.startswith("d"))
+          and torch.equal(out, out2))
     return ok, unwritten, errors
 
 

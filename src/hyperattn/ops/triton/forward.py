@@ -28,26 +28,76 @@ def _softmax_step(s, v, m_i, l_i, acc):
 
 
 @triton.jit
+def merge_lse2(prev_out, prev2, out, lse2):
+    """Merge two partial results of rows: (BM, DV) outputs and (BM,) lse in log2 units.
+    A side with lse -inf (no keys, or nothing written yet) counts for nothing, whatever its
+    output holds; rows where both are -inf get out 0 and lse -inf."""
+    top = tl.maximum(prev2, lse2)
+    top = tl.where(top == float("-inf"), 0.0, top)
+    w_prev = tl.where(prev2 == float("-inf"), 0.0, tl.exp2(prev2 - top))
+    w_new = tl.where(lse2 == float("-inf"), 0.0, tl.exp2(lse2 - top))
+    total = w_prev + w_new
+    prev_out = tl.where(w_prev[:, None] > 0.0, prev_out, 0.0)
+    out = tl.where(w_new[:, None] > 0.0, out, 0.0)
+    safe_total = tl.where(total > 0.0, total, 1.0)
+    merged = (w_prev[:, None] * prev_out + w_new[:, None] * out) / safe_total[:, None]
+    return merged, tl.where(total > 0.0, top + tl.log2(safe_total), float("-inf"))
+
+
+@triton.jit
 def _finish_rows(Out, Lse, o_rows, lse_rows, offs_dv, rmask, acc, m_i, l_i, MERGE: tl.constexpr,
                  HEAD_DIM_V: tl.constexpr):
     """Normalize and store (or merge into) the output rows (fp32 when merging).
 
-    o_rows (BM,) int64 offsets of the rows in Out, lse_rows (BM,) int64 offsets in Lse."""
+    o_rows (BM,) int64 offsets of the rows in Out, lse_rows (BM,) int64 offsets in Lse.
+    Merging rows that hold lse -inf takes the new values (their output may be garbage)."""
     lse2 = m_i + tl.log2(l_i)
     out = acc / l_i[:, None]
     o_ptrs = Out + o_rows[:, None] + offs_dv[None, :]
     o_mask = rmask[:, None] & (offs_dv[None, :] < HEAD_DIM_V)
     if MERGE:
-        prev2 = tl.load(Lse + lse_rows, mask=rmask, other=0.0) * LOG2E
+        prev2 = tl.load(Lse + lse_rows, mask=rmask, other=float("-inf")) * LOG2E
         prev_out = tl.load(o_ptrs, mask=o_mask, other=0.0)
-        top = tl.maximum(prev2, lse2)
-        w_prev = tl.exp2(prev2 - top)
-        w_new = tl.exp2(lse2 - top)
-        total = w_prev + w_new
-        out = (w_prev[:, None] * prev_out + w_new[:, None] * out) / total[:, None]
-        lse2 = top + tl.log2(total)
+        out, lse2 = merge_lse2(prev_out, prev2, out, lse2)
     tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=o_mask)
     tl.store(Lse + lse_rows, lse2 * LN2, mask=rmask)
+
+
+@triton.jit
+def merge_leaves_kernel(
+    Acc, AccLse, Leaf, LeafLse, Out, Lse,
+    stride_lfb, stride_lfh, stride_lfn, stride_llb, stride_llh, stride_lln,
+    num_heads, n_q, leaf_lo, leaf_hi, num_tiles,
+    HEAD_DIM_V: tl.constexpr, DV_PAD: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """The forward's last pass: Out, Lse = merge(Acc, AccLse; Leaf, LeafLse) per row.
+
+    Acc (B, H, Nq, Dv) fp32 and AccLse (B, H, Nq) hold every part but the diagonal leaves
+    (lse -inf where none wrote); Leaf (B, H, leaf_hi - leaf_lo, Dv) and LeafLse (B, H, *)
+    (any strides; Leaf may alias Out's rows) are the leaves of query rows [leaf_lo, leaf_hi).
+    Out (in its dtype) and Lse are contiguous like Acc."""
+    pid = tl.program_id(0)
+    bh = pid // num_tiles
+    rows = (pid % num_tiles) * BLOCK + tl.arange(0, BLOCK)
+    b = bh // num_heads
+    h = bh % num_heads
+    cols = tl.arange(0, DV_PAD)
+    rmask = rows < n_q
+    cmask = cols < HEAD_DIM_V
+    flat = bh.to(tl.int64) * n_q + rows
+    acc = tl.load(Acc + flat[:, None] * HEAD_DIM_V + cols[None, :], mask=rmask[:, None] & cmask[None, :], other=0.0)
+    acc_lse2 = tl.load(AccLse + flat, mask=rmask, other=float("-inf")) * LOG2E
+    in_leaf = rmask & (rows >= leaf_lo) & (rows < leaf_hi)
+    leaf_rows = (rows - leaf_lo).to(tl.int64)
+    leaf = tl.load(Leaf + b.to(tl.int64) * stride_lfb + h.to(tl.int64) * stride_lfh
+                   + leaf_rows[:, None] * stride_lfn + cols[None, :],
+                   mask=in_leaf[:, None] & cmask[None, :], other=0.0).to(tl.float32)
+    leaf_lse2 = tl.load(LeafLse + b.to(tl.int64) * stride_llb + h.to(tl.int64) * stride_llh + leaf_rows * stride_lln,
+                        mask=in_leaf, other=float("-inf")) * LOG2E
+    out, lse2 = merge_lse2(acc, acc_lse2, leaf, leaf_lse2)
+    tl.store(Out + flat[:, None] * HEAD_DIM_V + cols[None, :], out.to(Out.dtype.element_ty),
+             mask=rmask[:, None] & cmask[None, :])
+    tl.store(Lse + flat, lse2 * LN2, mask=rmask)
 
 
 @triton.jit

@@ -24,7 +24,8 @@ from hyperattn.ops.triton.backward import (
     hyper_bwd_dq_kernel,
     hyper_bwd_samples_kernel,
 )
-from hyperattn.ops.triton.forward import dense_fwd_kernel, hyper_fwd_kernel
+from hyperattn.ops.cudnn import cudnn_leaves_supported, leaves_backward, leaves_forward
+from hyperattn.ops.triton.forward import dense_fwd_kernel, hyper_fwd_kernel, merge_leaves_kernel
 from hyperattn.plan import AttentionPlan, CausalPlan
 
 
@@ -38,7 +39,7 @@ class Part:
     ``q_start + r * rect_stride + [0, n_q)`` and key rows ``k_start + r * rect_stride + [0, n_k)``.
 
     ``plan`` None means exact attention (causal: bottom-right within the problem).
-    ``merge``: merge into rows an earlier part wrote (else write them).
+    ``diagonal``: the causal diagonal leaves (cuDNN may run them; see ``hyperattn.ops.cudnn``).
     ``last_dq`` / ``last_dkdv``: in the backward, this part's query (key) rows get no gradient
     from parts that run after it; these parts partition the rows, so they write the final
     gradients in the input dtype. ``sinks``: a hyper part skips key rows below it (an exact
@@ -46,7 +47,6 @@ class Part:
 
     plan: AttentionPlan | None
     causal: bool
-    merge: bool
     rects: int
     q_start: int
     k_start: int
@@ -56,12 +56,13 @@ class Part:
     last_dq: bool = True
     last_dkdv: bool = True
     sinks: int = 0
+    diagonal: bool = False
 
 
 def parts_of(plan: AttentionPlan | CausalPlan | None, n_q: int, n_k: int, causal: bool) -> list[Part]:
     """The launches that execute ``plan`` (None: exact attention) over (n_q, n_k) rows."""
     if plan is None or isinstance(plan, AttentionPlan):
-        return [Part(plan, causal and plan is None, False, 1, 0, 0, 0, n_q, n_k)]
+        return [Part(plan, causal and plan is None, 1, 0, 0, 0, n_q, n_k)]
     s = plan.schedule
     head, prefix = s.head_len, s.prefix_len + s.head_len
     if plan.window:
@@ -71,23 +72,23 @@ def parts_of(plan: AttentionPlan | CausalPlan | None, n_q: int, n_k: int, causal
                          f"the second diagonal leaf), got {plan.sinks}")
     # the diagonal leaves and the head own every query row; with the prefix's keys (when
     # there is no head) they own every key row
-    parts = [Part(None, True, False, s.num_leaves, head, prefix, s.leaf_len, s.leaf_len, s.leaf_len)]
+    parts = [Part(None, True, s.num_leaves, head, prefix, s.leaf_len, s.leaf_len, s.leaf_len, diagonal=True)]
     if head > 0:
-        parts.append(Part(None, True, False, 1, 0, 0, 0, head, prefix))
+        parts.append(Part(None, True, 1, 0, 0, 0, head, prefix))
     for level, level_plan in enumerate(plan.level_plans, start=1):
         side = s.rectangle_side(level)
-        parts.append(Part(level_plan, False, True, s.num_rectangles(level), head + side, prefix, 2 * side, side, side,
+        parts.append(Part(level_plan, False, s.num_rectangles(level), head + side, prefix, 2 * side, side, side,
                           last_dq=False, last_dkdv=False, sinks=plan.sinks))
     if prefix > 0:  # exact (plan None) when the prefix fits in one block
-        parts.append(Part(plan.prefix_plan, False, True, 1, head, 0, 0, s.main_len, prefix,
+        parts.append(Part(plan.prefix_plan, False, 1, head, 0, 0, s.main_len, prefix,
                           last_dq=False, last_dkdv=head == 0, sinks=plan.sinks))
     if plan.sinks:  # exact sinks that no exact part covers yet, for the first leaf and the later ones
         exact_before = prefix if plan.prefix_plan is None else 0  # keys below this are already exact
         if exact_before < min(plan.sinks, prefix):
-            parts.append(Part(None, False, True, 1, head, exact_before, 0, s.leaf_len,
+            parts.append(Part(None, False, 1, head, exact_before, 0, s.leaf_len,
                               min(plan.sinks, prefix) - exact_before, last_dq=False, last_dkdv=False))
         if s.num_leaves > 1 and exact_before < plan.sinks:
-            parts.append(Part(None, False, True, 1, head + s.leaf_len, exact_before, 0, s.main_len - s.leaf_len,
+            parts.append(Part(None, False, 1, head + s.leaf_len, exact_before, 0, s.main_len - s.leaf_len,
                               plan.sinks - exact_before, last_dq=False, last_dkdv=False))
     return parts
 
@@ -156,40 +157,72 @@ def _hyper_tiles(part: Part, block_m: int) -> tuple[int, int, int]:
     return tiles_per_block, num_blocks, tiles_per_block * num_blocks
 
 
+def _launch_forward(q, k, v, out, lse, part: Part, scale: float, merge: bool) -> None:
+    """One forward launch of ``part``: write its rows of out/lse, or merge into them."""
+    batch, num_q_heads = q.shape[:2]
+    hyper_cfg, dense_cfg = (_launch_config(f, q.shape[-1], v.shape[-1]) for f in ("hyper_fwd", "dense_fwd"))
+    strides = _strides(q, k, v, out, lse)
+    scale_log2 = scale * math.log2(math.e)
+    geometry = (part.rects, part.q_start, part.k_start, part.rect_stride, num_q_heads, num_q_heads // k.shape[1])
+    problems = batch * part.rects * num_q_heads
+    if part.plan is None:
+        tiles = triton.cdiv(part.n_q, dense_cfg["BLOCK_M"])
+        dense_fwd_kernel[(problems * tiles,)](
+            q, k, v, out, lse, scale_log2, *strides, part.n_q, part.n_k, tiles, *geometry,
+            CAUSAL=part.causal, MERGE=merge, **_dims(q, v), **dense_cfg)
+    else:
+        p = part.plan
+        tiles_per_block, _, tiles = _hyper_tiles(part, hyper_cfg["BLOCK_M"])
+        hyper_fwd_kernel[(problems * tiles,)](
+            q, k, v, out, lse, p.q_perm, p.k_perm, p.sample_idx, p.sample_block, p.sample_log_weight,
+            scale_log2, *strides, part.n_q, part.n_k, p.sample_idx.shape[-1], p.block_size,
+            tiles_per_block, tiles, *geometry, part.sinks, MERGE=merge, **_dims(q, v), **hyper_cfg)
+
+
+def _leaf_rows(part: Part) -> tuple[int, int]:
+    """Query rows [lo, hi) of the diagonal part."""
+    return part.q_start, part.q_start + part.rects * part.rect_stride
+
+
 def attention_forward(q, k, v, parts: list[Part], scale: float, poison: bool = False):
     """Run the parts; returns out (B, Hq, Nq, Dv) in q's dtype and lse (B, Hq, Nq) float32.
 
-    A single part writes the output in q's dtype; several merge in a float32 accumulator.
+    A single part writes the output. Otherwise every part but the diagonal leaves merges
+    into a float32 accumulator (lse -inf until a part writes a row), the leaves run apart
+    (cuDNN where ``cudnn_leaves_supported``, else the dense kernel straight into the
+    output), and one pass merges the two into the output.
     ``poison`` fills the outputs with NaN first, so rows no part wrote show up."""
     batch, num_q_heads, n_q, _ = q.shape
-    num_kv_heads = k.shape[1]
-    out_dtype = q.dtype if len(parts) == 1 else torch.float32
-    out = torch.empty((batch, num_q_heads, n_q, v.shape[-1]), dtype=out_dtype, device=q.device)
+    out = torch.empty((batch, num_q_heads, n_q, v.shape[-1]), dtype=q.dtype, device=q.device)
     lse = torch.empty((batch, num_q_heads, n_q), dtype=torch.float32, device=q.device)
     if poison:
         out.fill_(float("nan"))
         lse.fill_(float("nan"))
-    hyper_cfg, dense_cfg = (_launch_config(f, q.shape[-1], v.shape[-1]) for f in ("hyper_fwd", "dense_fwd"))
-    dims = _dims(q, v)
-    strides = _strides(q, k, v, out, lse)
-    scale_log2 = scale * math.log2(math.e)
-    group = num_q_heads // num_kv_heads
+    if len(parts) == 1:
+        _launch_forward(q, k, v, out, lse, parts[0], scale, merge=False)
+        return out, lse
+    acc = torch.empty(out.shape, dtype=torch.float32, device=q.device)
+    acc_lse = torch.full(lse.shape, float("-inf"), dtype=torch.float32, device=q.device)
+    leaf_lo = leaf_hi = 0
+    leaf_out, leaf_lse = out, lse
     for part in parts:
-        geometry = (part.rects, part.q_start, part.k_start, part.rect_stride, num_q_heads, group)
-        problems = batch * part.rects * num_q_heads
-        if part.plan is None:
-            tiles = triton.cdiv(part.n_q, dense_cfg["BLOCK_M"])
-            dense_fwd_kernel[(problems * tiles,)](
-                q, k, v, out, lse, scale_log2, *strides, part.n_q, part.n_k, tiles, *geometry,
-                CAUSAL=part.causal, MERGE=part.merge, **dims, **dense_cfg)
+        if not part.diagonal:
+            _launch_forward(q, k, v, acc, acc_lse, part, scale, merge=True)
+            continue
+        leaf_lo, leaf_hi = _leaf_rows(part)
+        if cudnn_leaves_supported(q, k, v):
+            leaf_out, leaf_lse = leaves_forward(q, k, v, part.q_start, part.k_start, part.n_q, part.rects, scale)
         else:
-            p = part.plan
-            tiles_per_block, _, tiles = _hyper_tiles(part, hyper_cfg["BLOCK_M"])
-            hyper_fwd_kernel[(problems * tiles,)](
-                q, k, v, out, lse, p.q_perm, p.k_perm, p.sample_idx, p.sample_block, p.sample_log_weight,
-                scale_log2, *strides, part.n_q, part.n_k, p.sample_idx.shape[-1], p.block_size,
-                tiles_per_block, tiles, *geometry, part.sinks, MERGE=part.merge, **dims, **hyper_cfg)
-    return out.to(q.dtype), lse
+            _launch_forward(q, k, v, out, lse, part, scale, merge=False)
+            leaf_out, leaf_lse = out[:, :, leaf_lo:], lse[:, :, leaf_lo:]
+    if out.numel():
+        block = 64
+        tiles = triton.cdiv(n_q, block)
+        merge_leaves_kernel[(batch * num_q_heads * tiles,)](
+            acc, acc_lse, leaf_out, leaf_lse, out, lse, *leaf_out.stride()[:3], *leaf_lse.stride(),
+            num_q_heads, n_q, leaf_lo, leaf_hi, tiles, HEAD_DIM_V=v.shape[-1], DV_PAD=_dims(q, v)["DV_PAD"],
+            BLOCK=block)
+    return out, lse
 
 
 def attention_backward(dout, dlse, q, k, v, out, lse, parts: list[Part], scale: float, poison: bool = False):
@@ -197,6 +230,8 @@ def attention_backward(dout, dlse, q, k, v, out, lse, parts: list[Part], scale: 
 
     Parts that share gradient rows add into zeroed fp32 accumulators; the parts that own
     the rows (``Part.last_dq``, ``Part.last_dkdv``) run last and write the final gradients.
+    Without an lse gradient, cuDNN runs the diagonal leaves where it can
+    (``cudnn_leaves_supported``), and one addition per gradient finishes their rows.
     ``poison`` fills the gradients with NaN first, so rows no part wrote show up."""
     batch, num_q_heads, n_q, d = q.shape
     num_kv_heads, n_k, dv = k.shape[1], k.shape[2], v.shape[-1]
@@ -229,8 +264,11 @@ def attention_backward(dout, dlse, q, k, v, out, lse, parts: list[Part], scale: 
     strides = _strides(q, k, v, dout, lse)
     scale_log2 = scale * math.log2(math.e)
     group = num_q_heads // num_kv_heads
+    cudnn_leaves = dlse is None and cudnn_leaves_supported(q, k, v)
     # parts that own rows run last, so that every addition lands before the final write
     for part in sorted(parts, key=lambda part: (part.last_dq, part.last_dkdv)):
+        if part.diagonal and cudnn_leaves:
+            continue
         q_geometry = (part.rects, part.q_start, part.k_start, part.rect_stride, num_q_heads, group)
         kv_geometry = (part.rects, part.q_start, part.k_start, part.rect_stride, num_kv_heads, group, n_k)
         problems = batch * part.rects
@@ -276,6 +314,17 @@ def attention_backward(dout, dlse, q, k, v, out, lse, parts: list[Part], scale: 
             q, k, v, dout, lse, delta, dk_acc, dk, dv_acc, dvv, p.q_perm, p.k_perm, scale, scale_log2, *strides,
             part.n_q, part.n_k, p.block_size, key_tiles_per_block, key_tiles, *kv_geometry, part.sinks, WRITE=dkdv_mode,
             **dims, **cfg_dkdv)
+    for part in parts:
+        if part.diagonal and cudnn_leaves:
+            leaf_grads = leaves_backward(dout, q, k, v, out, lse, part.q_start, part.k_start, part.n_q, part.rects,
+                                         scale)
+            for name, grad, leaf_grad, start in zip(("dq", "dk", "dv"), grads, leaf_grads,
+                                                    (part.q_start, part.k_start, part.k_start)):
+                rows = grad[:, :, start:start + leaf_grad.shape[2]]
+                if name in acc:
+                    torch.add(acc[name][:, :, start:start + leaf_grad.shape[2]], leaf_grad, out=rows)
+                else:
+                    rows.copy_(leaf_grad)
     return dq, dk, dvv
 
 

@@ -1,0 +1,105 @@
+"""The cuDNN path of the diagonal leaves, on the CPU: the cuDNN op is replaced by a float64
+implementation of its contract, so the leaf views, the final merge and the gradient
+additions are checked against the reference executor."""
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from hyperattn.ops import cudnn, reference_attention  # noqa: E402
+from hyperattn.ops.triton import interface  # noqa: E402
+from hyperattn.ops.triton.interface import attention_backward, attention_forward, parts_of  # noqa: E402
+from hyperattn.plan import plan_hyper_attention  # noqa: E402
+from hyperattn import HyperAttentionConfig  # noqa: E402
+
+from tests.ops.test_triton import DEVICE, DTYPE, rel_error  # noqa: E402
+
+
+def _scores(q, k, scale):
+    s = q.double() @ k.double().transpose(-1, -2) * scale
+    side = q.shape[2]
+    return s.masked_fill(torch.ones(side, side, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
+
+
+def fake_forward(q, k, v, scale):
+    """cuDNN's forward contract: out in q's dtype, lse (N, H, S, 1) float32."""
+    calls["fwd"] += 1
+    s = _scores(q, k, scale)
+    lse = torch.logsumexp(s, -1, keepdim=True)
+    return (torch.exp(s - lse) @ v.double()).to(q.dtype), lse.float()
+
+
+def fake_backward(dout, q, k, v, out, lse, scale):
+    """cuDNN's backward contract: probabilities from the given lse, delta = rowsum(dO * O)."""
+    calls["bwd"] += 1
+    assert lse.shape == (*q.shape[:3], 1)
+    p = torch.exp(_scores(q, k, scale) - lse.double())
+    dout, out = dout.double(), out.double()
+    ds = p * (dout @ v.double().transpose(-1, -2) - (dout * out).sum(-1, keepdim=True))
+    dq, dk, dv = ds @ k.double() * scale, ds.transpose(-1, -2) @ q.double() * scale, p.transpose(-1, -2) @ dout
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+
+
+calls = {"fwd": 0, "bwd": 0}
+
+
+@pytest.fixture
+def fake_cudnn(monkeypatch):
+    monkeypatch.setattr(cudnn, "cudnn_causal_forward", fake_forward)
+    monkeypatch.setattr(cudnn, "cudnn_causal_backward", fake_backward)
+    monkeypatch.setattr(interface, "cudnn_leaves_supported", lambda q, k, v: True)
+    calls.update(fwd=0, bwd=0)
+
+
+# name: (batch, heads, Nq, Nk, D, block, samples, min_seq_len, exact_sinks)
+CASES = {
+    "square": (1, 2, 64, 64, 16, 8, 10, 8, 0),
+    "odd-head": (1, 2, 77, 77, 16, 8, 10, 8, 0),
+    "prefill": (1, 2, 64, 90, 16, 8, 10, 8, 0),
+    "batch-2": (2, 2, 70, 70, 16, 8, 6, 8, 0),
+    "sinks": (1, 2, 96, 96, 16, 8, 10, 8, 3),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_cudnn_leaves_match_reference(name, fake_cudnn):
+    batch, heads, nq, nk, d, block, samples, min_len, sinks = CASES[name]
+    gen = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(batch, heads, n, d, generator=gen).to(DEVICE, DTYPE) for n in (nq, nk, nk))
+    cfg = HyperAttentionConfig(block_size=block, sample_size=samples, min_seq_len=min_len, exact_sinks=sinks)
+    plan = plan_hyper_attention(q, k, v, True, cfg, torch.Generator().manual_seed(4))
+    parts = parts_of(plan, nq, nk, True)
+    scale = d ** -0.5
+
+    out, lse = attention_forward(q, k, v, parts, scale, poison=True)
+    q64, k64, v64 = (x.double().requires_grad_() for x in (q, k, v))
+    want_out, want_lse = reference_attention(q64, k64, v64, plan, scale, True)
+    assert calls["fwd"] == batch
+    assert torch.isfinite(out).all() and torch.isfinite(lse).all(), "unwritten rows"
+    assert rel_error(out, want_out) < 2e-3, "out"
+    assert (lse.double() - want_lse).abs().max() < 1e-3, "lse"
+
+    dout = torch.randn(out.shape, generator=gen).to(DEVICE, DTYPE)
+    grads = attention_backward(dout, None, q, k, v, out, lse, parts, scale, poison=True)
+    want = torch.autograd.grad((want_out * dout.double()).sum(), (q64, k64, v64))
+    assert calls["bwd"] == batch
+    for label, got, ref in zip(("dq", "dk", "dv"), grads, want):
+        assert torch.isfinite(got).all(), f"unwritten {label} rows"
+        assert got.dtype == q.dtype
+        assert rel_error(got, ref) < 3e-3, label
+
+
+def test_leaf_views_are_the_diagonal_blocks():
+    x = torch.arange(2 * 3 * 20 * 2).reshape(2, 3, 20, 2)
+    view = cudnn._leaf_view(x, 1, 4, 5, 3)  # rows 4..18 of batch 1, as 3 leaves of 5
+    assert view.shape == (3, 3, 5, 2)
+    assert torch.equal(view[2, 1], x[1, 1, 14:19])
+    assert torch.equal(cudnn._rows_of(view), x[1, :, 4:19])
+
+
+def test_cudnn_is_off_without_cuda_or_when_asked(monkeypatch):
+    q = torch.zeros(1, 2, 8, 16, dtype=torch.bfloat16)
+    assert not cudnn.cudnn_leaves_supported(q, q, q)  # a CPU tensor
+    monkeypatch.setenv("HYPERATTN_LEAVES", "triton")
+    assert not cudnn.cudnn_leaves_supported(q, q, q)
