@@ -1,18 +1,34 @@
 #!/usr/bin/env bash
 # One device call: check every kernel, then time. Usage: bash benchmarks/gpu_session.sh OUT_DIR [STEPS]
-# STEPS (comma-separated, default all): check, leaves, bench64, bench128, profile, model
+# STEPS (comma-separated): check, leaves, bench64, bench128, profile, profile8k, ab, model, ncu
+# ab: forward profiles of the code in .ab/src (an older commit, carried) and of this tree, one after the other
 set -o pipefail
 out=${1:?output folder}; steps=${2:-check,leaves,bench64,profile}
 export PYTHONPATH=src PYTHONUNBUFFERED=1
 mkdir -p "$out"
 has() { [[ ",$steps," == *",$1,"* ]]; }
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,temperature.gpu --format=csv,noheader
-if has check; then python3 -m hyperattn.testing.gpu --long 1048576:2,1048576:32 2>&1 | tee "$out/gpu-check.log" | grep -v "^PASS" || exit 1; fi
+if has check; then python3 -m hyperattn.testing.gpu --long ${LONG:-1048576:2,2097152:2} 2>&1 | tee "$out/gpu-check.log" | grep -v "^PASS" || exit 1; fi
 if has leaves; then python3 benchmarks/leaf_engines.py --head-dims 64 --json "$out/leaves.json" 2>&1 | tee "$out/leaves.log" | tail -12; fi
 for d in 64 128; do
   if has bench$d; then python3 -m hyperattn.cli bench attention --head-dims $d --json "$out/attention-d$d.json" \
       --plot "$out/attention-d$d.png" 2>/dev/null | tee "$out/attention-d$d.txt" | tail -45; fi
 done
 if has profile; then python3 benchmarks/profile_attention.py --top 12 > "$out/profile-131k.txt" 2>&1; grep -A13 "^causal" "$out/profile-131k.txt"; fi
+if has profile8k; then python3 benchmarks/profile_attention.py --seq-len 8192 --forward-only --top 16 > "$out/profile-8k.txt" 2>&1; grep -A30 "^causal" "$out/profile-8k.txt"; fi
+if has ab; then
+  for name in old split unified; do tree=src; [ $name = old ] && tree=.ab/src; echo "== $name ($tree)"
+    HYPERATTN_HYPER_FWD_LOOP=$name PYTHONPATH=$tree python3 benchmarks/profile_attention.py --forward-only --top 8 \
+      > "$out/ab-$name.txt" 2>&1
+    grep -A8 "of kernels" "$out/ab-$name.txt"; done
+fi
 if has model; then python3 -m hyperattn.cli bench model --arch llama --json "$out/model-llama.json" \
     --plot "$out/model-llama.png" 2>/dev/null | tee "$out/model-llama.txt" | tail -12; fi
+if has ncu; then
+  ncu_bin=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+  for kernel in ${NCU_KERNELS:-hyper_fwd_kernel hyper_bwd_dkdv_kernel}; do
+    "$ncu_bin" --clock-control none -k "$kernel" -c 1 --section SpeedOfLight --section Occupancy --section LaunchStats \
+      --section WarpStateStats --section MemoryWorkloadAnalysis python3 benchmarks/ncu_target.py > "$out/ncu-$kernel.txt" 2>&1
+    grep -v "^==PROF==\|^    ---" "$out/ncu-$kernel.txt" | grep -i "duration\|throughput\|registers\|occupancy\|stall\|warp cycles\|shared memory\|block limit\|issued\|eligible\|hit rate\|bandwidth\|error" | head -40
+  done
+fi

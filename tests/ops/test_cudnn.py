@@ -103,3 +103,15 @@ def test_cudnn_is_off_without_cuda_or_when_asked(monkeypatch):
     assert not cudnn.cudnn_leaves_supported(q, q, q)  # a CPU tensor
     monkeypatch.setenv("HYPERATTN_LEAVES", "triton")
     assert not cudnn.cudnn_leaves_supported(q, q, q)
+
+
+def test_autograd_without_lse_runs_cudnn_leaves(fake_cudnn):
+    """Only the output is used: the backward gets no lse gradient, so cuDNN may run the leaves."""
+    batch, heads, nq, nk, d, block, samples, min_len, sinks = CASES["odd-head"]
+    gen = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(batch, heads, n, d, generator=gen).to(DEVICE, DTYPE).requires_grad_() for n in (nq, nk, nk))
+    cfg = HyperAttentionConfig(block_size=block, sample_size=samples, min_seq_len=min_len)
+    plan = plan_hyper_attention(q, k, v, True, cfg, torch.Generator().manual_seed(6))
+    out, _ = interface.triton_attention(q, k, v, plan, d ** -0.5, True)
+    out.float().sum().backward()
+    assert calls == {"fwd": batch, "bwd": batch}

@@ -18,6 +18,7 @@ import torch
 
 from hyperattn import HyperAttentionConfig, hyper_attention
 from hyperattn.ops import causal_hyper_attention_reference, reference_attention
+from hyperattn.ops.triton.sorting import counting_sort_permutation
 from hyperattn.ops.triton.interface import attention_backward, attention_forward, parts_of, triton_attention
 from hyperattn.plan import plan_hyper_attention
 
@@ -54,7 +55,8 @@ def check_case(name, batch, hq, hkv, nq, nk, d, dv, causal, overrides, dtype, de
     plan = None
     if overrides is not None:
         cfg = HyperAttentionConfig(**overrides)
-        plan = plan_hyper_attention(q, k, v, causal, cfg, torch.Generator().manual_seed(int(torch.seed() % 2**31)))
+        plan = plan_hyper_attention(q, k, v, causal, cfg, torch.Generator().manual_seed(int(torch.seed() % 2**31)),
+                                    use_kernels=True)
     out, lse = attention_forward(q, k, v, parts_of(plan, nq, nk, causal), scale, poison=True)
     unwritten = (~torch.isfinite(out)).sum().item() + (~torch.isfinite(lse)).sum().item()
 
@@ -85,11 +87,21 @@ def check_case(name, batch, hq, hkv, nq, nk, d, dv, causal, overrides, dtype, de
     return ok, unwritten, errors
 
 
+def check_sort(rows, seq_len, num_bits, device="cuda"):
+    """The counting-sort kernel against torch's stable sort on random bucket codes."""
+    buckets = torch.randint(1 << num_bits, (rows, seq_len), dtype=torch.int32, device=device)
+    perm, rank = counting_sort_permutation(buckets, num_bits)
+    want = torch.sort(buckets, dim=-1, stable=True).indices
+    return torch.equal(perm, want) and torch.equal(rank.gather(-1, want), torch.arange(seq_len, device=device)
+                                                    .expand(rows, seq_len))
+
+
 def check_long(seq_len, heads, device="cuda"):
     """Causal forward at a length where 32-bit offsets overflow. Every row must be written;
     with at most 4 heads the output is also compared with the float32 reference (same plan)."""
     q, k, v = (torch.randn(1, heads, seq_len, 64, device=device, dtype=torch.bfloat16) for _ in range(3))
-    plan = plan_hyper_attention(q, k, v, True, HyperAttentionConfig(), torch.Generator().manual_seed(0))
+    plan = plan_hyper_attention(q, k, v, True, HyperAttentionConfig(), torch.Generator().manual_seed(0),
+                                use_kernels=True)
     parts = parts_of(plan, seq_len, seq_len, True)
     torch.cuda.synchronize()
     start = time.perf_counter()
@@ -130,6 +142,11 @@ def main(argv=None) -> int:
             rows.append(f"{'PASS' if ok else 'FAIL'} {case[0]:<16} {str(dtype)[6:]:<9} unwritten={unwritten} "
                         + " ".join(f"{key}={value:.2e}" for key, value in errors.items()))
             print(rows[-1], flush=True)
+    for rows_, seq_len, num_bits in ((32, 65536, 7), (4, 1 << 20, 8), (3, 1000, 1)):
+        ok = check_sort(rows_, seq_len, num_bits)
+        failed += not ok
+        rows.append(f"{'PASS' if ok else 'FAIL'} counting sort {rows_} x {seq_len}, {num_bits} bits")
+        print(rows[-1], flush=True)
     for spec in filter(None, args.long.split(",")):
         seq_len, heads = map(int, spec.split(":"))
         torch.cuda.reset_peak_memory_stats()

@@ -176,7 +176,8 @@ def _launch_forward(q, k, v, out, lse, part: Part, scale: float, merge: bool) ->
         hyper_fwd_kernel[(problems * tiles,)](
             q, k, v, out, lse, p.q_perm, p.k_perm, p.sample_idx, p.sample_block, p.sample_log_weight,
             scale_log2, *strides, part.n_q, part.n_k, p.sample_idx.shape[-1], p.block_size,
-            tiles_per_block, tiles, *geometry, part.sinks, MERGE=merge, **_dims(q, v), **hyper_cfg)
+            tiles_per_block, tiles, *geometry, part.sinks, MERGE=merge, **_dims(q, v), **hyper_cfg,
+            UNIFIED_LOOP=os.environ.get("HYPERATTN_HYPER_FWD_LOOP", "unified") != "split")
 
 
 def _leaf_rows(part: Part) -> tuple[int, int]:
@@ -390,6 +391,7 @@ def _(dout, dlse, q, k, v, out, lse, plan_tensors, part_ints, scale):
 def _setup_context(ctx, inputs, output):
     q, k, v, plan_tensors, part_ints, scale = inputs
     out, lse = output
+    ctx.set_materialize_grads(False)  # an unused lse gets no gradient (None), so cuDNN can run the leaves
     ctx.save_for_backward(q, k, v, out, lse, *plan_tensors)
     ctx.part_ints, ctx.scale = part_ints, scale
 
