@@ -8,18 +8,17 @@ export PYTHONPATH=src PYTHONUNBUFFERED=1
 mkdir -p "$out"
 has() { [[ ",$steps," == *",$1,"* ]]; }
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,temperature.gpu --format=csv,noheader
-if has check; then python3 -m hyperattn.testing.gpu --long ${LONG:-1048576:2,2097152:2} 2>&1 | tee "$out/gpu-check.log" | grep -v "^PASS" || exit 1; fi
+if has check; then python3 -m hyperattn.testing.gpu --long "${LONG-1048576:2,2097152:2}" --dtypes ${DTYPES:-bfloat16,float16} 2>&1 | tee "$out/gpu-check.log" | grep -v "^PASS" || exit 1; fi
 if has leaves; then python3 benchmarks/leaf_engines.py --head-dims 64 --json "$out/leaves.json" 2>&1 | tee "$out/leaves.log" | tail -12; fi
 for d in 64 128; do
-  if has bench$d; then python3 -m hyperattn.cli bench attention --head-dims $d --json "$out/attention-d$d.json" \
+  if has bench$d; then python3 -m hyperattn.cli bench attention --head-dims $d $BENCH_ARGS --json "$out/attention-d$d.json" \
       --plot "$out/attention-d$d.png" 2>/dev/null | tee "$out/attention-d$d.txt" | tail -45; fi
 done
 if has profile; then python3 benchmarks/profile_attention.py --top 12 > "$out/profile-131k.txt" 2>&1; grep -A13 "^causal" "$out/profile-131k.txt"; fi
 if has profile8k; then python3 benchmarks/profile_attention.py --seq-len 8192 --forward-only --top 16 > "$out/profile-8k.txt" 2>&1; grep -A30 "^causal" "$out/profile-8k.txt"; fi
 if has ab; then
-  for name in old split unified; do tree=src; [ $name = old ] && tree=.ab/src; echo "== $name ($tree)"
-    HYPERATTN_HYPER_FWD_LOOP=$name PYTHONPATH=$tree python3 benchmarks/profile_attention.py --forward-only --top 8 \
-      > "$out/ab-$name.txt" 2>&1
+  for name in old new; do tree=src; [ $name = old ] && tree=.ab/src; echo "== $name ($tree)"
+    PYTHONPATH=$tree python3 benchmarks/profile_attention.py --forward-only --top 8 > "$out/ab-$name.txt" 2>&1
     grep -A8 "of kernels" "$out/ab-$name.txt"; done
 fi
 if has model; then python3 -m hyperattn.cli bench model --arch llama --json "$out/model-llama.json" \

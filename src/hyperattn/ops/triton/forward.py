@@ -115,7 +115,6 @@ def hyper_fwd_kernel(
     num_q_heads, group, sinks,
     MERGE: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
     D_PAD: tl.constexpr, DV_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    UNIFIED_LOOP: tl.constexpr = True,
 ):
     """One program: one tile of the sorted queries of one key block, one (problem, head).
 
@@ -158,52 +157,31 @@ def hyper_fwd_kernel(
         acc = tl.zeros([BLOCK_M, DV_PAD], tl.float32)
 
         k_lo = blk * block_size
-        if UNIFIED_LOOP:
-            # one pipelined loop over the block's key tiles, then the sample tiles
-            block_tiles = tl.cdiv(block_size, BLOCK_N)
-            block_keys = tl.minimum(block_size, n_k - k_lo)
-            for t in range(0, block_tiles + tl.cdiv(num_samples, BLOCK_N)):
-                in_block = t < block_tiles
-                offs_n = tl.where(in_block, t, t - block_tiles) * BLOCK_N + tl.arange(0, BLOCK_N)
-                valid = offs_n < tl.where(in_block, block_keys, num_samples)
-                sampled = valid & (t >= block_tiles)
-                index = tl.where(in_block, KPerm + zk64 * n_k + k_lo, SIdx + zk64 * num_samples)
-                k_local = tl.load(index + offs_n, mask=valid, other=0)
-                s_blk = tl.load(SBlk + zk64 * num_samples + offs_n, mask=sampled, other=-1)
-                s_logw = tl.load(SLogW + zk64 * num_samples + offs_n, mask=sampled, other=0.0)
-                k_rows = (key_row0 + k_local).to(tl.int64)
-                live = valid & (s_blk != blk) & (k_rows >= sinks)
-                k = load_rows(k_base, k_rows, stride_kn, offs_d, live, d_mask)
-                v = load_rows(v_base, k_rows, stride_vn, offs_dv, live, dv_mask)
-                s = tl.dot(q, tl.trans(k)) * scale_log2 + (s_logw * LOG2E)[None, :]
-                s = tl.where(live[None, :], s, float("-inf"))
-                m_i, l_i, acc = _softmax_step(s, v, m_i, l_i, acc)
-        else:
-            for start in range(0, block_size, BLOCK_N):
-                offs_n = start + tl.arange(0, BLOCK_N)
-                ranks = k_lo + offs_n
-                kmask = (offs_n < block_size) & (ranks < n_k)
-                k_local = tl.load(KPerm + zk64 * n_k + ranks, mask=kmask, other=0)
-                k_rows = (key_row0 + k_local).to(tl.int64)
-                k = load_rows(k_base, k_rows, stride_kn, offs_d, kmask, d_mask)
-                v = load_rows(v_base, k_rows, stride_vn, offs_dv, kmask, dv_mask)
-                s = tl.dot(q, tl.trans(k)) * scale_log2
-                s = tl.where((kmask & (k_rows >= sinks))[None, :], s, float("-inf"))
-                m_i, l_i, acc = _softmax_step(s, v, m_i, l_i, acc)
+        for start in range(0, block_size, BLOCK_N):
+            offs_n = start + tl.arange(0, BLOCK_N)
+            ranks = k_lo + offs_n
+            kmask = (offs_n < block_size) & (ranks < n_k)
+            k_local = tl.load(KPerm + zk64 * n_k + ranks, mask=kmask, other=0)
+            k_rows = (key_row0 + k_local).to(tl.int64)
+            k = load_rows(k_base, k_rows, stride_kn, offs_d, kmask, d_mask)
+            v = load_rows(v_base, k_rows, stride_vn, offs_dv, kmask, dv_mask)
+            s = tl.dot(q, tl.trans(k)) * scale_log2
+            s = tl.where((kmask & (k_rows >= sinks))[None, :], s, float("-inf"))
+            m_i, l_i, acc = _softmax_step(s, v, m_i, l_i, acc)
 
-            for start in range(0, num_samples, BLOCK_N):
-                offs_n = start + tl.arange(0, BLOCK_N)
-                smask = offs_n < num_samples
-                s_local = tl.load(SIdx + zk64 * num_samples + offs_n, mask=smask, other=0)
-                s_blk = tl.load(SBlk + zk64 * num_samples + offs_n, mask=smask, other=-1)
-                s_logw = tl.load(SLogW + zk64 * num_samples + offs_n, mask=smask, other=0.0)
-                k_rows = (key_row0 + s_local).to(tl.int64)
-                smask = smask & (s_blk != blk) & (k_rows >= sinks)
-                k = load_rows(k_base, k_rows, stride_kn, offs_d, smask, d_mask)
-                v = load_rows(v_base, k_rows, stride_vn, offs_dv, smask, dv_mask)
-                s = tl.dot(q, tl.trans(k)) * scale_log2 + (s_logw * LOG2E)[None, :]
-                s = tl.where(smask[None, :], s, float("-inf"))
-                m_i, l_i, acc = _softmax_step(s, v, m_i, l_i, acc)
+        for start in range(0, num_samples, BLOCK_N):
+            offs_n = start + tl.arange(0, BLOCK_N)
+            smask = offs_n < num_samples
+            s_local = tl.load(SIdx + zk64 * num_samples + offs_n, mask=smask, other=0)
+            s_blk = tl.load(SBlk + zk64 * num_samples + offs_n, mask=smask, other=-1)
+            s_logw = tl.load(SLogW + zk64 * num_samples + offs_n, mask=smask, other=0.0)
+            k_rows = (key_row0 + s_local).to(tl.int64)
+            smask = smask & (s_blk != blk) & (k_rows >= sinks)
+            k = load_rows(k_base, k_rows, stride_kn, offs_d, smask, d_mask)
+            v = load_rows(v_base, k_rows, stride_vn, offs_dv, smask, dv_mask)
+            s = tl.dot(q, tl.trans(k)) * scale_log2 + (s_logw * LOG2E)[None, :]
+            s = tl.where(smask[None, :], s, float("-inf"))
+            m_i, l_i, acc = _softmax_step(s, v, m_i, l_i, acc)
 
         o_rows = batch.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + q_rows * stride_on
         lse_rows = batch.to(tl.int64) * stride_lb + h.to(tl.int64) * stride_lh + q_rows

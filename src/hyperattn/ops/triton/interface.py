@@ -176,8 +176,7 @@ def _launch_forward(q, k, v, out, lse, part: Part, scale: float, merge: bool) ->
         hyper_fwd_kernel[(problems * tiles,)](
             q, k, v, out, lse, p.q_perm, p.k_perm, p.sample_idx, p.sample_block, p.sample_log_weight,
             scale_log2, *strides, part.n_q, part.n_k, p.sample_idx.shape[-1], p.block_size,
-            tiles_per_block, tiles, *geometry, part.sinks, MERGE=merge, **_dims(q, v), **hyper_cfg,
-            UNIFIED_LOOP=os.environ.get("HYPERATTN_HYPER_FWD_LOOP", "unified") != "split")
+            tiles_per_block, tiles, *geometry, part.sinks, MERGE=merge, **_dims(q, v), **hyper_cfg)
 
 
 def _leaf_rows(part: Part) -> tuple[int, int]:
