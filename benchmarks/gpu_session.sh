@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # One device call: check every kernel, then time. Usage: bash benchmarks/gpu_session.sh OUT_DIR [STEPS]
 # STEPS (comma-separated): check, leaves, bench64, bench128, profile, profile8k, ab, model, ncu
-# ab: forward profiles of the code in .ab/src (an older commit, carried) and of this tree, one after the other
+# ab: forward profiles of the code in .ab/src (an older commit: `git archive COMMIT src | tar -x -C .ab`,
+#     carried with the call) and of this tree, one after the other.
+# Environment: LONG (the check's --long runs), DTYPES (the check's --dtypes), BENCH_ARGS (extra arguments
+# of `hyperattn bench attention`), NCU_KERNELS (kernels Nsight Compute profiles).
 set -o pipefail
 out=${1:?output folder}; steps=${2:-check,leaves,bench64,profile}
 export PYTHONPATH=src PYTHONUNBUFFERED=1

@@ -9,10 +9,13 @@ Also reports whether cuDNN's attention op takes grouped kv heads (fewer k/v head
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
+import sys
 
 import torch
+import triton
 
 from hyperattn.bench.attention import _ours, time_case
 from hyperattn.config import HyperAttentionConfig
@@ -50,8 +53,11 @@ def main() -> None:
                 rows.append(row)
                 print(row, flush=True)
     gqa = cudnn_takes_gqa()
-    result = dict(card=torch.cuda.get_device_name(), torch=torch.__version__, heads=args.heads,
-                  cudnn_version=torch.backends.cudnn.version(), cudnn_gqa=gqa, rows=rows)
+    result = dict(benchmark="leaf_engines", card=torch.cuda.get_device_name(),
+                  date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                  torch=torch.__version__, triton=triton.__version__, cudnn_version=torch.backends.cudnn.version(),
+                  command=" ".join(["python", *sys.argv]), heads=args.heads, batch=1, dtype="bfloat16", causal=True,
+                  cudnn_gqa=gqa, rows=rows)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

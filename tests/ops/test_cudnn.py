@@ -48,7 +48,7 @@ calls = {"fwd": 0, "bwd": 0}
 def fake_cudnn(monkeypatch):
     monkeypatch.setattr(cudnn, "cudnn_causal_forward", fake_forward)
     monkeypatch.setattr(cudnn, "cudnn_causal_backward", fake_backward)
-    monkeypatch.setattr(interface, "cudnn_leaves_supported", lambda q, k, v: True)
+    monkeypatch.setattr(interface, "use_cudnn_leaves", lambda *args: True)
     calls.update(fwd=0, bwd=0)
 
 
@@ -100,9 +100,46 @@ def test_leaf_views_are_the_diagonal_blocks():
 
 def test_cudnn_is_off_without_cuda_or_when_asked(monkeypatch):
     q = torch.zeros(1, 2, 8, 16, dtype=torch.bfloat16)
-    assert not cudnn.cudnn_leaves_supported(q, q, q)  # a CPU tensor
+    assert not cudnn.use_cudnn_leaves(q, q, q, 0, 0, 4, 2, "forward")  # a CPU tensor
     monkeypatch.setenv("HYPERATTN_LEAVES", "triton")
-    assert not cudnn.cudnn_leaves_supported(q, q, q)
+    assert not cudnn.use_cudnn_leaves(q, q, q, 0, 0, 4, 2, "forward")
+    monkeypatch.setenv("HYPERATTN_LEAVES", "TRITON")
+    with pytest.raises(ValueError, match="HYPERATTN_LEAVES must be one of auto, cudnn, triton"):
+        cudnn.use_cudnn_leaves(q, q, q, 0, 0, 4, 2, "forward")
+
+
+def test_cudnn_shape_rules():
+    def qkv(hq=4, hkv=4, d=64, dv=64, dtype=torch.bfloat16):
+        return (torch.zeros(1, hq, 8, d, dtype=dtype), torch.zeros(1, hkv, 8, d, dtype=dtype),
+                torch.zeros(1, hkv, 8, dv, dtype=dtype))
+
+    assert cudnn.cudnn_shapes_supported(*qkv())
+    assert cudnn.cudnn_shapes_supported(*qkv(d=128, dv=128, dtype=torch.float16))
+    assert not cudnn.cudnn_shapes_supported(*qkv(hkv=2))  # grouped kv heads
+    assert not cudnn.cudnn_shapes_supported(*qkv(d=256, dv=256))
+    assert not cudnn.cudnn_shapes_supported(*qkv(d=60, dv=60))
+    assert not cudnn.cudnn_shapes_supported(*qkv(dv=32))
+    assert not cudnn.cudnn_shapes_supported(*qkv(dtype=torch.float32))
+
+
+def test_auto_runs_cudnn_from_a_geometrys_second_call(monkeypatch):
+    monkeypatch.setattr(cudnn, "_seen_geometries", set())
+    monkeypatch.setattr(cudnn, "_cudnn_geometries", set())
+    probes = []
+
+    def works():
+        probes.append(1)
+        return True
+
+    geometry, other = ("forward", 1), ("forward", 2)
+    assert not cudnn.decide_leaf_engine("auto", geometry, False, works)  # first call: no graph build
+    assert not cudnn.decide_leaf_engine("auto", geometry, True, works)  # captured before cuDNN ran it
+    assert cudnn.decide_leaf_engine("auto", geometry, False, works)
+    assert cudnn.decide_leaf_engine("auto", geometry, True, works)  # its graph exists now
+    assert not cudnn.decide_leaf_engine("auto", other, False, works)
+    assert cudnn.decide_leaf_engine("cudnn", other, False, works)  # "cudnn": from the first call
+    assert not cudnn.decide_leaf_engine("cudnn", ("backward", 1), False, lambda: False)  # the probe failed
+    assert len(probes) == 2
 
 
 def test_autograd_without_lse_runs_cudnn_leaves(fake_cudnn):

@@ -102,6 +102,36 @@ def check_backward(name):
         assert rel_error(got, ref.double()) < 1e-3, label
 
 
+@pytest.mark.parametrize("name", ["causal-gqa", "causal-mqa-odd", "sinks"])
+def test_backward_without_lse_gradient_matches_reference(name):
+    """The training path: only the output carries a gradient (dlse None, delta = rowsum(dO * O))."""
+    q, k, v, plan, causal = make_case(name, seed=3)
+    scale = q.shape[-1] ** -0.5
+    parts = parts_of(plan, q.shape[2], k.shape[2], causal)
+    out, lse = attention_forward(q, k, v, parts, scale)
+    dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(4)).to(DEVICE, q.dtype)
+    grads = attention_backward(dout, None, q, k, v, out, lse, parts, scale, poison=True)
+    q64, k64, v64 = (x.double().requires_grad_() for x in (q, k, v))
+    want_out, _ = reference_attention(q64, k64, v64, plan, scale, causal)
+    want = torch.autograd.grad((want_out * dout.double()).sum(), (q64, k64, v64))
+    for label, got, ref in zip(("dq", "dk", "dv"), grads, want):
+        assert torch.isfinite(got).all(), f"unwritten {label} rows"
+        assert rel_error(got, ref) < 2e-3, label
+
+
+def test_forward_is_repeatable_and_ignores_poison():
+    """Grouped kv heads (4 query heads a kv head), no prefix: the first leaf's rows get no
+    level part, so the accumulator's unwritten rows must not leak into the output."""
+    q, k, v, _, _ = make_case("causal-gqa")
+    q = q.repeat(1, 2, 1, 1)  # 8 query heads on 2 kv heads
+    cfg = HyperAttentionConfig(block_size=16, sample_size=20, min_seq_len=16)
+    plan = plan_hyper_attention(q, k, v, True, cfg, torch.Generator().manual_seed(7))
+    parts = parts_of(plan, q.shape[2], k.shape[2], True)
+    first, first_lse = attention_forward(q, k, v, parts, 0.2, poison=True)
+    second, second_lse = attention_forward(q, k, v, parts, 0.2)
+    assert torch.equal(first, second) and torch.equal(first_lse, second_lse)
+
+
 @pytest.mark.parametrize("tiles", ["32,16,4,1", "16,32,4,1"])
 @pytest.mark.parametrize("name", ["causal-odd-prefill", "exact-causal"])
 def test_unequal_query_and_key_tiles_match_reference(name, tiles, monkeypatch):

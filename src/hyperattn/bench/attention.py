@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import platform
 import sys
 from dataclasses import asdict
@@ -20,6 +19,7 @@ from tqdm import tqdm
 
 from hyperattn.api import hyper_attention
 from hyperattn.config import HyperAttentionConfig
+from hyperattn.ops.cudnn import leaf_engine_setting
 
 BASELINES = ("flash", "cudnn")
 
@@ -92,7 +92,7 @@ def run_benchmark(seq_lens, long_seq_lens, head_dims, causals, modes, heads=32, 
         torch=torch.__version__, triton=triton.__version__, python=platform.python_version(),
         command=command,
         batch=1, heads=heads, dtype="bfloat16", config=asdict(config),
-        diagonal_leaves=os.environ.get("HYPERATTN_LEAVES", "cudnn"),  # see hyperattn.ops.cudnn
+        diagonal_leaves=leaf_engine_setting(),  # HYPERATTN_LEAVES: see hyperattn.ops.cudnn
         results=results,
     )
 

@@ -7,7 +7,21 @@ PyTorch's cuDNN attention op (``aten::_scaled_dot_product_cudnn_attention``, the
 behind ``scaled_dot_product_attention`` with the cuDNN backend, which also returns the
 log-sum-exp) runs as one batch, with no copy of the inputs.
 
-``HYPERATTN_LEAVES=triton`` turns this path off (the fused dense kernel runs the leaves).
+cuDNN builds a graph for every new shape and stride pattern, which takes a long time once
+(hundreds of milliseconds have been reported), and every sequence length gives the leaves a
+new one. The environment variable ``HYPERATTN_LEAVES`` decides:
+
+- ``auto`` (default): cuDNN for a leaf geometry from its second call on (training and
+  repeated prefill at one length pay the build once; one-off lengths never do);
+- ``cudnn``: cuDNN whenever it can run the leaves;
+- ``triton``: never (the fused dense kernel runs them).
+
+cuDNN runs only while PyTorch's cuDNN attention is switched on
+(``torch.backends.cuda.enable_cudnn_sdp``) and deterministic algorithms are not required,
+for fp16/bf16 CUDA inputs with one kv head per query head and equal head dims of at most
+128 (a multiple of 8), where a first small forward and backward succeeded (checked once
+per device, dtype and head dim; no random draws), and never for the first time inside a
+CUDA graph capture.
 """
 
 from __future__ import annotations
@@ -18,30 +32,75 @@ import warnings
 
 import torch
 
-
-@functools.cache
-def _cudnn_works(device_index: int) -> bool:
-    """Whether the cuDNN attention op runs on this GPU (it needs cuDNN 9 and a recent GPU);
-    tried once per device on a small causal problem."""
-    device = torch.device("cuda", device_index)
-    try:
-        x = torch.randn(2, 1, 128, 64, device=device, dtype=torch.bfloat16)
-        cudnn_causal_forward(x, x, x, 0.125)
-        return True
-    except (RuntimeError, NotImplementedError) as error:
-        warnings.warn(f"hyperattn: cuDNN attention is unavailable ({error}); the diagonal leaves run in Triton")
-        return False
+LEAF_ENGINES = ("auto", "cudnn", "triton")
+_seen_geometries: set[tuple] = set()  # leaf geometries called at least once (for "auto")
+_cudnn_geometries: set[tuple] = set()  # leaf geometries cuDNN has run (their graphs exist)
 
 
-def cudnn_leaves_supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
-    """Whether ``leaves_forward`` / ``leaves_backward`` can run these inputs: CUDA, fp16/bf16,
-    one kv head per query head, equal head dims of at most 128 (multiples of 8)."""
-    if os.environ.get("HYPERATTN_LEAVES", "cudnn") == "triton" or not q.is_cuda:
-        return False
+def leaf_engine_setting() -> str:
+    """``HYPERATTN_LEAVES``, checked: one of ``LEAF_ENGINES``."""
+    value = os.environ.get("HYPERATTN_LEAVES", "auto")
+    if value not in LEAF_ENGINES:
+        raise ValueError(f"HYPERATTN_LEAVES must be one of {', '.join(LEAF_ENGINES)}, got {value!r}")
+    return value
+
+
+def cudnn_shapes_supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """The shape and dtype rules of this path: fp16/bf16, one kv head per query head, equal
+    head dims of at most 128 and a multiple of 8."""
     d = q.shape[-1]
     return (q.dtype in (torch.float16, torch.bfloat16) and q.shape[1] == k.shape[1] and v.shape[-1] == d
-            and d <= 128 and d % 8 == 0 and torch.backends.cudnn.is_available()
-            and _cudnn_works(q.device.index if q.device.index is not None else torch.cuda.current_device()))
+            and d <= 128 and d % 8 == 0)
+
+
+@functools.cache
+def _cudnn_works(device: torch.device, dtype: torch.dtype, head_dim: int) -> bool:
+    """Whether cuDNN's attention forward and backward run here for this dtype and head dim;
+    tried once on a small causal problem of zeros (no random draws)."""
+    x = torch.zeros(2, 1, 128, head_dim, device=device, dtype=dtype)
+    try:
+        out, lse = cudnn_causal_forward(x, x, x, 0.125)
+        cudnn_causal_backward(x, x, x, x, out, lse, 0.125)
+        return True
+    except Exception as error:  # any failure means: not here
+        warnings.warn(f"hyperattn: cuDNN attention does not run here ({type(error).__name__}: {error}); "
+                      f"the diagonal leaves run in Triton")
+        return False
+
+
+def _cudnn_switched_on() -> bool:
+    """PyTorch's switches for cuDNN attention: ``torch.backends.cuda.enable_cudnn_sdp`` and
+    deterministic algorithms (cuDNN's attention backward is not deterministic)."""
+    strict = torch.are_deterministic_algorithms_enabled() and not torch.is_deterministic_algorithms_warn_only_enabled()
+    return torch.backends.cuda.cudnn_sdp_enabled() and not strict
+
+
+def use_cudnn_leaves(q, k, v, q_start: int, k_start: int, side: int, num_leaves: int, direction: str) -> bool:
+    """Whether cuDNN runs the leaves of this call's ``direction`` ("forward" or "backward")."""
+    setting = leaf_engine_setting()
+    if setting == "triton" or not q.is_cuda or not cudnn_shapes_supported(q, k, v):
+        return False
+    if not _cudnn_switched_on():
+        return False
+    views = [_leaf_view(x, 0, start, side, num_leaves) for x, start in ((q, q_start), (k, k_start), (v, k_start))]
+    geometry = (direction, q.device, q.dtype, *(tuple(x.shape) + x.stride() for x in views))
+    return decide_leaf_engine(setting, geometry, torch.cuda.is_current_stream_capturing(),
+                              lambda: _cudnn_works(q.device, q.dtype, q.shape[-1]))
+
+
+def decide_leaf_engine(setting: str, geometry: tuple, capturing: bool, cudnn_works) -> bool:
+    """The policy for inputs cuDNN can take: True for cuDNN. ``geometry`` identifies the
+    call's cuDNN graph; ``cudnn_works()`` runs the one-time probe. Inside a CUDA graph capture
+    only geometries cuDNN already ran qualify (no probe, no graph build)."""
+    if capturing:
+        return geometry in _cudnn_geometries
+    if setting == "auto" and geometry not in _seen_geometries:
+        _seen_geometries.add(geometry)
+        return False
+    if not cudnn_works():
+        return False
+    _cudnn_geometries.add(geometry)
+    return True
 
 
 def _leaf_view(x: torch.Tensor, batch: int, start: int, side: int, num_leaves: int) -> torch.Tensor:
@@ -76,7 +135,7 @@ def cudnn_causal_backward(dout, q, k, v, out, lse, scale: float):
 
 def leaves_forward(q, k, v, q_start: int, k_start: int, side: int, num_leaves: int, scale: float):
     """out (B, H, num_leaves * side, Dv) in q's dtype and lse (B, H, num_leaves * side) float32
-    of the causal leaves (any strides)."""
+    of the causal leaves (any strides; one cuDNN call per batch row)."""
     outs, lses = [], []
     for b in range(q.shape[0]):
         out, lse = cudnn_causal_forward(_leaf_view(q, b, q_start, side, num_leaves),

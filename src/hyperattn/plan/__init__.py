@@ -52,7 +52,6 @@ def make_plan(
     generator: torch.Generator,
     v_sq_norms: torch.Tensor | None = None,
     weight_dtype: torch.dtype = torch.float32,
-    use_kernels: bool = False,
 ) -> AttentionPlan:
     """Sort and sample for Z problems, given the LSH buckets of their rows.
 
@@ -61,12 +60,10 @@ def make_plan(
             (rows hash independently, so a caller hashes once and slices per problem).
         v_sq_norms: (Z, Hkv, Nk) squared value norms, required for ``sampling="value_norm"``.
         weight_dtype: dtype of the sample log-weights.
-        use_kernels: sort CUDA buckets with the counting-sort kernel.
     """
     z, num_kv_heads, num_keys = k_buckets.shape
-    # plans are contiguous: kernels index them flat
-    q_perm, _ = sort_lsh_permutation(q_buckets.contiguous(), config.lsh_num_projs, use_kernels)
-    k_perm, key_rank = sort_lsh_permutation(k_buckets.contiguous(), config.lsh_num_projs, use_kernels)
+    q_perm = sort_lsh_permutation(q_buckets.contiguous())  # plans are contiguous: kernels index them flat
+    k_perm = sort_lsh_permutation(k_buckets.contiguous())
     if config.sampling == "value_norm" and v_sq_norms is None:
         raise ValueError("make_plan: sampling='value_norm' needs v_sq_norms")
     sample_idx, sample_log_weight = sample_keys(
@@ -74,6 +71,7 @@ def make_plan(
         sq_norms=v_sq_norms.contiguous() if config.sampling == "value_norm" else None,
         device=k_buckets.device, dtype=weight_dtype,
     )
+    key_rank = inverse_permutation(k_perm)
     sample_block = key_rank.gather(-1, sample_idx) // config.block_size
     return AttentionPlan(q_perm, k_perm, sample_idx, sample_block, sample_log_weight, config.block_size)
 
@@ -111,7 +109,7 @@ def plan_hyper_attention(
     whole input, or a rectangle of the causal schedule) sorts its own slice and draws its
     own samples, in the order levels 1..L, then the prefix.
     q (B, Hq, Nq, D), k (B, Hkv, Nk, D), v (B, Hkv, Nk, Dv); requires Nq > config.min_seq_len.
-    ``use_kernels`` hashes and sorts with the fused kernels (CUDA).
+    ``use_kernels`` hashes with the fused kernel (CUDA).
     """
     directions = lsh_directions(k.shape[1], q.shape[-1], config.lsh_num_projs, generator)
     q_buckets = lsh_buckets(q, directions, use_kernels)
@@ -119,7 +117,7 @@ def plan_hyper_attention(
     sq_norms = value_sq_norms(v) if config.sampling == "value_norm" else None
     weight_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
     if not causal:
-        return make_plan(q_buckets, k_buckets, config, generator, sq_norms, weight_dtype, use_kernels)
+        return make_plan(q_buckets, k_buckets, config, generator, sq_norms, weight_dtype)
     schedule = causal_schedule(q.shape[2], k.shape[2], config.min_seq_len)
     prefix = schedule.prefix_len + schedule.head_len
     q_main, k_main = q_buckets[:, :, schedule.head_len:], k_buckets[:, :, prefix:]
@@ -129,13 +127,12 @@ def plan_hyper_attention(
         level_norms = None if norms_main is None else level_rows(norms_main, level, schedule, right=False)
         level_plans.append(make_plan(
             level_rows(q_main, level, schedule, right=True), level_rows(k_main, level, schedule, right=False),
-            config, generator, level_norms, weight_dtype, use_kernels,
+            config, generator, level_norms, weight_dtype,
         ))
     prefix_plan = None
     if prefix > config.block_size:
         prefix_norms = None if sq_norms is None else sq_norms[:, :, :prefix]
-        prefix_plan = make_plan(q_main, k_buckets[:, :, :prefix], config, generator, prefix_norms, weight_dtype,
-                                use_kernels)
+        prefix_plan = make_plan(q_main, k_buckets[:, :, :prefix], config, generator, prefix_norms, weight_dtype)
     return CausalPlan(schedule, level_plans, prefix_plan, config.exact_sinks, config.exact_window)
 
 

@@ -59,18 +59,9 @@ def lsh_buckets(x: torch.Tensor, directions: torch.Tensor, use_kernel: bool = Fa
     return gray_code_rank(codes, r).reshape(z, h, n)
 
 
-def sort_lsh_permutation(buckets: torch.Tensor, num_bits: int = 16,
-                         use_kernel: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stable sort of rows by bucket along the last dim: ``(perm, rank)``, both int64 of
-    ``buckets``' shape; ``perm[..., p]`` is the row at sorted place p and ``rank`` its
-    inverse. ``use_kernel`` sorts CUDA buckets of at most 8 bits (``num_bits``) by the
-    counting-sort kernel (``hyperattn.ops.triton.sorting``), which gives the same result."""
-    if use_kernel and buckets.is_cuda and num_bits <= 8 and has_triton():
-        from hyperattn.ops.triton.sorting import counting_sort_permutation
-
-        return counting_sort_permutation(buckets, num_bits)
-    perm = torch.sort(buckets, dim=-1, stable=True).indices
-    return perm, inverse_permutation(perm)
+def sort_lsh_permutation(buckets: torch.Tensor) -> torch.Tensor:
+    """Stable sort of rows by bucket: ``perm[..., rank]`` is the row at that rank. int64, same shape."""
+    return torch.sort(buckets, dim=-1, stable=True).indices
 
 
 def inverse_permutation(perm: torch.Tensor) -> torch.Tensor:

@@ -72,9 +72,9 @@ def merge_leaves_kernel(
 ):
     """The forward's last pass: Out, Lse = merge(Acc, AccLse; Leaf, LeafLse) per row.
 
-    Acc (B, H, Nq, Dv) fp32 and AccLse (B, H, Nq) hold every part but the diagonal leaves
-    (lse -inf where none wrote); Leaf (B, H, leaf_hi - leaf_lo, Dv) and LeafLse (B, H, *)
-    (any strides; Leaf may alias Out's rows) are the leaves of query rows [leaf_lo, leaf_hi).
+    Acc (B, H, Nq, Dv) fp32 and AccLse (B, H, Nq) hold every part the kernels ran (lse -inf
+    where none wrote); Leaf (B, H, leaf_hi - leaf_lo, Dv) and LeafLse (B, H, *) (any strides)
+    are cuDNN's diagonal leaves of query rows [leaf_lo, leaf_hi) (none when leaf_lo == leaf_hi).
     Out (in its dtype) and Lse are contiguous like Acc."""
     pid = tl.program_id(0)
     bh = pid // num_tiles

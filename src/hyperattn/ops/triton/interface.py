@@ -8,6 +8,7 @@ include every merge.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from dataclasses import dataclass, fields
@@ -24,7 +25,7 @@ from hyperattn.ops.triton.backward import (
     hyper_bwd_dq_kernel,
     hyper_bwd_samples_kernel,
 )
-from hyperattn.ops.cudnn import cudnn_leaves_supported, leaves_backward, leaves_forward
+from hyperattn.ops.cudnn import leaves_backward, leaves_forward, use_cudnn_leaves
 from hyperattn.ops.triton.forward import dense_fwd_kernel, hyper_fwd_kernel, merge_leaves_kernel
 from hyperattn.plan import AttentionPlan, CausalPlan
 
@@ -108,6 +109,7 @@ _CONFIGS = {
 }
 
 
+@functools.cache
 def _parse_override(text: str) -> dict[str, tuple[int, ...]]:
     """``"BM,BN,W,S"`` (every family) or ``"fwd=BM,BN,W,S;bwd_dkdv=..."`` (the families named)."""
     overrides = {}
@@ -179,18 +181,18 @@ def _launch_forward(q, k, v, out, lse, part: Part, scale: float, merge: bool) ->
             tiles_per_block, tiles, *geometry, part.sinks, MERGE=merge, **_dims(q, v), **hyper_cfg)
 
 
-def _leaf_rows(part: Part) -> tuple[int, int]:
-    """Query rows [lo, hi) of the diagonal part."""
-    return part.q_start, part.q_start + part.rects * part.rect_stride
+def _cudnn_runs(q, k, v, part: Part, direction: str) -> bool:
+    """Whether cuDNN runs this part (the diagonal leaves) in ``direction``."""
+    return part.diagonal and use_cudnn_leaves(q, k, v, part.q_start, part.k_start, part.n_q, part.rects, direction)
 
 
 def attention_forward(q, k, v, parts: list[Part], scale: float, poison: bool = False):
     """Run the parts; returns out (B, Hq, Nq, Dv) in q's dtype and lse (B, Hq, Nq) float32.
 
-    A single part writes the output. Otherwise every part but the diagonal leaves merges
-    into a float32 accumulator (lse -inf until a part writes a row), the leaves run apart
-    (cuDNN where ``cudnn_leaves_supported``, else the dense kernel straight into the
-    output), and one pass merges the two into the output.
+    A single part writes the output. Otherwise every part merges into a float32 accumulator
+    (lse -inf until a part writes a row), except the diagonal leaves where cuDNN runs them
+    (``hyperattn.ops.cudnn.use_cudnn_leaves``), and one pass merges the accumulator with
+    cuDNN's leaves (if any) into the output.
     ``poison`` fills the outputs with NaN first, so rows no part wrote show up."""
     batch, num_q_heads, n_q, _ = q.shape
     out = torch.empty((batch, num_q_heads, n_q, v.shape[-1]), dtype=q.dtype, device=q.device)
@@ -203,18 +205,14 @@ def attention_forward(q, k, v, parts: list[Part], scale: float, poison: bool = F
         return out, lse
     acc = torch.empty(out.shape, dtype=torch.float32, device=q.device)
     acc_lse = torch.full(lse.shape, float("-inf"), dtype=torch.float32, device=q.device)
-    leaf_lo = leaf_hi = 0
+    leaf_lo = leaf_hi = 0  # query rows of cuDNN's leaves
     leaf_out, leaf_lse = out, lse
     for part in parts:
-        if not part.diagonal:
-            _launch_forward(q, k, v, acc, acc_lse, part, scale, merge=True)
-            continue
-        leaf_lo, leaf_hi = _leaf_rows(part)
-        if cudnn_leaves_supported(q, k, v):
+        if _cudnn_runs(q, k, v, part, "forward"):
+            leaf_lo, leaf_hi = part.q_start, part.q_start + part.rects * part.rect_stride
             leaf_out, leaf_lse = leaves_forward(q, k, v, part.q_start, part.k_start, part.n_q, part.rects, scale)
         else:
-            _launch_forward(q, k, v, out, lse, part, scale, merge=False)
-            leaf_out, leaf_lse = out[:, :, leaf_lo:], lse[:, :, leaf_lo:]
+            _launch_forward(q, k, v, acc, acc_lse, part, scale, merge=True)
     if out.numel():
         block = 64
         tiles = triton.cdiv(n_q, block)
@@ -230,8 +228,8 @@ def attention_backward(dout, dlse, q, k, v, out, lse, parts: list[Part], scale: 
 
     Parts that share gradient rows add into zeroed fp32 accumulators; the parts that own
     the rows (``Part.last_dq``, ``Part.last_dkdv``) run last and write the final gradients.
-    Without an lse gradient, cuDNN runs the diagonal leaves where it can
-    (``cudnn_leaves_supported``), and one addition per gradient finishes their rows.
+    Without an lse gradient, cuDNN may run the diagonal leaves
+    (``hyperattn.ops.cudnn.use_cudnn_leaves``); one addition per gradient finishes their rows.
     ``poison`` fills the gradients with NaN first, so rows no part wrote show up."""
     batch, num_q_heads, n_q, d = q.shape
     num_kv_heads, n_k, dv = k.shape[1], k.shape[2], v.shape[-1]
@@ -264,10 +262,10 @@ def attention_backward(dout, dlse, q, k, v, out, lse, parts: list[Part], scale: 
     strides = _strides(q, k, v, dout, lse)
     scale_log2 = scale * math.log2(math.e)
     group = num_q_heads // num_kv_heads
-    cudnn_leaves = dlse is None and cudnn_leaves_supported(q, k, v)
+    cudnn_part = next((part for part in parts if dlse is None and _cudnn_runs(q, k, v, part, "backward")), None)
     # parts that own rows run last, so that every addition lands before the final write
     for part in sorted(parts, key=lambda part: (part.last_dq, part.last_dkdv)):
-        if part.diagonal and cudnn_leaves:
+        if part is cudnn_part:
             continue
         q_geometry = (part.rects, part.q_start, part.k_start, part.rect_stride, num_q_heads, group)
         kv_geometry = (part.rects, part.q_start, part.k_start, part.rect_stride, num_kv_heads, group, n_k)
@@ -314,17 +312,16 @@ def attention_backward(dout, dlse, q, k, v, out, lse, parts: list[Part], scale: 
             q, k, v, dout, lse, delta, dk_acc, dk, dv_acc, dvv, p.q_perm, p.k_perm, scale, scale_log2, *strides,
             part.n_q, part.n_k, p.block_size, key_tiles_per_block, key_tiles, *kv_geometry, part.sinks, WRITE=dkdv_mode,
             **dims, **cfg_dkdv)
-    for part in parts:
-        if part.diagonal and cudnn_leaves:
-            leaf_grads = leaves_backward(dout, q, k, v, out, lse, part.q_start, part.k_start, part.n_q, part.rects,
-                                         scale)
-            for name, grad, leaf_grad, start in zip(("dq", "dk", "dv"), grads, leaf_grads,
-                                                    (part.q_start, part.k_start, part.k_start)):
-                rows = grad[:, :, start:start + leaf_grad.shape[2]]
-                if name in acc:
-                    torch.add(acc[name][:, :, start:start + leaf_grad.shape[2]], leaf_grad, out=rows)
-                else:
-                    rows.copy_(leaf_grad)
+    if cudnn_part is not None:
+        part = cudnn_part
+        leaf_grads = leaves_backward(dout, q, k, v, out, lse, part.q_start, part.k_start, part.n_q, part.rects, scale)
+        for name, grad, leaf_grad, start in zip(("dq", "dk", "dv"), grads, leaf_grads,
+                                                (part.q_start, part.k_start, part.k_start)):
+            rows = grad[:, :, start:start + leaf_grad.shape[2]]
+            if name in acc:
+                torch.add(acc[name][:, :, start:start + leaf_grad.shape[2]], leaf_grad, out=rows)
+            else:
+                rows.copy_(leaf_grad)
     return dq, dk, dvv
 
 
