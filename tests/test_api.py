@@ -183,9 +183,32 @@ def test_low_precision_inputs_follow_the_float64_result(dtype, causal):
     assert (lse.double() - want_lse).abs().max() < 10 * tol
 
 
+# --- exact tail ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("causal,nq,nk", [(True, 64, 64), (True, 77, 77), (True, 50, 90), (False, 70, 45)])
+def test_exact_tail_rows_are_exact_and_the_rest_unchanged(causal, nq, nk):
+    q, k, v = random_qkv(batch=2, hq=4, hkv=2, nq=nq, nk=nk, d=8)
+    plain, plain_lse = hyper_attention(q, k, v, causal=causal, config=SMALL, seed=3, return_lse=True)
+    cfg = HyperAttentionConfig(block_size=4, sample_size=4, lsh_num_projs=3, min_seq_len=8, exact_tail=10)
+    out, lse = hyper_attention(q, k, v, causal=causal, config=cfg, seed=3, return_lse=True)
+    ref, ref_lse = exact_attention(q, k, v, causal=causal, return_lse=True)
+    torch.testing.assert_close(out[:, :, -10:], ref[:, :, -10:], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(lse[:, :, -10:], ref_lse[:, :, -10:], rtol=1e-12, atol=1e-12)
+    assert torch.equal(out[:, :, :-10], plain[:, :, :-10]) and torch.equal(lse[:, :, :-10], plain_lse[:, :, :-10])
+    assert rel_error(plain[:, :, -10:], ref[:, :, -10:]) > 1e-3  # the approximation was active there
+
+
+def test_exact_tail_longer_than_the_queries_is_exact():
+    q, k, v = random_qkv(hq=2, hkv=1, nq=40, nk=40, d=8)
+    cfg = HyperAttentionConfig(block_size=4, sample_size=4, lsh_num_projs=3, min_seq_len=8, exact_tail=100)
+    torch.testing.assert_close(hyper_attention(q, k, v, causal=True, config=cfg, seed=0),
+                               exact_attention(q, k, v, causal=True), rtol=1e-12, atol=1e-12)
+
+
 # --- gradients --------------------------------------------------------------------------
 
-@pytest.mark.parametrize("causal,extra", [(False, {}), (True, {}), (True, dict(exact_sinks=2, exact_window=3))])
+@pytest.mark.parametrize("causal,extra", [(False, {}), (True, {}), (True, dict(exact_sinks=2, exact_window=3)),
+                                          (True, dict(exact_tail=7)), (False, dict(exact_tail=3))])
 @pytest.mark.parametrize("nq,nk", [(40, 40), (29, 45)])
 def test_gradcheck_with_the_approximation_active(causal, extra, nq, nk):
     q, k, v = random_qkv(hq=2, hkv=1, nq=nq, nk=nk, d=4, requires_grad=True, seed=5)

@@ -28,6 +28,8 @@ def test_defaults_are_the_papers():
         ("impl", "cuda", ValueError),
         ("exact_sinks", -1, ValueError),
         ("exact_window", 1.5, TypeError),
+        ("exact_tail", -3, ValueError),
+        ("exact_tail", True, TypeError),
     ],
 )
 def test_bad_values_name_the_field(field, value, error):

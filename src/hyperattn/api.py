@@ -8,7 +8,7 @@ import torch
 from torch.nn.attention.bias import causal_lower_right
 
 from hyperattn.config import HyperAttentionConfig, check_scale
-from hyperattn.ops import compute_dtype, exact_attention_reference, reference_attention
+from hyperattn.ops import compute_dtype, reference_attention
 from hyperattn.ops.triton import TRITON_DTYPES, has_triton
 from hyperattn.plan import plan_hyper_attention
 
@@ -92,12 +92,7 @@ def _exact(q, k, v, scale, causal, return_lse, use_triton):
     """Exact attention: PyTorch SDPA for the output alone; with lse, the fused kernel or
     the reference executor."""
     if return_lse:
-        if use_triton:
-            from hyperattn.ops.triton.interface import triton_attention
-
-            return triton_attention(q, k, v, None, scale, causal)
-        out, lse = exact_attention_reference(q, k, v, scale, causal)
-        return _finish(q, out, lse, True)
+        return _finish(q, *_execute(q, k, v, None, scale, causal, use_triton), True)
     nq, nk = q.shape[2], k.shape[2]
     mask = causal_lower_right(nq, nk) if causal and nq != nk else None  # bottom-right, never materialized
     return torch.nn.functional.scaled_dot_product_attention(
@@ -189,10 +184,20 @@ def hyper_attention(
     if q.shape[2] <= config.min_seq_len:
         return _exact(q, k, v, scale, causal, return_lse, use_triton)
     plan = plan_hyper_attention(q, k, v, causal, config, generator, use_kernels=use_triton)
+    out, lse = _execute(q, k, v, plan, scale, causal, use_triton)
+    tail = min(config.exact_tail, q.shape[2])
+    if tail:  # the last queries' rows, exact; autograd sends their gradients to the exact part only
+        tail_out, tail_lse = _execute(q[:, :, -tail:], k, v, None, scale, causal, use_triton)
+        out = torch.cat([out[:, :, :-tail], tail_out.to(out.dtype)], dim=2)
+        lse = torch.cat([lse[:, :, :-tail], tail_lse.to(lse.dtype)], dim=2)
+    return _finish(q, out, lse, return_lse)
+
+
+def _execute(q, k, v, plan, scale, causal, use_triton):
+    """(out, lse) of ``plan`` (None: exact attention, bottom-right causal) by the fused kernels
+    or the reference executor."""
     if use_triton:
         from hyperattn.ops.triton.interface import triton_attention
 
-        out, lse = triton_attention(q, k, v, plan, scale, causal)
-    else:
-        out, lse = reference_attention(q, k, v, plan, scale, causal)
-    return _finish(q, out, lse, return_lse)
+        return triton_attention(q, k, v, plan, scale, causal)
+    return reference_attention(q, k, v, plan, scale, causal)

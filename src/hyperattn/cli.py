@@ -46,6 +46,8 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
                        help="causal: every query attends exactly to the first S keys")
     group.add_argument("--exact-window", type=int, default=0, metavar="W",
                        help="causal: every query attends exactly to the W keys before it (reference executor only)")
+    group.add_argument("--exact-tail", type=int, default=0, metavar="T",
+                       help="the last T queries attend exactly to every key they see")
 
 
 def config_from_args(args):
@@ -54,7 +56,7 @@ def config_from_args(args):
     return HyperAttentionConfig(block_size=args.block_size, sample_size=args.sample_size,
                                 lsh_num_projs=args.lsh_num_projs, min_seq_len=args.min_seq_len, sampling=args.sampling,
                                 exact_sinks=args.exact_sinks, exact_window=args.exact_window,
-                                impl="reference" if args.exact_window else "auto")
+                                exact_tail=args.exact_tail, impl="reference" if args.exact_window else "auto")
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:

@@ -45,6 +45,9 @@ class HyperAttentionConfig:
         exact_window: causal only: every query attends exactly to the ``exact_window`` keys
             before it, also where they lie outside its diagonal block; the approximated
             parts skip them. ``>= 0``; not in the fused kernels yet.
+        exact_tail: the last ``exact_tail`` queries attend exactly to every key they see
+            (causal or not); their approximated rows are computed and replaced. A prompt's
+            question usually sits at its end, and decoding is exact anyway. ``>= 0``.
     """
 
     block_size: int = 256
@@ -55,6 +58,7 @@ class HyperAttentionConfig:
     impl: str = "auto"
     exact_sinks: int = 0
     exact_window: int = 0
+    exact_tail: int = 0
 
     def __post_init__(self) -> None:
         _check_int("block_size", self.block_size, 1)
@@ -63,6 +67,7 @@ class HyperAttentionConfig:
         _check_int("min_seq_len", self.min_seq_len, 1)
         _check_int("exact_sinks", self.exact_sinks, 0)
         _check_int("exact_window", self.exact_window, 0)
+        _check_int("exact_tail", self.exact_tail, 0)
         if not isinstance(self.sampling, str) or self.sampling not in SAMPLING_METHODS:
             raise ValueError(
                 f"HyperAttentionConfig.sampling must be one of {SAMPLING_METHODS}, got {self.sampling!r}"

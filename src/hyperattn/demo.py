@@ -25,6 +25,8 @@ def format_demo(result: dict) -> str:
     label = "HyperAttention " + result["layers"]
     if result["config"]["exact_sinks"]:
         label += f" + {result['config']['exact_sinks']} sinks"
+    if result["config"].get("exact_tail"):
+        label += f" + tail {result['config']['exact_tail']}"
     return "\n".join([
         f"{result['model']} on {result['text']}, {result['seq_len']} tokens, {result['device']}",
         f"{'attention':<34} {'perplexity':>10} {'forward s':>10} {'needles':>8} {'s/needle':>9}",
