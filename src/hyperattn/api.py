@@ -188,8 +188,8 @@ def hyper_attention(
     tail = min(config.exact_tail, q.shape[2])
     if tail:  # the last queries' rows, exact; autograd sends their gradients to the exact part only
         tail_out, tail_lse = _execute(q[:, :, -tail:], k, v, None, scale, causal, use_triton)
-        out = torch.cat([out[:, :, :-tail], tail_out.to(out.dtype)], dim=2)
-        lse = torch.cat([lse[:, :, :-tail], tail_lse.to(lse.dtype)], dim=2)
+        out = torch.cat([out[:, :, :-tail], tail_out], dim=2)
+        lse = torch.cat([lse[:, :, :-tail], tail_lse], dim=2)
     return _finish(q, out, lse, return_lse)
 
 

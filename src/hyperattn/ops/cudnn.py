@@ -7,9 +7,8 @@ PyTorch's cuDNN attention op (``aten::_scaled_dot_product_cudnn_attention``, the
 behind ``scaled_dot_product_attention`` with the cuDNN backend, which also returns the
 log-sum-exp) runs as one batch, with no copy of the inputs.
 
-cuDNN builds a graph for every new shape and stride pattern, which takes a long time once
-(hundreds of milliseconds have been reported), and every sequence length gives the leaves a
-new one. The environment variable ``HYPERATTN_LEAVES`` decides:
+cuDNN builds a graph for every new shape and stride pattern (a one-time cost per shape,
+not measured here), and every sequence length gives the leaves a new one. The environment variable ``HYPERATTN_LEAVES`` decides:
 
 - ``auto`` (default): cuDNN for a leaf geometry from its second call on (training and
   repeated prefill at one length pay the build once; one-off lengths never do);

@@ -57,7 +57,8 @@ def check_case(name, batch, hq, hkv, nq, nk, d, dv, causal, overrides, dtype, de
         cfg = HyperAttentionConfig(**overrides)
         plan = plan_hyper_attention(q, k, v, causal, cfg, torch.Generator().manual_seed(int(torch.seed() % 2**31)),
                                     use_kernels=True)
-    out, lse = attention_forward(q, k, v, parts_of(plan, nq, nk, causal), scale, poison=True)
+    parts = parts_of(plan, nq, nk, causal)
+    out, lse = attention_forward(q, k, v, parts, scale, poison=True)
     unwritten = (~torch.isfinite(out)).sum().item() + (~torch.isfinite(lse)).sum().item()
 
     q64, k64, v64 = (x.detach().double().requires_grad_() for x in (q, k, v))
@@ -68,14 +69,12 @@ def check_case(name, batch, hq, hkv, nq, nk, d, dv, causal, overrides, dtype, de
                                     retain_graph=True)
     ref_out_grads = torch.autograd.grad((ref_out * dout).sum(), (q64, k64, v64))  # no lse gradient: cuDNN leaves
 
-    poisoned = attention_backward(dout.to(dtype), dlse.float(), q, k, v, out, lse, parts_of(plan, nq, nk, causal),
-                                  scale, poison=True)
+    poisoned = attention_backward(dout.to(dtype), dlse.float(), q, k, v, out, lse, parts, scale, poison=True)
     unwritten += sum((~torch.isfinite(g)).sum().item() for g in poisoned)
     qg, kg, vg = (x.detach().requires_grad_() for x in (q, k, v))
     out2, lse2 = triton_attention(qg, kg, vg, plan, scale, causal)
     grads = torch.autograd.grad((out2.float() * dout.float()).sum() + (lse2 * dlse.float()).sum(), (qg, kg, vg))
-    out_grads = attention_backward(dout.to(dtype), None, q, k, v, out, lse, parts_of(plan, nq, nk, causal), scale,
-                                   poison=True)
+    out_grads = attention_backward(dout.to(dtype), None, q, k, v, out, lse, parts, scale, poison=True)
     unwritten += sum((~torch.isfinite(g)).sum().item() for g in out_grads)
     errors = {"out": _rel(out, ref_out), "lse": (lse.double() - ref_lse).abs().max().item()}
     errors.update({label: _rel(g, r) for label, g, r in zip(("dq", "dk", "dv"), grads, ref_grads)})

@@ -162,23 +162,23 @@ def _hyper_tiles(part: Part, block_m: int) -> tuple[int, int, int]:
 def _launch_forward(q, k, v, out, lse, part: Part, scale: float, merge: bool) -> None:
     """One forward launch of ``part``: write its rows of out/lse, or merge into them."""
     batch, num_q_heads = q.shape[:2]
-    hyper_cfg, dense_cfg = (_launch_config(f, q.shape[-1], v.shape[-1]) for f in ("hyper_fwd", "dense_fwd"))
+    cfg = _launch_config("dense_fwd" if part.plan is None else "hyper_fwd", q.shape[-1], v.shape[-1])
     strides = _strides(q, k, v, out, lse)
     scale_log2 = scale * math.log2(math.e)
     geometry = (part.rects, part.q_start, part.k_start, part.rect_stride, num_q_heads, num_q_heads // k.shape[1])
     problems = batch * part.rects * num_q_heads
     if part.plan is None:
-        tiles = triton.cdiv(part.n_q, dense_cfg["BLOCK_M"])
+        tiles = triton.cdiv(part.n_q, cfg["BLOCK_M"])
         dense_fwd_kernel[(problems * tiles,)](
             q, k, v, out, lse, scale_log2, *strides, part.n_q, part.n_k, tiles, *geometry,
-            CAUSAL=part.causal, MERGE=merge, **_dims(q, v), **dense_cfg)
+            CAUSAL=part.causal, MERGE=merge, **_dims(q, v), **cfg)
     else:
         p = part.plan
-        tiles_per_block, _, tiles = _hyper_tiles(part, hyper_cfg["BLOCK_M"])
+        tiles_per_block, _, tiles = _hyper_tiles(part, cfg["BLOCK_M"])
         hyper_fwd_kernel[(problems * tiles,)](
             q, k, v, out, lse, p.q_perm, p.k_perm, p.sample_idx, p.sample_block, p.sample_log_weight,
             scale_log2, *strides, part.n_q, part.n_k, p.sample_idx.shape[-1], p.block_size,
-            tiles_per_block, tiles, *geometry, part.sinks, MERGE=merge, **_dims(q, v), **hyper_cfg)
+            tiles_per_block, tiles, *geometry, part.sinks, MERGE=merge, **_dims(q, v), **cfg)
 
 
 def _cudnn_runs(q, k, v, part: Part, direction: str) -> bool:
