@@ -35,13 +35,14 @@ def profile_case(seq_len, heads, head_dim, causal, backward, top):
     with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
         step()
         torch.cuda.synchronize()
-    totals = defaultdict(float)
+    totals, launches = defaultdict(float), 0
     for event in prof.events():
         if event.device_type == torch.autograd.DeviceType.CUDA:
             totals[event.name[:70]] += event.device_time_total / 1e3  # us -> ms
+            launches += 1
     total = sum(totals.values())
     label = f"{'causal' if causal else 'non-causal'} {'fwd+bwd' if backward else 'fwd'} {seq_len} tokens"
-    print(f"\n{label}: {total:.2f} ms of kernels")
+    print(f"\n{label}: {total:.2f} ms of kernels in {launches} launches")
     for name, ms in sorted(totals.items(), key=lambda kv: -kv[1])[:top]:
         print(f"  {ms:8.3f} ms  {name}")
     cpu = defaultdict(float)

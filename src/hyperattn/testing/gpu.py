@@ -118,10 +118,15 @@ def main(argv=None) -> int:
                         "reference where HEADS <= 4 ('' to skip)")
     parser.add_argument("--no-cases", action="store_true", help="skip the realistic-size cases")
     parser.add_argument("--dtypes", default="bfloat16,float16", help="comma-separated input dtypes to check")
+    parser.add_argument("--cases", default="", help="comma-separated case names to run (default: all)")
+    parser.add_argument("--repeat", type=int, default=1, help="run every case this many times (fresh inputs)")
     parser.add_argument("--leaves", choices=("cudnn", "triton"), default="cudnn",
                         help="engine of the diagonal leaves wherever cuDNN can run them (HYPERATTN_LEAVES; the "
                         "default 'auto' would switch engines between the calls compared)")
     args = parser.parse_args(argv)
+    unknown = set(filter(None, args.cases.split(","))) - {case[0] for case in CASES}
+    if unknown:
+        parser.error(f"--cases: unknown case(s) {sorted(unknown)}; expected names from {[c[0] for c in CASES]}")
     os.environ["HYPERATTN_LEAVES"] = args.leaves
     if not torch.cuda.is_available():
         print("no CUDA device", file=sys.stderr)
@@ -130,7 +135,8 @@ def main(argv=None) -> int:
     rows, failed = [], 0
     dtypes = [getattr(torch, name) for name in args.dtypes.split(",")]
     for dtype in () if args.no_cases else dtypes:
-        for case in CASES:
+        chosen = [case for case in CASES if not args.cases or case[0] in args.cases.split(",")]
+        for case in chosen * args.repeat:
             ok, unwritten, errors = check_case(*case, dtype=dtype)
             failed += not ok
             rows.append(f"{'PASS' if ok else 'FAIL'} {case[0]:<16} {str(dtype)[6:]:<9} unwritten={unwritten} "

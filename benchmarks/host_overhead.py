@@ -1,0 +1,47 @@
+"""Host cost of one HyperAttention call against its GPU time: is a length launch-bound?
+
+    python benchmarks/host_overhead.py --seq-lens 8192,16384
+
+For each length (causal, bf16): the median GPU time (``triton.testing.do_bench``), the host time
+of one call measured with the GPU kept busy (calls are queued without synchronizing), and
+cuDNN's exact attention for comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+import triton
+
+from hyperattn import HyperAttentionConfig, hyper_attention
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seq-lens", default="8192,16384")
+    parser.add_argument("--heads", type=int, default=32)
+    parser.add_argument("--head-dim", type=int, default=64)
+    args = parser.parse_args()
+    config = HyperAttentionConfig()
+    print(f"{'len':>8} {'ours ms':>9} {'host ms/call':>13} {'cudnn ms':>9}")
+    for seq_len in map(int, args.seq_lens.split(",")):
+        q, k, v = (torch.randn(1, args.heads, seq_len, args.head_dim, device="cuda", dtype=torch.bfloat16)
+                   for _ in range(3))
+        ours = triton.testing.do_bench(lambda: hyper_attention(q, k, v, causal=True, config=config, seed=0))
+        with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.CUDNN_ATTENTION):
+            cudnn = triton.testing.do_bench(
+                lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True))
+        torch.cuda.synchronize()
+        calls = 10  # few enough that the launch queue never fills
+        start = time.perf_counter()
+        for _ in range(calls):
+            hyper_attention(q, k, v, causal=True, config=config, seed=0)
+        host = (time.perf_counter() - start) / calls * 1e3
+        torch.cuda.synchronize()
+        print(f"{seq_len:>8} {ours:>9.3f} {host:>13.3f} {cudnn:>9.3f}")
+
+
+if __name__ == "__main__":
+    main()
