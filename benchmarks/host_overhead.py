@@ -10,6 +10,8 @@ cuDNN's exact attention for comparison.
 from __future__ import annotations
 
 import argparse
+import cProfile
+import pstats
 import time
 
 import torch
@@ -23,6 +25,8 @@ def main() -> None:
     parser.add_argument("--seq-lens", default="8192,16384")
     parser.add_argument("--heads", type=int, default=32)
     parser.add_argument("--head-dim", type=int, default=64)
+    parser.add_argument("--cprofile", type=int, default=0, metavar="CALLS",
+                        help="also profile the host side of this many calls per length (cProfile, top functions)")
     args = parser.parse_args()
     config = HyperAttentionConfig()
     print(f"{'len':>8} {'ours ms':>9} {'host ms/call':>13} {'cudnn ms':>9}")
@@ -41,6 +45,15 @@ def main() -> None:
         host = (time.perf_counter() - start) / calls * 1e3
         torch.cuda.synchronize()
         print(f"{seq_len:>8} {ours:>9.3f} {host:>13.3f} {cudnn:>9.3f}")
+        if args.cprofile:
+            profiler = cProfile.Profile()
+            profiler.enable()
+            for _ in range(args.cprofile):
+                hyper_attention(q, k, v, causal=True, config=config, seed=0)
+            torch.cuda.synchronize()
+            profiler.disable()
+            for key in ("tottime", "cumulative"):
+                pstats.Stats(profiler).sort_stats(key).print_stats(30)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from hyperattn import HyperAttention, HyperAttentionConfig, exact_attention, hyp
 from hyperattn.bench.inputs import clustered_qkv
 from tests.conftest import random_qkv
 
-SMALL = HyperAttentionConfig(block_size=4, sample_size=4, lsh_num_projs=3, min_seq_len=8)
+SMALL = HyperAttentionConfig(block_size=4, sample_size=4, lsh_num_projs=3, exact_up_to=0, min_seq_len=8)
 
 
 def rel_error(a, b):
@@ -18,7 +18,7 @@ def rel_error(a, b):
                                            for nq, nk in [(40, 40), (40, 57), (1, 1), (5, 3)] if not c or nq <= nk])
 def test_exact_at_or_below_min_seq_len(causal, nq, nk):
     q, k, v = random_qkv(hq=4, hkv=2, nq=nq, nk=nk, d=8)
-    cfg = HyperAttentionConfig(block_size=2, sample_size=3, min_seq_len=nq)
+    cfg = HyperAttentionConfig(block_size=2, sample_size=3, exact_up_to=0, min_seq_len=nq)
     out, lse = hyper_attention(q, k, v, causal=causal, config=cfg, seed=0, return_lse=True)
     ref, ref_lse = exact_attention(q, k, v, causal=causal, return_lse=True)
     torch.testing.assert_close(out, ref, rtol=1e-13, atol=1e-13)
@@ -33,11 +33,22 @@ def test_exact_with_one_block_and_no_samples(causal, nq, nk):
     """block_size >= Nk, sample_size = 0: the whole causal schedule (head, leaves, levels,
     prefix and merges) must reproduce exact attention."""
     q, k, v = random_qkv(batch=2, hq=4, hkv=2, nq=nq, nk=nk, d=8, dv=6)
-    cfg = HyperAttentionConfig(block_size=nk, sample_size=0, min_seq_len=8)
+    cfg = HyperAttentionConfig(block_size=nk, sample_size=0, exact_up_to=0, min_seq_len=8)
     out, lse = hyper_attention(q, k, v, causal=causal, config=cfg, seed=1, return_lse=True)
     ref, ref_lse = exact_attention(q, k, v, causal=causal, return_lse=True)
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(lse, ref_lse, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_inputs_within_exact_up_to_are_exact(causal):
+    """The default config: 6000 queries are above min_seq_len but cheaper than causal attention
+    over exact_up_to tokens, so they run exactly; a smaller exact_up_to approximates them."""
+    q, k, v = random_qkv(hq=2, hkv=1, nq=6000, nk=6000, d=8)
+    ref = exact_attention(q, k, v, causal=causal)
+    torch.testing.assert_close(hyper_attention(q, k, v, causal=causal, seed=0), ref, rtol=1e-13, atol=1e-13)
+    approx = hyper_attention(q, k, v, causal=causal, seed=0, config=HyperAttentionConfig(exact_up_to=4096))
+    assert rel_error(approx, ref) > 1e-3
 
 
 def test_approximation_is_active_above_min_seq_len():
@@ -52,7 +63,7 @@ def test_approximation_is_active_above_min_seq_len():
 @pytest.mark.parametrize("extra", [dict(exact_sinks=10**6), dict(exact_window=10**6)])
 def test_sinks_or_window_covering_every_key_is_exact(nq, nk, extra):
     q, k, v = random_qkv(batch=2, hq=4, hkv=2, nq=nq, nk=nk, d=8)
-    cfg = HyperAttentionConfig(block_size=4, sample_size=4, lsh_num_projs=3, min_seq_len=8, **extra)
+    cfg = HyperAttentionConfig(block_size=4, sample_size=4, lsh_num_projs=3, exact_up_to=0, min_seq_len=8, **extra)
     out, lse = hyper_attention(q, k, v, causal=True, config=cfg, seed=1, return_lse=True)
     ref, ref_lse = exact_attention(q, k, v, causal=True, return_lse=True)
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
@@ -74,7 +85,7 @@ def test_dominant_sinks_are_computed_exactly(nq, nk):
     q, k = q.clone(), k.clone()
     q[..., 0], k[..., 0] = 3.0, 0.0
     k[:, :, :4, 0] = 3.0  # scores of the 4 sink keys: about 9 / sqrt(8) above the rest
-    plain, sinks = causal_errors(q, k, v, dict(block_size=4, sample_size=4, lsh_num_projs=3, min_seq_len=8),
+    plain, sinks = causal_errors(q, k, v, dict(block_size=4, sample_size=4, lsh_num_projs=3, exact_up_to=0, min_seq_len=8),
                                  exact_sinks=4)
     assert sinks < 0.5 * plain
 
@@ -90,7 +101,7 @@ def test_window_keeps_the_keys_before_a_leaf_exact():
     q = features.expand(1, 2, nq, 8).contiguous()
     k = features.expand(1, 1, nk, 8).contiguous()
     v = torch.randn(1, 1, nk, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    plain, window = causal_errors(q, k, v, dict(block_size=4, sample_size=4, lsh_num_projs=3, min_seq_len=16),
+    plain, window = causal_errors(q, k, v, dict(block_size=4, sample_size=4, lsh_num_projs=3, exact_up_to=0, min_seq_len=16),
                                   exact_window=8)
     assert window < 0.5 * plain
 
@@ -98,10 +109,10 @@ def test_window_keeps_the_keys_before_a_leaf_exact():
 def test_sinks_and_window_are_causal_and_the_window_reference_only():
     q, k, v = random_qkv(nq=40, d=4)
     with pytest.raises(ValueError, match="apply to causal attention"):
-        hyper_attention(q, k, v, causal=False, config=HyperAttentionConfig(min_seq_len=8, exact_sinks=2))
+        hyper_attention(q, k, v, causal=False, config=HyperAttentionConfig(exact_up_to=0, min_seq_len=8, exact_sinks=2))
     with pytest.raises(ValueError, match="reference executor only"):
         hyper_attention(q.half(), k.half(), v.half(), causal=True,
-                        config=HyperAttentionConfig(min_seq_len=8, exact_window=4, impl="triton"))
+                        config=HyperAttentionConfig(exact_up_to=0, min_seq_len=8, exact_window=4, impl="triton"))
 
 
 # --- causality --------------------------------------------------------------------------
@@ -110,7 +121,7 @@ def test_sinks_and_window_are_causal_and_the_window_reference_only():
                                             ("uniform", dict(exact_sinks=3, exact_window=5))])
 @pytest.mark.parametrize("nq,nk", [(96, 96), (83, 83), (70, 101)])
 def test_future_keys_and_values_do_not_leak(sampling, extra, nq, nk):
-    cfg = HyperAttentionConfig(block_size=4, sample_size=4, lsh_num_projs=3, min_seq_len=8, sampling=sampling, **extra)
+    cfg = HyperAttentionConfig(block_size=4, sample_size=4, lsh_num_projs=3, exact_up_to=0, min_seq_len=8, sampling=sampling, **extra)
     q, k, v = random_qkv(hq=2, hkv=1, nq=nq, nk=nk)
     out = hyper_attention(q, k, v, causal=True, config=cfg, seed=3)
     for t in (0, 9, nq // 2, nq - 2):
@@ -125,7 +136,7 @@ def test_future_keys_and_values_do_not_leak(sampling, extra, nq, nk):
 
 def test_chunked_prefill_rows_match_full_causal_when_exact():
     q, k, v = random_qkv(hq=2, hkv=2, nq=90)
-    cfg = HyperAttentionConfig(block_size=90, sample_size=0, min_seq_len=8)
+    cfg = HyperAttentionConfig(block_size=90, sample_size=0, exact_up_to=0, min_seq_len=8)
     full = hyper_attention(q, k, v, causal=True, config=cfg, seed=0)
     chunk = hyper_attention(q[:, :, 60:], k, v, causal=True, config=cfg, seed=0)
     torch.testing.assert_close(chunk, full[:, :, 60:], rtol=1e-12, atol=1e-12)
@@ -136,7 +147,7 @@ def test_chunked_prefill_rows_match_full_causal_when_exact():
 @pytest.mark.parametrize("causal", [False, True])
 def test_gqa_matches_repeated_kv_where_exact(causal):
     q, k, v = random_qkv(batch=2, hq=6, hkv=2, nq=50, d=8)
-    cfg = HyperAttentionConfig(block_size=50, sample_size=0, min_seq_len=8)
+    cfg = HyperAttentionConfig(block_size=50, sample_size=0, exact_up_to=0, min_seq_len=8)
     got = hyper_attention(q, k, v, causal=causal, config=cfg, seed=0)
     want = hyper_attention(q, k.repeat_interleave(3, 1), v.repeat_interleave(3, 1), causal=causal, config=cfg, seed=0)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
@@ -151,7 +162,7 @@ def test_mqa_runs_with_the_approximation():
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("sampling", ["uniform", "value_norm"])
 def test_same_seed_same_bits_other_seed_other_result(causal, sampling):
-    cfg = HyperAttentionConfig(block_size=4, sample_size=4, min_seq_len=8, sampling=sampling)
+    cfg = HyperAttentionConfig(block_size=4, sample_size=4, exact_up_to=0, min_seq_len=8, sampling=sampling)
     q, k, v = random_qkv(hq=2, nq=64, dtype=torch.float32)
     a = hyper_attention(q, k, v, causal=causal, config=cfg, seed=11)
     b = hyper_attention(q, k, v, causal=causal, config=cfg, seed=11)
@@ -189,7 +200,7 @@ def test_low_precision_inputs_follow_the_float64_result(dtype, causal):
 def test_exact_tail_rows_are_exact_and_the_rest_unchanged(causal, nq, nk):
     q, k, v = random_qkv(batch=2, hq=4, hkv=2, nq=nq, nk=nk, d=8)
     plain, plain_lse = hyper_attention(q, k, v, causal=causal, config=SMALL, seed=3, return_lse=True)
-    cfg = HyperAttentionConfig(block_size=4, sample_size=4, lsh_num_projs=3, min_seq_len=8, exact_tail=10)
+    cfg = HyperAttentionConfig(block_size=4, sample_size=4, lsh_num_projs=3, exact_up_to=0, min_seq_len=8, exact_tail=10)
     out, lse = hyper_attention(q, k, v, causal=causal, config=cfg, seed=3, return_lse=True)
     ref, ref_lse = exact_attention(q, k, v, causal=causal, return_lse=True)
     torch.testing.assert_close(out[:, :, -10:], ref[:, :, -10:], rtol=1e-12, atol=1e-12)
@@ -200,7 +211,7 @@ def test_exact_tail_rows_are_exact_and_the_rest_unchanged(causal, nq, nk):
 
 def test_exact_tail_longer_than_the_queries_is_exact():
     q, k, v = random_qkv(hq=2, hkv=1, nq=40, nk=40, d=8)
-    cfg = HyperAttentionConfig(block_size=4, sample_size=4, lsh_num_projs=3, min_seq_len=8, exact_tail=100)
+    cfg = HyperAttentionConfig(block_size=4, sample_size=4, lsh_num_projs=3, exact_up_to=0, min_seq_len=8, exact_tail=100)
     torch.testing.assert_close(hyper_attention(q, k, v, causal=True, config=cfg, seed=0),
                                exact_attention(q, k, v, causal=True), rtol=1e-12, atol=1e-12)
 
@@ -212,7 +223,7 @@ def test_exact_tail_longer_than_the_queries_is_exact():
 @pytest.mark.parametrize("nq,nk", [(40, 40), (29, 45)])
 def test_gradcheck_with_the_approximation_active(causal, extra, nq, nk):
     q, k, v = random_qkv(hq=2, hkv=1, nq=nq, nk=nk, d=4, requires_grad=True, seed=5)
-    cfg = HyperAttentionConfig(block_size=4, sample_size=5, lsh_num_projs=3, min_seq_len=6, **extra)
+    cfg = HyperAttentionConfig(block_size=4, sample_size=5, lsh_num_projs=3, exact_up_to=0, min_seq_len=6, **extra)
     approx = hyper_attention(q, k, v, causal=causal, config=cfg, seed=2)
     assert rel_error(approx, exact_attention(q, k, v, causal=causal)) > 1e-3
 
@@ -250,7 +261,7 @@ def test_clustered_inputs_beat_uniform_sampling_of_the_same_budget():
     """128 tight clusters of 8: each row of A puts its mass on the 8 keys of its cluster."""
     q, k, v = clustered_qkv(seq_len=1024, head_dim=16, num_clusters=128, spread=0.001, norm=8.0)
     scale = 16 ** -0.5
-    cfg = HyperAttentionConfig(block_size=32, sample_size=32, lsh_num_projs=10, min_seq_len=64)
+    cfg = HyperAttentionConfig(block_size=32, sample_size=32, lsh_num_projs=10, exact_up_to=0, min_seq_len=64)
     exact = exact_attention(q, k, v, scale=scale)
     hyper_errors = [rel_error(hyper_attention(q, k, v, scale=scale, config=cfg, seed=s), exact) for s in range(3)]
     uniform_errors = [rel_error(uniform_sampling_attention(q, k, v, 64, scale, s), exact) for s in range(3)]

@@ -4,10 +4,26 @@ from hyperattn import HyperAttentionConfig
 from hyperattn.config import check_scale
 
 
-def test_defaults_are_the_papers():
+def test_defaults_are_the_papers_but_short_inputs_run_exactly():
     cfg = HyperAttentionConfig()
     assert (cfg.block_size, cfg.sample_size, cfg.lsh_num_projs, cfg.min_seq_len, cfg.sampling) == (
         256, 256, 7, 4096, "uniform")
+    assert cfg.exact_up_to == 16384
+
+
+@pytest.mark.parametrize("nq,nk,causal,exact", [
+    (16384, 16384, True, True), (16385, 16385, True, False),
+    (11585, 11585, False, True), (11586, 11586, False, False),  # n^2 <= 16384 * 16385 / 2
+    (4096, 10**7, False, True),  # at most min_seq_len queries: always exact
+    (8192, 24576, True, False), (6000, 16384, True, True),  # bottom-right causal prefill: n_q (n_k - n_q / 2) pairs
+])
+def test_runs_exact_counts_query_key_pairs(nq, nk, causal, exact):
+    assert HyperAttentionConfig().runs_exact(nq, nk, causal) is exact
+
+
+def test_exact_up_to_zero_is_the_papers_rule():
+    cfg = HyperAttentionConfig(exact_up_to=0)
+    assert cfg.runs_exact(4096, 4096, True) and not cfg.runs_exact(4097, 4097, True)
 
 
 @pytest.mark.parametrize(
@@ -30,6 +46,8 @@ def test_defaults_are_the_papers():
         ("exact_window", 1.5, TypeError),
         ("exact_tail", -3, ValueError),
         ("exact_tail", True, TypeError),
+        ("exact_up_to", -1, ValueError),
+        ("exact_up_to", 2.5, TypeError),
     ],
 )
 def test_bad_values_name_the_field(field, value, error):
@@ -38,7 +56,7 @@ def test_bad_values_name_the_field(field, value, error):
 
 
 def test_edges_accepted():
-    HyperAttentionConfig(block_size=1, sample_size=0, lsh_num_projs=1, min_seq_len=1)
+    HyperAttentionConfig(block_size=1, sample_size=0, lsh_num_projs=1, exact_up_to=0, min_seq_len=1)
     HyperAttentionConfig(lsh_num_projs=16, sampling="value_norm")
 
 

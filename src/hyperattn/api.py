@@ -159,8 +159,9 @@ def hyper_attention(
         out (B, Hq, Nq, Dv) in q's dtype; with ``return_lse`` also lse (B, Hq, Nq) float32
         (float64 for float64 inputs).
 
-    Attention over at most ``config.min_seq_len`` queries is exact (PyTorch SDPA). Longer
-    inputs run fused Triton kernels for fp16/bf16 CUDA tensors and the PyTorch reference
+    Short inputs are exact (PyTorch SDPA; ``HyperAttentionConfig.runs_exact``: at most
+    ``config.min_seq_len`` queries, or no more work than causal attention over
+    ``config.exact_up_to`` tokens). Longer inputs run fused Triton kernels for fp16/bf16 CUDA tensors and the PyTorch reference
     executor otherwise (fp32 and fp64 inputs, CPU); ``config.impl`` overrides the choice.
     Gradients are those of the computed approximation for its fixed plan (hashes, samples and
     sample weights are constants), including every path through the log-sum-exp merges.
@@ -181,7 +182,7 @@ def hyper_attention(
                              "pass HyperAttentionConfig(impl='reference', ...)")
     if q.numel() == 0 or k.shape[2] == 0:
         return _empty_result(q, v, return_lse)
-    if q.shape[2] <= config.min_seq_len:
+    if config.runs_exact(q.shape[2], k.shape[2], causal):
         return _exact(q, k, v, scale, causal, return_lse, use_triton)
     plan = plan_hyper_attention(q, k, v, causal, config, generator, use_kernels=use_triton)
     out, lse = _execute(q, k, v, plan, scale, causal, use_triton)

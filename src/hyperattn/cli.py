@@ -35,8 +35,13 @@ def _str_list(text: str) -> list[str]:
     return [part for part in text.split(",") if part]
 
 
-def _add_config_args(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("HyperAttention (defaults: the paper's)")
+def _add_config_args(parser: argparse.ArgumentParser, measures_quality: bool = False) -> None:
+    """Config flags. Quality commands default to --exact-up-to 0, so that every input above
+    --min-seq-len is approximated, as in the paper; speed commands keep the library default."""
+    from hyperattn.config import HyperAttentionConfig
+
+    group = parser.add_argument_group("HyperAttention (defaults: the paper's)" if measures_quality
+                                      else "HyperAttention (defaults: the paper's, except --exact-up-to)")
     group.add_argument("--block-size", type=int, default=256)
     group.add_argument("--sample-size", type=int, default=256)
     group.add_argument("--lsh-num-projs", type=int, default=7)
@@ -48,6 +53,10 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
                        help="causal: every query attends exactly to the W keys before it (reference executor only)")
     group.add_argument("--exact-tail", type=int, default=0, metavar="T",
                        help="the last T queries attend exactly to every key they see")
+    group.add_argument("--exact-up-to", type=int, default=0 if measures_quality else HyperAttentionConfig.exact_up_to,
+                       metavar="N", help="attention costing no more than causal attention over N tokens runs exactly "
+                       f"(default %(default)s; the library's is {HyperAttentionConfig.exact_up_to}, below which cuDNN "
+                       "is faster on H100/H200); 0: only --min-seq-len decides, as in the paper")
 
 
 def config_from_args(args):
@@ -56,7 +65,7 @@ def config_from_args(args):
     return HyperAttentionConfig(block_size=args.block_size, sample_size=args.sample_size,
                                 lsh_num_projs=args.lsh_num_projs, min_seq_len=args.min_seq_len, sampling=args.sampling,
                                 exact_sinks=args.exact_sinks, exact_window=args.exact_window,
-                                exact_tail=args.exact_tail, impl="reference" if args.exact_window else "auto")
+                                exact_tail=args.exact_tail, exact_up_to=args.exact_up_to, impl="reference" if args.exact_window else "auto")
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -84,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--depths", type=_float_list, default=[0.1, 0.5, 0.9], help="needle depths in [0, 1]")
     demo.add_argument("--seed", type=_seed, default=0)
     demo.add_argument("--out", metavar="DIR", help="write demo.json and plots to this folder")
-    _add_config_args(demo)
+    _add_config_args(demo, measures_quality=True)
 
     evaluate = commands.add_parser("eval", help="quality of pretrained models with HyperAttention")
     evals = evaluate.add_subparsers(dest="eval", required=True)
@@ -98,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="comma-separated settings; last:0 is exact attention")
     ppl.add_argument("--windows", type=_positive_int, default=1, help="consecutive windows from the start of the text")
     ppl.add_argument("--seeds", type=_seed_list, default=[0], help="comma-separated seeds")
-    _add_config_args(ppl)
+    _add_config_args(ppl, measures_quality=True)
     needle = evals.add_parser(
         "needle", help="needle in a haystack: exact vs HyperAttention",
         description="Hides a 5-digit number at each depth of a long text and asks for it by greedy decoding; "
@@ -108,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     needle.add_argument("--depths", type=_float_list, default=[0.0, 0.25, 0.5, 0.75, 1.0])
     needle.add_argument("--layers", type=_str_list, default=["last:0", "last:15"])
     needle.add_argument("--seed", type=_seed, default=0)
-    _add_config_args(needle)
+    _add_config_args(needle, measures_quality=True)
 
     bench = commands.add_parser("bench", help="speed benchmarks (CUDA)")
     bench_kinds = bench.add_subparsers(dest="bench", required=True)

@@ -20,7 +20,7 @@ def _check_int(name: str, value, low: int, high: int | None = None) -> None:
 
 @dataclass(frozen=True)
 class HyperAttentionConfig:
-    """Hyperparameters of HyperAttention; the defaults are the paper's.
+    """Hyperparameters of HyperAttention; the defaults are the paper's, except ``exact_up_to``.
 
     Args:
         block_size: keys per LSH block (``b``); each query attends exactly to the
@@ -45,6 +45,12 @@ class HyperAttentionConfig:
         exact_window: causal only: every query attends exactly to the ``exact_window`` keys
             before it, also where they lie outside its diagonal block; the approximated
             parts skip them. ``>= 0``; not in the fused kernels yet.
+        exact_up_to: attention whose exact form costs at most as much as causal attention
+            over ``exact_up_to`` tokens (at most ``exact_up_to * (exact_up_to + 1) / 2``
+            query-key pairs) is computed exactly, by PyTorch's fused attention. On H100/H200
+            HyperAttention's kernels and launches are slower than cuDNN below about 16k causal
+            tokens (BENCHMARKS.md), so the default 16384 keeps every call at least as fast as
+            exact attention; ``0`` restores the paper's rule (only ``min_seq_len``). ``>= 0``.
         exact_tail: the last ``exact_tail`` queries attend exactly to every key they see
             (causal or not); their approximated rows are computed and replaced. A prompt's
             question usually sits at its end, and decoding is exact anyway. ``>= 0``.
@@ -59,6 +65,7 @@ class HyperAttentionConfig:
     exact_sinks: int = 0
     exact_window: int = 0
     exact_tail: int = 0
+    exact_up_to: int = 16384
 
     def __post_init__(self) -> None:
         _check_int("block_size", self.block_size, 1)
@@ -68,12 +75,23 @@ class HyperAttentionConfig:
         _check_int("exact_sinks", self.exact_sinks, 0)
         _check_int("exact_window", self.exact_window, 0)
         _check_int("exact_tail", self.exact_tail, 0)
+        _check_int("exact_up_to", self.exact_up_to, 0)
         if not isinstance(self.sampling, str) or self.sampling not in SAMPLING_METHODS:
             raise ValueError(
                 f"HyperAttentionConfig.sampling must be one of {SAMPLING_METHODS}, got {self.sampling!r}"
             )
         if not isinstance(self.impl, str) or self.impl not in IMPLEMENTATIONS:
             raise ValueError(f"HyperAttentionConfig.impl must be one of {IMPLEMENTATIONS}, got {self.impl!r}")
+
+    def runs_exact(self, num_queries: int, num_keys: int, causal: bool) -> bool:
+        """Whether attention of ``num_queries`` queries over ``num_keys`` keys is computed
+        exactly: at most ``min_seq_len`` queries, or at most as many query-key pairs as causal
+        attention over ``exact_up_to`` tokens (bottom-right causal: query i sees
+        ``num_keys - num_queries + i + 1`` keys)."""
+        if num_queries <= self.min_seq_len:
+            return True
+        pairs = num_queries * num_keys - (num_queries * (num_queries - 1) // 2 if causal else 0)
+        return pairs <= self.exact_up_to * (self.exact_up_to + 1) // 2
 
 
 def check_scale(scale, head_dim: int) -> float:

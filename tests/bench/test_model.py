@@ -20,7 +20,7 @@ def test_tiny_model_times_every_setting_and_patched_layers_run_hyper_attention(a
     real = integration.hyper_attention
     monkeypatch.setattr(integration, "hyper_attention", lambda q, *a, **kw: calls.append(q.shape) or real(q, *a, **kw))
     config = model_config(arch, 4, 256, **TINY)
-    hyper = HyperAttentionConfig(block_size=16, sample_size=16, min_seq_len=32)
+    hyper = HyperAttentionConfig(block_size=16, sample_size=16, exact_up_to=0, min_seq_len=32)
     rows = run_benchmark(config, [48, 80], ["exact", "half"], hyper, torch.device("cpu"), torch.float32)
     assert [(r["setting"], r["seq_len"]) for r in rows] == [("exact", 48), ("exact", 80), ("half", 48), ("half", 80)]
     assert all(r["ms"] > 0 for r in rows)

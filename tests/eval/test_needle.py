@@ -18,7 +18,7 @@ def test_prompt_has_the_length_and_the_needle_at_its_depth(char_tokenizer, depth
 
 
 def test_grid_covers_every_setting_length_and_depth(tiny_llama, char_tokenizer):
-    cfg = HyperAttentionConfig(block_size=16, sample_size=16, min_seq_len=64)
+    cfg = HyperAttentionConfig(block_size=16, sample_size=16, exact_up_to=0, min_seq_len=64)
     result = evaluate_needle(tiny_llama, char_tokenizer, TEXT, [300, 400], [0.0, 1.0], ["last:0", "all"], cfg)
     assert len(result["rows"]) == 8
     assert all(isinstance(r["correct"], bool) and r["answer"] is not None for r in result["rows"])

@@ -7,7 +7,7 @@ from hyperattn import HyperAttentionConfig
 from hyperattn.eval.perplexity import evaluate_perplexity, format_summary, summarize, token_windows
 from tests.eval.conftest import TEXT
 
-APPROX = HyperAttentionConfig(block_size=16, sample_size=16, min_seq_len=32)
+APPROX = HyperAttentionConfig(block_size=16, sample_size=16, exact_up_to=0, min_seq_len=32)
 
 
 def test_summary_quarters():

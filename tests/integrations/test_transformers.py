@@ -30,7 +30,7 @@ def tiny_model(arch):
 
 
 ARCHS = ["llama", "qwen2", "qwen3", "mistral", "gemma3"]
-APPROX = HyperAttentionConfig(block_size=16, sample_size=16, min_seq_len=32)
+APPROX = HyperAttentionConfig(block_size=16, sample_size=16, exact_up_to=0, min_seq_len=32)
 
 
 def tokens(length, batch=1, seed=0):
@@ -43,7 +43,7 @@ def test_exact_when_min_seq_len_covers_the_input(arch):
     ids = tokens(100)
     with torch.no_grad():
         want = model(ids).logits
-        integration.patch_model(model, "all", HyperAttentionConfig(min_seq_len=256))
+        integration.patch_model(model, "all", HyperAttentionConfig(exact_up_to=0, min_seq_len=256))
         got = model(ids).logits
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 

@@ -67,7 +67,7 @@ def test_cudnn_leaves_match_reference(name, fake_cudnn):
     batch, heads, nq, nk, d, block, samples, min_len, sinks = CASES[name]
     gen = torch.Generator().manual_seed(3)
     q, k, v = (torch.randn(batch, heads, n, d, generator=gen).to(DEVICE, DTYPE) for n in (nq, nk, nk))
-    cfg = HyperAttentionConfig(block_size=block, sample_size=samples, min_seq_len=min_len, exact_sinks=sinks)
+    cfg = HyperAttentionConfig(block_size=block, sample_size=samples, exact_up_to=0, min_seq_len=min_len, exact_sinks=sinks)
     plan = plan_hyper_attention(q, k, v, True, cfg, torch.Generator().manual_seed(4))
     parts = parts_of(plan, nq, nk, True)
     scale = d ** -0.5
@@ -147,7 +147,7 @@ def test_autograd_without_lse_runs_cudnn_leaves(fake_cudnn):
     batch, heads, nq, nk, d, block, samples, min_len, sinks = CASES["odd-head"]
     gen = torch.Generator().manual_seed(5)
     q, k, v = (torch.randn(batch, heads, n, d, generator=gen).to(DEVICE, DTYPE).requires_grad_() for n in (nq, nk, nk))
-    cfg = HyperAttentionConfig(block_size=block, sample_size=samples, min_seq_len=min_len)
+    cfg = HyperAttentionConfig(block_size=block, sample_size=samples, exact_up_to=0, min_seq_len=min_len)
     plan = plan_hyper_attention(q, k, v, True, cfg, torch.Generator().manual_seed(6))
     out, _ = interface.triton_attention(q, k, v, plan, d ** -0.5, True)
     out.float().sum().backward()

@@ -45,7 +45,7 @@ def make_case(name, seed=0, dtype=DTYPE):
     q, k, v = (torch.randn(1, h, n, w, generator=gen).to(DEVICE, dtype)
                for h, n, w in ((hq, nq, d), (hkv, nk, d), (hkv, nk, dv)))
     sinks = SINK_CASES[name][-1] if name in SINK_CASES else 0
-    cfg = HyperAttentionConfig(block_size=block, sample_size=samples, min_seq_len=min_len, exact_sinks=sinks)
+    cfg = HyperAttentionConfig(block_size=block, sample_size=samples, exact_up_to=0, min_seq_len=min_len, exact_sinks=sinks)
     plan = None if nq <= min_len else plan_hyper_attention(q, k, v, causal, cfg, torch.Generator().manual_seed(seed))
     return q, k, v, plan, causal
 
@@ -124,7 +124,7 @@ def test_forward_is_repeatable_and_ignores_poison():
     level part, so the accumulator's unwritten rows must not leak into the output."""
     q, k, v, _, _ = make_case("causal-gqa")
     q = q.repeat(1, 2, 1, 1)  # 8 query heads on 2 kv heads
-    cfg = HyperAttentionConfig(block_size=16, sample_size=20, min_seq_len=16)
+    cfg = HyperAttentionConfig(block_size=16, sample_size=20, exact_up_to=0, min_seq_len=16)
     plan = plan_hyper_attention(q, k, v, True, cfg, torch.Generator().manual_seed(7))
     parts = parts_of(plan, q.shape[2], k.shape[2], True)
     first, first_lse = attention_forward(q, k, v, parts, 0.2, poison=True)
@@ -158,7 +158,7 @@ def test_api_triton_path_matches_reference_path(causal):
     gen = torch.Generator().manual_seed(3)
     q = torch.randn(1, 4, 90, 32, generator=gen).to(DEVICE, DTYPE)
     k, v = (torch.randn(1, 2, 90, 32, generator=gen).to(DEVICE, DTYPE) for _ in range(2))
-    cfg = dict(block_size=16, sample_size=8, min_seq_len=16)
+    cfg = dict(block_size=16, sample_size=8, exact_up_to=0, min_seq_len=16)
     fused = hyper_attention(q, k, v, causal=causal, seed=5, return_lse=True,
                             config=HyperAttentionConfig(**cfg, impl="triton"))
     ref = hyper_attention(q, k, v, causal=causal, seed=5, return_lse=True,
@@ -170,7 +170,7 @@ def test_api_triton_path_matches_reference_path(causal):
 def test_triton_impl_rejects_float32():
     q = torch.randn(1, 1, 40, 16)
     with pytest.raises(TypeError, match="impl='triton'"):
-        hyper_attention(q, q, q, config=HyperAttentionConfig(min_seq_len=8, impl="triton"))
+        hyper_attention(q, q, q, config=HyperAttentionConfig(exact_up_to=0, min_seq_len=8, impl="triton"))
 
 
 def test_custom_op_passes_opcheck():
@@ -211,7 +211,7 @@ def test_hashing_kernel_matches_lsh_buckets(d, projs):
 def test_exact_tail_through_the_kernels_matches_the_reference():
     q, k, v, _, _ = make_case("causal-odd-prefill")
     q, k, v = (x.requires_grad_() for x in (q, k, v))
-    cfg = dict(block_size=8, sample_size=10, min_seq_len=8, exact_tail=6)
+    cfg = dict(block_size=8, sample_size=10, exact_up_to=0, min_seq_len=8, exact_tail=6)
     out, lse = hyper_attention(q, k, v, causal=True, config=HyperAttentionConfig(impl="triton", **cfg), seed=4,
                                return_lse=True)
     want, want_lse = hyper_attention(*(x.detach().double() for x in (q, k, v)), causal=True,

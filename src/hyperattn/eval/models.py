@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import torch
 
+from hyperattn.config import HyperAttentionConfig
 from hyperattn.eval.assets import resolve_model
+
+# The config evaluations use when given none: the paper's, every input above min_seq_len
+# approximated (the library's default runs short inputs exactly, and would measure nothing).
+PAPER_CONFIG = HyperAttentionConfig(exact_up_to=0)
 
 
 def load_model(spec: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):

@@ -9,9 +9,10 @@
 attention modules; every other module, and every call a patched module cannot serve with
 HyperAttention, runs PyTorch SDPA exactly as ``attn_implementation="sdpa"`` would:
 
-- prefill (more than ``config.min_seq_len`` queries) runs HyperAttention, causal and aligned
-  bottom-right, so chunked prefill against a KV cache works;
-- decoding and short prompts (at most ``min_seq_len`` queries) are exact;
+- long prefill runs HyperAttention, causal and aligned bottom-right, so chunked prefill
+  against a KV cache works;
+- decoding and short prompts (``HyperAttentionConfig.runs_exact``: at most ``min_seq_len``
+  queries, or no more work than causal attention over ``exact_up_to`` tokens) are exact;
 - padded batches run HyperAttention once per sequence over its valid tokens, so padded
   keys never contribute;
 - masks HyperAttention cannot honour (sliding windows that cut, packed sequences, custom
@@ -176,7 +177,7 @@ def hyper_attention_forward(
     (out (B, Sq, Hq, Dv) contiguous, None). Unpatched modules and short calls run SDPA."""
     config = getattr(module, _CONFIG_ATTR, None)
     num_queries, num_keys = query.shape[2], key.shape[2]
-    if config is None or num_queries <= config.min_seq_len:
+    if config is None or config.runs_exact(num_queries, num_keys, True):
         return _sdpa(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                      is_causal=is_causal, **kwargs)
     if dropout:
