@@ -11,11 +11,30 @@ from hyperattn.eval.assets import resolve_model
 # approximated (the library's default runs short inputs exactly, and would measure nothing).
 PAPER_CONFIG = HyperAttentionConfig(exact_up_to=0)
 
+# transformers releases whose GGUF loader builds a different function than the checkpoint:
+# model type -> first good release. Gemma-3-270m under 5.17 gives perplexity 192 instead
+# of 35.1 on 1024 tokens of Paul Graham's essays (5.18 to 5.24 agree on 35.1).
+GGUF_FIRST_GOOD_TRANSFORMERS = {"gemma3": "5.18.0", "gemma3_text": "5.18.0"}
+
+
+def check_gguf_loader(model_type: str, transformers_version: str) -> None:
+    """Raise RuntimeError if this transformers release loads GGUF checkpoints of
+    ``model_type`` wrongly (``GGUF_FIRST_GOOD_TRANSFORMERS``)."""
+    from packaging.version import Version
+
+    first_good = GGUF_FIRST_GOOD_TRANSFORMERS.get(model_type)
+    if first_good is not None and Version(transformers_version) < Version(first_good):
+        raise RuntimeError(
+            f"transformers {transformers_version} loads {model_type} GGUF checkpoints wrongly (perplexity several "
+            f"times the real model's); install transformers>={first_good} (on a machine without network, carry "
+            f"its wheel)")
+
 
 def load_model(spec: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
     """(model, tokenizer) for ``smollm2``, ``gemma3``, a GGUF file or a model directory.
 
     GGUF weights are dequantized to ``dtype`` by transformers (needs the ``gguf`` package)."""
+    import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging
 
@@ -28,6 +47,8 @@ def load_model(spec: str, device: str | torch.device = "cpu", dtype: torch.dtype
                                                      attn_implementation="sdpa")
     finally:
         logging.set_verbosity(verbosity)
+    if gguf_file is not None:
+        check_gguf_loader(model.config.model_type, transformers.__version__)
     return model.to(device).eval(), tokenizer
 
 
