@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("--cprofile", type=int, default=0, metavar="CALLS",
                         help="also profile the host side of this many calls per length (cProfile, top functions)")
     args = parser.parse_args()
-    config = HyperAttentionConfig()
+    config = HyperAttentionConfig(exact_up_to=0)  # time the HyperAttention path at every length
     print(f"{'len':>8} {'ours ms':>9} {'host ms/call':>13} {'cudnn ms':>9}")
     for seq_len in map(int, args.seq_lens.split(",")):
         q, k, v = (torch.randn(1, args.heads, seq_len, args.head_dim, device="cuda", dtype=torch.bfloat16)

@@ -39,7 +39,7 @@ def kernel_times(seq_len, heads, head_dim, causal) -> dict[str, float]:
     grad = torch.randn_like(q)
 
     def step():
-        hyper_attention(q, k, v, causal=causal, config=HyperAttentionConfig(), seed=0).backward(grad)
+        hyper_attention(q, k, v, causal=causal, config=HyperAttentionConfig(exact_up_to=0), seed=0).backward(grad)
 
     for _ in range(2):
         step()

@@ -42,12 +42,14 @@ def test_exact_with_one_block_and_no_samples(causal, nq, nk):
 
 @pytest.mark.parametrize("causal", [False, True])
 def test_inputs_within_exact_up_to_are_exact(causal):
-    """The default config: 6000 queries are above min_seq_len but cheaper than causal attention
-    over exact_up_to tokens, so they run exactly; a smaller exact_up_to approximates them."""
-    q, k, v = random_qkv(hq=2, hkv=1, nq=6000, nk=6000, d=8)
+    """40 queries are above min_seq_len but cheaper than causal attention over exact_up_to=64
+    tokens (1600 <= 2080 pairs), so they run exactly; exact_up_to=8 approximates them."""
+    q, k, v = random_qkv(hq=2, hkv=1, nq=40, nk=40, d=8)
+    small = dict(block_size=4, sample_size=4, lsh_num_projs=3, min_seq_len=8)
     ref = exact_attention(q, k, v, causal=causal)
-    torch.testing.assert_close(hyper_attention(q, k, v, causal=causal, seed=0), ref, rtol=1e-13, atol=1e-13)
-    approx = hyper_attention(q, k, v, causal=causal, seed=0, config=HyperAttentionConfig(exact_up_to=4096))
+    exact = hyper_attention(q, k, v, causal=causal, seed=0, config=HyperAttentionConfig(exact_up_to=64, **small))
+    torch.testing.assert_close(exact, ref, rtol=1e-13, atol=1e-13)
+    approx = hyper_attention(q, k, v, causal=causal, seed=0, config=HyperAttentionConfig(exact_up_to=8, **small))
     assert rel_error(approx, ref) > 1e-3
 
 

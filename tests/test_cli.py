@@ -54,3 +54,13 @@ def test_exact_window_flag_selects_the_reference_executor():
     config = config_from_args(args)
     assert (config.exact_sinks, config.exact_window, config.impl) == (4, 64, "reference")
     assert config_from_args(build_parser().parse_args(["eval", "ppl", "--exact-sinks", "4"])).impl == "auto"
+
+
+@pytest.mark.parametrize("argv,exact_up_to", [
+    (["demo"], 0), (["eval", "ppl"], 0), (["eval", "needle"], 0),  # quality: the approximation at every length
+    (["bench", "attention"], 16384), (["bench", "model"], 16384),  # speed: the library's default
+])
+def test_exact_up_to_defaults(argv, exact_up_to):
+    from hyperattn.cli import build_parser, config_from_args
+
+    assert config_from_args(build_parser().parse_args(argv)).exact_up_to == exact_up_to

@@ -149,7 +149,8 @@ def hyper_attention(
         causal: aligned bottom-right as in FlashAttention 2.1+: query i sits at position
             ``Nk - Nq + i`` and sees keys ``j <= Nk - Nq + i``; requires Nq <= Nk.
         scale: softmax scale, default ``D ** -0.5``.
-        config: hyperparameters; default ``HyperAttentionConfig()`` (the paper's).
+        config: hyperparameters; default ``HyperAttentionConfig()`` (the paper's, with short
+            inputs run exactly: ``exact_up_to``).
         seed: decides the LSH directions and the sampled keys (drawn by a generator on q's
             device): the same seed and inputs on the same device give bit-identical results.
             None draws a seed from PyTorch's global CPU generator (so ``torch.manual_seed``
@@ -161,8 +162,9 @@ def hyper_attention(
 
     Short inputs are exact (PyTorch SDPA; ``HyperAttentionConfig.runs_exact``: at most
     ``config.min_seq_len`` queries, or no more work than causal attention over
-    ``config.exact_up_to`` tokens). Longer inputs run fused Triton kernels for fp16/bf16 CUDA tensors and the PyTorch reference
-    executor otherwise (fp32 and fp64 inputs, CPU); ``config.impl`` overrides the choice.
+    ``config.exact_up_to`` tokens). Longer inputs run fused Triton kernels for fp16/bf16
+    CUDA tensors and the PyTorch reference executor otherwise (fp32 and fp64 inputs, CPU);
+    ``config.impl`` overrides the choice.
     Gradients are those of the computed approximation for its fixed plan (hashes, samples and
     sample weights are constants), including every path through the log-sum-exp merges.
     """

@@ -39,6 +39,7 @@ def _add_config_args(parser: argparse.ArgumentParser, measures_quality: bool = F
     """Config flags. Quality commands default to --exact-up-to 0, so that every input above
     --min-seq-len is approximated, as in the paper; speed commands keep the library default."""
     from hyperattn.config import HyperAttentionConfig
+    from hyperattn.eval.models import PAPER_CONFIG
 
     group = parser.add_argument_group("HyperAttention (defaults: the paper's)" if measures_quality
                                       else "HyperAttention (defaults: the paper's, except --exact-up-to)")
@@ -53,7 +54,7 @@ def _add_config_args(parser: argparse.ArgumentParser, measures_quality: bool = F
                        help="causal: every query attends exactly to the W keys before it (reference executor only)")
     group.add_argument("--exact-tail", type=int, default=0, metavar="T",
                        help="the last T queries attend exactly to every key they see")
-    group.add_argument("--exact-up-to", type=int, default=0 if measures_quality else HyperAttentionConfig.exact_up_to,
+    group.add_argument("--exact-up-to", type=int, default=(PAPER_CONFIG if measures_quality else HyperAttentionConfig).exact_up_to,
                        metavar="N", help="attention costing no more than causal attention over N tokens runs exactly "
                        f"(default %(default)s; the library's is {HyperAttentionConfig.exact_up_to}, below which cuDNN "
                        "is faster on H100/H200); 0: only --min-seq-len decides, as in the paper")

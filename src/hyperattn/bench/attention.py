@@ -101,6 +101,9 @@ def format_table(result: dict) -> str:
     by_key = {(r["seq_len"], r["head_dim"], r["causal"], r["mode"], r["impl"]): r for r in result["results"]}
     groups = sorted({(r["head_dim"], r["causal"], r["mode"]) for r in result["results"]})
     lines = [f"{result['card']}, batch {result['batch']}, {result['heads']} heads, {result['dtype']}; median ms"]
+    # results written before exact_up_to existed ran the paper's rule
+    config = HyperAttentionConfig(**{"exact_up_to": 0, **result["config"]})
+    lines.append("'exact': our call ran exact attention (HyperAttentionConfig.runs_exact)")
     for head_dim, causal, mode in groups:
         lines.append(f"\nhead dim {head_dim}, {'causal' if causal else 'non-causal'}, {mode.replace('_', '+')}")
         lines.append(f"{'seq_len':>8} {'flash':>9} {'cudnn':>9} {'ours':>9} {'vs cudnn':>9} {'ours GiB':>9}")
@@ -113,7 +116,8 @@ def format_table(result: dict) -> str:
             fmt = [f"{t:9.2f}" if t is not None else f"{'-':>9}" for t in times]
             peak = cells[2]["peak_gib"]
             peak = f"{peak:.2f}" if peak is not None else cells[2].get("error", "-")
-            lines.append(f"{seq_len:>8} {' '.join(fmt)} {ratio:>9} {peak:>9}")
+            exact = "  exact" if config.runs_exact(seq_len, seq_len, causal) else ""
+            lines.append(f"{seq_len:>8} {' '.join(fmt)} {ratio:>9} {peak:>9}{exact}")
     return "\n".join(lines)
 
 

@@ -23,7 +23,7 @@ def check_gguf_loader(model_type: str, transformers_version: str) -> None:
     from packaging.version import Version
 
     first_good = GGUF_FIRST_GOOD_TRANSFORMERS.get(model_type)
-    if first_good is not None and Version(transformers_version) < Version(first_good):
+    if first_good is not None and Version(transformers_version).release < Version(first_good).release:
         raise RuntimeError(
             f"transformers {transformers_version} loads {model_type} GGUF checkpoints wrongly (perplexity several "
             f"times the real model's); install transformers>={first_good} (on a machine without network, carry "

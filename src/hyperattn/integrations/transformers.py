@@ -16,7 +16,8 @@ HyperAttention, runs PyTorch SDPA exactly as ``attn_implementation="sdpa"`` woul
 - padded batches run HyperAttention once per sequence over its valid tokens, so padded
   keys never contribute;
 - masks HyperAttention cannot honour (sliding windows that cut, packed sequences, custom
-  masks), attention dropout, logit soft-capping and attention sinks raise ``ValueError``.
+  masks), attention dropout, logit soft-capping and attention sinks raise ``ValueError``
+  once a call would run HyperAttention; calls that run exactly never raise.
 """
 
 from __future__ import annotations
@@ -83,7 +84,8 @@ def patch_model(
 
     Args:
         layers: ``"all"``, ``"last:K"``, ``"first:K"`` or layer indices.
-        config: HyperAttention hyperparameters (default: the paper's).
+        config: HyperAttention hyperparameters (default ``HyperAttentionConfig()``: the
+            paper's, with prompts up to ``exact_up_to`` tokens run exactly).
         seed: layer i uses ``seed + i`` (None: fresh randomness every call).
         include_sliding: also patch sliding-window layers (Gemma-3's local layers,
             Mistral's); they then run HyperAttention only while the window covers the whole

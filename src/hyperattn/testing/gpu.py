@@ -119,14 +119,20 @@ def main(argv=None) -> int:
     parser.add_argument("--no-cases", action="store_true", help="skip the realistic-size cases")
     parser.add_argument("--dtypes", default="bfloat16,float16", help="comma-separated input dtypes to check")
     parser.add_argument("--cases", default="", help="comma-separated case names to run (default: all)")
-    parser.add_argument("--repeat", type=int, default=1, help="run every case this many times (fresh inputs)")
+    parser.add_argument("--repeat", type=int, default=1, help="run every case this many times (fresh inputs), >= 1")
     parser.add_argument("--leaves", choices=("cudnn", "triton"), default="cudnn",
                         help="engine of the diagonal leaves wherever cuDNN can run them (HYPERATTN_LEAVES; the "
                         "default 'auto' would switch engines between the calls compared)")
     args = parser.parse_args(argv)
-    unknown = set(filter(None, args.cases.split(","))) - {case[0] for case in CASES}
+    names = [name.strip() for name in args.cases.split(",") if name.strip()]
+    unknown = set(names) - {case[0] for case in CASES}
     if unknown:
         parser.error(f"--cases: unknown case(s) {sorted(unknown)}; expected names from {[c[0] for c in CASES]}")
+    if args.cases and not names:
+        parser.error(f"--cases: no case named in {args.cases!r}")
+    if args.repeat < 1:
+        parser.error(f"--repeat must be >= 1, got {args.repeat}")
+    chosen = [case for case in CASES if not names or case[0] in names]
     os.environ["HYPERATTN_LEAVES"] = args.leaves
     if not torch.cuda.is_available():
         print("no CUDA device", file=sys.stderr)
@@ -135,7 +141,6 @@ def main(argv=None) -> int:
     rows, failed = [], 0
     dtypes = [getattr(torch, name) for name in args.dtypes.split(",")]
     for dtype in () if args.no_cases else dtypes:
-        chosen = [case for case in CASES if not args.cases or case[0] in args.cases.split(",")]
         for case in chosen * args.repeat:
             ok, unwritten, errors = check_case(*case, dtype=dtype)
             failed += not ok
