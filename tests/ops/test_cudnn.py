@@ -100,12 +100,12 @@ def test_leaf_views_are_the_diagonal_blocks():
 
 def test_cudnn_is_off_without_cuda_or_when_asked(monkeypatch):
     q = torch.zeros(1, 2, 8, 16, dtype=torch.bfloat16)
-    assert not cudnn.use_cudnn_leaves(q, q, q, 0, 0, 4, 2, "forward")  # a CPU tensor
+    assert not cudnn.use_cudnn_leaves(q, q, q, 4, 2, "forward")  # a CPU tensor
     monkeypatch.setenv("HYPERATTN_LEAVES", "triton")
-    assert not cudnn.use_cudnn_leaves(q, q, q, 0, 0, 4, 2, "forward")
+    assert not cudnn.use_cudnn_leaves(q, q, q, 4, 2, "forward")
     monkeypatch.setenv("HYPERATTN_LEAVES", "TRITON")
     with pytest.raises(ValueError, match="HYPERATTN_LEAVES must be one of auto, cudnn, triton"):
-        cudnn.use_cudnn_leaves(q, q, q, 0, 0, 4, 2, "forward")
+        cudnn.use_cudnn_leaves(q, q, q, 4, 2, "forward")
 
 
 def test_cudnn_shape_rules():

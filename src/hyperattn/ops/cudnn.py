@@ -74,15 +74,16 @@ def _cudnn_switched_on() -> bool:
     return torch.backends.cuda.cudnn_sdp_enabled() and not strict
 
 
-def use_cudnn_leaves(q, k, v, q_start: int, k_start: int, side: int, num_leaves: int, direction: str) -> bool:
+def use_cudnn_leaves(q, k, v, side: int, num_leaves: int, direction: str) -> bool:
     """Whether cuDNN runs the leaves of this call's ``direction`` ("forward" or "backward")."""
     setting = leaf_engine_setting()
     if setting == "triton" or not q.is_cuda or not cudnn_shapes_supported(q, k, v):
         return False
     if not _cudnn_switched_on():
         return False
-    views = [_leaf_view(x, 0, start, side, num_leaves) for x, start in ((q, q_start), (k, k_start), (v, k_start))]
-    geometry = (direction, q.device, q.dtype, *(tuple(x.shape) + x.stride() for x in views))
+    # what decides cuDNN's graph: the leaf views' shapes and strides, which follow from these
+    geometry = (direction, q.device, q.dtype, side, num_leaves,
+                *((x.shape[1], x.shape[-1], *x.stride()[1:]) for x in (q, k, v)))
     return decide_leaf_engine(setting, geometry, torch.cuda.is_current_stream_capturing(),
                               lambda: _cudnn_works(q.device, q.dtype, q.shape[-1]))
 

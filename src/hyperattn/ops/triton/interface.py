@@ -183,7 +183,7 @@ def _launch_forward(q, k, v, out, lse, part: Part, scale: float, merge: bool) ->
 
 def _cudnn_runs(q, k, v, part: Part, direction: str) -> bool:
     """Whether cuDNN runs this part (the diagonal leaves) in ``direction``."""
-    return part.diagonal and use_cudnn_leaves(q, k, v, part.q_start, part.k_start, part.n_q, part.rects, direction)
+    return part.diagonal and use_cudnn_leaves(q, k, v, part.n_q, part.rects, direction)
 
 
 def attention_forward(q, k, v, parts: list[Part], scale: float, poison: bool = False):
