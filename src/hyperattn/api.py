@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -9,6 +10,7 @@ from torch.nn.attention.bias import causal_lower_right
 
 from hyperattn.config import HyperAttentionConfig, check_scale
 from hyperattn.ops import compute_dtype, reference_attention
+from hyperattn.ops.split_keys import exact_attention_split_keys
 from hyperattn.ops.triton import TRITON_DTYPES, has_triton
 from hyperattn.plan import plan_hyper_attention
 
@@ -190,9 +192,10 @@ def hyper_attention(
     out, lse = _execute(q, k, v, plan, scale, causal, use_triton)
     tail = min(config.exact_tail, q.shape[2])
     if tail:  # the last queries' rows, exact; autograd sends their gradients to the exact part only
-        tail_out, tail_lse = _execute(q[:, :, -tail:], k, v, None, scale, causal, use_triton)
-        out = torch.cat([out[:, :, :-tail], tail_out], dim=2)
-        lse = torch.cat([lse[:, :, :-tail], tail_lse], dim=2)
+        tail_out, tail_lse = exact_attention_split_keys(
+            q[:, :, -tail:], k, v, scale, causal, functools.partial(_execute, use_triton=use_triton))
+        out = torch.cat([out[:, :, :-tail], tail_out.to(out.dtype)], dim=2)
+        lse = torch.cat([lse[:, :, :-tail], tail_lse.to(lse.dtype)], dim=2)
     return _finish(q, out, lse, return_lse)
 
 

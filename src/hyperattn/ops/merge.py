@@ -45,3 +45,22 @@ def merge_attention(
     out = (weight_a / safe_total).unsqueeze(-1) * out_a + (weight_b / safe_total).unsqueeze(-1) * out_b
     lse = torch.where(has_mass, torch.log(safe_total) + top, torch.full_like(total, -torch.inf))
     return out, lse
+
+
+def merge_attention_stack(out: torch.Tensor, lse: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``merge_attention`` of C parts over disjoint key sets, stacked along ``dim``.
+
+    out: (..., C, ..., N, Dv) and lse: (..., C, ..., N), with ``dim`` counted on lse (a
+    negative ``dim`` counts from lse's end). Returns out (..., N, Dv) and lse (..., N) without
+    that dim; parts with lse ``-inf`` count for nothing and rows without any get out 0, lse -inf.
+    """
+    dim = dim % lse.dim()
+    top = lse.amax(dim, keepdim=True).detach()
+    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    weights = torch.exp(lse - top)
+    total = weights.sum(dim, keepdim=True)
+    has_mass = total > 0
+    safe_total = torch.where(has_mass, total, torch.ones_like(total))
+    merged = ((weights / safe_total).unsqueeze(-1) * out).sum(dim)
+    merged_lse = torch.where(has_mass, torch.log(safe_total) + top, torch.full_like(total, -torch.inf)).squeeze(dim)
+    return merged, merged_lse

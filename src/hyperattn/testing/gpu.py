@@ -18,7 +18,8 @@ import time
 import torch
 
 from hyperattn import HyperAttentionConfig, hyper_attention
-from hyperattn.ops import causal_hyper_attention_reference, reference_attention
+from hyperattn.ops import causal_hyper_attention_reference, exact_attention_reference, reference_attention
+from hyperattn.ops.split_keys import exact_attention_split_keys
 from hyperattn.ops.triton.interface import attention_backward, attention_forward, parts_of, triton_attention
 from hyperattn.plan import plan_hyper_attention
 
@@ -40,6 +41,12 @@ CASES = [
     ("exact lse", 1, 8, 2, 3000, 4000, 64, 64, True, None),
     ("sinks", 1, 8, 8, 16384, 16384, 64, 64, True, dict(exact_sinks=16)),  # cuDNN leaves with sinks
     ("sinks prefill", 1, 4, 2, 6000, 16384, 128, 128, True, dict(min_seq_len=2048, exact_sinks=64)),
+]
+# Exact attention of a few queries over many keys split into chunks (``exact_tail``):
+# name: (batch, Hq, Hkv, Nq, Nk, D, Dv, causal)
+SPLIT_KEY_CASES = [
+    ("split keys causal", 1, 8, 2, 64, 32768, 64, 64, True),
+    ("split keys non-causal", 2, 4, 4, 100, 20000, 128, 128, False),
 ]
 
 
@@ -86,6 +93,28 @@ def check_case(name, batch, hq, hkv, nq, nk, d, dv, causal, overrides, dtype, de
     return ok, unwritten, errors
 
 
+def check_split_keys(name, batch, hq, hkv, nq, nk, d, dv, causal, dtype, device="cuda"):
+    """``exact_attention_split_keys`` through the kernels against the float64 reference:
+    out, lse, and gradients with an lse gradient."""
+    q = torch.randn(batch, hq, nq, d, device=device, dtype=dtype, requires_grad=True)
+    k = torch.randn(batch, hkv, nk, d, device=device, dtype=dtype, requires_grad=True)
+    v = torch.randn(batch, hkv, nk, dv, device=device, dtype=dtype, requires_grad=True)
+    scale = d ** -0.5
+    out, lse = exact_attention_split_keys(q, k, v, scale, causal, triton_attention)
+    q64, k64, v64 = (x.detach().double().requires_grad_() for x in (q, k, v))
+    ref_out, ref_lse = exact_attention_reference(q64, k64, v64, scale, causal)
+    dout, dlse = torch.randn_like(ref_out), torch.randn_like(ref_lse)
+    ref_grads = torch.autograd.grad((ref_out * dout).sum() + (ref_lse * dlse).sum(), (q64, k64, v64))
+    grads = torch.autograd.grad((out.float() * dout.float()).sum() + (lse.float() * dlse.float()).sum(), (q, k, v))
+    unwritten = sum((~torch.isfinite(x)).sum().item() for x in (out, lse, *grads))
+    errors = {"out": _rel(out, ref_out), "lse": (lse.double() - ref_lse).abs().max().item()}
+    errors.update({label: _rel(g, r) for label, g, r in zip(("dq", "dk", "dv"), grads, ref_grads)})
+    tol = TOLERANCE[dtype]
+    ok = (unwritten == 0 and errors["out"] <= tol["fwd"] and errors["lse"] <= 10 * tol["fwd"]
+          and all(value <= tol["bwd"] for key, value in errors.items() if key.startswith("d")))
+    return ok, unwritten, errors
+
+
 def check_long(seq_len, heads, device="cuda"):
     """Causal forward at a length where 32-bit offsets overflow. Every row must be written;
     with at most 4 heads the output is also compared with the float32 reference (same plan)."""
@@ -125,14 +154,16 @@ def main(argv=None) -> int:
                         "default 'auto' would switch engines between the calls compared)")
     args = parser.parse_args(argv)
     names = [name.strip() for name in args.cases.split(",") if name.strip()]
-    unknown = set(names) - {case[0] for case in CASES}
+    known = [case[0] for case in CASES + SPLIT_KEY_CASES]
+    unknown = set(names) - set(known)
     if unknown:
-        parser.error(f"--cases: unknown case(s) {sorted(unknown)}; expected names from {[c[0] for c in CASES]}")
+        parser.error(f"--cases: unknown case(s) {sorted(unknown)}; expected names from {known}")
     if args.cases and not names:
         parser.error(f"--cases: no case named in {args.cases!r}")
     if args.repeat < 1:
         parser.error(f"--repeat must be >= 1, got {args.repeat}")
-    chosen = [case for case in CASES if not names or case[0] in names]
+    chosen = [(check_case, case) for case in CASES if not names or case[0] in names]
+    chosen += [(check_split_keys, case) for case in SPLIT_KEY_CASES if not names or case[0] in names]
     os.environ["HYPERATTN_LEAVES"] = args.leaves
     if not torch.cuda.is_available():
         print("no CUDA device", file=sys.stderr)
@@ -141,8 +172,8 @@ def main(argv=None) -> int:
     rows, failed = [], 0
     dtypes = [getattr(torch, name) for name in args.dtypes.split(",")]
     for dtype in () if args.no_cases else dtypes:
-        for case in chosen * args.repeat:
-            ok, unwritten, errors = check_case(*case, dtype=dtype)
+        for check, case in chosen * args.repeat:
+            ok, unwritten, errors = check(*case, dtype=dtype)
             failed += not ok
             rows.append(f"{'PASS' if ok else 'FAIL'} {case[0]:<16} {str(dtype)[6:]:<9} unwritten={unwritten} "
                         + " ".join(f"{key}={value:.2e}" for key, value in errors.items()))
