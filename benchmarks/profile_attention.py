@@ -17,7 +17,7 @@ from torch.profiler import ProfilerActivity, profile
 from hyperattn import HyperAttentionConfig, hyper_attention
 
 
-def profile_case(seq_len, heads, head_dim, causal, backward, top):
+def profile_case(seq_len, heads, head_dim, causal, backward, top, config):
     q, k, v = (torch.randn(1, heads, seq_len, head_dim, device="cuda", dtype=torch.bfloat16,
                            requires_grad=backward) for _ in range(3))
     grad = torch.randn_like(q)
@@ -25,7 +25,7 @@ def profile_case(seq_len, heads, head_dim, causal, backward, top):
     def step():
         for x in (q, k, v):
             x.grad = None  # time the backward alone, not the accumulation into .grad
-        out = hyper_attention(q, k, v, causal=causal, config=HyperAttentionConfig(exact_up_to=0), seed=0)
+        out = hyper_attention(q, k, v, causal=causal, config=config, seed=0)
         if backward:
             out.backward(grad)
 
@@ -61,11 +61,16 @@ def main():
     parser.add_argument("--head-dim", type=int, default=64)
     parser.add_argument("--top", type=int, default=12)
     parser.add_argument("--forward-only", action="store_true")
+    parser.add_argument("--causal-only", action="store_true")
+    parser.add_argument("--exact-sinks", type=int, default=0, help="HyperAttentionConfig.exact_sinks (causal)")
+    parser.add_argument("--exact-tail", type=int, default=0, help="HyperAttentionConfig.exact_tail")
     args = parser.parse_args()
     print(torch.cuda.get_device_name())
-    for causal in (False, True):
+    for causal in (True,) if args.causal_only or args.exact_sinks else (False, True):
+        config = HyperAttentionConfig(exact_up_to=0, exact_sinks=args.exact_sinks if causal else 0,
+                                      exact_tail=args.exact_tail)
         for backward in (False,) if args.forward_only else (False, True):
-            profile_case(args.seq_len, args.heads, args.head_dim, causal, backward, args.top)
+            profile_case(args.seq_len, args.heads, args.head_dim, causal, backward, args.top, config)
 
 
 if __name__ == "__main__":

@@ -219,3 +219,15 @@ def test_exact_tail_through_the_kernels_matches_the_reference():
     assert rel_error(out, want) < 2e-3 and (lse.double() - want_lse).abs().max() < 1e-3
     out.float().sum().backward()
     assert all(torch.isfinite(x.grad).all() for x in (q, k, v))
+
+
+def test_sinks_of_later_leaves_are_one_problem_per_leaf_on_shared_keys():
+    from hyperattn.ops.triton.interface import Part
+
+    q, k, v, plan, causal = make_case("sinks")
+    shared = [part for part in parts_of(plan, q.shape[2], k.shape[2], causal) if part.key_rect_stride == 0]
+    assert len(shared) == 1 and shared[0].rects == plan.schedule.num_leaves - 1 and not shared[0].last_dkdv
+    with pytest.raises(ValueError, match="cannot own"):
+        Part(None, False, 3, 0, 0, 4, 4, 2, key_rect_stride=0)
+    with pytest.raises(ValueError, match="only in exact parts"):
+        Part(plan.level_plans[0], False, 1, 0, 0, 4, 4, 4, last_dq=False, last_dkdv=False, key_rect_stride=0)

@@ -252,7 +252,7 @@ def dense_bwd_dq_kernel(
     stride_ob, stride_oh, stride_on,
     stride_lb, stride_lh,
     n_q, n_k, num_tiles,
-    rects, q_start, k_start, rect_stride,
+    rects, q_start, k_start, rect_stride, key_rect_stride,
     num_q_heads, group,
     CAUSAL: tl.constexpr, WRITE: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
     D_PAD: tl.constexpr, DV_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -280,7 +280,7 @@ def dense_bwd_dq_kernel(
                                                   offs_d, offs_dv, d_mask, dv_mask)
     k_base = K + batch.to(tl.int64) * stride_kb + hk.to(tl.int64) * stride_kh
     v_base = V + batch.to(tl.int64) * stride_vb + hk.to(tl.int64) * stride_vh
-    key_row0 = k_start + r * rect_stride
+    key_row0 = k_start + r * key_rect_stride
     dq = tl.zeros([BLOCK_M, D_PAD], tl.float32)
 
     k_hi = n_k
@@ -306,7 +306,7 @@ def dense_bwd_dkdv_kernel(
     stride_ob, stride_oh, stride_on,
     stride_lb, stride_lh,
     n_q, n_k, num_tiles,
-    rects, q_start, k_start, rect_stride,
+    rects, q_start, k_start, rect_stride, key_rect_stride,
     num_kv_heads, group, kv_seq_len,
     CAUSAL: tl.constexpr, WRITE: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
     D_PAD: tl.constexpr, DV_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -326,7 +326,7 @@ def dense_bwd_dkdv_kernel(
     offs_dv = tl.arange(0, DV_PAD)
     d_mask = offs_d < HEAD_DIM
     dv_mask = offs_dv < HEAD_DIM_V
-    k_rows = (k_start + r * rect_stride + offs_n).to(tl.int64)
+    k_rows = (k_start + r * key_rect_stride + offs_n).to(tl.int64)
     k = load_rows(K + batch.to(tl.int64) * stride_kb + hk.to(tl.int64) * stride_kh, k_rows, stride_kn, offs_d, kmask, d_mask)
     v = load_rows(V + batch.to(tl.int64) * stride_vb + hk.to(tl.int64) * stride_vh, k_rows, stride_vn, offs_dv, kmask, dv_mask)
     dk = tl.zeros([BLOCK_N, D_PAD], tl.float32)

@@ -44,13 +44,16 @@ def query_block_range(blk, block_size, n_q, n_k):
 
 @triton.jit
 def write_rows(Acc, Final, rows, row_stride, cols, row_mask, col_mask, value, WRITE: tl.constexpr):
-    """Write a gradient tile to rows this program alone owns (no atomics).
+    """Write a gradient tile.
 
-    ``WRITE``: "add" does ``Acc += value`` (fp32); "finish" writes ``Acc + value`` to Final in
-    Final's dtype; "store" writes ``value`` to Final. Acc and Final share the layout."""
+    ``WRITE``: "add" does ``Acc += value`` (fp32) on rows this program alone owns; "atomic"
+    does it with atomics (rows other programs add to as well); "finish" writes ``Acc + value``
+    to Final in Final's dtype; "store" writes ``value`` to Final. Acc and Final share the layout."""
     offsets = rows[:, None] * row_stride + cols[None, :]
     mask = row_mask[:, None] & col_mask[None, :]
-    if WRITE == "store":
+    if WRITE == "atomic":
+        tl.atomic_add(Acc + offsets, value, mask=mask)
+    elif WRITE == "store":
         tl.store(Final + offsets, value.to(Final.dtype.element_ty), mask=mask)
     else:
         total = tl.load(Acc + offsets, mask=mask, other=0.0) + value

@@ -211,13 +211,14 @@ def dense_fwd_kernel(
     stride_ob, stride_oh, stride_on,
     stride_lb, stride_lh,
     n_q, n_k, num_tiles,
-    rects, q_start, k_start, rect_stride,
+    rects, q_start, k_start, rect_stride, key_rect_stride,
     num_q_heads, group,
     CAUSAL: tl.constexpr, MERGE: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
     D_PAD: tl.constexpr, DV_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """Exact attention of one tile of consecutive queries of one (problem, head); causal is
-    bottom-right aligned (query i sees keys j <= n_k - n_q + i)."""
+    bottom-right aligned (query i sees keys j <= n_k - n_q + i). Problem r reads query rows
+    from ``q_start + r * rect_stride`` and key rows from ``k_start + r * key_rect_stride``."""
     pid = tl.program_id(0)
     zh = pid // num_tiles
     tile = pid % num_tiles
@@ -239,7 +240,7 @@ def dense_fwd_kernel(
     q = load_rows(q_base, q_rows, stride_qn, offs_d, rmask, d_mask)
     k_base = K + batch.to(tl.int64) * stride_kb + hk.to(tl.int64) * stride_kh
     v_base = V + batch.to(tl.int64) * stride_vb + hk.to(tl.int64) * stride_vh
-    key_row0 = k_start + r * rect_stride
+    key_row0 = k_start + r * key_rect_stride
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)

@@ -37,7 +37,9 @@ def _sm_count(device: torch.device) -> int:
 @dataclass(frozen=True)
 class Part:
     """One launch: ``rects`` problems per batch row, problem r reading query rows
-    ``q_start + r * rect_stride + [0, n_q)`` and key rows ``k_start + r * rect_stride + [0, n_k)``.
+    ``q_start + r * rect_stride + [0, n_q)`` and key rows ``k_start + r * key_rect_stride + [0, n_k)``
+    (``key_rect_stride`` None: ``rect_stride``; another value only for exact parts, and 0 only
+    for parts that do not own their key rows: their problems add to the same key gradients).
 
     ``plan`` None means exact attention (causal: bottom-right within the problem).
     ``diagonal``: the causal diagonal leaves (cuDNN may run them; see ``hyperattn.ops.cudnn``).
@@ -58,6 +60,15 @@ class Part:
     last_dkdv: bool = True
     sinks: int = 0
     diagonal: bool = False
+    key_rect_stride: int | None = None
+
+    def __post_init__(self):
+        if self.key_rect_stride is None:
+            object.__setattr__(self, "key_rect_stride", self.rect_stride)
+        if self.key_rect_stride != self.rect_stride and self.plan is not None:
+            raise ValueError("Part.key_rect_stride differs from rect_stride only in exact parts")
+        if self.key_rect_stride == 0 and self.rects > 1 and self.last_dkdv:
+            raise ValueError("a Part whose problems share key rows cannot own them (last_dkdv)")
 
 
 def parts_of(plan: AttentionPlan | CausalPlan | None, n_q: int, n_k: int, causal: bool) -> list[Part]:
@@ -88,9 +99,9 @@ def parts_of(plan: AttentionPlan | CausalPlan | None, n_q: int, n_k: int, causal
         if exact_before < min(plan.sinks, prefix):
             parts.append(Part(None, False, 1, head, exact_before, 0, s.leaf_len,
                               min(plan.sinks, prefix) - exact_before, last_dq=False, last_dkdv=False))
-        if s.num_leaves > 1 and exact_before < plan.sinks:
-            parts.append(Part(None, False, 1, head + s.leaf_len, exact_before, 0, s.main_len - s.leaf_len,
-                              plan.sinks - exact_before, last_dq=False, last_dkdv=False))
+        if s.num_leaves > 1 and exact_before < plan.sinks:  # one problem per later leaf, all on the same keys
+            parts.append(Part(None, False, s.num_leaves - 1, head + s.leaf_len, exact_before, s.leaf_len, s.leaf_len,
+                              plan.sinks - exact_before, last_dq=False, last_dkdv=False, key_rect_stride=0))
     return parts
 
 
@@ -170,8 +181,8 @@ def _launch_forward(q, k, v, out, lse, part: Part, scale: float, merge: bool) ->
     if part.plan is None:
         tiles = triton.cdiv(part.n_q, cfg["BLOCK_M"])
         dense_fwd_kernel[(problems * tiles,)](
-            q, k, v, out, lse, scale_log2, *strides, part.n_q, part.n_k, tiles, *geometry,
-            CAUSAL=part.causal, MERGE=merge, **_dims(q, v), **cfg)
+            q, k, v, out, lse, scale_log2, *strides, part.n_q, part.n_k, tiles, *geometry[:4], part.key_rect_stride,
+            *geometry[4:], CAUSAL=part.causal, MERGE=merge, **_dims(q, v), **cfg)
     else:
         p = part.plan
         tiles_per_block, _, tiles = _hyper_tiles(part, cfg["BLOCK_M"])
@@ -293,12 +304,15 @@ def attention_backward(dout, dlse, q, k, v, out, lse, parts: list[Part], scale: 
             cfg_dq, cfg_dkdv = cfgs["dense_dq"], cfgs["dense_dkdv"]
             q_tiles = triton.cdiv(part.n_q, cfg_dq["BLOCK_M"])
             k_tiles = triton.cdiv(part.n_k, cfg_dkdv["BLOCK_N"])
+            shared_keys = part.key_rect_stride == 0 and part.rects > 1  # problems add to the same key rows
             dense_bwd_dq_kernel[(problems * num_q_heads * q_tiles,)](
                 q, k, v, dout, lse, delta, dq_acc, dq, scale, scale_log2, *strides, part.n_q, part.n_k, q_tiles,
-                *q_geometry, CAUSAL=part.causal, WRITE=dq_mode, **dims, **cfg_dq)
+                *q_geometry[:4], part.key_rect_stride, *q_geometry[4:], CAUSAL=part.causal, WRITE=dq_mode, **dims,
+                **cfg_dq)
             dense_bwd_dkdv_kernel[(problems * num_kv_heads * k_tiles,)](
                 q, k, v, dout, lse, delta, dk_acc, dk, dv_acc, dvv, scale, scale_log2, *strides, part.n_q, part.n_k,
-                k_tiles, *kv_geometry, CAUSAL=part.causal, WRITE=dkdv_mode, **dims, **cfg_dkdv)
+                k_tiles, *kv_geometry[:4], part.key_rect_stride, *kv_geometry[4:], CAUSAL=part.causal,
+                WRITE="atomic" if shared_keys else dkdv_mode, **dims, **cfg_dkdv)
             continue
         cfg_dq, cfg_dkdv = cfgs["hyper_dq"], cfgs["hyper_dkdv"]
         tiles_per_block, num_blocks, tiles = _hyper_tiles(part, cfg_dq["BLOCK_M"])
