@@ -66,9 +66,8 @@ def main():
     parser.add_argument("--exact-tail", type=int, default=0, help="HyperAttentionConfig.exact_tail")
     args = parser.parse_args()
     print(torch.cuda.get_device_name())
-    for causal in (True,) if args.causal_only or args.exact_sinks else (False, True):
-        config = HyperAttentionConfig(exact_up_to=0, exact_sinks=args.exact_sinks if causal else 0,
-                                      exact_tail=args.exact_tail)
+    for causal in (True,) if args.causal_only or args.exact_sinks else (False, True):  # sinks are causal-only
+        config = HyperAttentionConfig(exact_up_to=0, exact_sinks=args.exact_sinks, exact_tail=args.exact_tail)
         for backward in (False,) if args.forward_only else (False, True):
             profile_case(args.seq_len, args.heads, args.head_dim, causal, backward, args.top, config)
 

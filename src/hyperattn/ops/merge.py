@@ -35,20 +35,11 @@ def merge_attention(
     out_*: (..., N, Dv); lse_*: (..., N). Either side may be ``-inf`` (an empty key set);
     differentiable in all four inputs, so gradients flow through the lse of every part.
     """
-    top = torch.maximum(lse_a, lse_b).detach()
-    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
-    weight_a = torch.exp(lse_a - top)
-    weight_b = torch.exp(lse_b - top)
-    total = weight_a + weight_b
-    has_mass = total > 0
-    safe_total = torch.where(has_mass, total, torch.ones_like(total))
-    out = (weight_a / safe_total).unsqueeze(-1) * out_a + (weight_b / safe_total).unsqueeze(-1) * out_b
-    lse = torch.where(has_mass, torch.log(safe_total) + top, torch.full_like(total, -torch.inf))
-    return out, lse
+    return merge_attention_stack(torch.stack((out_a, out_b)), torch.stack((lse_a, lse_b)), dim=0)
 
 
 def merge_attention_stack(out: torch.Tensor, lse: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``merge_attention`` of C parts over disjoint key sets, stacked along ``dim``.
+    """Combine attention over C disjoint key sets, stacked along ``dim`` (``merge_attention`` for C = 2).
 
     out: (..., C, ..., N, Dv) and lse: (..., C, ..., N), with ``dim`` counted on lse (a
     negative ``dim`` counts from lse's end). Returns out (..., N, Dv) and lse (..., N) without

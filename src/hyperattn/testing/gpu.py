@@ -54,6 +54,13 @@ def _rel(x, ref):
     return ((x.double() - ref).norm() / ref.norm()).item()
 
 
+def _passes(errors: dict, unwritten: int, dtype) -> bool:
+    """Every element written, out and lse within the forward tolerance, gradients ("d...") within the backward's."""
+    tol = TOLERANCE[dtype]
+    return (unwritten == 0 and errors["out"] <= tol["fwd"] and errors["lse"] <= 10 * tol["fwd"]
+            and all(value <= tol["bwd"] for key, value in errors.items() if key.startswith("d")))
+
+
 def check_case(name, batch, hq, hkv, nq, nk, d, dv, causal, overrides, dtype, device="cuda"):
     q = torch.randn(batch, hq, nq, d, device=device, dtype=dtype)
     k = torch.randn(batch, hkv, nk, d, device=device, dtype=dtype)
@@ -86,11 +93,7 @@ def check_case(name, batch, hq, hkv, nq, nk, d, dv, causal, overrides, dtype, de
     errors = {"out": _rel(out, ref_out), "lse": (lse.double() - ref_lse).abs().max().item()}
     errors.update({label: _rel(g, r) for label, g, r in zip(("dq", "dk", "dv"), grads, ref_grads)})
     errors.update({label + "_o": _rel(g, r) for label, g, r in zip(("dq", "dk", "dv"), out_grads, ref_out_grads)})
-    tol = TOLERANCE[dtype]
-    ok = (unwritten == 0 and errors["out"] <= tol["fwd"] and errors["lse"] <= 10 * tol["fwd"]
-          and all(value <= tol["bwd"] for key, value in errors.items() if key.startswith("d"))
-          and torch.equal(out, out2))
-    return ok, unwritten, errors
+    return _passes(errors, unwritten, dtype) and torch.equal(out, out2), unwritten, errors
 
 
 def check_split_keys(name, batch, hq, hkv, nq, nk, d, dv, causal, dtype, device="cuda"):
@@ -109,10 +112,7 @@ def check_split_keys(name, batch, hq, hkv, nq, nk, d, dv, causal, dtype, device=
     unwritten = sum((~torch.isfinite(x)).sum().item() for x in (out, lse, *grads))
     errors = {"out": _rel(out, ref_out), "lse": (lse.double() - ref_lse).abs().max().item()}
     errors.update({label: _rel(g, r) for label, g, r in zip(("dq", "dk", "dv"), grads, ref_grads)})
-    tol = TOLERANCE[dtype]
-    ok = (unwritten == 0 and errors["out"] <= tol["fwd"] and errors["lse"] <= 10 * tol["fwd"]
-          and all(value <= tol["bwd"] for key, value in errors.items() if key.startswith("d")))
-    return ok, unwritten, errors
+    return _passes(errors, unwritten, dtype), unwritten, errors
 
 
 def check_long(seq_len, heads, device="cuda"):

@@ -67,8 +67,19 @@ class Part:
             object.__setattr__(self, "key_rect_stride", self.rect_stride)
         if self.key_rect_stride != self.rect_stride and self.plan is not None:
             raise ValueError("Part.key_rect_stride differs from rect_stride only in exact parts")
-        if self.key_rect_stride == 0 and self.rects > 1 and self.last_dkdv:
+        if self.shares_key_rows and self.last_dkdv:
             raise ValueError("a Part whose problems share key rows cannot own them (last_dkdv)")
+
+    @property
+    def shares_key_rows(self) -> bool:
+        """Whether several problems read (and add gradients to) the same key rows."""
+        return self.key_rect_stride == 0 and self.rects > 1
+
+    @property
+    def rows(self) -> tuple[int, int, int, int]:
+        """(rects, q_start, k_start, rect_stride): the kernels' row arguments (exact kernels
+        also take ``key_rect_stride``)."""
+        return self.rects, self.q_start, self.k_start, self.rect_stride
 
 
 def parts_of(plan: AttentionPlan | CausalPlan | None, n_q: int, n_k: int, causal: bool) -> list[Part]:
@@ -176,20 +187,20 @@ def _launch_forward(q, k, v, out, lse, part: Part, scale: float, merge: bool) ->
     cfg = _launch_config("dense_fwd" if part.plan is None else "hyper_fwd", q.shape[-1], v.shape[-1])
     strides = _strides(q, k, v, out, lse)
     scale_log2 = scale * math.log2(math.e)
-    geometry = (part.rects, part.q_start, part.k_start, part.rect_stride, num_q_heads, num_q_heads // k.shape[1])
+    heads = (num_q_heads, num_q_heads // k.shape[1])
     problems = batch * part.rects * num_q_heads
     if part.plan is None:
         tiles = triton.cdiv(part.n_q, cfg["BLOCK_M"])
         dense_fwd_kernel[(problems * tiles,)](
-            q, k, v, out, lse, scale_log2, *strides, part.n_q, part.n_k, tiles, *geometry[:4], part.key_rect_stride,
-            *geometry[4:], CAUSAL=part.causal, MERGE=merge, **_dims(q, v), **cfg)
+            q, k, v, out, lse, scale_log2, *strides, part.n_q, part.n_k, tiles, *part.rows, part.key_rect_stride,
+            *heads, CAUSAL=part.causal, MERGE=merge, **_dims(q, v), **cfg)
     else:
         p = part.plan
         tiles_per_block, _, tiles = _hyper_tiles(part, cfg["BLOCK_M"])
         hyper_fwd_kernel[(problems * tiles,)](
             q, k, v, out, lse, p.q_perm, p.k_perm, p.sample_idx, p.sample_block, p.sample_log_weight,
             scale_log2, *strides, part.n_q, part.n_k, p.sample_idx.shape[-1], p.block_size,
-            tiles_per_block, tiles, *geometry, part.sinks, MERGE=merge, **_dims(q, v), **cfg)
+            tiles_per_block, tiles, *part.rows, *heads, part.sinks, MERGE=merge, **_dims(q, v), **cfg)
 
 
 def _cudnn_runs(q, k, v, part: Part, direction: str) -> bool:
@@ -278,8 +289,7 @@ def attention_backward(dout, dlse, q, k, v, out, lse, parts: list[Part], scale: 
     for part in sorted(parts, key=lambda part: (part.last_dq, part.last_dkdv)):
         if part is cudnn_part:
             continue
-        q_geometry = (part.rects, part.q_start, part.k_start, part.rect_stride, num_q_heads, group)
-        kv_geometry = (part.rects, part.q_start, part.k_start, part.rect_stride, num_kv_heads, group, n_k)
+        q_heads, kv_heads = (num_q_heads, group), (num_kv_heads, group, n_k)
         problems = batch * part.rects
         p = part.plan
         num_samples = 0 if p is None else p.sample_idx.shape[-1]
@@ -296,7 +306,7 @@ def attention_backward(dout, dlse, q, k, v, out, lse, parts: list[Part], scale: 
                 q, k, v, dout, lse, delta, accumulator("dk", dk), accumulator("dv", dvv),
                 p.q_perm, p.sample_idx, p.sample_block, p.sample_log_weight,
                 scale, scale_log2, *strides, part.n_q, part.n_k, num_samples, p.block_size, sample_chunks,
-                segments, segment_len, *kv_geometry, part.sinks, **dims, **cfg)
+                segments, segment_len, *part.rows, *kv_heads, part.sinks, **dims, **cfg)
         dq_mode, dkdv_mode = write_mode("dq", part.last_dq), write_mode("dk", part.last_dkdv)
         dq_acc = accumulator("dq", dq) if dq_mode != "store" else dq
         dk_acc, dv_acc = (accumulator("dk", dk), accumulator("dv", dvv)) if dkdv_mode != "store" else (dk, dvv)
@@ -304,27 +314,26 @@ def attention_backward(dout, dlse, q, k, v, out, lse, parts: list[Part], scale: 
             cfg_dq, cfg_dkdv = cfgs["dense_dq"], cfgs["dense_dkdv"]
             q_tiles = triton.cdiv(part.n_q, cfg_dq["BLOCK_M"])
             k_tiles = triton.cdiv(part.n_k, cfg_dkdv["BLOCK_N"])
-            shared_keys = part.key_rect_stride == 0 and part.rects > 1  # problems add to the same key rows
             dense_bwd_dq_kernel[(problems * num_q_heads * q_tiles,)](
                 q, k, v, dout, lse, delta, dq_acc, dq, scale, scale_log2, *strides, part.n_q, part.n_k, q_tiles,
-                *q_geometry[:4], part.key_rect_stride, *q_geometry[4:], CAUSAL=part.causal, WRITE=dq_mode, **dims,
+                *part.rows, part.key_rect_stride, *q_heads, CAUSAL=part.causal, WRITE=dq_mode, **dims,
                 **cfg_dq)
             dense_bwd_dkdv_kernel[(problems * num_kv_heads * k_tiles,)](
                 q, k, v, dout, lse, delta, dk_acc, dk, dv_acc, dvv, scale, scale_log2, *strides, part.n_q, part.n_k,
-                k_tiles, *kv_geometry[:4], part.key_rect_stride, *kv_geometry[4:], CAUSAL=part.causal,
-                WRITE="atomic" if shared_keys else dkdv_mode, **dims, **cfg_dkdv)
+                k_tiles, *part.rows, part.key_rect_stride, *kv_heads, CAUSAL=part.causal,
+                WRITE="atomic" if part.shares_key_rows else dkdv_mode, **dims, **cfg_dkdv)
             continue
         cfg_dq, cfg_dkdv = cfgs["hyper_dq"], cfgs["hyper_dkdv"]
         tiles_per_block, num_blocks, tiles = _hyper_tiles(part, cfg_dq["BLOCK_M"])
         hyper_bwd_dq_kernel[(problems * num_q_heads * tiles,)](
             q, k, v, dout, lse, delta, dq_acc, dq, p.q_perm, p.k_perm, p.sample_idx, p.sample_block,
             p.sample_log_weight, scale, scale_log2, *strides, part.n_q, part.n_k, num_samples, p.block_size,
-            tiles_per_block, tiles, *q_geometry, part.sinks, WRITE=dq_mode, **dims, **cfg_dq)
+            tiles_per_block, tiles, *part.rows, *q_heads, part.sinks, WRITE=dq_mode, **dims, **cfg_dq)
         key_tiles_per_block = triton.cdiv(p.block_size, cfg_dkdv["BLOCK_N"])
         key_tiles = key_tiles_per_block * num_blocks
         hyper_bwd_dkdv_kernel[(problems * num_kv_heads * key_tiles,)](
             q, k, v, dout, lse, delta, dk_acc, dk, dv_acc, dvv, p.q_perm, p.k_perm, scale, scale_log2, *strides,
-            part.n_q, part.n_k, p.block_size, key_tiles_per_block, key_tiles, *kv_geometry, part.sinks, WRITE=dkdv_mode,
+            part.n_q, part.n_k, p.block_size, key_tiles_per_block, key_tiles, *part.rows, *kv_heads, part.sinks, WRITE=dkdv_mode,
             **dims, **cfg_dkdv)
     if cudnn_part is not None:
         part = cudnn_part
