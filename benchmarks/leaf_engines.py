@@ -17,7 +17,7 @@ import sys
 import torch
 import triton
 
-from hyperattn.bench.attention import _ours, time_case
+from hyperattn.bench.attention import hyper_attention_runner, time_case
 from hyperattn.config import HyperAttentionConfig
 from hyperattn.ops.cudnn import cudnn_causal_forward
 
@@ -42,7 +42,7 @@ def main() -> None:
     parser.add_argument("--json")
     args = parser.parse_args()
     rows = []
-    run = _ours(HyperAttentionConfig(exact_up_to=0))
+    run = hyper_attention_runner(HyperAttentionConfig(exact_up_to=0))
     for head_dim in map(int, args.head_dims.split(",")):
         for seq_len in map(int, args.seq_lens.split(",")):
             for mode in ("fwd", "fwd_bwd"):

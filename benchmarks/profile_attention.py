@@ -62,11 +62,13 @@ def main():
     parser.add_argument("--top", type=int, default=12)
     parser.add_argument("--forward-only", action="store_true")
     parser.add_argument("--causal-only", action="store_true")
-    parser.add_argument("--exact-sinks", type=int, default=0, help="HyperAttentionConfig.exact_sinks (causal)")
-    parser.add_argument("--exact-tail", type=int, default=0, help="HyperAttentionConfig.exact_tail")
+    parser.add_argument("--exact-sinks", type=int, default=HyperAttentionConfig.exact_sinks,
+                        help="HyperAttentionConfig.exact_sinks (default %(default)s; the paper's: 0)")
+    parser.add_argument("--exact-tail", type=int, default=HyperAttentionConfig.exact_tail,
+                        help="HyperAttentionConfig.exact_tail (default %(default)s; the paper's: 0)")
     args = parser.parse_args()
     print(torch.cuda.get_device_name())
-    for causal in (True,) if args.causal_only or args.exact_sinks else (False, True):  # sinks are causal-only
+    for causal in (True,) if args.causal_only else (False, True):
         config = HyperAttentionConfig(exact_up_to=0, exact_sinks=args.exact_sinks, exact_tail=args.exact_tail)
         for backward in (False,) if args.forward_only else (False, True):
             profile_case(args.seq_len, args.heads, args.head_dim, causal, backward, args.top, config)

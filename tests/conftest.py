@@ -7,6 +7,9 @@ import torch
 # any kernel is defined.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# pytest-xdist runs one worker per core: more intra-op threads than cores make small ops crawl.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 
 
 def random_qkv(batch=1, hq=2, hkv=1, nq=64, nk=None, d=8, dv=None, dtype=torch.float64, seed=0, requires_grad=False):

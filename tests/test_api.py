@@ -3,9 +3,12 @@ import torch
 
 from hyperattn import HyperAttention, HyperAttentionConfig, exact_attention, hyper_attention
 from hyperattn.bench.inputs import clustered_qkv
+from hyperattn.plan import causal_schedule
 from tests.conftest import random_qkv
 
-SMALL = HyperAttentionConfig(block_size=4, sample_size=4, lsh_num_projs=3, exact_up_to=0, min_seq_len=8)
+# The paper's algorithm at toy sizes (the default exact tail of 64 queries would cover them)
+PAPER = dict(exact_sinks=0, exact_tail=0)
+SMALL = HyperAttentionConfig(block_size=4, sample_size=4, lsh_num_projs=3, exact_up_to=0, min_seq_len=8, **PAPER)
 
 
 def rel_error(a, b):
@@ -45,7 +48,7 @@ def test_inputs_within_exact_up_to_are_exact(causal):
     """40 queries are above min_seq_len but cheaper than causal attention over exact_up_to=64
     tokens (1600 <= 2080 pairs), so they run exactly; exact_up_to=8 approximates them."""
     q, k, v = random_qkv(hq=2, hkv=1, nq=40, nk=40, d=8)
-    small = dict(block_size=4, sample_size=4, lsh_num_projs=3, min_seq_len=8)
+    small = dict(block_size=4, sample_size=4, lsh_num_projs=3, min_seq_len=8, **PAPER)
     ref = exact_attention(q, k, v, causal=causal)
     exact = hyper_attention(q, k, v, causal=causal, seed=0, config=HyperAttentionConfig(exact_up_to=64, **small))
     torch.testing.assert_close(exact, ref, rtol=1e-13, atol=1e-13)
@@ -61,21 +64,35 @@ def test_approximation_is_active_above_min_seq_len():
 
 # --- exact sinks and window ---------------------------------------------------------------
 
-@pytest.mark.parametrize("nq,nk", [(100, 100), (77, 77), (64, 64), (64, 150)])  # 64: no head, no prefix
-@pytest.mark.parametrize("extra", [dict(exact_sinks=10**6), dict(exact_window=10**6)])
-def test_sinks_or_window_covering_every_key_is_exact(nq, nk, extra):
+@pytest.mark.parametrize("causal,nq,nk", [(True, 100, 100), (True, 77, 77), (True, 64, 64), (True, 64, 150),
+                                           (False, 64, 150), (False, 90, 33)])  # 64 causal: no head, no prefix
+def test_a_window_or_non_causal_sinks_covering_every_key_is_exact(causal, nq, nk):
     q, k, v = random_qkv(batch=2, hq=4, hkv=2, nq=nq, nk=nk, d=8)
-    cfg = HyperAttentionConfig(block_size=4, sample_size=4, lsh_num_projs=3, exact_up_to=0, min_seq_len=8, **extra)
-    out, lse = hyper_attention(q, k, v, causal=True, config=cfg, seed=1, return_lse=True)
-    ref, ref_lse = exact_attention(q, k, v, causal=True, return_lse=True)
+    extra = dict(exact_window=10**6, exact_sinks=0) if causal else dict(exact_sinks=10**6)
+    cfg = HyperAttentionConfig(block_size=4, sample_size=4, lsh_num_projs=3, exact_up_to=0, min_seq_len=8, exact_tail=0,
+                               **extra)
+    out, lse = hyper_attention(q, k, v, causal=causal, config=cfg, seed=1, return_lse=True)
+    ref, ref_lse = exact_attention(q, k, v, causal=causal, return_lse=True)
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(lse, ref_lse, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("nq,nk", [(100, 100), (64, 150)])
+def test_causal_sinks_stop_before_the_second_leaf(nq, nk):
+    """Sinks beyond the keys before the second diagonal leaf change nothing."""
+    q, k, v = random_qkv(hq=2, hkv=1, nq=nq, nk=nk, d=8)
+    base = dict(block_size=4, sample_size=4, lsh_num_projs=3, exact_up_to=0, min_seq_len=8, exact_tail=0)
+    schedule = causal_schedule(nq, nk, 8)
+    cap = schedule.prefix_len + schedule.head_len + schedule.leaf_len
+    outs = [hyper_attention(q, k, v, causal=True, config=HyperAttentionConfig(**base, exact_sinks=sinks), seed=1)
+            for sinks in (cap, cap + 1, 10**6)]
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+
+
 def causal_errors(q, k, v, base: dict, **extra) -> tuple[float, float]:
-    """Relative errors against exact causal attention: with ``base`` alone, and with ``extra`` too."""
+    """Relative errors against exact causal attention: with ``base`` alone, and with ``extra`` over it."""
     ref = exact_attention(q, k, v, causal=True)
-    return tuple(rel_error(hyper_attention(q, k, v, causal=True, config=HyperAttentionConfig(**base, **more),
+    return tuple(rel_error(hyper_attention(q, k, v, causal=True, config=HyperAttentionConfig(**{**base, **more}),
                                            seed=2), ref) for more in ({}, extra))
 
 
@@ -87,8 +104,8 @@ def test_dominant_sinks_are_computed_exactly(nq, nk):
     q, k = q.clone(), k.clone()
     q[..., 0], k[..., 0] = 3.0, 0.0
     k[:, :, :4, 0] = 3.0  # scores of the 4 sink keys: about 9 / sqrt(8) above the rest
-    plain, sinks = causal_errors(q, k, v, dict(block_size=4, sample_size=4, lsh_num_projs=3, exact_up_to=0, min_seq_len=8),
-                                 exact_sinks=4)
+    plain, sinks = causal_errors(q, k, v, dict(block_size=4, sample_size=4, lsh_num_projs=3, exact_up_to=0, min_seq_len=8,
+                                               **PAPER), exact_sinks=4)
     assert sinks < 0.5 * plain
 
 
@@ -103,15 +120,15 @@ def test_window_keeps_the_keys_before_a_leaf_exact():
     q = features.expand(1, 2, nq, 8).contiguous()
     k = features.expand(1, 1, nk, 8).contiguous()
     v = torch.randn(1, 1, nk, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    plain, window = causal_errors(q, k, v, dict(block_size=4, sample_size=4, lsh_num_projs=3, exact_up_to=0, min_seq_len=16),
-                                  exact_window=8)
+    plain, window = causal_errors(q, k, v, dict(block_size=4, sample_size=4, lsh_num_projs=3, exact_up_to=0, min_seq_len=16,
+                                                **PAPER), exact_window=8)
     assert window < 0.5 * plain
 
 
-def test_sinks_and_window_are_causal_and_the_window_reference_only():
+def test_the_window_is_causal_and_reference_only():
     q, k, v = random_qkv(nq=40, d=4)
-    with pytest.raises(ValueError, match="apply to causal attention"):
-        hyper_attention(q, k, v, causal=False, config=HyperAttentionConfig(exact_up_to=0, min_seq_len=8, exact_sinks=2))
+    with pytest.raises(ValueError, match="applies to causal attention"):
+        hyper_attention(q, k, v, causal=False, config=HyperAttentionConfig(exact_up_to=0, min_seq_len=8, exact_window=2))
     with pytest.raises(ValueError, match="reference executor only"):
         hyper_attention(q.half(), k.half(), v.half(), causal=True,
                         config=HyperAttentionConfig(exact_up_to=0, min_seq_len=8, exact_window=4, impl="triton"))
@@ -164,7 +181,7 @@ def test_mqa_runs_with_the_approximation():
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("sampling", ["uniform", "value_norm"])
 def test_same_seed_same_bits_other_seed_other_result(causal, sampling):
-    cfg = HyperAttentionConfig(block_size=4, sample_size=4, exact_up_to=0, min_seq_len=8, sampling=sampling)
+    cfg = HyperAttentionConfig(block_size=4, sample_size=4, exact_up_to=0, min_seq_len=8, sampling=sampling, exact_tail=8)
     q, k, v = random_qkv(hq=2, nq=64, dtype=torch.float32)
     a = hyper_attention(q, k, v, causal=causal, config=cfg, seed=11)
     b = hyper_attention(q, k, v, causal=causal, config=cfg, seed=11)
@@ -202,7 +219,8 @@ def test_low_precision_inputs_follow_the_float64_result(dtype, causal):
 def test_exact_tail_rows_are_exact_and_the_rest_unchanged(causal, nq, nk):
     q, k, v = random_qkv(batch=2, hq=4, hkv=2, nq=nq, nk=nk, d=8)
     plain, plain_lse = hyper_attention(q, k, v, causal=causal, config=SMALL, seed=3, return_lse=True)
-    cfg = HyperAttentionConfig(block_size=4, sample_size=4, lsh_num_projs=3, exact_up_to=0, min_seq_len=8, exact_tail=10)
+    cfg = HyperAttentionConfig(block_size=4, sample_size=4, lsh_num_projs=3, exact_up_to=0, min_seq_len=8, exact_sinks=0,
+                               exact_tail=10)
     out, lse = hyper_attention(q, k, v, causal=causal, config=cfg, seed=3, return_lse=True)
     ref, ref_lse = exact_attention(q, k, v, causal=causal, return_lse=True)
     torch.testing.assert_close(out[:, :, -10:], ref[:, :, -10:], rtol=1e-12, atol=1e-12)
@@ -220,12 +238,14 @@ def test_exact_tail_longer_than_the_queries_is_exact():
 
 # --- gradients --------------------------------------------------------------------------
 
-@pytest.mark.parametrize("causal,extra", [(False, {}), (True, {}), (True, dict(exact_sinks=2, exact_window=3)),
-                                          (True, dict(exact_tail=7)), (False, dict(exact_tail=3))])
+@pytest.mark.parametrize("causal,extra", [(False, PAPER), (True, PAPER), (True, dict(exact_sinks=2, exact_window=3)),
+                                          (True, dict(exact_sinks=0, exact_tail=7)), (False, dict(exact_tail=3)),
+                                          (False, dict(exact_sinks=5, exact_tail=0))])
 @pytest.mark.parametrize("nq,nk", [(40, 40), (29, 45)])
 def test_gradcheck_with_the_approximation_active(causal, extra, nq, nk):
     q, k, v = random_qkv(hq=2, hkv=1, nq=nq, nk=nk, d=4, requires_grad=True, seed=5)
-    cfg = HyperAttentionConfig(block_size=4, sample_size=5, lsh_num_projs=3, exact_up_to=0, min_seq_len=6, **extra)
+    cfg = HyperAttentionConfig(block_size=4, sample_size=5, lsh_num_projs=3, exact_up_to=0, min_seq_len=6,
+                               **{"exact_tail": 0, **extra})
     approx = hyper_attention(q, k, v, causal=causal, config=cfg, seed=2)
     assert rel_error(approx, exact_attention(q, k, v, causal=causal)) > 1e-3
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
@@ -10,7 +9,6 @@ from torch.nn.attention.bias import causal_lower_right
 
 from hyperattn.config import HyperAttentionConfig, check_scale
 from hyperattn.ops import compute_dtype, reference_attention
-from hyperattn.ops.split_keys import exact_attention_split_keys
 from hyperattn.ops.triton import TRITON_DTYPES, has_triton
 from hyperattn.plan import plan_hyper_attention
 
@@ -178,35 +176,25 @@ def hyper_attention(
         raise TypeError(f"config must be a HyperAttentionConfig or None, got {type(config).__name__}")
     generator = _make_generator(seed, q.device)
     use_triton = _use_triton(q, config.impl)
-    if config.exact_sinks or config.exact_window:
+    if config.exact_window:
         if not causal:
-            raise ValueError("config.exact_sinks and config.exact_window apply to causal attention; got causal=False")
-        if use_triton and config.exact_window:
+            raise ValueError("config.exact_window applies to causal attention; got causal=False")
+        if use_triton:
             raise ValueError("config.exact_window runs in the reference executor only so far; "
                              "pass HyperAttentionConfig(impl='reference', ...)")
     if q.numel() == 0 or k.shape[2] == 0:
         return _empty_result(q, v, return_lse)
-    if config.runs_exact(q.shape[2], k.shape[2], causal):
+    if config.runs_exact(q.shape[2], k.shape[2], causal) or config.exact_tail >= q.shape[2]:
         return _exact(q, k, v, scale, causal, return_lse, use_triton)
     plan = plan_hyper_attention(q, k, v, causal, config, generator, use_kernels=use_triton)
-    out, lse = _execute(q, k, v, plan, scale, causal, use_triton)
-    tail = min(config.exact_tail, q.shape[2])
-    if tail:  # the last queries' rows, exact; autograd sends their gradients to the exact part only
-        tail_out, tail_lse = exact_attention_split_keys(
-            q[:, :, -tail:], k, v, scale, causal, functools.partial(_execute, use_triton=use_triton))
-        # a contiguous copy and a write of the tail rows (the op keeps its own out for its backward);
-        # a cat of the strided head rows runs several times slower on CUDA
-        out, lse = out.clone(), lse.clone()
-        out[:, :, -tail:] = tail_out
-        lse[:, :, -tail:] = tail_lse
-    return _finish(q, out, lse, return_lse)
+    return _finish(q, *_execute(q, k, v, plan, scale, causal, use_triton, config.exact_tail), return_lse)
 
 
-def _execute(q, k, v, plan, scale, causal, use_triton):
-    """(out, lse) of ``plan`` (None: exact attention, bottom-right causal) by the fused kernels
-    or the reference executor."""
+def _execute(q, k, v, plan, scale, causal, use_triton, tail=0):
+    """(out, lse) of ``plan`` (None: exact attention, bottom-right causal), the last ``tail``
+    rows exact, by the fused kernels or the reference executor."""
     if use_triton:
         from hyperattn.ops.triton.interface import triton_attention
 
-        return triton_attention(q, k, v, plan, scale, causal)
-    return reference_attention(q, k, v, plan, scale, causal)
+        return triton_attention(q, k, v, plan, scale, causal, tail)
+    return reference_attention(q, k, v, plan, scale, causal, tail)

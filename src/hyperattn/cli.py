@@ -36,25 +36,27 @@ def _str_list(text: str) -> list[str]:
 
 
 def _add_config_args(parser: argparse.ArgumentParser, measures_quality: bool = False) -> None:
-    """Config flags. Quality commands default to --exact-up-to 0, so that every input above
-    --min-seq-len is approximated, as in the paper; speed commands keep the library default."""
+    """Config flags, defaulting to the library's config. Quality commands default to
+    --exact-up-to 0, so that every input above --min-seq-len is approximated; speed commands keep
+    the library default. The paper's algorithm: --exact-sinks 0 --exact-tail 0."""
     from hyperattn.config import HyperAttentionConfig
-    from hyperattn.eval.models import PAPER_CONFIG
+    from hyperattn.eval.models import EVAL_CONFIG
 
-    group = parser.add_argument_group("HyperAttention (defaults: the paper's)" if measures_quality
-                                      else "HyperAttention (defaults: the paper's, except --exact-up-to)")
+    group = parser.add_argument_group(
+        "HyperAttention (defaults: the library's, with --exact-up-to 0; the paper's: --exact-sinks 0 --exact-tail 0)"
+        if measures_quality else "HyperAttention (defaults: the library's; the paper's: --exact-sinks 0 --exact-tail 0)")
     group.add_argument("--block-size", type=int, default=256)
     group.add_argument("--sample-size", type=int, default=256)
     group.add_argument("--lsh-num-projs", type=int, default=7)
     group.add_argument("--min-seq-len", type=int, default=4096)
     group.add_argument("--sampling", choices=["uniform", "value_norm"], default="uniform")
-    group.add_argument("--exact-sinks", type=int, default=0, metavar="S",
-                       help="causal: every query attends exactly to the first S keys")
+    group.add_argument("--exact-sinks", type=int, default=HyperAttentionConfig.exact_sinks, metavar="S",
+                       help="every query attends exactly to the first S keys (default %(default)s)")
     group.add_argument("--exact-window", type=int, default=0, metavar="W",
                        help="causal: every query attends exactly to the W keys before it (reference executor only)")
-    group.add_argument("--exact-tail", type=int, default=0, metavar="T",
-                       help="the last T queries attend exactly to every key they see")
-    group.add_argument("--exact-up-to", type=int, default=(PAPER_CONFIG if measures_quality else HyperAttentionConfig).exact_up_to,
+    group.add_argument("--exact-tail", type=int, default=HyperAttentionConfig.exact_tail, metavar="T",
+                       help="the last T queries attend exactly to every key they see (default %(default)s)")
+    group.add_argument("--exact-up-to", type=int, default=(EVAL_CONFIG if measures_quality else HyperAttentionConfig).exact_up_to,
                        metavar="N", help="attention costing no more than causal attention over N tokens runs exactly "
                        f"(default %(default)s; the library's is {HyperAttentionConfig.exact_up_to}, below which cuDNN "
                        "is faster on H100/H200); 0: only --min-seq-len decides, as in the paper")

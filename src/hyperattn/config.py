@@ -20,7 +20,10 @@ def _check_int(name: str, value, low: int, high: int | None = None) -> None:
 
 @dataclass(frozen=True)
 class HyperAttentionConfig:
-    """Hyperparameters of HyperAttention; the defaults are the paper's, except ``exact_up_to``.
+    """Hyperparameters of HyperAttention; the defaults are the paper's (block 256, 256 samples,
+    7 projections, min_seq_len 4096) plus 16 exact sinks, an exact tail of 64 queries and
+    ``exact_up_to``: BENCHMARKS.md ("The default") gives the quality and speed behind them. The
+    paper's algorithm is ``HyperAttentionConfig(exact_sinks=0, exact_tail=0, exact_up_to=0)``.
 
     Args:
         block_size: keys per LSH block (``b``); each query attends exactly to the
@@ -38,10 +41,10 @@ class HyperAttentionConfig:
         impl: ``"auto"`` (fused Triton kernels for fp16/bf16 CUDA tensors, the PyTorch
             reference otherwise), ``"reference"`` or ``"triton"`` (fp16/bf16 only; CUDA, or
             any device under ``TRITON_INTERPRET=1``).
-        exact_sinks: causal only: every query attends exactly to the first ``exact_sinks``
-            keys of the sequence (the "attention sinks" of language models); the
-            approximated parts skip them. ``>= 0``; the fused kernels take at most the
-            keys before the second diagonal leaf (at least ``min_seq_len / 2``).
+        exact_sinks: every query attends exactly to the first ``exact_sinks`` keys of the
+            sequence (the "attention sinks" of language models); the approximated parts skip
+            them. ``>= 0``. Causal calls cap it at the keys before the second diagonal leaf
+            (at least ``min_seq_len / 2`` keys).
         exact_window: causal only: every query attends exactly to the ``exact_window`` keys
             before it, also where they lie outside its diagonal block; the approximated
             parts skip them. ``>= 0``; not in the fused kernels yet.
@@ -52,8 +55,9 @@ class HyperAttentionConfig:
             tokens (BENCHMARKS.md), so the default 16384 keeps every call at least as fast as
             exact attention; ``0`` restores the paper's rule (only ``min_seq_len``). ``>= 0``.
         exact_tail: the last ``exact_tail`` queries attend exactly to every key they see
-            (causal or not); their approximated rows are computed and replaced. A prompt's
-            question usually sits at its end, and decoding is exact anyway. ``>= 0``.
+            (causal or not), in place of their approximated rows. A prompt's question usually
+            sits at its end, and decoding is exact anyway. ``>= 0``; a call with at most
+            ``exact_tail`` queries is exact.
     """
 
     block_size: int = 256
@@ -62,9 +66,9 @@ class HyperAttentionConfig:
     min_seq_len: int = 4096
     sampling: str = "uniform"
     impl: str = "auto"
-    exact_sinks: int = 0
+    exact_sinks: int = 16
     exact_window: int = 0
-    exact_tail: int = 0
+    exact_tail: int = 64
     exact_up_to: int = 16384
 
     def __post_init__(self) -> None:

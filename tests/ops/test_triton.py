@@ -7,6 +7,7 @@ pytest.importorskip("triton")
 
 from hyperattn import HyperAttentionConfig, hyper_attention  # noqa: E402
 from hyperattn.ops import reference_attention  # noqa: E402
+from hyperattn.ops.triton import interface  # noqa: E402
 from hyperattn.ops.triton.interface import attention_backward, attention_forward, attention_fwd_op, parts_of, triton_attention, _encode  # noqa: E402
 from hyperattn.plan import plan_hyper_attention  # noqa: E402
 
@@ -37,17 +38,37 @@ SINK_CASES = {
     "sinks-prefill-exact-prefix": (2, 2, 64, 70, 16, 16, 8, 6, 8, 9),  # prefix of 6 keys < sinks, exact
 }
 CASES.update({name: (*shape[:9], True) for name, shape in SINK_CASES.items()})
+# Exact tails and non-causal sinks, with chunks of 16 keys (tail) and 16 queries (sinks):
+# name: (shape as in CASES, exact_sinks, exact_tail)
+OPTION_CASES = {
+    "tail-causal": ((2, 1, 50, 77, 16, 24, 8, 10, 8, True), 0, 6),  # 4 chunks of keys, 13 more in the causal corner
+    "tail-noncausal-sinks": ((4, 2, 37, 83, 32, 16, 16, 12, 8, False), 3, 5),  # 5 chunks and 3 more keys
+    "tail-noncausal-no-rest": ((2, 2, 40, 80, 16, 16, 8, 10, 8, False), 0, 4),  # 5 chunks, nothing after
+    "noncausal-sinks": ((2, 1, 70, 45, 16, 16, 8, 10, 8, False), 5, 0),  # 4 query chunks sharing keys, 6 more
+    "tail-causal-sinks-gqa": ((4, 2, 96, 96, 32, 32, 16, 20, 16, True), 7, 20),
+}
+CASES.update({name: shape for name, (shape, _, _) in OPTION_CASES.items()})
+OPTIONS = {name: (sinks, 0) for name, (*_, sinks) in SINK_CASES.items()}
+OPTIONS.update({name: (sinks, tail) for name, (_, sinks, tail) in OPTION_CASES.items()})
+
+
+@pytest.fixture(autouse=True)
+def small_chunks(monkeypatch):
+    """Chunks the interpreter can afford, so that the tests reach several of them."""
+    monkeypatch.setattr(interface, "KEY_CHUNK_LEN", 16)
+    monkeypatch.setattr(interface, "QUERY_CHUNK_LEN", 16)
 
 
 def make_case(name, seed=0, dtype=DTYPE):
+    """q, k, v, plan, causal and the exact tail of case ``name``."""
     hq, hkv, nq, nk, d, dv, block, samples, min_len, causal = CASES[name]
     gen = torch.Generator().manual_seed(seed)
     q, k, v = (torch.randn(1, h, n, w, generator=gen).to(DEVICE, dtype)
                for h, n, w in ((hq, nq, d), (hkv, nk, d), (hkv, nk, dv)))
-    sinks = SINK_CASES[name][-1] if name in SINK_CASES else 0
+    sinks, tail = OPTIONS.get(name, (0, 0))
     cfg = HyperAttentionConfig(block_size=block, sample_size=samples, exact_up_to=0, min_seq_len=min_len, exact_sinks=sinks)
     plan = None if nq <= min_len else plan_hyper_attention(q, k, v, causal, cfg, torch.Generator().manual_seed(seed))
-    return q, k, v, plan, causal
+    return q, k, v, plan, causal, tail
 
 
 def rel_error(x, ref):
@@ -60,13 +81,14 @@ def test_forward_matches_reference(name):
 
 
 def check_forward(name):
-    q, k, v, plan, causal = make_case(name)
+    q, k, v, plan, causal, tail = make_case(name)
     scale = q.shape[-1] ** -0.5
-    out, lse = attention_forward(q, k, v, parts_of(plan, q.shape[2], k.shape[2], causal), scale, poison=True)
+    out, lse = attention_forward(q, k, v, parts_of(plan, q.shape[2], k.shape[2], causal), scale, tail, causal,
+                                 poison=True)
     assert out.dtype == q.dtype and lse.dtype == torch.float32
     assert torch.isfinite(out).all() and torch.isfinite(lse).all(), "unwritten rows"
-    want_out, want_lse = reference_attention(*(x.double() for x in (q, k, v)), plan, scale, causal)
-    same_dtype_out, _ = reference_attention(q, k, v, plan, scale, causal)  # the reference's own fp16 rounding
+    want_out, want_lse = reference_attention(*(x.double() for x in (q, k, v)), plan, scale, causal, tail)
+    same_dtype_out, _ = reference_attention(q, k, v, plan, scale, causal, tail)  # the reference's own fp16 rounding
     same_dtype_error = rel_error(same_dtype_out.to(q.dtype), want_out)
     assert rel_error(out, want_out) <= 2 * same_dtype_error + 1e-4, "out"
     assert (lse.double() - want_lse).abs().max() < 1e-3, "lse"
@@ -74,45 +96,45 @@ def check_forward(name):
 
 @pytest.mark.parametrize("name", ["causal-gqa", "causal-odd-prefill", "causal-prefill-no-head",
                                   "causal-prefill-short-prefix", "noncausal-gqa-odd", "exact-causal", "d64",
-                                  *SINK_CASES])
+                                  *SINK_CASES, *OPTION_CASES])
 def test_backward_matches_reference(name):
     check_backward(name)
 
 
 def check_backward(name):
-    q, k, v, plan, causal = make_case(name, seed=1)
+    q, k, v, plan, causal, tail = make_case(name, seed=1)
     scale = q.shape[-1] ** -0.5
     q, k, v = (x.requires_grad_() for x in (q, k, v))
-    out, lse = triton_attention(q, k, v, plan, scale, causal)
+    out, lse = triton_attention(q, k, v, plan, scale, causal, tail)
     gen = torch.Generator().manual_seed(2)
     dout = torch.randn(out.shape, generator=gen).to(DEVICE)
     dlse = torch.randn(lse.shape, generator=gen).to(DEVICE)
     grads = torch.autograd.grad((out.float() * dout).sum() + (lse * dlse).sum(), (q, k, v))
     q64, k64, v64 = (x.detach().double().requires_grad_() for x in (q, k, v))
-    want_out, want_lse = reference_attention(q64, k64, v64, plan, scale, causal)
+    want_out, want_lse = reference_attention(q64, k64, v64, plan, scale, causal, tail)
     want = torch.autograd.grad((want_out * dout.double()).sum() + (want_lse * dlse.double()).sum(), (q64, k64, v64))
     for label, got, ref in zip(("dq", "dk", "dv"), grads, want):
         assert got.dtype == q.dtype
         assert rel_error(got, ref) < 2e-3, label
     parts = parts_of(plan, q.shape[2], k.shape[2], causal)
     poisoned = attention_backward(dout.to(q.dtype), dlse, q.detach(), k.detach(), v.detach(), out.detach(),
-                                  lse.detach(), parts, scale, poison=True)
+                                  lse.detach(), parts, scale, tail, causal, poison=True)
     for label, got, ref in zip(("dq", "dk", "dv"), poisoned, grads):
         assert torch.isfinite(got).all(), f"unwritten {label} rows"
         assert rel_error(got, ref.double()) < 1e-3, label
 
 
-@pytest.mark.parametrize("name", ["causal-gqa", "causal-mqa-odd", "sinks"])
+@pytest.mark.parametrize("name", ["causal-gqa", "causal-mqa-odd", "sinks", "tail-causal-sinks-gqa"])
 def test_backward_without_lse_gradient_matches_reference(name):
     """The training path: only the output carries a gradient (dlse None, delta = rowsum(dO * O))."""
-    q, k, v, plan, causal = make_case(name, seed=3)
+    q, k, v, plan, causal, tail = make_case(name, seed=3)
     scale = q.shape[-1] ** -0.5
     parts = parts_of(plan, q.shape[2], k.shape[2], causal)
-    out, lse = attention_forward(q, k, v, parts, scale)
+    out, lse = attention_forward(q, k, v, parts, scale, tail, causal)
     dout = torch.randn(out.shape, generator=torch.Generator().manual_seed(4)).to(DEVICE, q.dtype)
-    grads = attention_backward(dout, None, q, k, v, out, lse, parts, scale, poison=True)
+    grads = attention_backward(dout, None, q, k, v, out, lse, parts, scale, tail, causal, poison=True)
     q64, k64, v64 = (x.double().requires_grad_() for x in (q, k, v))
-    want_out, _ = reference_attention(q64, k64, v64, plan, scale, causal)
+    want_out, _ = reference_attention(q64, k64, v64, plan, scale, causal, tail)
     want = torch.autograd.grad((want_out * dout.double()).sum(), (q64, k64, v64))
     for label, got, ref in zip(("dq", "dk", "dv"), grads, want):
         assert torch.isfinite(got).all(), f"unwritten {label} rows"
@@ -122,7 +144,7 @@ def test_backward_without_lse_gradient_matches_reference(name):
 def test_forward_is_repeatable_and_ignores_poison():
     """Grouped kv heads (4 query heads a kv head), no prefix: the first leaf's rows get no
     level part, so the accumulator's unwritten rows must not leak into the output."""
-    q, k, v, _, _ = make_case("causal-gqa")
+    q, k, v, _, _, _ = make_case("causal-gqa")
     q = q.repeat(1, 2, 1, 1)  # 8 query heads on 2 kv heads
     cfg = HyperAttentionConfig(block_size=16, sample_size=20, exact_up_to=0, min_seq_len=16)
     plan = plan_hyper_attention(q, k, v, True, cfg, torch.Generator().manual_seed(7))
@@ -174,15 +196,15 @@ def test_triton_impl_rejects_float32():
 
 
 def test_custom_op_passes_opcheck():
-    q, k, v, plan, causal = make_case("noncausal-gqa-odd")
+    q, k, v, plan, causal, _ = make_case("noncausal-gqa-odd")
     plan_tensors, part_ints = _encode(parts_of(plan, q.shape[2], k.shape[2], causal))
     q, k, v = (x.requires_grad_() for x in (q, k, v))
-    torch.library.opcheck(attention_fwd_op, (q, k, v, plan_tensors, part_ints, 0.25),
+    torch.library.opcheck(attention_fwd_op, (q, k, v, plan_tensors, part_ints, 0.25, 5, causal),
                           test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
 
 
 def test_torch_compile_runs_around_the_op():
-    q, k, v, plan, causal = make_case("causal-gqa")
+    q, k, v, plan, causal, _ = make_case("causal-gqa")
 
     class Model(torch.nn.Module):
         def forward(self, q, k, v):
@@ -209,7 +231,7 @@ def test_hashing_kernel_matches_lsh_buckets(d, projs):
 
 
 def test_exact_tail_through_the_kernels_matches_the_reference():
-    q, k, v, _, _ = make_case("causal-odd-prefill")
+    q, k, v, _, _, _ = make_case("causal-odd-prefill")
     q, k, v = (x.requires_grad_() for x in (q, k, v))
     cfg = dict(block_size=8, sample_size=10, exact_up_to=0, min_seq_len=8, exact_tail=6)
     out, lse = hyper_attention(q, k, v, causal=True, config=HyperAttentionConfig(impl="triton", **cfg), seed=4,
@@ -224,7 +246,7 @@ def test_exact_tail_through_the_kernels_matches_the_reference():
 def test_sinks_of_later_leaves_are_one_problem_per_leaf_on_shared_keys():
     from hyperattn.ops.triton.interface import Part
 
-    q, k, v, plan, causal = make_case("sinks")
+    q, k, v, plan, causal, _ = make_case("sinks")
     shared = [part for part in parts_of(plan, q.shape[2], k.shape[2], causal) if part.key_rect_stride == 0]
     assert len(shared) == 1 and shared[0].rects == plan.schedule.num_leaves - 1 and not shared[0].last_dkdv
     with pytest.raises(ValueError, match="cannot own"):

@@ -17,4 +17,4 @@ def test_bad_arguments_are_refused_before_any_run(argv, message, capsys):
 def test_case_names_may_carry_spaces(monkeypatch, capsys):
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)  # stop after parsing
     monkeypatch.setenv("HYPERATTN_LEAVES", "auto")  # main sets it; restored after the test
-    assert main(["--cases", "sinks, exact lse, split keys causal"]) == 2
+    assert main(["--cases", "sinks prefill, exact lse, tail only"]) == 2

@@ -36,7 +36,8 @@ def _sdpa(backend: str):
     return run
 
 
-def _ours(config: HyperAttentionConfig):
+def hyper_attention_runner(config: HyperAttentionConfig):
+    """``run(q, k, v, causal)``: HyperAttention with ``config`` and seed 0, for ``time_case``."""
     def run(q, k, v, causal):
         return hyper_attention(q, k, v, causal=causal, config=config, seed=0)
 
@@ -70,7 +71,7 @@ def time_case(fn, seq_len, heads, head_dim, causal, mode, dtype=torch.bfloat16, 
 
 def run_benchmark(seq_lens, long_seq_lens, head_dims, causals, modes, heads=32, config=None, command=""):
     config = config or HyperAttentionConfig()
-    impls = {"ours": _ours(config), **{name: _sdpa(name) for name in BASELINES}}
+    impls = {"ours": hyper_attention_runner(config), **{name: _sdpa(name) for name in BASELINES}}
     cases = [(n, d, c, m, impl) for d in head_dims for c in causals for m in modes
              for n in list(seq_lens) + list(long_seq_lens) for impl in impls
              if impl == "ours" or n in seq_lens]

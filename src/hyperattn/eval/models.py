@@ -7,9 +7,12 @@ import torch
 from hyperattn.config import HyperAttentionConfig
 from hyperattn.eval.assets import resolve_model
 
-# The config evaluations use when given none: the paper's, every input above min_seq_len
-# approximated (the library's default runs short inputs exactly, and would measure nothing).
-PAPER_CONFIG = HyperAttentionConfig(exact_up_to=0)
+# The config evaluations use when given none: the library's, except that every input above
+# min_seq_len is approximated (the library's exact_up_to runs short inputs exactly, and would
+# measure nothing).
+EVAL_CONFIG = HyperAttentionConfig(exact_up_to=0)
+# The paper's algorithm: no exact sinks or tail, every input above min_seq_len approximated.
+PAPER_CONFIG = HyperAttentionConfig(exact_up_to=0, exact_sinks=0, exact_tail=0)
 
 # transformers releases whose GGUF loader builds a different function than the checkpoint:
 # model type -> first good release. Gemma-3-270m under 5.17 gives perplexity 192 instead

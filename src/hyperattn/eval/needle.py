@@ -9,7 +9,7 @@ import torch
 from tqdm import tqdm
 
 from hyperattn.config import HyperAttentionConfig
-from hyperattn.eval.models import PAPER_CONFIG, check_length
+from hyperattn.eval.models import EVAL_CONFIG, check_length
 from hyperattn.integrations.transformers import patch_model
 
 NEEDLE = "The special magic number is {number}."
@@ -41,7 +41,7 @@ def evaluate_needle(model, tokenizer, text: str, lengths: list[int], depths: lis
                     config: HyperAttentionConfig | None = None, seed: int = 0) -> dict:
     """Accuracy of every (layer setting, length, depth): one hidden 5-digit number per cell, a
     prompt of ``length - ANSWER_TOKENS`` tokens and up to ``ANSWER_TOKENS`` greedy tokens."""
-    config = config or PAPER_CONFIG
+    config = config or EVAL_CONFIG
     for length in lengths:
         check_length(model, length)
     haystack = tokenizer(text, add_special_tokens=False).input_ids

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from hyperattn.config import HyperAttentionConfig
-from hyperattn.eval.models import PAPER_CONFIG, check_length, count_attention_layers
+from hyperattn.eval.models import EVAL_CONFIG, check_length, count_attention_layers
 from hyperattn.integrations.transformers import patch_model
 
 QUARTERS = 4
@@ -63,7 +63,7 @@ def evaluate_perplexity(model, tokenizer, text: str, seq_len: int, layer_specs: 
     Returns {"runs": one row per (setting, seed, window), "summary": one row per setting
     with the mean, spread (min, max, std over seeds and windows) and mean quarter ppl}.
     """
-    config = config or PAPER_CONFIG
+    config = config or EVAL_CONFIG
     check_length(model, seq_len)
     windows = token_windows(tokenizer, text, seq_len, num_windows)
     num_layers = count_attention_layers(model)

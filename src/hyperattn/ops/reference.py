@@ -22,7 +22,7 @@ EXACT_CHUNK_ELEMENTS = 1 << 22
 @dataclass(frozen=True)
 class Exclusion:
     """Pairs an approximated part skips because an exact part computes them: key position
-    j for the query at position p when ``j < sinks`` or ``j >= p - window``.
+    j for the query at position p when ``j < sinks`` or (``window > 0``) ``j >= p - window``.
 
     ``query_pos`` (Z, 1, Nq) and ``key_pos`` (Z, 1, Nk): int64 positions in the sequence."""
 
@@ -33,7 +33,7 @@ class Exclusion:
 
     def mask(self, query_pos: torch.Tensor, key_pos: torch.Tensor) -> torch.Tensor:
         """Broadcast (query, key) positions -> True where the pair is skipped."""
-        return (key_pos < self.sinks) | (key_pos >= query_pos - self.window)
+        return (key_pos < self.sinks) | ((key_pos >= query_pos - self.window) & (self.window > 0))
 
     def rows(self, query_index: torch.Tensor) -> torch.Tensor:
         """(C, Nk) mask of the queries at ``query_index`` against every key (positions shared
@@ -238,13 +238,33 @@ def _skipped_keys_attention(q_main, k, v, plan: CausalPlan, scale: float):
     return torch.cat(outs, 2), torch.cat(lses, 2)
 
 
+def _sinks_attention(q, k, v, plan: AttentionPlan, scale: float):
+    """Non-causal HyperAttention with ``plan.sinks``: the block and sample parts skip keys
+    ``j < sinks``, which every query attends to exactly."""
+    z, nq, nk = q.shape[0], q.shape[2], k.shape[2]
+    skip = Exclusion(torch.arange(nq, device=q.device).expand(z, 1, nq),
+                     torch.arange(nk, device=q.device).expand(z, 1, nk), plan.sinks, 0)
+    sinks = exact_attention_reference(q, k[:, :, :plan.sinks], v[:, :, :plan.sinks], scale, False)
+    return merge_attention(*hyper_attention_reference(q, k, v, plan, scale, skip), *sinks)
+
+
 def reference_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: AttentionPlan | CausalPlan | None, scale: float,
-    causal: bool,
+    causal: bool, tail: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The reference executor for any plan: None (exact attention), non-causal or causal."""
+    """The reference executor for any plan: None (exact attention), non-causal or causal.
+
+    ``tail`` (``HyperAttentionConfig.exact_tail``): the last ``tail`` query rows are exact
+    attention over every key they see, in place of the plan's rows."""
     if plan is None:
-        return exact_attention_reference(q, k, v, scale, causal)
-    if isinstance(plan, AttentionPlan):
-        return hyper_attention_reference(q, k, v, plan, scale)
-    return causal_hyper_attention_reference(q, k, v, plan, scale)
+        out, lse = exact_attention_reference(q, k, v, scale, causal)
+    elif isinstance(plan, AttentionPlan):
+        out, lse = (_sinks_attention if plan.sinks else hyper_attention_reference)(q, k, v, plan, scale)
+    else:
+        out, lse = causal_hyper_attention_reference(q, k, v, plan, scale)
+    tail = min(tail, q.shape[2])
+    if tail:
+        tail_out, tail_lse = exact_attention_reference(q[:, :, q.shape[2] - tail:], k, v, scale, causal)
+        out = torch.cat((out[:, :, :q.shape[2] - tail], tail_out), 2)
+        lse = torch.cat((lse[:, :, :q.shape[2] - tail], tail_lse), 2)
+    return out, lse

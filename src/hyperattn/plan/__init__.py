@@ -7,7 +7,7 @@ consume the same plan, so they can be compared exactly.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -35,6 +35,9 @@ class AttentionPlan:
       samples of its own block, which the block part already counts.
     - ``sample_log_weight``: (Z, Hkv, m) float, log importance weight added to the score of
       each sampled term.
+    - ``sinks`` (``HyperAttentionConfig.exact_sinks``, non-causal calls only): every query also
+      attends exactly to keys ``j < sinks``, which the block and sample parts then skip.
+      Causal calls keep it 0 in their per-level plans (``CausalPlan.sinks`` holds theirs).
     """
 
     q_perm: torch.Tensor
@@ -43,6 +46,7 @@ class AttentionPlan:
     sample_block: torch.Tensor
     sample_log_weight: torch.Tensor
     block_size: int
+    sinks: int = 0
 
 
 def make_plan(
@@ -85,7 +89,8 @@ class CausalPlan:
 
     ``sinks`` and ``window`` (``HyperAttentionConfig.exact_sinks`` / ``exact_window``): the
     query at position p also attends exactly to keys j < sinks and p - window <= j, which
-    the approximated parts then skip."""
+    the approximated parts then skip. ``sinks`` is at most the keys before the second diagonal
+    leaf (``prefix_len + head_len + leaf_len``): later leaves' first keys are never sinks."""
 
     schedule: CausalSchedule
     level_plans: list[AttentionPlan]
@@ -117,7 +122,8 @@ def plan_hyper_attention(
     sq_norms = value_sq_norms(v) if config.sampling == "value_norm" else None
     weight_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
     if not causal:
-        return make_plan(q_buckets, k_buckets, config, generator, sq_norms, weight_dtype)
+        plan = make_plan(q_buckets, k_buckets, config, generator, sq_norms, weight_dtype)
+        return replace(plan, sinks=min(config.exact_sinks, k.shape[2]))
     schedule = causal_schedule(q.shape[2], k.shape[2], config.min_seq_len)
     prefix = schedule.prefix_len + schedule.head_len
     q_main, k_main = q_buckets[:, :, schedule.head_len:], k_buckets[:, :, prefix:]
@@ -133,7 +139,8 @@ def plan_hyper_attention(
     if prefix > config.block_size:
         prefix_norms = None if sq_norms is None else sq_norms[:, :, :prefix]
         prefix_plan = make_plan(q_main, k_buckets[:, :, :prefix], config, generator, prefix_norms, weight_dtype)
-    return CausalPlan(schedule, level_plans, prefix_plan, config.exact_sinks, config.exact_window)
+    sinks = min(config.exact_sinks, prefix + schedule.leaf_len)
+    return CausalPlan(schedule, level_plans, prefix_plan, sinks, config.exact_window)
 
 
 __all__ = [

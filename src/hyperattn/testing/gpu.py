@@ -17,16 +17,17 @@ import time
 
 import torch
 
-from hyperattn import HyperAttentionConfig, hyper_attention
-from hyperattn.ops import causal_hyper_attention_reference, exact_attention_reference, reference_attention
-from hyperattn.ops.split_keys import exact_attention_split_keys
+from hyperattn import HyperAttentionConfig
+from hyperattn.ops import causal_hyper_attention_reference, reference_attention
 from hyperattn.ops.triton.interface import attention_backward, attention_forward, parts_of, triton_attention
 from hyperattn.plan import plan_hyper_attention
 
 # Relative Frobenius error allowed against float64, per input dtype.
 TOLERANCE = {torch.float16: {"fwd": 3e-3, "bwd": 6e-3}, torch.bfloat16: {"fwd": 2e-2, "bwd": 4e-2}}
 
-# name: (batch, Hq, Hkv, Nq, Nk, D, Dv, causal, config overrides); None config = exact part only
+# name: (batch, Hq, Hkv, Nq, Nk, D, Dv, causal, config overrides of the library's default, with
+# exact sinks and tail); None config = exact part only
+PAPER = dict(exact_sinks=0, exact_tail=0)
 CASES = [
     ("causal d64", 1, 8, 8, 16384, 16384, 64, 64, True, {}),
     ("causal batch 2", 2, 4, 4, 9001, 9001, 128, 128, True, dict(min_seq_len=2048)),  # a 1-row head
@@ -39,14 +40,11 @@ CASES = [
     ("value_norm", 1, 4, 4, 16384, 16384, 64, 64, True, dict(sampling="value_norm")),
     ("small blocks", 1, 4, 2, 8192, 8192, 64, 64, True, dict(block_size=64, sample_size=128, min_seq_len=512)),
     ("exact lse", 1, 8, 2, 3000, 4000, 64, 64, True, None),
-    ("sinks", 1, 8, 8, 16384, 16384, 64, 64, True, dict(exact_sinks=16)),  # cuDNN leaves with sinks
+    ("paper causal", 1, 8, 8, 16384, 16384, 64, 64, True, PAPER),  # cuDNN leaves, no sinks or tail
+    ("paper non-causal", 1, 4, 2, 10000, 12345, 64, 64, False, PAPER),
     ("sinks prefill", 1, 4, 2, 6000, 16384, 128, 128, True, dict(min_seq_len=2048, exact_sinks=64)),
-]
-# Exact attention of a few queries over many keys split into chunks (``exact_tail``):
-# name: (batch, Hq, Hkv, Nq, Nk, D, Dv, causal)
-SPLIT_KEY_CASES = [
-    ("split keys causal", 1, 8, 2, 64, 32768, 64, 64, True),
-    ("split keys non-causal", 2, 4, 4, 100, 20000, 128, 128, False),
+    ("tail only", 1, 8, 2, 20000, 32768, 64, 64, True, dict(exact_sinks=0, exact_tail=100)),  # 7 key chunks + rest
+    ("non-causal sinks", 2, 4, 4, 9000, 20000, 128, 128, False, dict(exact_sinks=100, exact_tail=0)),
 ]
 
 
@@ -66,53 +64,36 @@ def check_case(name, batch, hq, hkv, nq, nk, d, dv, causal, overrides, dtype, de
     k = torch.randn(batch, hkv, nk, d, device=device, dtype=dtype)
     v = torch.randn(batch, hkv, nk, dv, device=device, dtype=dtype)
     scale = d ** -0.5
-    plan = None
+    plan, tail = None, 0
     if overrides is not None:
         cfg = HyperAttentionConfig(**overrides)
         plan = plan_hyper_attention(q, k, v, causal, cfg, torch.Generator().manual_seed(int(torch.seed() % 2**31)),
                                     use_kernels=True)
+        tail = cfg.exact_tail
     parts = parts_of(plan, nq, nk, causal)
-    out, lse = attention_forward(q, k, v, parts, scale, poison=True)
+    out, lse = attention_forward(q, k, v, parts, scale, tail, causal, poison=True)
     unwritten = (~torch.isfinite(out)).sum().item() + (~torch.isfinite(lse)).sum().item()
 
     q64, k64, v64 = (x.detach().double().requires_grad_() for x in (q, k, v))
-    ref_out, ref_lse = reference_attention(q64, k64, v64, plan, scale, causal)
+    ref_out, ref_lse = reference_attention(q64, k64, v64, plan, scale, causal, tail)
     dout = torch.randn_like(ref_out)
     dlse = torch.randn_like(ref_lse)
     ref_grads = torch.autograd.grad((ref_out * dout).sum() + (ref_lse * dlse).sum(), (q64, k64, v64),
                                     retain_graph=True)
     ref_out_grads = torch.autograd.grad((ref_out * dout).sum(), (q64, k64, v64))  # no lse gradient: cuDNN leaves
 
-    poisoned = attention_backward(dout.to(dtype), dlse.float(), q, k, v, out, lse, parts, scale, poison=True)
+    poisoned = attention_backward(dout.to(dtype), dlse.float(), q, k, v, out, lse, parts, scale, tail, causal,
+                                  poison=True)
     unwritten += sum((~torch.isfinite(g)).sum().item() for g in poisoned)
     qg, kg, vg = (x.detach().requires_grad_() for x in (q, k, v))
-    out2, lse2 = triton_attention(qg, kg, vg, plan, scale, causal)
+    out2, lse2 = triton_attention(qg, kg, vg, plan, scale, causal, tail)
     grads = torch.autograd.grad((out2.float() * dout.float()).sum() + (lse2 * dlse.float()).sum(), (qg, kg, vg))
-    out_grads = attention_backward(dout.to(dtype), None, q, k, v, out, lse, parts, scale, poison=True)
+    out_grads = attention_backward(dout.to(dtype), None, q, k, v, out, lse, parts, scale, tail, causal, poison=True)
     unwritten += sum((~torch.isfinite(g)).sum().item() for g in out_grads)
     errors = {"out": _rel(out, ref_out), "lse": (lse.double() - ref_lse).abs().max().item()}
     errors.update({label: _rel(g, r) for label, g, r in zip(("dq", "dk", "dv"), grads, ref_grads)})
     errors.update({label + "_o": _rel(g, r) for label, g, r in zip(("dq", "dk", "dv"), out_grads, ref_out_grads)})
     return _passes(errors, unwritten, dtype) and torch.equal(out, out2), unwritten, errors
-
-
-def check_split_keys(name, batch, hq, hkv, nq, nk, d, dv, causal, dtype, device="cuda"):
-    """``exact_attention_split_keys`` through the kernels against the float64 reference:
-    out, lse, and gradients with an lse gradient."""
-    q = torch.randn(batch, hq, nq, d, device=device, dtype=dtype, requires_grad=True)
-    k = torch.randn(batch, hkv, nk, d, device=device, dtype=dtype, requires_grad=True)
-    v = torch.randn(batch, hkv, nk, dv, device=device, dtype=dtype, requires_grad=True)
-    scale = d ** -0.5
-    out, lse = exact_attention_split_keys(q, k, v, scale, causal, triton_attention)
-    q64, k64, v64 = (x.detach().double().requires_grad_() for x in (q, k, v))
-    ref_out, ref_lse = exact_attention_reference(q64, k64, v64, scale, causal)
-    dout, dlse = torch.randn_like(ref_out), torch.randn_like(ref_lse)
-    ref_grads = torch.autograd.grad((ref_out * dout).sum() + (ref_lse * dlse).sum(), (q64, k64, v64))
-    grads = torch.autograd.grad((out.float() * dout.float()).sum() + (lse.float() * dlse.float()).sum(), (q, k, v))
-    unwritten = sum((~torch.isfinite(x)).sum().item() for x in (out, lse, *grads))
-    errors = {"out": _rel(out, ref_out), "lse": (lse.double() - ref_lse).abs().max().item()}
-    errors.update({label: _rel(g, r) for label, g, r in zip(("dq", "dk", "dv"), grads, ref_grads)})
-    return _passes(errors, unwritten, dtype), unwritten, errors
 
 
 def check_long(seq_len, heads, device="cuda"):
@@ -154,7 +135,7 @@ def main(argv=None) -> int:
                         "default 'auto' would switch engines between the calls compared)")
     args = parser.parse_args(argv)
     names = [name.strip() for name in args.cases.split(",") if name.strip()]
-    known = [case[0] for case in CASES + SPLIT_KEY_CASES]
+    known = [case[0] for case in CASES]
     unknown = set(names) - set(known)
     if unknown:
         parser.error(f"--cases: unknown case(s) {sorted(unknown)}; expected names from {known}")
@@ -162,8 +143,7 @@ def main(argv=None) -> int:
         parser.error(f"--cases: no case named in {args.cases!r}")
     if args.repeat < 1:
         parser.error(f"--repeat must be >= 1, got {args.repeat}")
-    chosen = [(check_case, case) for case in CASES if not names or case[0] in names]
-    chosen += [(check_split_keys, case) for case in SPLIT_KEY_CASES if not names or case[0] in names]
+    chosen = [case for case in CASES if not names or case[0] in names]
     os.environ["HYPERATTN_LEAVES"] = args.leaves
     if not torch.cuda.is_available():
         print("no CUDA device", file=sys.stderr)
@@ -172,8 +152,8 @@ def main(argv=None) -> int:
     rows, failed = [], 0
     dtypes = [getattr(torch, name) for name in args.dtypes.split(",")]
     for dtype in () if args.no_cases else dtypes:
-        for check, case in chosen * args.repeat:
-            ok, unwritten, errors = check(*case, dtype=dtype)
+        for case in chosen * args.repeat:
+            ok, unwritten, errors = check_case(*case, dtype=dtype)
             failed += not ok
             rows.append(f"{'PASS' if ok else 'FAIL'} {case[0]:<16} {str(dtype)[6:]:<9} unwritten={unwritten} "
                         + " ".join(f"{key}={value:.2e}" for key, value in errors.items()))

@@ -18,10 +18,12 @@ from hyperattn.ops.triton.common import LOG2E, LN2, load_key_tile, load_rows, qu
 
 @triton.jit
 def _softmax_step(s, v, m_i, l_i, acc):
-    """One online-softmax step. s (BM, BN) fp32 log2 scores (-inf masked), v (BN, DV)."""
+    """One online-softmax step. s (BM, BN) fp32 log2 scores (-inf masked), v (BN, DV); a row
+    that has seen no key yet keeps m_i -inf and l_i 0."""
     m_new = tl.maximum(m_i, tl.max(s, 1))
-    alpha = tl.exp2(m_i - m_new)
-    p = tl.exp2(s - m_new[:, None])
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp2(m_i - m_safe)
+    p = tl.exp2(s - m_safe[:, None])
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
     return m_new, l_i, acc
@@ -50,9 +52,10 @@ def _finish_rows(Out, Lse, o_rows, lse_rows, offs_dv, rmask, acc, m_i, l_i, MERG
     """Normalize and store (or merge into) the output rows (fp32 when merging).
 
     o_rows (BM,) int64 offsets of the rows in Out, lse_rows (BM,) int64 offsets in Lse.
-    Merging rows that hold lse -inf takes the new values (their output may be garbage)."""
-    lse2 = m_i + tl.log2(l_i)
-    out = acc / l_i[:, None]
+    Merging rows that hold lse -inf takes the new values (their output may be garbage); rows
+    that saw no key get out 0 and lse -inf."""
+    lse2 = m_i + tl.log2(l_i)  # -inf for rows that saw no key: merged as nothing, written as 0
+    out = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
     o_ptrs = Out + o_rows[:, None] + offs_dv[None, :]
     o_mask = rmask[:, None] & (offs_dv[None, :] < HEAD_DIM_V)
     if MERGE:

@@ -26,6 +26,7 @@ from hyperattn.ops.triton.backward import (
     hyper_bwd_samples_kernel,
 )
 from hyperattn.ops.cudnn import leaves_backward, leaves_forward, use_cudnn_leaves
+from hyperattn.ops.merge import merge_attention_stack
 from hyperattn.ops.triton.forward import dense_fwd_kernel, hyper_fwd_kernel, merge_leaves_kernel
 from hyperattn.plan import AttentionPlan, CausalPlan
 
@@ -82,15 +83,35 @@ class Part:
         return self.rects, self.q_start, self.k_start, self.rect_stride
 
 
+# Queries per problem of the exact parts that attend many queries to a few keys (the sinks
+# of non-causal calls) and keys per problem of those that attend a few queries to many keys
+# (the exact tail): enough problems to fill the device, none of them a long serial walk.
+QUERY_CHUNK_LEN = 4096
+KEY_CHUNK_LEN = 4096
+
+
+def _rows_in_chunks(n: int, chunk_len: int) -> list[tuple[int, int, int]]:
+    """(rects, start, length) runs covering rows [0, n): equal chunks of ``chunk_len``, then the rest."""
+    rects = n // chunk_len
+    runs = [(rects, 0, chunk_len)] if rects else []
+    return runs + ([(1, rects * chunk_len, n - rects * chunk_len)] if n % chunk_len else [])
+
+
 def parts_of(plan: AttentionPlan | CausalPlan | None, n_q: int, n_k: int, causal: bool) -> list[Part]:
     """The launches that execute ``plan`` (None: exact attention) over (n_q, n_k) rows."""
     if plan is None or isinstance(plan, AttentionPlan):
-        return [Part(plan, causal and plan is None, 1, 0, 0, 0, n_q, n_k)]
+        if plan is None or not plan.sinks:
+            return [Part(plan, causal and plan is None, 1, 0, 0, 0, n_q, n_k)]
+        # non-causal sinks: the hyper part skips them and owns every row; every query attends to
+        # them exactly, in problems of QUERY_CHUNK_LEN queries adding to the same key gradients
+        return [Part(plan, False, 1, 0, 0, 0, n_q, n_k, sinks=plan.sinks)] + [
+            Part(None, False, rects, start, 0, length, length, plan.sinks, last_dq=False, last_dkdv=False,
+                 key_rect_stride=0) for rects, start, length in _rows_in_chunks(n_q, QUERY_CHUNK_LEN)]
     s = plan.schedule
     head, prefix = s.head_len, s.prefix_len + s.head_len
     if plan.window:
         raise ValueError("the fused kernels do not run an exact window yet (CausalPlan.window)")
-    if plan.sinks > prefix + s.leaf_len:
+    if plan.sinks > prefix + s.leaf_len:  # plan_hyper_attention caps them there
         raise ValueError(f"the fused kernels run at most {prefix + s.leaf_len} exact sinks here (the keys before "
                          f"the second diagonal leaf), got {plan.sinks}")
     # the diagonal leaves and the head own every query row; with the prefix's keys (when
@@ -114,6 +135,33 @@ def parts_of(plan: AttentionPlan | CausalPlan | None, n_q: int, n_k: int, causal
             parts.append(Part(None, False, s.num_leaves - 1, head + s.leaf_len, exact_before, s.leaf_len, s.leaf_len,
                               plan.sinks - exact_before, last_dq=False, last_dkdv=False, key_rect_stride=0))
     return parts
+
+
+def tail_parts(tail: int, n_k: int, causal: bool) -> tuple[list[Part], int]:
+    """The exact tail (``HyperAttentionConfig.exact_tail``) as split-KV launches.
+
+    The last ``tail`` queries attend to the keys every one of them sees in chunks of
+    ``KEY_CHUNK_LEN`` keys, one problem per chunk, and to the remaining keys (causal: their
+    own corner, bottom-right) in one more problem. Problem c reads copy c of the tail's query
+    rows, so the parts run on ``copies`` stacked copies of them (``_tail_rows``) and write
+    one partial result per copy, merged by log-sum-exp afterwards. Returns (parts, copies)."""
+    seen_by_all = n_k - tail if causal else n_k
+    chunks = seen_by_all // KEY_CHUNK_LEN
+    if chunks < 2:
+        return [Part(None, causal, 1, 0, 0, 0, tail, n_k)], 1
+    split = chunks * KEY_CHUNK_LEN
+    parts = [Part(None, False, chunks, 0, 0, tail, tail, KEY_CHUNK_LEN, last_dq=False, last_dkdv=False,
+                  key_rect_stride=KEY_CHUNK_LEN)]
+    if split < n_k:
+        parts.append(Part(None, causal, 1, chunks * tail, split, 0, tail, n_k - split, last_dq=False,
+                          last_dkdv=False))
+    return parts, len(parts) - 1 + chunks
+
+
+def _tail_rows(x: torch.Tensor, tail: int, copies: int) -> torch.Tensor:
+    """The last ``tail`` rows (dim 2) of x, stacked ``copies`` times: (B, H, copies * tail, ...), contiguous."""
+    rows = x[:, :, x.shape[2] - tail:]
+    return rows.repeat(1, 1, copies, *([1] * (x.dim() - 3)))
 
 
 # Tile configurations (BLOCK_M, BLOCK_N, num_warps, num_stages) per kernel family and head
@@ -208,14 +256,41 @@ def _cudnn_runs(q, k, v, part: Part, direction: str) -> bool:
     return part.diagonal and use_cudnn_leaves(q, k, v, part.n_q, part.rects, direction)
 
 
-def attention_forward(q, k, v, parts: list[Part], scale: float, poison: bool = False):
+def _tail_forward(q, k, v, tail: int, causal: bool, scale: float):
+    """Exact attention of the last ``tail`` queries over every key they see (``tail_parts``):
+    out (B, Hq, tail, Dv) and lse (B, Hq, tail), float32."""
+    parts, copies = tail_parts(tail, k.shape[2], causal)
+    queries = _tail_rows(q, tail, copies)
+    batch, num_q_heads = q.shape[:2]
+    out = torch.empty(batch, num_q_heads, copies * tail, v.shape[-1], dtype=torch.float32, device=q.device)
+    lse = torch.empty(batch, num_q_heads, copies * tail, dtype=torch.float32, device=q.device)
+    for part in parts:
+        _launch_forward(queries, k, v, out, lse, part, scale, merge=False)
+    if copies == 1:
+        return out, lse
+    return merge_attention_stack(out.unflatten(2, (copies, tail)), lse.unflatten(2, (copies, tail)), dim=2)
+
+
+def attention_forward(q, k, v, parts: list[Part], scale: float, tail: int = 0, causal: bool = False,
+                      poison: bool = False):
     """Run the parts; returns out (B, Hq, Nq, Dv) in q's dtype and lse (B, Hq, Nq) float32.
 
     A single part writes the output. Otherwise every part merges into a float32 accumulator
     (lse -inf until a part writes a row), except the diagonal leaves where cuDNN runs them
     (``hyperattn.ops.cudnn.use_cudnn_leaves``), and one pass merges the accumulator with
-    cuDNN's leaves (if any) into the output.
+    cuDNN's leaves (if any) into the output. Then the last ``tail`` rows are replaced by exact
+    attention (``causal``: bottom-right) over every key they see (``_tail_forward``).
     ``poison`` fills the outputs with NaN first, so rows no part wrote show up."""
+    out, lse = _parts_forward(q, k, v, parts, scale, poison)
+    tail = min(tail, q.shape[2])
+    if tail:
+        tail_out, tail_lse = _tail_forward(q, k, v, tail, causal, scale)
+        out[:, :, q.shape[2] - tail:] = tail_out
+        lse[:, :, q.shape[2] - tail:] = tail_lse
+    return out, lse
+
+
+def _parts_forward(q, k, v, parts: list[Part], scale: float, poison: bool):
     batch, num_q_heads, n_q, _ = q.shape
     out = torch.empty((batch, num_q_heads, n_q, v.shape[-1]), dtype=q.dtype, device=q.device)
     lse = torch.empty((batch, num_q_heads, n_q), dtype=torch.float32, device=q.device)
@@ -245,13 +320,50 @@ def attention_forward(q, k, v, parts: list[Part], scale: float, poison: bool = F
     return out, lse
 
 
-def attention_backward(dout, dlse, q, k, v, out, lse, parts: list[Part], scale: float, poison: bool = False):
+def _launch_dense_backward(q, k, v, dout, lse, delta, dq_acc, dq, dk_acc, dk, dv_acc, dv, part: Part, scale: float,
+                           dq_mode: str, dkdv_mode: str, cfgs: dict) -> None:
+    """The dq and the dk/dv launch of an exact part (``write_rows`` modes ``dq_mode``, ``dkdv_mode``)."""
+    batch, num_q_heads = q.shape[:2]
+    num_kv_heads, kv_seq_len = k.shape[1], k.shape[2]
+    group = num_q_heads // num_kv_heads
+    problems = batch * part.rects
+    strides = _strides(q, k, v, dout, lse)
+    scale_log2 = scale * math.log2(math.e)
+    dims = _dims(q, v)
+    cfg_dq, cfg_dkdv = cfgs["dense_dq"], cfgs["dense_dkdv"]
+    q_tiles = triton.cdiv(part.n_q, cfg_dq["BLOCK_M"])
+    k_tiles = triton.cdiv(part.n_k, cfg_dkdv["BLOCK_N"])
+    dense_bwd_dq_kernel[(problems * num_q_heads * q_tiles,)](
+        q, k, v, dout, lse, delta, dq_acc, dq, scale, scale_log2, *strides, part.n_q, part.n_k, q_tiles,
+        *part.rows, part.key_rect_stride, num_q_heads, group, CAUSAL=part.causal, WRITE=dq_mode, **dims, **cfg_dq)
+    dense_bwd_dkdv_kernel[(problems * num_kv_heads * k_tiles,)](
+        q, k, v, dout, lse, delta, dk_acc, dk, dv_acc, dv, scale, scale_log2, *strides, part.n_q, part.n_k,
+        k_tiles, *part.rows, part.key_rect_stride, num_kv_heads, group, kv_seq_len, CAUSAL=part.causal,
+        WRITE="atomic" if part.shares_key_rows else dkdv_mode, **dims, **cfg_dkdv)
+
+
+def _tail_backward(dout, q, k, v, lse, delta, tail: int, causal: bool, scale: float, dk_acc, dv_acc, cfgs: dict):
+    """Gradients of ``_tail_forward``'s rows: adds dk, dv into the fp32 accumulators and
+    returns dq of the last ``tail`` queries, (B, Hq, tail, D) float32."""
+    parts, copies = tail_parts(tail, k.shape[2], causal)
+    queries, douts, lses, deltas = (_tail_rows(x, tail, copies) for x in (q, dout, lse, delta))
+    dq = torch.empty(queries.shape, dtype=torch.float32, device=q.device)
+    for part in parts:
+        _launch_dense_backward(queries, k, v, douts, lses, deltas, dq, dq, dk_acc, dk_acc, dv_acc, dv_acc, part,
+                               scale, "store", "add", cfgs)
+    return dq.unflatten(2, (copies, tail)).sum(2)
+
+
+def attention_backward(dout, dlse, q, k, v, out, lse, parts: list[Part], scale: float, tail: int = 0,
+                       causal: bool = False, poison: bool = False):
     """Gradients of ``attention_forward``'s (out, lse) with respect to q, k, v, in their dtypes.
 
     Parts that share gradient rows add into zeroed fp32 accumulators; the parts that own
     the rows (``Part.last_dq``, ``Part.last_dkdv``) run last and write the final gradients.
     Without an lse gradient, cuDNN may run the diagonal leaves
     (``hyperattn.ops.cudnn.use_cudnn_leaves``); one addition per gradient finishes their rows.
+    The exact tail's rows reach the parts with lse +inf, so the parts give them no gradient
+    (their probabilities are 0); the tail's own launches add theirs.
     ``poison`` fills the gradients with NaN first, so rows no part wrote show up."""
     batch, num_q_heads, n_q, d = q.shape
     num_kv_heads, n_k, dv = k.shape[1], k.shape[2], v.shape[-1]
@@ -281,6 +393,12 @@ def attention_backward(dout, dlse, q, k, v, out, lse, parts: list[Part], scale: 
         return ("finish" if name in acc else "store") if last else "add"
 
     cfgs = {f: _launch_config(f, d, dv) for f in KERNEL_FAMILIES if f not in ("hyper_fwd", "dense_fwd")}
+    tail = min(tail, n_q)
+    if tail:
+        dq_tail = _tail_backward(dout, q, k, v, lse, delta, tail, causal, scale, accumulator("dk", dk),
+                                 accumulator("dv", dvv), cfgs)
+        lse = lse.clone()
+        lse[:, :, n_q - tail:] = float("inf")
     strides = _strides(q, k, v, dout, lse)
     scale_log2 = scale * math.log2(math.e)
     group = num_q_heads // num_kv_heads
@@ -289,7 +407,7 @@ def attention_backward(dout, dlse, q, k, v, out, lse, parts: list[Part], scale: 
     for part in sorted(parts, key=lambda part: (part.last_dq, part.last_dkdv)):
         if part is cudnn_part:
             continue
-        q_heads, kv_heads = (num_q_heads, group), (num_kv_heads, group, n_k)
+        kv_heads = (num_kv_heads, group, n_k)
         problems = batch * part.rects
         p = part.plan
         num_samples = 0 if p is None else p.sample_idx.shape[-1]
@@ -311,30 +429,21 @@ def attention_backward(dout, dlse, q, k, v, out, lse, parts: list[Part], scale: 
         dq_acc = accumulator("dq", dq) if dq_mode != "store" else dq
         dk_acc, dv_acc = (accumulator("dk", dk), accumulator("dv", dvv)) if dkdv_mode != "store" else (dk, dvv)
         if p is None:
-            cfg_dq, cfg_dkdv = cfgs["dense_dq"], cfgs["dense_dkdv"]
-            q_tiles = triton.cdiv(part.n_q, cfg_dq["BLOCK_M"])
-            k_tiles = triton.cdiv(part.n_k, cfg_dkdv["BLOCK_N"])
-            dense_bwd_dq_kernel[(problems * num_q_heads * q_tiles,)](
-                q, k, v, dout, lse, delta, dq_acc, dq, scale, scale_log2, *strides, part.n_q, part.n_k, q_tiles,
-                *part.rows, part.key_rect_stride, *q_heads, CAUSAL=part.causal, WRITE=dq_mode, **dims,
-                **cfg_dq)
-            dense_bwd_dkdv_kernel[(problems * num_kv_heads * k_tiles,)](
-                q, k, v, dout, lse, delta, dk_acc, dk, dv_acc, dvv, scale, scale_log2, *strides, part.n_q, part.n_k,
-                k_tiles, *part.rows, part.key_rect_stride, *kv_heads, CAUSAL=part.causal,
-                WRITE="atomic" if part.shares_key_rows else dkdv_mode, **dims, **cfg_dkdv)
+            _launch_dense_backward(q, k, v, dout, lse, delta, dq_acc, dq, dk_acc, dk, dv_acc, dvv, part, scale,
+                                   dq_mode, dkdv_mode, cfgs)
             continue
         cfg_dq, cfg_dkdv = cfgs["hyper_dq"], cfgs["hyper_dkdv"]
         tiles_per_block, num_blocks, tiles = _hyper_tiles(part, cfg_dq["BLOCK_M"])
         hyper_bwd_dq_kernel[(problems * num_q_heads * tiles,)](
             q, k, v, dout, lse, delta, dq_acc, dq, p.q_perm, p.k_perm, p.sample_idx, p.sample_block,
             p.sample_log_weight, scale, scale_log2, *strides, part.n_q, part.n_k, num_samples, p.block_size,
-            tiles_per_block, tiles, *part.rows, *q_heads, part.sinks, WRITE=dq_mode, **dims, **cfg_dq)
+            tiles_per_block, tiles, *part.rows, num_q_heads, group, part.sinks, WRITE=dq_mode, **dims, **cfg_dq)
         key_tiles_per_block = triton.cdiv(p.block_size, cfg_dkdv["BLOCK_N"])
         key_tiles = key_tiles_per_block * num_blocks
         hyper_bwd_dkdv_kernel[(problems * num_kv_heads * key_tiles,)](
             q, k, v, dout, lse, delta, dk_acc, dk, dv_acc, dvv, p.q_perm, p.k_perm, scale, scale_log2, *strides,
-            part.n_q, part.n_k, p.block_size, key_tiles_per_block, key_tiles, *part.rows, *kv_heads, part.sinks, WRITE=dkdv_mode,
-            **dims, **cfg_dkdv)
+            part.n_q, part.n_k, p.block_size, key_tiles_per_block, key_tiles, *part.rows, *kv_heads, part.sinks,
+            WRITE=dkdv_mode, **dims, **cfg_dkdv)
     if cudnn_part is not None:
         part = cudnn_part
         leaf_grads = leaves_backward(dout, q, k, v, out, lse, part.q_start, part.k_start, part.n_q, part.rects, scale)
@@ -345,6 +454,8 @@ def attention_backward(dout, dlse, q, k, v, out, lse, parts: list[Part], scale: 
                 torch.add(acc[name][:, :, start:start + leaf_grad.shape[2]], leaf_grad, out=rows)
             else:
                 rows.copy_(leaf_grad)
+    if tail:
+        dq[:, :, n_q - tail:] = dq_tail
     return dq, dk, dvv
 
 
@@ -381,14 +492,14 @@ def _decode(tensors: list[torch.Tensor], ints: list[int]) -> list[Part]:
 @torch.library.custom_op("hyperattn::attention_fwd", mutates_args=())
 def attention_fwd_op(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan_tensors: list[torch.Tensor], part_ints: list[int],
-    scale: float,
+    scale: float, tail: int, causal: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     with on_device(q):
-        return attention_forward(q, k, v, _decode(plan_tensors, part_ints), scale)
+        return attention_forward(q, k, v, _decode(plan_tensors, part_ints), scale, tail, causal)
 
 
 @attention_fwd_op.register_fake
-def _(q, k, v, plan_tensors, part_ints, scale):
+def _(q, k, v, plan_tensors, part_ints, scale, tail, causal):
     batch, heads, n_q, _ = q.shape
     return q.new_empty(batch, heads, n_q, v.shape[-1]), q.new_empty(batch, heads, n_q, dtype=torch.float32)
 
@@ -397,42 +508,46 @@ def _(q, k, v, plan_tensors, part_ints, scale):
 def attention_bwd_op(
     dout: torch.Tensor, dlse: torch.Tensor | None, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     out: torch.Tensor, lse: torch.Tensor, plan_tensors: list[torch.Tensor], part_ints: list[int], scale: float,
+    tail: int, causal: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     with on_device(q):
-        return attention_backward(dout, dlse, q, k, v, out, lse, _decode(plan_tensors, part_ints), scale)
+        return attention_backward(dout, dlse, q, k, v, out, lse, _decode(plan_tensors, part_ints), scale, tail, causal)
 
 
 @attention_bwd_op.register_fake
-def _(dout, dlse, q, k, v, out, lse, plan_tensors, part_ints, scale):
+def _(dout, dlse, q, k, v, out, lse, plan_tensors, part_ints, scale, tail, causal):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, plan_tensors, part_ints, scale = inputs
+    q, k, v, plan_tensors, part_ints, scale, tail, causal = inputs
     out, lse = output
     ctx.set_materialize_grads(False)  # an unused lse gets no gradient (None), so cuDNN can run the leaves
     ctx.save_for_backward(q, k, v, out, lse, *plan_tensors)
-    ctx.part_ints, ctx.scale = part_ints, scale
+    ctx.part_ints, ctx.scale, ctx.tail, ctx.causal = part_ints, scale, tail, causal
 
 
 def _backward(ctx, dout, dlse):
     q, k, v, out, lse, *plan_tensors = ctx.saved_tensors
     if dout is None:
         dout = torch.zeros_like(out)
-    dq, dk, dv = attention_bwd_op(dout, dlse, q, k, v, out, lse, plan_tensors, ctx.part_ints, ctx.scale)
-    return dq, dk, dv, [None] * len(plan_tensors), None, None
+    dq, dk, dv = attention_bwd_op(dout, dlse, q, k, v, out, lse, plan_tensors, ctx.part_ints, ctx.scale, ctx.tail,
+                                  ctx.causal)
+    return dq, dk, dv, [None] * len(plan_tensors), None, None, None, None
 
 
 attention_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def triton_attention(q, k, v, plan: AttentionPlan | CausalPlan | None, scale: float, causal: bool):
+def triton_attention(q, k, v, plan: AttentionPlan | CausalPlan | None, scale: float, causal: bool, tail: int = 0):
     """Attention over ``plan`` (None: exact attention) with fused kernels; differentiable.
 
     q (B, Hq, Nq, D), k (B, Hkv, Nk, D), v (B, Hkv, Nk, Dv), fp16 or bf16. Returns out
-    (B, Hq, Nq, Dv) in q's dtype and lse (B, Hq, Nq) float32. Runs as the custom op
+    (B, Hq, Nq, Dv) in q's dtype and lse (B, Hq, Nq) float32. ``tail``: the last ``tail``
+    rows are exact attention over every key they see (``HyperAttentionConfig.exact_tail``),
+    computed in the same op. Runs as the custom op
     ``hyperattn::attention_fwd`` (backward ``hyperattn::attention_bwd``), so
     ``torch.compile`` and CUDA graphs treat it as one opaque call."""
     q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
     plan_tensors, part_ints = _encode(parts_of(plan, q.shape[2], k.shape[2], causal))
-    return attention_fwd_op(q, k, v, plan_tensors, part_ints, float(scale))
+    return attention_fwd_op(q, k, v, plan_tensors, part_ints, float(scale), min(tail, q.shape[2]), causal)
