@@ -243,6 +243,18 @@ def test_exact_tail_through_the_kernels_matches_the_reference():
     assert all(torch.isfinite(x.grad).all() for x in (q, k, v))
 
 
+def test_noncausal_sinks_run_inside_the_hyper_part():
+    """Forward and dq: the hyper part attends to the sinks itself; the exact parts only add the
+    sinks' key gradients, in chunks of queries that together cover every query once."""
+    q, k, v, plan, causal, _ = make_case("noncausal-sinks")
+    parts = parts_of(plan, q.shape[2], k.shape[2], causal)
+    assert parts[0].plan is plan and parts[0].exact_keys == plan.sinks == 5
+    assert all(part.key_grads_only and part.plan is None for part in parts[1:])
+    rows = sorted(row for part in parts[1:] for r in range(part.rects)
+                  for row in range(part.q_start + r * part.rect_stride, part.q_start + r * part.rect_stride + part.n_q))
+    assert rows == list(range(q.shape[2])) and parts[1].rects == q.shape[2] // interface.QUERY_CHUNK_LEN
+
+
 def test_sinks_of_later_leaves_are_one_problem_per_leaf_on_shared_keys():
     from hyperattn.ops.triton.interface import Part
 

@@ -70,11 +70,12 @@ def hyper_bwd_dq_kernel(
     stride_lb, stride_lh,
     n_q, n_k, num_samples, block_size, tiles_per_block, num_tiles,
     rects, q_start, k_start, rect_stride,
-    num_q_heads, group, sinks,
+    num_q_heads, group, sinks, exact_keys,
     WRITE: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
     D_PAD: tl.constexpr, DV_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    """dQ of one query tile: its key block and the samples outside it.
+    """dQ of one query tile: its key block, the samples outside it and the problem's first
+    ``exact_keys`` key rows (attended exactly).
 
     DO, DQ share the strides ``stride_o*`` (contiguous (B, Hq, Nq, *) buffers); Lse, Delta
     share ``stride_l*``."""
@@ -136,6 +137,15 @@ def hyper_bwd_dq_kernel(
             v = load_rows(v_base, k_rows, stride_vn, offs_dv, live, dv_mask)
             p, ds = _score_grads(q, k, v, do, lse2, delta, (s_logw * LOG2E)[None, :],
                                  rmask[:, None] & live[None, :], scale_log2)
+            dq += tl.dot(ds.to(k.dtype), k)
+
+        for start in range(0, exact_keys, BLOCK_N):
+            offs_n = start + tl.arange(0, BLOCK_N)
+            kmask = offs_n < exact_keys
+            k_rows = (key_row0 + offs_n).to(tl.int64)
+            k = load_rows(k_base, k_rows, stride_kn, offs_d, kmask, d_mask)
+            v = load_rows(v_base, k_rows, stride_vn, offs_dv, kmask, dv_mask)
+            p, ds = _score_grads(q, k, v, do, lse2, delta, 0.0, rmask[:, None] & kmask[None, :], scale_log2)
             dq += tl.dot(ds.to(k.dtype), k)
 
         write_rows(DQAcc, DQ, l_rows, HEAD_DIM, offs_d, rmask, d_mask, dq * scale, WRITE)  # DQ is laid out like Lse

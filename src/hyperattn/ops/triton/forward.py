@@ -115,7 +115,7 @@ def hyper_fwd_kernel(
     stride_lb, stride_lh,
     n_q, n_k, num_samples, block_size, tiles_per_block, num_tiles,
     rects, q_start, k_start, rect_stride,
-    num_q_heads, group, sinks,
+    num_q_heads, group, sinks, exact_keys,
     MERGE: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
     D_PAD: tl.constexpr, DV_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
@@ -123,7 +123,8 @@ def hyper_fwd_kernel(
 
     Attends to the key block (through KPerm) and to the sampled keys outside it (through
     SIdx, with log-weights SLogW), in one online softmax; keys at rows below ``sinks`` are
-    skipped (an exact part attends to them)."""
+    skipped (an exact part attends to them, or this one: the first ``exact_keys`` key rows of
+    the problem, exactly, in the same softmax)."""
     pid = tl.program_id(0)
     zh = pid // num_tiles
     tile = pid % num_tiles
@@ -184,6 +185,15 @@ def hyper_fwd_kernel(
             v = load_rows(v_base, k_rows, stride_vn, offs_dv, smask, dv_mask)
             s = tl.dot(q, tl.trans(k)) * scale_log2 + (s_logw * LOG2E)[None, :]
             s = tl.where(smask[None, :], s, float("-inf"))
+            m_i, l_i, acc = _softmax_step(s, v, m_i, l_i, acc)
+
+        for start in range(0, exact_keys, BLOCK_N):
+            offs_n = start + tl.arange(0, BLOCK_N)
+            kmask = offs_n < exact_keys
+            k_rows = (key_row0 + offs_n).to(tl.int64)
+            k = load_rows(k_base, k_rows, stride_kn, offs_d, kmask, d_mask)
+            v = load_rows(v_base, k_rows, stride_vn, offs_dv, kmask, dv_mask)
+            s = tl.where(kmask[None, :], tl.dot(q, tl.trans(k)) * scale_log2, float("-inf"))
             m_i, l_i, acc = _softmax_step(s, v, m_i, l_i, acc)
 
         o_rows = batch.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + q_rows * stride_on

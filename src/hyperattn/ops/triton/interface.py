@@ -47,7 +47,10 @@ class Part:
     ``last_dq`` / ``last_dkdv``: in the backward, this part's query (key) rows get no gradient
     from parts that run after it; these parts partition the rows, so they write the final
     gradients in the input dtype. ``sinks``: a hyper part skips key rows below it (an exact
-    part attends to them)."""
+    part attends to them). ``exact_keys``: a hyper part also attends each query exactly to the
+    problem's first ``exact_keys`` key rows, in the same softmax and in its dq; the key
+    gradients through them come from exact parts that are ``key_grads_only`` (they take no
+    part in the forward and add no dq)."""
 
     plan: AttentionPlan | None
     causal: bool
@@ -62,6 +65,8 @@ class Part:
     sinks: int = 0
     diagonal: bool = False
     key_rect_stride: int | None = None
+    exact_keys: int = 0
+    key_grads_only: bool = False
 
     def __post_init__(self):
         if self.key_rect_stride is None:
@@ -70,6 +75,8 @@ class Part:
             raise ValueError("Part.key_rect_stride differs from rect_stride only in exact parts")
         if self.shares_key_rows and self.last_dkdv:
             raise ValueError("a Part whose problems share key rows cannot own them (last_dkdv)")
+        if self.exact_keys and self.plan is None:
+            raise ValueError("Part.exact_keys belongs to hyper parts (an exact part attends to its keys anyway)")
 
     @property
     def shares_key_rows(self) -> bool:
@@ -102,11 +109,12 @@ def parts_of(plan: AttentionPlan | CausalPlan | None, n_q: int, n_k: int, causal
     if plan is None or isinstance(plan, AttentionPlan):
         if plan is None or not plan.sinks:
             return [Part(plan, causal and plan is None, 1, 0, 0, 0, n_q, n_k)]
-        # non-causal sinks: the hyper part skips them and owns every row; every query attends to
-        # them exactly, in problems of QUERY_CHUNK_LEN queries adding to the same key gradients
-        return [Part(plan, False, 1, 0, 0, 0, n_q, n_k, sinks=plan.sinks)] + [
+        # non-causal sinks: the hyper part skips them in its block and samples, attends to them
+        # exactly (output and dq) and owns every row; their key gradients come from problems of
+        # QUERY_CHUNK_LEN queries adding to the same key rows
+        return [Part(plan, False, 1, 0, 0, 0, n_q, n_k, sinks=plan.sinks, exact_keys=plan.sinks)] + [
             Part(None, False, rects, start, 0, length, length, plan.sinks, last_dq=False, last_dkdv=False,
-                 key_rect_stride=0) for rects, start, length in _rows_in_chunks(n_q, QUERY_CHUNK_LEN)]
+                 key_rect_stride=0, key_grads_only=True) for rects, start, length in _rows_in_chunks(n_q, QUERY_CHUNK_LEN)]
     s = plan.schedule
     head, prefix = s.head_len, s.prefix_len + s.head_len
     if plan.window:
@@ -248,7 +256,8 @@ def _launch_forward(q, k, v, out, lse, part: Part, scale: float, merge: bool) ->
         hyper_fwd_kernel[(problems * tiles,)](
             q, k, v, out, lse, p.q_perm, p.k_perm, p.sample_idx, p.sample_block, p.sample_log_weight,
             scale_log2, *strides, part.n_q, part.n_k, p.sample_idx.shape[-1], p.block_size,
-            tiles_per_block, tiles, *part.rows, *heads, part.sinks, MERGE=merge, **_dims(q, v), **cfg)
+            tiles_per_block, tiles, *part.rows, *heads, part.sinks, part.exact_keys, MERGE=merge, **_dims(q, v),
+            **cfg)
 
 
 def _cudnn_runs(q, k, v, part: Part, direction: str) -> bool:
@@ -297,6 +306,7 @@ def _parts_forward(q, k, v, parts: list[Part], scale: float, poison: bool):
     if poison:
         out.fill_(float("nan"))
         lse.fill_(float("nan"))
+    parts = [part for part in parts if not part.key_grads_only]
     if len(parts) == 1:
         _launch_forward(q, k, v, out, lse, parts[0], scale, merge=False)
         return out, lse
@@ -322,7 +332,8 @@ def _parts_forward(q, k, v, parts: list[Part], scale: float, poison: bool):
 
 def _launch_dense_backward(q, k, v, dout, lse, delta, dq_acc, dq, dk_acc, dk, dv_acc, dv, part: Part, scale: float,
                            dq_mode: str, dkdv_mode: str, cfgs: dict) -> None:
-    """The dq and the dk/dv launch of an exact part (``write_rows`` modes ``dq_mode``, ``dkdv_mode``)."""
+    """The dq (unless ``part.key_grads_only``) and the dk/dv launch of an exact part
+    (``write_rows`` modes ``dq_mode``, ``dkdv_mode``)."""
     batch, num_q_heads = q.shape[:2]
     num_kv_heads, kv_seq_len = k.shape[1], k.shape[2]
     group = num_q_heads // num_kv_heads
@@ -333,9 +344,10 @@ def _launch_dense_backward(q, k, v, dout, lse, delta, dq_acc, dq, dk_acc, dk, dv
     cfg_dq, cfg_dkdv = cfgs["dense_dq"], cfgs["dense_dkdv"]
     q_tiles = triton.cdiv(part.n_q, cfg_dq["BLOCK_M"])
     k_tiles = triton.cdiv(part.n_k, cfg_dkdv["BLOCK_N"])
-    dense_bwd_dq_kernel[(problems * num_q_heads * q_tiles,)](
-        q, k, v, dout, lse, delta, dq_acc, dq, scale, scale_log2, *strides, part.n_q, part.n_k, q_tiles,
-        *part.rows, part.key_rect_stride, num_q_heads, group, CAUSAL=part.causal, WRITE=dq_mode, **dims, **cfg_dq)
+    if not part.key_grads_only:
+        dense_bwd_dq_kernel[(problems * num_q_heads * q_tiles,)](
+            q, k, v, dout, lse, delta, dq_acc, dq, scale, scale_log2, *strides, part.n_q, part.n_k, q_tiles,
+            *part.rows, part.key_rect_stride, num_q_heads, group, CAUSAL=part.causal, WRITE=dq_mode, **dims, **cfg_dq)
     dense_bwd_dkdv_kernel[(problems * num_kv_heads * k_tiles,)](
         q, k, v, dout, lse, delta, dk_acc, dk, dv_acc, dv, scale, scale_log2, *strides, part.n_q, part.n_k,
         k_tiles, *part.rows, part.key_rect_stride, num_kv_heads, group, kv_seq_len, CAUSAL=part.causal,
@@ -426,7 +438,7 @@ def attention_backward(dout, dlse, q, k, v, out, lse, parts: list[Part], scale: 
                 scale, scale_log2, *strides, part.n_q, part.n_k, num_samples, p.block_size, sample_chunks,
                 segments, segment_len, *part.rows, *kv_heads, part.sinks, **dims, **cfg)
         dq_mode, dkdv_mode = write_mode("dq", part.last_dq), write_mode("dk", part.last_dkdv)
-        dq_acc = accumulator("dq", dq) if dq_mode != "store" else dq
+        dq_acc = accumulator("dq", dq) if dq_mode != "store" and not part.key_grads_only else dq
         dk_acc, dv_acc = (accumulator("dk", dk), accumulator("dv", dvv)) if dkdv_mode != "store" else (dk, dvv)
         if p is None:
             _launch_dense_backward(q, k, v, dout, lse, delta, dq_acc, dq, dk_acc, dk, dv_acc, dvv, part, scale,
@@ -437,7 +449,8 @@ def attention_backward(dout, dlse, q, k, v, out, lse, parts: list[Part], scale: 
         hyper_bwd_dq_kernel[(problems * num_q_heads * tiles,)](
             q, k, v, dout, lse, delta, dq_acc, dq, p.q_perm, p.k_perm, p.sample_idx, p.sample_block,
             p.sample_log_weight, scale, scale_log2, *strides, part.n_q, part.n_k, num_samples, p.block_size,
-            tiles_per_block, tiles, *part.rows, num_q_heads, group, part.sinks, WRITE=dq_mode, **dims, **cfg_dq)
+            tiles_per_block, tiles, *part.rows, num_q_heads, group, part.sinks, part.exact_keys, WRITE=dq_mode, **dims,
+            **cfg_dq)
         key_tiles_per_block = triton.cdiv(p.block_size, cfg_dkdv["BLOCK_N"])
         key_tiles = key_tiles_per_block * num_blocks
         hyper_bwd_dkdv_kernel[(problems * num_kv_heads * key_tiles,)](
