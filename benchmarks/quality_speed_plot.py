@@ -15,8 +15,8 @@ import json
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
-TIMES = "2026-11-29-option-cost-d64-h200.json"
-EXACT_TIME = "2026-11-29-attention-d64-causal-paper-h200-f0132bb.json"
+TIMES = "2026-11-29-option-cost-d64-h200-7e00bb5.json"
+EXACT_TIME = "2026-11-29-attention-d64-default-h200-9657c32.json"
 # model: (label, {config name: (ppl JSON, layers)}, exact ppl JSON); config names are option_cost's
 PERPLEXITIES = {
     "SmolLM2-135M, Paul Graham 8k, last 15 layers (CPU)": (
@@ -46,10 +46,10 @@ def main() -> None:
     import matplotlib.pyplot as plt
 
     times = {row["options"]: row["ms"] for row in json.loads((RESULTS / TIMES).read_text())["results"]
-             if row["seq_len"] == args.seq_len and row["mode"] == "fwd"}
+             if row["seq_len"] == args.seq_len and row["mode"] == "fwd" and row["causal"]}
     exact = json.loads((RESULTS / EXACT_TIME).read_text())
     times["exact (cuDNN)"] = next(row["ms"] for row in exact["results"] if row["seq_len"] == args.seq_len
-                                  and row["mode"] == "fwd" and row["impl"] == "cudnn")
+                                  and row["mode"] == "fwd" and row["causal"] and row["impl"] == "cudnn")
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for (model, (configs, exact_ref)), marker, dy in zip(PERPLEXITIES.items(), "os", (4, -12)):
         base = _ppl(*exact_ref)
@@ -60,7 +60,8 @@ def main() -> None:
             if name == "exact (cuDNN)" and marker != "o":
                 continue  # one label for the shared point
             left = i == 1  # the paper's point: its label to the left, clear of the faster configs' labels
-            ax.annotate(name, (x, y), textcoords="offset points", xytext=(-5 if left else 5, dy), fontsize=8,
+            label = name + " (default)" if name == "sinks 16 + tail 64" else name
+            ax.annotate(label, (x, y), textcoords="offset points", xytext=(-5 if left else 5, dy), fontsize=8,
                         ha="right" if left else "left")
         print(model, [(name, round(times[name], 2), round(y, 1)) for name, y in points])
     ax.set_xscale("log")
