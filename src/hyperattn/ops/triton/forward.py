@@ -104,6 +104,35 @@ def merge_leaves_kernel(
 
 
 @triton.jit
+def merge_copies_kernel(
+    Part, PartLse, Out, Lse, copies, rows_per_copy, n_q,
+    HEAD_DIM_V: tl.constexpr, DV_PAD: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """The exact tail's last pass: Out, Lse rows [n_q - R, n_q) = the merge of ``copies``
+    partial results of those rows (R = ``rows_per_copy``).
+
+    Part (B, H, copies * R, Dv) fp32 and PartLse (B, H, copies * R) hold copy c's partial
+    result of row i at row c * R + i; Out (in its dtype) and Lse are contiguous (B, H, n_q, *)."""
+    pid = tl.program_id(0)
+    tiles = tl.cdiv(rows_per_copy, BLOCK)
+    bh = (pid // tiles).to(tl.int64)
+    rows = (pid % tiles) * BLOCK + tl.arange(0, BLOCK)
+    cols = tl.arange(0, DV_PAD)
+    rmask = rows < rows_per_copy
+    mask = rmask[:, None] & (cols[None, :] < HEAD_DIM_V)
+    out = tl.zeros([BLOCK, DV_PAD], tl.float32)
+    lse2 = tl.full([BLOCK], float("-inf"), tl.float32)
+    for c in range(0, copies):
+        flat = (bh * copies + c) * rows_per_copy + rows
+        part = tl.load(Part + flat[:, None] * HEAD_DIM_V + cols[None, :], mask=mask, other=0.0)
+        part_lse2 = tl.load(PartLse + flat, mask=rmask, other=float("-inf")) * LOG2E
+        out, lse2 = merge_lse2(out, lse2, part, part_lse2)
+    flat = bh * n_q + n_q - rows_per_copy + rows
+    tl.store(Out + flat[:, None] * HEAD_DIM_V + cols[None, :], out.to(Out.dtype.element_ty), mask=mask)
+    tl.store(Lse + flat, lse2 * LN2, mask=rmask)
+
+
+@triton.jit
 def hyper_fwd_kernel(
     Q, K, V, Out, Lse,
     QPerm, KPerm, SIdx, SBlk, SLogW,

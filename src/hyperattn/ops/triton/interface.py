@@ -26,8 +26,7 @@ from hyperattn.ops.triton.backward import (
     hyper_bwd_samples_kernel,
 )
 from hyperattn.ops.cudnn import leaves_backward, leaves_forward, use_cudnn_leaves
-from hyperattn.ops.merge import merge_attention_stack
-from hyperattn.ops.triton.forward import dense_fwd_kernel, hyper_fwd_kernel, merge_leaves_kernel
+from hyperattn.ops.triton.forward import dense_fwd_kernel, hyper_fwd_kernel, merge_copies_kernel, merge_leaves_kernel
 from hyperattn.plan import AttentionPlan, CausalPlan
 
 
@@ -265,19 +264,20 @@ def _cudnn_runs(q, k, v, part: Part, direction: str) -> bool:
     return part.diagonal and use_cudnn_leaves(q, k, v, part.n_q, part.rects, direction)
 
 
-def _tail_forward(q, k, v, tail: int, causal: bool, scale: float):
-    """Exact attention of the last ``tail`` queries over every key they see (``tail_parts``):
-    out (B, Hq, tail, Dv) and lse (B, Hq, tail), float32."""
+def _tail_forward(q, k, v, out, lse, tail: int, causal: bool, scale: float) -> None:
+    """Write exact attention of the last ``tail`` queries over every key they see
+    (``tail_parts``) into their rows of out (B, Hq, Nq, Dv) and lse (B, Hq, Nq), contiguous."""
     parts, copies = tail_parts(tail, k.shape[2], causal)
     queries = _tail_rows(q, tail, copies)
     batch, num_q_heads = q.shape[:2]
-    out = torch.empty(batch, num_q_heads, copies * tail, v.shape[-1], dtype=torch.float32, device=q.device)
-    lse = torch.empty(batch, num_q_heads, copies * tail, dtype=torch.float32, device=q.device)
+    partial = torch.empty(batch, num_q_heads, copies * tail, v.shape[-1], dtype=torch.float32, device=q.device)
+    partial_lse = torch.empty(batch, num_q_heads, copies * tail, dtype=torch.float32, device=q.device)
     for part in parts:
-        _launch_forward(queries, k, v, out, lse, part, scale, merge=False)
-    if copies == 1:
-        return out, lse
-    return merge_attention_stack(out.unflatten(2, (copies, tail)), lse.unflatten(2, (copies, tail)), dim=2)
+        _launch_forward(queries, k, v, partial, partial_lse, part, scale, merge=False)
+    block = 64
+    merge_copies_kernel[(batch * num_q_heads * triton.cdiv(tail, block),)](
+        partial, partial_lse, out, lse, copies, tail, q.shape[2], HEAD_DIM_V=v.shape[-1],
+        DV_PAD=_dims(q, v)["DV_PAD"], BLOCK=block)
 
 
 def attention_forward(q, k, v, parts: list[Part], scale: float, tail: int = 0, causal: bool = False,
@@ -293,9 +293,7 @@ def attention_forward(q, k, v, parts: list[Part], scale: float, tail: int = 0, c
     out, lse = _parts_forward(q, k, v, parts, scale, poison)
     tail = min(tail, q.shape[2])
     if tail:
-        tail_out, tail_lse = _tail_forward(q, k, v, tail, causal, scale)
-        out[:, :, q.shape[2] - tail:] = tail_out
-        lse[:, :, q.shape[2] - tail:] = tail_lse
+        _tail_forward(q, k, v, out, lse, tail, causal, scale)
     return out, lse
 
 
