@@ -79,7 +79,7 @@ def test_a_window_or_non_causal_sinks_covering_every_key_is_exact(causal, nq, nk
 
 @pytest.mark.parametrize("nq,nk", [(100, 100), (64, 150)])
 def test_causal_sinks_stop_before_the_second_leaf(nq, nk):
-    """Sinks beyond the keys before the second diagonal leaf change nothing."""
+    """Sinks are capped at the keys before the second diagonal leaf: any larger value gives the cap's result."""
     q, k, v = random_qkv(hq=2, hkv=1, nq=nq, nk=nk, d=8)
     base = dict(block_size=4, sample_size=4, lsh_num_projs=3, exact_up_to=0, min_seq_len=8, exact_tail=0)
     schedule = causal_schedule(nq, nk, 8)

@@ -149,8 +149,8 @@ def hyper_attention(
         causal: aligned bottom-right as in FlashAttention 2.1+: query i sits at position
             ``Nk - Nq + i`` and sees keys ``j <= Nk - Nq + i``; requires Nq <= Nk.
         scale: softmax scale, default ``D ** -0.5``.
-        config: hyperparameters; default ``HyperAttentionConfig()`` (the paper's, with short
-            inputs run exactly: ``exact_up_to``).
+        config: hyperparameters; default ``HyperAttentionConfig()`` (the paper's, plus 16 exact
+            sinks, an exact tail of 64 queries, and short inputs run exactly: ``exact_up_to``).
         seed: decides the LSH directions and the sampled keys (drawn by a generator on q's
             device): the same seed and inputs on the same device give bit-identical results.
             None draws a seed from PyTorch's global CPU generator (so ``torch.manual_seed``

@@ -36,6 +36,7 @@ SINK_CASES = {
     "sinks-odd-head": (2, 1, 77, 77, 16, 16, 8, 10, 8, 4),  # sinks cover the head rows' keys
     "sinks-prefill-hyper-prefix": (2, 1, 64, 90, 16, 16, 8, 10, 8, 5),  # prefix of 26 keys, hashed
     "sinks-prefill-exact-prefix": (2, 2, 64, 70, 16, 16, 8, 6, 8, 9),  # prefix of 6 keys < sinks, exact
+    "sinks-above-cap": (2, 1, 96, 96, 16, 16, 8, 10, 8, 100),  # capped at the 6 keys of the first leaf
 }
 CASES.update({name: (*shape[:9], True) for name, shape in SINK_CASES.items()})
 # Exact tails and non-causal sinks, with chunks of 16 keys (tail) and 16 queries (sinks):
@@ -48,6 +49,7 @@ OPTION_CASES = {
     "tail-causal-sinks-gqa": ((4, 2, 96, 96, 32, 32, 16, 20, 16, True), 7, 20),
 }
 CASES.update({name: shape for name, (shape, _, _) in OPTION_CASES.items()})
+BATCH = {"tail-causal-sinks-gqa": 2, "noncausal-sinks": 2}  # batch 1 elsewhere
 OPTIONS = {name: (sinks, 0) for name, (*_, sinks) in SINK_CASES.items()}
 OPTIONS.update({name: (sinks, tail) for name, (_, sinks, tail) in OPTION_CASES.items()})
 
@@ -63,7 +65,7 @@ def make_case(name, seed=0, dtype=DTYPE):
     """q, k, v, plan, causal and the exact tail of case ``name``."""
     hq, hkv, nq, nk, d, dv, block, samples, min_len, causal = CASES[name]
     gen = torch.Generator().manual_seed(seed)
-    q, k, v = (torch.randn(1, h, n, w, generator=gen).to(DEVICE, dtype)
+    q, k, v = (torch.randn(BATCH.get(name, 1), h, n, w, generator=gen).to(DEVICE, dtype)
                for h, n, w in ((hq, nq, d), (hkv, nk, d), (hkv, nk, dv)))
     sinks, tail = OPTIONS.get(name, (0, 0))
     cfg = HyperAttentionConfig(block_size=block, sample_size=samples, exact_up_to=0, min_seq_len=min_len, exact_sinks=sinks)
@@ -193,6 +195,20 @@ def test_triton_impl_rejects_float32():
     q = torch.randn(1, 1, 40, 16)
     with pytest.raises(TypeError, match="impl='triton'"):
         hyper_attention(q, q, q, config=HyperAttentionConfig(exact_up_to=0, min_seq_len=8, impl="triton"))
+
+
+@pytest.mark.parametrize("name", ["noncausal-sinks", "tail-causal-sinks-gqa"])
+def test_parts_survive_the_custom_op_encoding(name):
+    from hyperattn.ops.triton.interface import _decode
+
+    q, k, v, plan, causal, _ = make_case(name)
+    parts = parts_of(plan, q.shape[2], k.shape[2], causal)
+    decoded = _decode(*_encode(parts))
+    for part, back in zip(parts, decoded, strict=True):
+        assert [getattr(part, f) for f in vars(part) if f != "plan"] == [getattr(back, f) for f in vars(back) if f != "plan"]
+        if part.plan is not None:
+            assert (back.plan.block_size, back.plan.sinks) == (part.plan.block_size, part.plan.sinks)
+            assert all(torch.equal(getattr(part.plan, f), getattr(back.plan, f)) for f in ("q_perm", "k_perm", "sample_idx"))
 
 
 def test_custom_op_passes_opcheck():

@@ -139,14 +139,9 @@ def hyper_bwd_dq_kernel(
                                  rmask[:, None] & live[None, :], scale_log2)
             dq += tl.dot(ds.to(k.dtype), k)
 
-        for start in range(0, exact_keys, BLOCK_N):
-            offs_n = start + tl.arange(0, BLOCK_N)
-            kmask = offs_n < exact_keys
-            k_rows = (key_row0 + offs_n).to(tl.int64)
-            k = load_rows(k_base, k_rows, stride_kn, offs_d, kmask, d_mask)
-            v = load_rows(v_base, k_rows, stride_vn, offs_dv, kmask, dv_mask)
-            p, ds = _score_grads(q, k, v, do, lse2, delta, 0.0, rmask[:, None] & kmask[None, :], scale_log2)
-            dq += tl.dot(ds.to(k.dtype), k)
+        dq = _dense_dq_range(q, do, lse2, delta, dq, k_base, v_base, key_row0, stride_kn, stride_vn, offs_m, rmask,
+                             offs_d, offs_dv, d_mask, dv_mask, 0, exact_keys, n_q, exact_keys, scale_log2, False,
+                             BLOCK_N)
 
         write_rows(DQAcc, DQ, l_rows, HEAD_DIM, offs_d, rmask, d_mask, dq * scale, WRITE)  # DQ is laid out like Lse
 

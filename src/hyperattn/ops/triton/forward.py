@@ -1,10 +1,11 @@
 """Forward kernels: attention over one part of the pattern, merged into fp32 accumulators.
 
 A *part* is a batch of problems of one shape: the whole input, the rectangles of one causal
-level, the diagonal leaves, the prefix. Problem ``z = batch * rects + r`` reads query rows
-``q_start + r * rect_stride + i`` and key rows ``k_start + r * rect_stride + j`` of the
-original tensors, so no part is ever copied. Scores live in the log2 domain; the stored
-lse is natural-log. Offsets that scale with the sequence are 64-bit.
+level, the diagonal leaves, the prefix, the exact sinks. Problem ``z = batch * rects + r``
+reads query rows ``q_start + r * rect_stride + i`` and key rows
+``k_start + r * key_rect_stride + j`` of the original tensors (only the exact tail's few
+query rows are copied, once per key chunk). Scores live in the log2 domain; the stored lse
+is natural-log. Offsets that scale with the sequence are 64-bit.
 """
 
 from __future__ import annotations
@@ -216,14 +217,9 @@ def hyper_fwd_kernel(
             s = tl.where(smask[None, :], s, float("-inf"))
             m_i, l_i, acc = _softmax_step(s, v, m_i, l_i, acc)
 
-        for start in range(0, exact_keys, BLOCK_N):
-            offs_n = start + tl.arange(0, BLOCK_N)
-            kmask = offs_n < exact_keys
-            k_rows = (key_row0 + offs_n).to(tl.int64)
-            k = load_rows(k_base, k_rows, stride_kn, offs_d, kmask, d_mask)
-            v = load_rows(v_base, k_rows, stride_vn, offs_dv, kmask, dv_mask)
-            s = tl.where(kmask[None, :], tl.dot(q, tl.trans(k)) * scale_log2, float("-inf"))
-            m_i, l_i, acc = _softmax_step(s, v, m_i, l_i, acc)
+        m_i, l_i, acc = _dense_fwd_range(q, k_base, v_base, key_row0, stride_kn, stride_vn, offs_m, offs_d, offs_dv,
+                                         d_mask, dv_mask, 0, exact_keys, n_q, exact_keys, m_i, l_i, acc, scale_log2,
+                                         False, BLOCK_N)
 
         o_rows = batch.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + q_rows * stride_on
         lse_rows = batch.to(tl.int64) * stride_lb + h.to(tl.int64) * stride_lh + q_rows

@@ -76,6 +76,9 @@ class Part:
             raise ValueError("a Part whose problems share key rows cannot own them (last_dkdv)")
         if self.exact_keys and self.plan is None:
             raise ValueError("Part.exact_keys belongs to hyper parts (an exact part attends to its keys anyway)")
+        if self.key_grads_only and (self.plan is not None or self.last_dq or self.last_dkdv):
+            raise ValueError("a key_grads_only Part is exact and owns no rows (its dq comes from a hyper part's "
+                             "exact_keys)")
 
     @property
     def shares_key_rows(self) -> bool:
@@ -284,7 +287,7 @@ def attention_forward(q, k, v, parts: list[Part], scale: float, tail: int = 0, c
                       poison: bool = False):
     """Run the parts; returns out (B, Hq, Nq, Dv) in q's dtype and lse (B, Hq, Nq) float32.
 
-    A single part writes the output. Otherwise every part merges into a float32 accumulator
+    A single forward part (``key_grads_only`` parts have none) writes the output. Otherwise every part merges into a float32 accumulator
     (lse -inf until a part writes a row), except the diagonal leaves where cuDNN runs them
     (``hyperattn.ops.cudnn.use_cudnn_leaves``), and one pass merges the accumulator with
     cuDNN's leaves (if any) into the output. Then the last ``tail`` rows are replaced by exact
@@ -473,7 +476,7 @@ def attention_backward(dout, dlse, q, k, v, out, lse, parts: list[Part], scale: 
 # --- torch.library ops: the parts travel as a flat tensor list and an int list -----------
 
 
-_PART_FIELDS = [f for f in fields(Part) if f.name != "plan"]  # ints, then has_plan and block_size
+_PART_FIELDS = [f for f in fields(Part) if f.name != "plan"]  # ints, then has_plan, block_size and sinks
 
 
 def _encode(parts: list[Part]) -> tuple[list[torch.Tensor], list[int]]:
@@ -481,19 +484,19 @@ def _encode(parts: list[Part]) -> tuple[list[torch.Tensor], list[int]]:
     for part in parts:
         p = part.plan
         ints += [int(getattr(part, f.name)) for f in _PART_FIELDS]
-        ints += [int(p is not None), 0 if p is None else p.block_size]
+        ints += [int(p is not None), 0 if p is None else p.block_size, 0 if p is None else p.sinks]
         if p is not None:
             tensors += [p.q_perm, p.k_perm, p.sample_idx, p.sample_block, p.sample_log_weight]
     return tensors, ints
 
 
 def _decode(tensors: list[torch.Tensor], ints: list[int]) -> list[Part]:
-    parts, next_tensor, width = [], 0, len(_PART_FIELDS) + 2
+    parts, next_tensor, width = [], 0, len(_PART_FIELDS) + 3
     for i in range(0, len(ints), width):
-        *values, has_plan, block_size = ints[i:i + width]
+        *values, has_plan, block_size, sinks = ints[i:i + width]
         plan = None
         if has_plan:
-            plan = AttentionPlan(*tensors[next_tensor:next_tensor + 5], block_size=block_size)
+            plan = AttentionPlan(*tensors[next_tensor:next_tensor + 5], block_size=block_size, sinks=sinks)
             next_tensor += 5
         values = {f.name: bool(x) if f.type == "bool" else x for f, x in zip(_PART_FIELDS, values)}
         parts.append(Part(plan, **values))
