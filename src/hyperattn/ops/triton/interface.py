@@ -355,16 +355,19 @@ def _launch_dense_backward(q, k, v, dout, lse, delta, dq_acc, dq, dk_acc, dk, dv
         WRITE="atomic" if part.shares_key_rows else dkdv_mode, **dims, **cfg_dkdv)
 
 
-def _tail_backward(dout, q, k, v, lse, delta, tail: int, causal: bool, scale: float, dk_acc, dv_acc, cfgs: dict):
-    """Gradients of ``_tail_forward``'s rows: adds dk, dv into the fp32 accumulators and
-    returns dq of the last ``tail`` queries, (B, Hq, tail, D) float32."""
+def _tail_backward(dout, q, k, v, lse, delta, tail: int, causal: bool, scale: float, cfgs: dict):
+    """Gradients of ``_tail_forward``'s rows: dq of the last ``tail`` queries (B, Hq, tail, D)
+    and dk, dv of every key (B, Hkv, Nk, D / Dv), float32. The tail's parts cover every key
+    row once, so dk and dv need no zero fill: they start the backward's accumulators."""
     parts, copies = tail_parts(tail, k.shape[2], causal)
     queries, douts, lses, deltas = (_tail_rows(x, tail, copies) for x in (q, dout, lse, delta))
     dq = torch.empty(queries.shape, dtype=torch.float32, device=q.device)
+    dk = torch.empty(k.shape, dtype=torch.float32, device=q.device)
+    dv = torch.empty(v.shape, dtype=torch.float32, device=q.device)
     for part in parts:
-        _launch_dense_backward(queries, k, v, douts, lses, deltas, dq, dq, dk_acc, dk_acc, dv_acc, dv_acc, part,
-                               scale, "store", "add", cfgs)
-    return dq.unflatten(2, (copies, tail)).sum(2)
+        _launch_dense_backward(queries, k, v, douts, lses, deltas, dq, dq, dk, dk, dv, dv, part, scale, "store",
+                               "store", cfgs)
+    return dq.unflatten(2, (copies, tail)).sum(2), dk, dv
 
 
 def attention_backward(dout, dlse, q, k, v, out, lse, parts: list[Part], scale: float, tail: int = 0,
@@ -408,8 +411,7 @@ def attention_backward(dout, dlse, q, k, v, out, lse, parts: list[Part], scale: 
     cfgs = {f: _launch_config(f, d, dv) for f in KERNEL_FAMILIES if f not in ("hyper_fwd", "dense_fwd")}
     tail = min(tail, n_q)
     if tail:
-        dq_tail = _tail_backward(dout, q, k, v, lse, delta, tail, causal, scale, accumulator("dk", dk),
-                                 accumulator("dv", dvv), cfgs)
+        dq_tail, acc["dk"], acc["dv"] = _tail_backward(dout, q, k, v, lse, delta, tail, causal, scale, cfgs)
         lse = lse.clone()
         lse[:, :, n_q - tail:] = float("inf")
     strides = _strides(q, k, v, dout, lse)
