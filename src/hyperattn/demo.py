@@ -27,12 +27,13 @@ def format_demo(result: dict) -> str:
         label += f" + {result['config']['exact_sinks']} sinks"
     if result["config"].get("exact_tail"):
         label += f" + tail {result['config']['exact_tail']}"
+    width = max(34, len(label))
     return "\n".join([
         f"{result['model']} on {result['text']}, {result['seq_len']} tokens, {result['device']}",
-        f"{'attention':<34} {'perplexity':>10} {'forward s':>10} {'needles':>8} {'s/needle':>9}",
-        f"{'exact':<34} {exact['mean_ppl']:>10.2f} {exact['mean_seconds']:>10.1f} "
+        f"{'attention':<{width}} {'perplexity':>10} {'forward s':>10} {'needles':>8} {'s/needle':>9}",
+        f"{'exact':<{width}} {exact['mean_ppl']:>10.2f} {exact['mean_seconds']:>10.1f} "
         f"{needle_score('last:0'):>8} {needle_seconds('last:0'):>9.1f}",
-        f"{label:<34} {patched['mean_ppl']:>10.2f} {patched['mean_seconds']:>10.1f} "
+        f"{label:<{width}} {patched['mean_ppl']:>10.2f} {patched['mean_seconds']:>10.1f} "
         f"{needle_score(result['layers']):>8} {needle_seconds(result['layers']):>9.1f}",
         f"perplexity change: {100 * (patched['mean_ppl'] / exact['mean_ppl'] - 1):+.1f}%   "
         f"total {result['seconds']:.0f} s",
