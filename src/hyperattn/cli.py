@@ -42,9 +42,9 @@ def _add_config_args(parser: argparse.ArgumentParser, measures_quality: bool = F
     from hyperattn.config import HyperAttentionConfig
     from hyperattn.eval.models import EVAL_CONFIG
 
-    group = parser.add_argument_group(
-        "HyperAttention (defaults: the library's, with --exact-up-to 0; the paper's: --exact-sinks 0 --exact-tail 0)"
-        if measures_quality else "HyperAttention (defaults: the library's; the paper's: --exact-sinks 0 --exact-tail 0)")
+    paper = "the paper's: --exact-sinks 0 --exact-tail 0"
+    group = parser.add_argument_group(f"HyperAttention (defaults: the library's, with --exact-up-to 0; {paper})"
+                                      if measures_quality else f"HyperAttention (defaults: the library's; {paper})")
     group.add_argument("--block-size", type=int, default=256)
     group.add_argument("--sample-size", type=int, default=256)
     group.add_argument("--lsh-num-projs", type=int, default=7)

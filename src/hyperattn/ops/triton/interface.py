@@ -114,9 +114,10 @@ def parts_of(plan: AttentionPlan | CausalPlan | None, n_q: int, n_k: int, causal
         # non-causal sinks: the hyper part skips them in its block and samples, attends to them
         # exactly (output and dq) and owns every row; their key gradients come from problems of
         # QUERY_CHUNK_LEN queries adding to the same key rows
-        return [Part(plan, False, 1, 0, 0, 0, n_q, n_k, sinks=plan.sinks, exact_keys=plan.sinks)] + [
-            Part(None, False, rects, start, 0, length, length, plan.sinks, last_dq=False, last_dkdv=False,
-                 key_rect_stride=0, key_grads_only=True) for rects, start, length in _rows_in_chunks(n_q, QUERY_CHUNK_LEN)]
+        sink_grads = [Part(None, False, rects, start, 0, length, length, plan.sinks, last_dq=False, last_dkdv=False,
+                           key_rect_stride=0, key_grads_only=True)
+                      for rects, start, length in _rows_in_chunks(n_q, QUERY_CHUNK_LEN)]
+        return [Part(plan, False, 1, 0, 0, 0, n_q, n_k, sinks=plan.sinks, exact_keys=plan.sinks), *sink_grads]
     s = plan.schedule
     head, prefix = s.head_len, s.prefix_len + s.head_len
     if plan.window:
@@ -287,8 +288,9 @@ def attention_forward(q, k, v, parts: list[Part], scale: float, tail: int = 0, c
                       poison: bool = False):
     """Run the parts; returns out (B, Hq, Nq, Dv) in q's dtype and lse (B, Hq, Nq) float32.
 
-    A single forward part (``key_grads_only`` parts have none) writes the output. Otherwise every part merges into a float32 accumulator
-    (lse -inf until a part writes a row), except the diagonal leaves where cuDNN runs them
+    A single forward part (``key_grads_only`` parts have none) writes the output. Otherwise
+    every part merges into a float32 accumulator (lse -inf until a part writes a row), except
+    the diagonal leaves where cuDNN runs them
     (``hyperattn.ops.cudnn.use_cudnn_leaves``), and one pass merges the accumulator with
     cuDNN's leaves (if any) into the output. Then the last ``tail`` rows are replaced by exact
     attention (``causal``: bottom-right) over every key they see (``_tail_forward``).
