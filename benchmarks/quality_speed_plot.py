@@ -21,7 +21,8 @@ EXACT_TIME = "2026-11-29-attention-d64-default-h200-9657c32.json"
 PERPLEXITIES = {
     "SmolLM2-135M, Paul Graham 8k, last 15 layers (CPU)": (
         {"paper": ("2026-11-27-ppl-smollm2-paul-graham-8k-cpu.json", "last:15"),
-         "sinks 16": ("2026-11-27-ablation-smollm2-paul-graham-sinks16-8k-cpu.json", "last:15")},
+         "sinks 16": ("2026-11-27-ablation-smollm2-paul-graham-sinks16-8k-cpu.json", "last:15"),
+         "sinks 16 + tail 64": ("2026-11-29-ablation-smollm2-paul-graham-default-8k-cpu.json", "last:15")},
         ("2026-11-27-ppl-smollm2-paul-graham-8k-cpu.json", "last:0")),
     "Gemma-3-270m, Paul Graham 32k, 3 global layers (H200)": (
         {"paper": ("2026-11-29-ppl-gemma3-paul-graham-32k-h200.json", "all"),
@@ -56,10 +57,11 @@ def main() -> None:
         points = [("exact (cuDNN)", 0.0)] + [(name, 100 * (_ppl(*ref) / base - 1)) for name, ref in configs.items()]
         xs, ys = [times[name] for name, _ in points], [y for _, y in points]
         ax.plot(xs, ys, marker, label=model)
-        for i, ((name, y), x) in enumerate(zip(points, xs)):
+        for (name, y), x in zip(points, xs):
             if name == "exact (cuDNN)" and marker != "o":
                 continue  # one label for the shared point
-            left = i == 1  # the paper's point: its label to the left, clear of the faster configs' labels
+            # the paper's and the sinks' labels to the left, clear of the slower configs' labels
+            left = name in ("paper", "sinks 16")
             label = name + " (default)" if name == "sinks 16 + tail 64" else name
             ax.annotate(label, (x, y), textcoords="offset points", xytext=(-5 if left else 5, dy), fontsize=8,
                         ha="right" if left else "left")
