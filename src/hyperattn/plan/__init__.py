@@ -89,8 +89,8 @@ class CausalPlan:
 
     ``sinks`` and ``window`` (``HyperAttentionConfig.exact_sinks`` / ``exact_window``): the
     query at position p also attends exactly to keys j < sinks and p - window <= j, which
-    the approximated parts then skip. ``sinks`` is at most the keys before the second diagonal
-    leaf (``prefix_len + head_len + leaf_len``): later leaves' first keys are never sinks."""
+    the approximated parts then skip. ``plan_hyper_attention`` caps ``sinks`` at the keys
+    before the second diagonal leaf (``prefix_len + head_len + leaf_len``)."""
 
     schedule: CausalSchedule
     level_plans: list[AttentionPlan]

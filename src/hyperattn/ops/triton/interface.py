@@ -568,4 +568,4 @@ def triton_attention(q, k, v, plan: AttentionPlan | CausalPlan | None, scale: fl
     ``torch.compile`` and CUDA graphs treat it as one opaque call."""
     q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
     plan_tensors, part_ints = _encode(parts_of(plan, q.shape[2], k.shape[2], causal))
-    return attention_fwd_op(q, k, v, plan_tensors, part_ints, float(scale), min(tail, q.shape[2]), causal)
+    return attention_fwd_op(q, k, v, plan_tensors, part_ints, float(scale), tail, causal)
