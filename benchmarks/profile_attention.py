@@ -17,7 +17,7 @@ from torch.profiler import ProfilerActivity, profile
 from hyperattn import HyperAttentionConfig, hyper_attention
 
 
-def profile_case(seq_len, heads, head_dim, causal, backward, top, config):
+def profile_case(seq_len, heads, head_dim, causal, backward, top, config, launches_over=None):
     q, k, v = (torch.randn(1, heads, seq_len, head_dim, device="cuda", dtype=torch.bfloat16,
                            requires_grad=backward) for _ in range(3))
     grad = torch.randn_like(q)
@@ -41,6 +41,13 @@ def profile_case(seq_len, heads, head_dim, causal, backward, top, config):
             totals[event.name[:70]] += event.device_time_total / 1e3  # us -> ms
             launches += 1
     total = sum(totals.values())
+    if launches_over is not None:  # every launch of at least that many ms, in launch order
+        kernels = sorted((e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA),
+                         key=lambda e: e.time_range.start)
+        print(f"\nlaunches of at least {launches_over} ms, in order:")
+        for event in kernels:
+            if event.device_time_total / 1e3 >= launches_over:
+                print(f"  {event.device_time_total / 1e3:8.3f} ms  {event.name[:70]}")
     label = f"{'causal' if causal else 'non-causal'} {'fwd+bwd' if backward else 'fwd'} {seq_len} tokens"
     print(f"\n{label}: {total:.2f} ms of kernels in {launches} launches")
     for name, ms in sorted(totals.items(), key=lambda kv: -kv[1])[:top]:
@@ -61,6 +68,8 @@ def main():
     parser.add_argument("--head-dim", type=int, default=64)
     parser.add_argument("--top", type=int, default=12)
     parser.add_argument("--forward-only", action="store_true")
+    parser.add_argument("--launches-over", type=float, default=None,
+                        help="also list every launch of at least this many ms, in launch order")
     parser.add_argument("--causal-only", action="store_true")
     parser.add_argument("--exact-sinks", type=int, default=HyperAttentionConfig.exact_sinks,
                         help="HyperAttentionConfig.exact_sinks (default %(default)s; the paper's: 0)")
@@ -71,7 +80,8 @@ def main():
     for causal in (True,) if args.causal_only else (False, True):
         config = HyperAttentionConfig(exact_up_to=0, exact_sinks=args.exact_sinks, exact_tail=args.exact_tail)
         for backward in (False,) if args.forward_only else (False, True):
-            profile_case(args.seq_len, args.heads, args.head_dim, causal, backward, args.top, config)
+            profile_case(args.seq_len, args.heads, args.head_dim, causal, backward, args.top, config,
+                         args.launches_over)
 
 
 if __name__ == "__main__":
