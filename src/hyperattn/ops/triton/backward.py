@@ -14,7 +14,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from hyperattn.ops.triton.common import LOG2E, load_key_tile, load_rows, query_block_range, write_rows
+from hyperattn.ops.triton.common import LOG2E, any_index_below, load_key_tile, load_rows, query_block_range, write_rows
 
 
 
@@ -32,6 +32,28 @@ def bwd_delta_kernel(Out, DO, DLse, Delta, n_rows, head_dim_v, HAS_DLSE: tl.cons
     if HAS_DLSE:
         delta -= tl.load(DLse + rows, mask=rmask, other=0.0)
     tl.store(Delta + rows, delta, mask=rmask)
+
+
+@triton.jit
+def add_rows_kernel(Acc, Part, Out, stride_pb, stride_ph, stride_pn, num_heads, n_rows, row_start, part_rows,
+                    num_tiles, WIDTH: tl.constexpr, W_PAD: tl.constexpr, BLOCK: tl.constexpr):
+    """Out[:, :, row_start + i] = Acc[:, :, row_start + i] + Part[:, :, i] for i < part_rows:
+    the final gradient of rows that cuDNN's leaves and the fp32 accumulator share.
+
+    Acc (B, H, n_rows, WIDTH) fp32 and Out (in its dtype) contiguous; Part (B, H, part_rows,
+    WIDTH) any strides with unit last stride."""
+    pid = tl.program_id(0)
+    bh = pid // num_tiles
+    rows = (pid % num_tiles) * BLOCK + tl.arange(0, BLOCK)
+    cols = tl.arange(0, W_PAD)
+    mask = (rows < part_rows)[:, None] & (cols < WIDTH)[None, :]
+    b = (bh // num_heads).to(tl.int64)
+    h = (bh % num_heads).to(tl.int64)
+    part = tl.load(Part + b * stride_pb + h * stride_ph + rows.to(tl.int64)[:, None] * stride_pn + cols[None, :],
+                   mask=mask, other=0.0)
+    flat = (bh.to(tl.int64) * n_rows + row_start + rows)[:, None] * WIDTH + cols[None, :]
+    acc = tl.load(Acc + flat, mask=mask, other=0.0)
+    tl.store(Out + flat, (acc + part.to(tl.float32)).to(Out.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -59,6 +81,52 @@ def _score_grads(q, k, v, do, lse2, delta, bias2, visible, scale_log2):
 
 
 @triton.jit
+def _block_keys_dq(q, do, lse2, delta, dq, rmask, KPerm, perm_offset, k_base, v_base, key_row0, k_lo, block_size,
+                   n_k, sinks, stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, scale_log2,
+                   SKIP_SINKS: tl.constexpr, BLOCK_N: tl.constexpr):
+    """dq (unscaled) of the query tile over sorted key ranks [k_lo, k_lo + block_size);
+    ``SKIP_SINKS`` masks key rows below ``sinks``."""
+    for start in range(0, block_size, BLOCK_N):
+        offs_n = start + tl.arange(0, BLOCK_N)
+        ranks = k_lo + offs_n
+        kmask = (offs_n < block_size) & (ranks < n_k)
+        k_local = tl.load(KPerm + perm_offset + ranks, mask=kmask, other=0)
+        k_rows = (key_row0 + k_local).to(tl.int64)
+        k = load_rows(k_base, k_rows, stride_kn, offs_d, kmask, d_mask)
+        v = load_rows(v_base, k_rows, stride_vn, offs_dv, kmask, dv_mask)
+        live = kmask
+        if SKIP_SINKS:
+            live = live & (k_rows >= sinks)
+        p, ds = _score_grads(q, k, v, do, lse2, delta, 0.0, rmask[:, None] & live[None, :], scale_log2)
+        dq += tl.dot(ds.to(k.dtype), k)
+    return dq
+
+
+@triton.jit
+def _sampled_keys_dq(q, do, lse2, delta, dq, rmask, SIdx, SBlk, SLogW, sample_offset, num_samples, blk, k_base,
+                     v_base, key_row0, sinks, stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, scale_log2,
+                     SKIP_SINKS: tl.constexpr, BLOCK_N: tl.constexpr):
+    """dq (unscaled) of the query tile over the sampled keys outside key block ``blk``;
+    ``SKIP_SINKS`` masks key rows below ``sinks``."""
+    for start in range(0, num_samples, BLOCK_N):
+        offs_n = start + tl.arange(0, BLOCK_N)
+        smask = offs_n < num_samples
+        s_local = tl.load(SIdx + sample_offset + offs_n, mask=smask, other=0)
+        s_blk = tl.load(SBlk + sample_offset + offs_n, mask=smask, other=-1)
+        s_logw = tl.load(SLogW + sample_offset + offs_n, mask=smask, other=0.0)
+        k_rows = (key_row0 + s_local).to(tl.int64)
+        live = smask & (s_blk != blk)
+        if SKIP_SINKS:
+            live = live & (k_rows >= sinks)
+        k = load_rows(k_base, k_rows, stride_kn, offs_d, live, d_mask)
+        v = load_rows(v_base, k_rows, stride_vn, offs_dv, live, dv_mask)
+        p, ds = _score_grads(q, k, v, do, lse2, delta, (s_logw * LOG2E)[None, :], rmask[:, None] & live[None, :],
+                             scale_log2)
+        dq += tl.dot(ds.to(k.dtype), k)
+    return dq
+
+
+@triton.jit
 def hyper_bwd_dq_kernel(
     Q, K, V, DO, Lse, Delta, DQAcc, DQ,
     QPerm, KPerm, SIdx, SBlk, SLogW,
@@ -71,11 +139,13 @@ def hyper_bwd_dq_kernel(
     n_q, n_k, num_samples, block_size, tiles_per_block, num_tiles,
     rects, q_start, k_start, rect_stride,
     num_q_heads, group, sinks, exact_keys,
-    WRITE: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
+    WRITE: tl.constexpr, HAS_SINKS: tl.constexpr, HAS_EXACT_KEYS: tl.constexpr,
+    HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
     D_PAD: tl.constexpr, DV_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """dQ of one query tile: its key block, the samples outside it and the problem's first
-    ``exact_keys`` key rows (attended exactly).
+    ``exact_keys`` key rows (attended exactly). ``HAS_SINKS``, ``HAS_EXACT_KEYS`` and the
+    first pass for sinks: as in ``hyper_fwd_kernel``.
 
     DO, DQ share the strides ``stride_o*`` (contiguous (B, Hq, Nq, *) buffers); Lse, Delta
     share ``stride_l*``."""
@@ -113,35 +183,35 @@ def hyper_bwd_dq_kernel(
         dq = tl.zeros([BLOCK_M, D_PAD], tl.float32)
 
         k_lo = blk * block_size
-        for start in range(0, block_size, BLOCK_N):
-            offs_n = start + tl.arange(0, BLOCK_N)
-            ranks = k_lo + offs_n
-            kmask = (offs_n < block_size) & (ranks < n_k)
-            k_local = tl.load(KPerm + zk64 * n_k + ranks, mask=kmask, other=0)
-            k_rows = (key_row0 + k_local).to(tl.int64)
-            k = load_rows(k_base, k_rows, stride_kn, offs_d, kmask, d_mask)
-            v = load_rows(v_base, k_rows, stride_vn, offs_dv, kmask, dv_mask)
-            visible = rmask[:, None] & (kmask & (k_rows >= sinks))[None, :]
-            p, ds = _score_grads(q, k, v, do, lse2, delta, 0.0, visible, scale_log2)
-            dq += tl.dot(ds.to(k.dtype), k)
+        perm_offset = zk64 * n_k
+        sample_offset = zk64 * num_samples
+        block_sinks = False
+        sampled_sinks = False
+        if HAS_SINKS:
+            block_sinks = any_index_below(KPerm + perm_offset, k_lo, tl.minimum(k_lo + block_size, n_k),
+                                          sinks - key_row0, BLOCK_N)
+            sampled_sinks = any_index_below(SIdx + sample_offset, 0, num_samples, sinks - key_row0, BLOCK_N)
+        if block_sinks:
+            dq = _block_keys_dq(q, do, lse2, delta, dq, rmask, KPerm, perm_offset, k_base, v_base, key_row0, k_lo,
+                                block_size, n_k, sinks, stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask,
+                                scale_log2, True, BLOCK_N)
+        else:
+            dq = _block_keys_dq(q, do, lse2, delta, dq, rmask, KPerm, perm_offset, k_base, v_base, key_row0, k_lo,
+                                block_size, n_k, sinks, stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask,
+                                scale_log2, False, BLOCK_N)
+        if sampled_sinks:
+            dq = _sampled_keys_dq(q, do, lse2, delta, dq, rmask, SIdx, SBlk, SLogW, sample_offset, num_samples, blk,
+                                  k_base, v_base, key_row0, sinks, stride_kn, stride_vn, offs_d, offs_dv, d_mask,
+                                  dv_mask, scale_log2, True, BLOCK_N)
+        else:
+            dq = _sampled_keys_dq(q, do, lse2, delta, dq, rmask, SIdx, SBlk, SLogW, sample_offset, num_samples, blk,
+                                  k_base, v_base, key_row0, sinks, stride_kn, stride_vn, offs_d, offs_dv, d_mask,
+                                  dv_mask, scale_log2, False, BLOCK_N)
 
-        for start in range(0, num_samples, BLOCK_N):
-            offs_n = start + tl.arange(0, BLOCK_N)
-            smask = offs_n < num_samples
-            s_local = tl.load(SIdx + zk64 * num_samples + offs_n, mask=smask, other=0)
-            s_blk = tl.load(SBlk + zk64 * num_samples + offs_n, mask=smask, other=-1)
-            s_logw = tl.load(SLogW + zk64 * num_samples + offs_n, mask=smask, other=0.0)
-            k_rows = (key_row0 + s_local).to(tl.int64)
-            live = smask & (s_blk != blk) & (k_rows >= sinks)
-            k = load_rows(k_base, k_rows, stride_kn, offs_d, live, d_mask)
-            v = load_rows(v_base, k_rows, stride_vn, offs_dv, live, dv_mask)
-            p, ds = _score_grads(q, k, v, do, lse2, delta, (s_logw * LOG2E)[None, :],
-                                 rmask[:, None] & live[None, :], scale_log2)
-            dq += tl.dot(ds.to(k.dtype), k)
-
-        dq = _dense_dq_range(q, do, lse2, delta, dq, k_base, v_base, key_row0, stride_kn, stride_vn, offs_m, rmask,
-                             offs_d, offs_dv, d_mask, dv_mask, 0, exact_keys, n_q, exact_keys, scale_log2, False,
-                             BLOCK_N)
+        if HAS_EXACT_KEYS:
+            dq = _dense_dq_range(q, do, lse2, delta, dq, k_base, v_base, key_row0, stride_kn, stride_vn, offs_m,
+                                 rmask, offs_d, offs_dv, d_mask, dv_mask, 0, exact_keys, n_q, exact_keys, scale_log2,
+                                 False, BLOCK_N)
 
         write_rows(DQAcc, DQ, l_rows, HEAD_DIM, offs_d, rmask, d_mask, dq * scale, WRITE)  # DQ is laid out like Lse
 

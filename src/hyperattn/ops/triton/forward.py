@@ -13,7 +13,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from hyperattn.ops.triton.common import LOG2E, LN2, load_key_tile, load_rows, query_block_range
+from hyperattn.ops.triton.common import LOG2E, LN2, any_index_below, load_key_tile, load_rows, query_block_range
 
 
 
@@ -134,6 +134,52 @@ def merge_copies_kernel(
 
 
 @triton.jit
+def _block_keys_fwd(q, KPerm, perm_offset, k_base, v_base, key_row0, k_lo, block_size, n_k, sinks, stride_kn,
+                    stride_vn, offs_d, offs_dv, d_mask, dv_mask, m_i, l_i, acc, scale_log2,
+                    SKIP_SINKS: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Online softmax of the query tile over sorted key ranks [k_lo, k_lo + block_size) (through
+    KPerm); ``SKIP_SINKS`` masks key rows below ``sinks``."""
+    for start in range(0, block_size, BLOCK_N):
+        offs_n = start + tl.arange(0, BLOCK_N)
+        ranks = k_lo + offs_n
+        kmask = (offs_n < block_size) & (ranks < n_k)
+        k_local = tl.load(KPerm + perm_offset + ranks, mask=kmask, other=0)
+        k_rows = (key_row0 + k_local).to(tl.int64)
+        k = load_rows(k_base, k_rows, stride_kn, offs_d, kmask, d_mask)
+        v = load_rows(v_base, k_rows, stride_vn, offs_dv, kmask, dv_mask)
+        live = kmask
+        if SKIP_SINKS:
+            live = live & (k_rows >= sinks)
+        s = tl.where(live[None, :], tl.dot(q, tl.trans(k)) * scale_log2, float("-inf"))
+        m_i, l_i, acc = _softmax_step(s, v, m_i, l_i, acc)
+    return m_i, l_i, acc
+
+
+@triton.jit
+def _sampled_keys_fwd(q, SIdx, SBlk, SLogW, sample_offset, num_samples, blk, k_base, v_base, key_row0, sinks,
+                      stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, m_i, l_i, acc, scale_log2,
+                      SKIP_SINKS: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Online softmax of the query tile over the sampled keys outside key block ``blk``, with
+    their log-weights; ``SKIP_SINKS`` masks key rows below ``sinks``."""
+    for start in range(0, num_samples, BLOCK_N):
+        offs_n = start + tl.arange(0, BLOCK_N)
+        smask = offs_n < num_samples
+        s_local = tl.load(SIdx + sample_offset + offs_n, mask=smask, other=0)
+        s_blk = tl.load(SBlk + sample_offset + offs_n, mask=smask, other=-1)
+        s_logw = tl.load(SLogW + sample_offset + offs_n, mask=smask, other=0.0)
+        k_rows = (key_row0 + s_local).to(tl.int64)
+        smask = smask & (s_blk != blk)
+        if SKIP_SINKS:
+            smask = smask & (k_rows >= sinks)
+        k = load_rows(k_base, k_rows, stride_kn, offs_d, smask, d_mask)
+        v = load_rows(v_base, k_rows, stride_vn, offs_dv, smask, dv_mask)
+        s = tl.dot(q, tl.trans(k)) * scale_log2 + (s_logw * LOG2E)[None, :]
+        s = tl.where(smask[None, :], s, float("-inf"))
+        m_i, l_i, acc = _softmax_step(s, v, m_i, l_i, acc)
+    return m_i, l_i, acc
+
+
+@triton.jit
 def hyper_fwd_kernel(
     Q, K, V, Out, Lse,
     QPerm, KPerm, SIdx, SBlk, SLogW,
@@ -146,7 +192,8 @@ def hyper_fwd_kernel(
     n_q, n_k, num_samples, block_size, tiles_per_block, num_tiles,
     rects, q_start, k_start, rect_stride,
     num_q_heads, group, sinks, exact_keys,
-    MERGE: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
+    MERGE: tl.constexpr, HAS_SINKS: tl.constexpr, HAS_EXACT_KEYS: tl.constexpr,
+    HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
     D_PAD: tl.constexpr, DV_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """One program: one tile of the sorted queries of one key block, one (problem, head).
@@ -154,7 +201,9 @@ def hyper_fwd_kernel(
     Attends to the key block (through KPerm) and to the sampled keys outside it (through
     SIdx, with log-weights SLogW), in one online softmax; keys at rows below ``sinks`` are
     skipped (an exact part attends to them, or this one: the first ``exact_keys`` key rows of
-    the problem, exactly, in the same softmax)."""
+    the problem, exactly, in the same softmax). ``HAS_SINKS`` / ``HAS_EXACT_KEYS`` (sinks > 0,
+    exact_keys > 0) compile those in only where needed; a key loop tests for sinks only when
+    a first pass over its indices found one (the test inside the loop costs ~15%)."""
     pid = tl.program_id(0)
     zh = pid // num_tiles
     tile = pid % num_tiles
@@ -191,35 +240,34 @@ def hyper_fwd_kernel(
         acc = tl.zeros([BLOCK_M, DV_PAD], tl.float32)
 
         k_lo = blk * block_size
-        for start in range(0, block_size, BLOCK_N):
-            offs_n = start + tl.arange(0, BLOCK_N)
-            ranks = k_lo + offs_n
-            kmask = (offs_n < block_size) & (ranks < n_k)
-            k_local = tl.load(KPerm + zk64 * n_k + ranks, mask=kmask, other=0)
-            k_rows = (key_row0 + k_local).to(tl.int64)
-            k = load_rows(k_base, k_rows, stride_kn, offs_d, kmask, d_mask)
-            v = load_rows(v_base, k_rows, stride_vn, offs_dv, kmask, dv_mask)
-            s = tl.dot(q, tl.trans(k)) * scale_log2
-            s = tl.where((kmask & (k_rows >= sinks))[None, :], s, float("-inf"))
-            m_i, l_i, acc = _softmax_step(s, v, m_i, l_i, acc)
-
-        for start in range(0, num_samples, BLOCK_N):
-            offs_n = start + tl.arange(0, BLOCK_N)
-            smask = offs_n < num_samples
-            s_local = tl.load(SIdx + zk64 * num_samples + offs_n, mask=smask, other=0)
-            s_blk = tl.load(SBlk + zk64 * num_samples + offs_n, mask=smask, other=-1)
-            s_logw = tl.load(SLogW + zk64 * num_samples + offs_n, mask=smask, other=0.0)
-            k_rows = (key_row0 + s_local).to(tl.int64)
-            smask = smask & (s_blk != blk) & (k_rows >= sinks)
-            k = load_rows(k_base, k_rows, stride_kn, offs_d, smask, d_mask)
-            v = load_rows(v_base, k_rows, stride_vn, offs_dv, smask, dv_mask)
-            s = tl.dot(q, tl.trans(k)) * scale_log2 + (s_logw * LOG2E)[None, :]
-            s = tl.where(smask[None, :], s, float("-inf"))
-            m_i, l_i, acc = _softmax_step(s, v, m_i, l_i, acc)
-
-        m_i, l_i, acc = _dense_fwd_range(q, k_base, v_base, key_row0, stride_kn, stride_vn, offs_m, offs_d, offs_dv,
-                                         d_mask, dv_mask, 0, exact_keys, n_q, exact_keys, m_i, l_i, acc, scale_log2,
-                                         False, BLOCK_N)
+        perm_offset = zk64 * n_k
+        sample_offset = zk64 * num_samples
+        block_sinks = False
+        sampled_sinks = False
+        if HAS_SINKS:
+            block_sinks = any_index_below(KPerm + perm_offset, k_lo, tl.minimum(k_lo + block_size, n_k),
+                                          sinks - key_row0, BLOCK_N)
+            sampled_sinks = any_index_below(SIdx + sample_offset, 0, num_samples, sinks - key_row0, BLOCK_N)
+        if block_sinks:
+            m_i, l_i, acc = _block_keys_fwd(q, KPerm, perm_offset, k_base, v_base, key_row0, k_lo, block_size, n_k,
+                                            sinks, stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, m_i, l_i,
+                                            acc, scale_log2, True, BLOCK_N)
+        else:
+            m_i, l_i, acc = _block_keys_fwd(q, KPerm, perm_offset, k_base, v_base, key_row0, k_lo, block_size, n_k,
+                                            sinks, stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, m_i, l_i,
+                                            acc, scale_log2, False, BLOCK_N)
+        if sampled_sinks:
+            m_i, l_i, acc = _sampled_keys_fwd(q, SIdx, SBlk, SLogW, sample_offset, num_samples, blk, k_base, v_base,
+                                              key_row0, sinks, stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask,
+                                              m_i, l_i, acc, scale_log2, True, BLOCK_N)
+        else:
+            m_i, l_i, acc = _sampled_keys_fwd(q, SIdx, SBlk, SLogW, sample_offset, num_samples, blk, k_base, v_base,
+                                              key_row0, sinks, stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask,
+                                              m_i, l_i, acc, scale_log2, False, BLOCK_N)
+        if HAS_EXACT_KEYS:
+            m_i, l_i, acc = _dense_fwd_range(q, k_base, v_base, key_row0, stride_kn, stride_vn, offs_m, offs_d,
+                                             offs_dv, d_mask, dv_mask, 0, exact_keys, n_q, exact_keys, m_i, l_i, acc,
+                                             scale_log2, False, BLOCK_N)
 
         o_rows = batch.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + q_rows * stride_on
         lse_rows = batch.to(tl.int64) * stride_lb + h.to(tl.int64) * stride_lh + q_rows

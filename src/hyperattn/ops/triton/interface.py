@@ -18,6 +18,7 @@ import triton
 
 from hyperattn.ops.triton import on_device
 from hyperattn.ops.triton.backward import (
+    add_rows_kernel,
     bwd_delta_kernel,
     dense_bwd_dkdv_kernel,
     dense_bwd_dq_kernel,
@@ -259,8 +260,8 @@ def _launch_forward(q, k, v, out, lse, part: Part, scale: float, merge: bool) ->
         hyper_fwd_kernel[(problems * tiles,)](
             q, k, v, out, lse, p.q_perm, p.k_perm, p.sample_idx, p.sample_block, p.sample_log_weight,
             scale_log2, *strides, part.n_q, part.n_k, p.sample_idx.shape[-1], p.block_size,
-            tiles_per_block, tiles, *part.rows, *heads, part.sinks, part.exact_keys, MERGE=merge, **_dims(q, v),
-            **cfg)
+            tiles_per_block, tiles, *part.rows, *heads, part.sinks, part.exact_keys, MERGE=merge,
+            HAS_SINKS=part.sinks > 0, HAS_EXACT_KEYS=part.exact_keys > 0, **_dims(q, v), **cfg)
 
 
 def _cudnn_runs(q, k, v, part: Part, direction: str) -> bool:
@@ -379,7 +380,8 @@ def attention_backward(dout, dlse, q, k, v, out, lse, parts: list[Part], scale: 
     Parts that share gradient rows add into zeroed fp32 accumulators; the parts that own
     the rows (``Part.last_dq``, ``Part.last_dkdv``) run last and write the final gradients.
     Without an lse gradient, cuDNN may run the diagonal leaves
-    (``hyperattn.ops.cudnn.use_cudnn_leaves``); one addition per gradient finishes their rows.
+    (``hyperattn.ops.cudnn.use_cudnn_leaves``); one addition per gradient (``add_rows_kernel``)
+    finishes their rows.
     The exact tail's rows reach the parts with lse +inf, so the parts give them no gradient
     (their probabilities are 0); the tail's own launches add theirs.
     ``poison`` fills the gradients with NaN first, so rows no part wrote show up."""
@@ -454,8 +456,8 @@ def attention_backward(dout, dlse, q, k, v, out, lse, parts: list[Part], scale: 
         hyper_bwd_dq_kernel[(problems * num_q_heads * tiles,)](
             q, k, v, dout, lse, delta, dq_acc, dq, p.q_perm, p.k_perm, p.sample_idx, p.sample_block,
             p.sample_log_weight, scale, scale_log2, *strides, part.n_q, part.n_k, num_samples, p.block_size,
-            tiles_per_block, tiles, *part.rows, num_q_heads, group, part.sinks, part.exact_keys, WRITE=dq_mode, **dims,
-            **cfg_dq)
+            tiles_per_block, tiles, *part.rows, num_q_heads, group, part.sinks, part.exact_keys, WRITE=dq_mode,
+            HAS_SINKS=part.sinks > 0, HAS_EXACT_KEYS=part.exact_keys > 0, **dims, **cfg_dq)
         key_tiles_per_block = triton.cdiv(p.block_size, cfg_dkdv["BLOCK_N"])
         key_tiles = key_tiles_per_block * num_blocks
         hyper_bwd_dkdv_kernel[(problems * num_kv_heads * key_tiles,)](
@@ -467,11 +469,16 @@ def attention_backward(dout, dlse, q, k, v, out, lse, parts: list[Part], scale: 
         leaf_grads = leaves_backward(dout, q, k, v, out, lse, part.q_start, part.k_start, part.n_q, part.rects, scale)
         for name, grad, leaf_grad, start in zip(("dq", "dk", "dv"), grads, leaf_grads,
                                                 (part.q_start, part.k_start, part.k_start)):
-            rows = grad[:, :, start:start + leaf_grad.shape[2]]
-            if name in acc:
-                torch.add(acc[name][:, :, start:start + leaf_grad.shape[2]], leaf_grad, out=rows)
-            else:
-                rows.copy_(leaf_grad)
+            if name not in acc:
+                grad[:, :, start:start + leaf_grad.shape[2]] = leaf_grad
+                continue
+            if leaf_grad.stride(-1) != 1:
+                leaf_grad = leaf_grad.contiguous()
+            block, width = 64, grad.shape[-1]
+            tiles = triton.cdiv(leaf_grad.shape[2], block)
+            add_rows_kernel[(grad.shape[0] * grad.shape[1] * tiles,)](
+                acc[name], leaf_grad, grad, *leaf_grad.stride()[:3], grad.shape[1], grad.shape[2], start,
+                leaf_grad.shape[2], tiles, WIDTH=width, W_PAD=max(16, triton.next_power_of_2(width)), BLOCK=block)
     if tail:
         dq[:, :, n_q - tail:] = dq_tail
     return dq, dk, dvv
