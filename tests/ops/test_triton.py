@@ -271,12 +271,26 @@ def test_noncausal_sinks_run_inside_the_hyper_part():
     assert rows == list(range(q.shape[2])) and parts[1].rects == q.shape[2] // interface.QUERY_CHUNK_LEN
 
 
-def test_sinks_of_later_leaves_are_one_problem_per_leaf_on_shared_keys():
+def test_causal_sinks_run_inside_the_first_rectangle_of_each_level():
+    """Forward and dq: rectangle 0 of each level attends to the sinks; those rectangles hold
+    every query after the first leaf once, and exact parts on shared key rows add the sinks'
+    key gradients from the same queries."""
     from hyperattn.ops.triton.interface import Part
 
     q, k, v, plan, causal, _ = make_case("sinks")
-    shared = [part for part in parts_of(plan, q.shape[2], k.shape[2], causal) if part.key_rect_stride == 0]
-    assert len(shared) == 1 and shared[0].rects == plan.schedule.num_leaves - 1 and not shared[0].last_dkdv
+    s = plan.schedule
+    assert s.head_len == s.prefix_len == 0
+    parts = parts_of(plan, q.shape[2], k.shape[2], causal)
+    levels = [part for part in parts if part.plan is not None]
+    assert len(levels) == s.num_levels and all(part.exact_keys == plan.sinks == 3 for part in levels)
+    first_rectangles = sorted(row for part in levels for row in range(part.q_start, part.q_start + part.n_q))
+    assert first_rectangles == list(range(s.leaf_len, s.main_len))
+    grads = [part for part in parts if part.key_grads_only]
+    rows = sorted(row for part in grads for r in range(part.rects)
+                  for row in range(part.q_start + r * part.rect_stride, part.q_start + r * part.rect_stride + part.n_q))
+    assert rows == first_rectangles
+    assert all(part.key_rect_stride == 0 and part.k_start == 0 and part.n_k == plan.sinks for part in grads)
+    assert not any(part.plan is None and not part.key_grads_only and not part.diagonal for part in parts)
     with pytest.raises(ValueError, match="cannot own"):
         Part(None, False, 3, 0, 0, 4, 4, 2, key_rect_stride=0)
     with pytest.raises(ValueError, match="only in exact parts"):

@@ -139,13 +139,13 @@ def hyper_bwd_dq_kernel(
     n_q, n_k, num_samples, block_size, tiles_per_block, num_tiles,
     rects, q_start, k_start, rect_stride,
     num_q_heads, group, sinks, exact_keys,
-    WRITE: tl.constexpr, HAS_SINKS: tl.constexpr, HAS_EXACT_KEYS: tl.constexpr,
+    WRITE: tl.constexpr, HAS_SINKS: tl.constexpr, EXACT_BLOCK_N: tl.constexpr,
     HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
     D_PAD: tl.constexpr, DV_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    """dQ of one query tile: its key block, the samples outside it and the problem's first
-    ``exact_keys`` key rows (attended exactly). ``HAS_SINKS``, ``HAS_EXACT_KEYS`` and the
-    first pass for sinks: as in ``hyper_fwd_kernel``.
+    """dQ of one query tile: its key block, the samples outside it and, in problem 0 of each
+    batch row, the first ``exact_keys`` key rows (attended exactly). ``HAS_SINKS``,
+    ``EXACT_BLOCK_N`` and the first pass for sinks: as in ``hyper_fwd_kernel``.
 
     DO, DQ share the strides ``stride_o*`` (contiguous (B, Hq, Nq, *) buffers); Lse, Delta
     share ``stride_l*``."""
@@ -208,10 +208,11 @@ def hyper_bwd_dq_kernel(
                                   k_base, v_base, key_row0, sinks, stride_kn, stride_vn, offs_d, offs_dv, d_mask,
                                   dv_mask, scale_log2, False, BLOCK_N)
 
-        if HAS_EXACT_KEYS:
-            dq = _dense_dq_range(q, do, lse2, delta, dq, k_base, v_base, key_row0, stride_kn, stride_vn, offs_m,
-                                 rmask, offs_d, offs_dv, d_mask, dv_mask, 0, exact_keys, n_q, exact_keys, scale_log2,
-                                 False, BLOCK_N)
+        if EXACT_BLOCK_N > 0:
+            if r == 0:
+                dq = _dense_dq_range(q, do, lse2, delta, dq, k_base, v_base, key_row0, stride_kn, stride_vn, offs_m,
+                                     rmask, offs_d, offs_dv, d_mask, dv_mask, 0, exact_keys, n_q, exact_keys,
+                                     scale_log2, False, EXACT_BLOCK_N)
 
         write_rows(DQAcc, DQ, l_rows, HEAD_DIM, offs_d, rmask, d_mask, dq * scale, WRITE)  # DQ is laid out like Lse
 

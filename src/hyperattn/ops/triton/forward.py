@@ -192,7 +192,7 @@ def hyper_fwd_kernel(
     n_q, n_k, num_samples, block_size, tiles_per_block, num_tiles,
     rects, q_start, k_start, rect_stride,
     num_q_heads, group, sinks, exact_keys,
-    MERGE: tl.constexpr, HAS_SINKS: tl.constexpr, HAS_EXACT_KEYS: tl.constexpr,
+    MERGE: tl.constexpr, HAS_SINKS: tl.constexpr, EXACT_BLOCK_N: tl.constexpr,
     HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
     D_PAD: tl.constexpr, DV_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
@@ -200,9 +200,10 @@ def hyper_fwd_kernel(
 
     Attends to the key block (through KPerm) and to the sampled keys outside it (through
     SIdx, with log-weights SLogW), in one online softmax; keys at rows below ``sinks`` are
-    skipped (an exact part attends to them, or this one: the first ``exact_keys`` key rows of
-    the problem, exactly, in the same softmax). ``HAS_SINKS`` / ``HAS_EXACT_KEYS`` (sinks > 0,
-    exact_keys > 0) compile those in only where needed; a key loop tests for sinks only when
+    skipped (an exact part attends to them, or this one: problem 0 of each batch row attends to
+    its first ``exact_keys`` key rows, exactly, in the same softmax, in tiles of
+    ``EXACT_BLOCK_N`` keys, 0 where exact_keys is 0). ``HAS_SINKS`` (sinks > 0) and
+    ``EXACT_BLOCK_N`` compile those in only where needed; a key loop tests for sinks only when
     a first pass over its indices found one (the test inside the loop costs ~15%)."""
     pid = tl.program_id(0)
     zh = pid // num_tiles
@@ -264,10 +265,11 @@ def hyper_fwd_kernel(
             m_i, l_i, acc = _sampled_keys_fwd(q, SIdx, SBlk, SLogW, sample_offset, num_samples, blk, k_base, v_base,
                                               key_row0, sinks, stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask,
                                               m_i, l_i, acc, scale_log2, False, BLOCK_N)
-        if HAS_EXACT_KEYS:
-            m_i, l_i, acc = _dense_fwd_range(q, k_base, v_base, key_row0, stride_kn, stride_vn, offs_m, offs_d,
-                                             offs_dv, d_mask, dv_mask, 0, exact_keys, n_q, exact_keys, m_i, l_i, acc,
-                                             scale_log2, False, BLOCK_N)
+        if EXACT_BLOCK_N > 0:
+            if r == 0:
+                m_i, l_i, acc = _dense_fwd_range(q, k_base, v_base, key_row0, stride_kn, stride_vn, offs_m, offs_d,
+                                                 offs_dv, d_mask, dv_mask, 0, exact_keys, n_q, exact_keys, m_i, l_i,
+                                                 acc, scale_log2, False, EXACT_BLOCK_N)
 
         o_rows = batch.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + q_rows * stride_on
         lse_rows = batch.to(tl.int64) * stride_lb + h.to(tl.int64) * stride_lh + q_rows

@@ -47,8 +47,9 @@ class Part:
     ``last_dq`` / ``last_dkdv``: in the backward, this part's query (key) rows get no gradient
     from parts that run after it; these parts partition the rows, so they write the final
     gradients in the input dtype. ``sinks``: a hyper part skips key rows below it (an exact
-    part attends to them). ``exact_keys``: a hyper part also attends each query exactly to the
-    problem's first ``exact_keys`` key rows, in the same softmax and in its dq; the key
+    part attends to them). ``exact_keys``: in problem 0 of each batch row (the first
+    rectangle of a level, or the only problem), a hyper part also attends each query exactly
+    to the problem's first ``exact_keys`` key rows, in the same softmax and in its dq; the key
     gradients through them come from exact parts that are ``key_grads_only`` (they take no
     part in the forward and add no dq)."""
 
@@ -131,21 +132,25 @@ def parts_of(plan: AttentionPlan | CausalPlan | None, n_q: int, n_k: int, causal
     parts = [Part(None, True, s.num_leaves, head, prefix, s.leaf_len, s.leaf_len, s.leaf_len, diagonal=True)]
     if head > 0:
         parts.append(Part(None, True, 1, 0, 0, 0, head, prefix))
+    # exact sinks: rectangle 0 of each level attends to those among the main square's keys
+    # (the rectangles 0 hold every query after the first leaf once), a hyper prefix to those
+    # in the prefix (an exact prefix covers them); their key gradients come from exact parts
+    # of QUERY_CHUNK_LEN queries adding to the same key rows
+    main_sinks = max(0, plan.sinks - prefix)
+    prefix_sinks = min(plan.sinks, prefix) if plan.prefix_plan is not None else 0
     for level, level_plan in enumerate(plan.level_plans, start=1):
         side = s.rectangle_side(level)
         parts.append(Part(level_plan, False, s.num_rectangles(level), head + side, prefix, 2 * side, side, side,
-                          last_dq=False, last_dkdv=False, sinks=plan.sinks))
+                          last_dq=False, last_dkdv=False, sinks=plan.sinks, exact_keys=main_sinks))
     if prefix > 0:  # exact (plan None) when the prefix fits in one block
         parts.append(Part(plan.prefix_plan, False, 1, head, 0, 0, s.main_len, prefix,
-                          last_dq=False, last_dkdv=head == 0, sinks=plan.sinks))
-    if plan.sinks:  # exact sinks that no exact part covers yet, for the first leaf and the later ones
-        exact_before = prefix if plan.prefix_plan is None else 0  # keys below this are already exact
-        if exact_before < min(plan.sinks, prefix):
-            parts.append(Part(None, False, 1, head, exact_before, 0, s.leaf_len,
-                              min(plan.sinks, prefix) - exact_before, last_dq=False, last_dkdv=False))
-        if s.num_leaves > 1 and exact_before < plan.sinks:  # one problem per later leaf, all on the same keys
-            parts.append(Part(None, False, s.num_leaves - 1, head + s.leaf_len, exact_before, s.leaf_len, s.leaf_len,
-                              plan.sinks - exact_before, last_dq=False, last_dkdv=False, key_rect_stride=0))
+                          last_dq=False, last_dkdv=head == 0, sinks=plan.sinks, exact_keys=prefix_sinks))
+    for k_start, n_sinks, q_start, num_rows in ((prefix, main_sinks, head + s.leaf_len, s.main_len - s.leaf_len),
+                                                (0, prefix_sinks, head, s.main_len)):
+        if n_sinks:
+            parts += [Part(None, False, rects, q_start + start, k_start, length, length, n_sinks, last_dq=False,
+                           last_dkdv=False, key_rect_stride=0, key_grads_only=True)
+                      for rects, start, length in _rows_in_chunks(num_rows, QUERY_CHUNK_LEN)]
     return parts
 
 
@@ -241,6 +246,12 @@ def _hyper_tiles(part: Part, block_m: int) -> tuple[int, int, int]:
     return tiles_per_block, num_blocks, tiles_per_block * num_blocks
 
 
+def _exact_block_n(part: Part, cfg: dict) -> int:
+    """Key tile of a hyper part's exact keys: as few as cover them (at least 16, the tensor
+    cores' smallest), at most the kernel's BLOCK_N; 0 without exact keys."""
+    return min(max(16, triton.next_power_of_2(part.exact_keys)), cfg["BLOCK_N"]) if part.exact_keys else 0
+
+
 def _launch_forward(q, k, v, out, lse, part: Part, scale: float, merge: bool) -> None:
     """One forward launch of ``part``: write its rows of out/lse, or merge into them."""
     batch, num_q_heads = q.shape[:2]
@@ -261,7 +272,7 @@ def _launch_forward(q, k, v, out, lse, part: Part, scale: float, merge: bool) ->
             q, k, v, out, lse, p.q_perm, p.k_perm, p.sample_idx, p.sample_block, p.sample_log_weight,
             scale_log2, *strides, part.n_q, part.n_k, p.sample_idx.shape[-1], p.block_size,
             tiles_per_block, tiles, *part.rows, *heads, part.sinks, part.exact_keys, MERGE=merge,
-            HAS_SINKS=part.sinks > 0, HAS_EXACT_KEYS=part.exact_keys > 0, **_dims(q, v), **cfg)
+            HAS_SINKS=part.sinks > 0, EXACT_BLOCK_N=_exact_block_n(part, cfg), **_dims(q, v), **cfg)
 
 
 def _cudnn_runs(q, k, v, part: Part, direction: str) -> bool:
@@ -457,7 +468,7 @@ def attention_backward(dout, dlse, q, k, v, out, lse, parts: list[Part], scale: 
             q, k, v, dout, lse, delta, dq_acc, dq, p.q_perm, p.k_perm, p.sample_idx, p.sample_block,
             p.sample_log_weight, scale, scale_log2, *strides, part.n_q, part.n_k, num_samples, p.block_size,
             tiles_per_block, tiles, *part.rows, num_q_heads, group, part.sinks, part.exact_keys, WRITE=dq_mode,
-            HAS_SINKS=part.sinks > 0, HAS_EXACT_KEYS=part.exact_keys > 0, **dims, **cfg_dq)
+            HAS_SINKS=part.sinks > 0, EXACT_BLOCK_N=_exact_block_n(part, cfg_dq), **dims, **cfg_dq)
         key_tiles_per_block = triton.cdiv(p.block_size, cfg_dkdv["BLOCK_N"])
         key_tiles = key_tiles_per_block * num_blocks
         hyper_bwd_dkdv_kernel[(problems * num_kv_heads * key_tiles,)](
