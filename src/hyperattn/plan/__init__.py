@@ -18,6 +18,9 @@ from hyperattn.plan.sampling import sample_keys, value_sq_norms
 from hyperattn.plan.schedule import CausalSchedule, causal_schedule, join_rows, level_rows, split_rows
 
 
+SINK_BUCKET = torch.iinfo(torch.int32).max  # sorts after every LSH bucket (``make_plan``'s sinks)
+
+
 @dataclass(frozen=True)
 class AttentionPlan:
     """The sparse pattern of one batch of non-causal HyperAttention problems.
@@ -36,8 +39,9 @@ class AttentionPlan:
     - ``sample_log_weight``: (Z, Hkv, m) float, log importance weight added to the score of
       each sampled term.
     - ``sinks`` (``HyperAttentionConfig.exact_sinks``, non-causal calls only): every query also
-      attends exactly to keys ``j < sinks``, which the block and sample parts then skip.
-      Causal calls keep it 0 in their per-level plans (``CausalPlan.sinks`` holds theirs).
+      attends exactly to keys ``j < sinks``, which the block and sample parts then skip
+      (``make_plan`` sorts them last and gives their samples log-weight -inf). Causal calls
+      keep it 0 in their per-level plans (``CausalPlan.sinks`` holds theirs).
     """
 
     q_perm: torch.Tensor
@@ -56,18 +60,30 @@ def make_plan(
     generator: torch.Generator,
     v_sq_norms: torch.Tensor | None = None,
     weight_dtype: torch.dtype = torch.float32,
+    sinks: int = 0,
+    sink_stride: int = 1,
 ) -> AttentionPlan:
     """Sort and sample for Z problems, given the LSH buckets of their rows.
 
     Args:
-        q_buckets: int64 (Z, Hq, Nq) and k_buckets: int64 (Z, Hkv, Nk), from ``lsh_buckets``
+        q_buckets: int32 (Z, Hq, Nq) and k_buckets: int32 (Z, Hkv, Nk), from ``lsh_buckets``
             (rows hash independently, so a caller hashes once and slices per problem).
         v_sq_norms: (Z, Hkv, Nk) squared value norms, required for ``sampling="value_norm"``.
         weight_dtype: dtype of the sample log-weights.
+        sinks, sink_stride: the first ``sinks`` key rows of problems 0, sink_stride,
+            2 * sink_stride, ... (the first rectangle of each batch row of a causal level, or
+            every problem) are exact sinks, which the block and sample parts skip. They sort
+            after every other key of their problem and their samples get log-weight -inf, so
+            the fused kernels skip them by rank and weight, with no test in their key loops.
     """
     z, num_kv_heads, num_keys = k_buckets.shape
+    sinks = min(sinks, num_keys)
+    k_buckets = k_buckets.contiguous()
+    if sinks:
+        k_buckets = k_buckets.clone()
+        k_buckets.view(-1, sink_stride, num_kv_heads, num_keys)[:, 0, :, :sinks] = SINK_BUCKET
     q_perm = sort_lsh_permutation(q_buckets.contiguous())  # plans are contiguous: kernels index them flat
-    k_perm = sort_lsh_permutation(k_buckets.contiguous())
+    k_perm = sort_lsh_permutation(k_buckets)
     if config.sampling == "value_norm" and v_sq_norms is None:
         raise ValueError("make_plan: sampling='value_norm' needs v_sq_norms")
     sample_idx, sample_log_weight = sample_keys(
@@ -75,6 +91,10 @@ def make_plan(
         sq_norms=v_sq_norms.contiguous() if config.sampling == "value_norm" else None,
         device=k_buckets.device, dtype=weight_dtype,
     )
+    if sinks and sample_idx.numel():
+        sampled_sinks = sample_idx.view(-1, sink_stride, num_kv_heads, config.sample_size)[:, 0] < sinks
+        sample_log_weight.view(-1, sink_stride, num_kv_heads, config.sample_size)[:, 0].masked_fill_(
+            sampled_sinks, -torch.inf)
     key_rank = inverse_permutation(k_perm)
     sample_block = key_rank.gather(-1, sample_idx) // config.block_size
     return AttentionPlan(q_perm, k_perm, sample_idx, sample_block, sample_log_weight, config.block_size)
@@ -122,10 +142,13 @@ def plan_hyper_attention(
     sq_norms = value_sq_norms(v) if config.sampling == "value_norm" else None
     weight_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
     if not causal:
-        plan = make_plan(q_buckets, k_buckets, config, generator, sq_norms, weight_dtype)
-        return replace(plan, sinks=min(config.exact_sinks, k.shape[2]))
+        sinks = min(config.exact_sinks, k.shape[2])
+        plan = make_plan(q_buckets, k_buckets, config, generator, sq_norms, weight_dtype, sinks)
+        return replace(plan, sinks=sinks)
     schedule = causal_schedule(q.shape[2], k.shape[2], config.min_seq_len)
     prefix = schedule.prefix_len + schedule.head_len
+    sinks = min(config.exact_sinks, prefix + schedule.leaf_len)
+    main_sinks = max(0, sinks - prefix)  # sinks among the main square's keys: those of each level's rectangle 0
     q_main, k_main = q_buckets[:, :, schedule.head_len:], k_buckets[:, :, prefix:]
     norms_main = None if sq_norms is None else sq_norms[:, :, prefix:]
     level_plans = []
@@ -133,13 +156,13 @@ def plan_hyper_attention(
         level_norms = None if norms_main is None else level_rows(norms_main, level, schedule, right=False)
         level_plans.append(make_plan(
             level_rows(q_main, level, schedule, right=True), level_rows(k_main, level, schedule, right=False),
-            config, generator, level_norms, weight_dtype,
+            config, generator, level_norms, weight_dtype, main_sinks, schedule.num_rectangles(level),
         ))
     prefix_plan = None
     if prefix > config.block_size:
         prefix_norms = None if sq_norms is None else sq_norms[:, :, :prefix]
-        prefix_plan = make_plan(q_main, k_buckets[:, :, :prefix], config, generator, prefix_norms, weight_dtype)
-    sinks = min(config.exact_sinks, prefix + schedule.leaf_len)
+        prefix_plan = make_plan(q_main, k_buckets[:, :, :prefix], config, generator, prefix_norms, weight_dtype,
+                                min(sinks, prefix))
     return CausalPlan(schedule, level_plans, prefix_plan, sinks, config.exact_window)
 
 

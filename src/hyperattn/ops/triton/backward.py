@@ -14,7 +14,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from hyperattn.ops.triton.common import LOG2E, any_index_below, load_key_tile, load_rows, query_block_range, write_rows
+from hyperattn.ops.triton.common import LOG2E, load_key_tile, load_rows, query_block_range, write_rows
 
 
 
@@ -82,32 +82,27 @@ def _score_grads(q, k, v, do, lse2, delta, bias2, visible, scale_log2):
 
 @triton.jit
 def _block_keys_dq(q, do, lse2, delta, dq, rmask, KPerm, perm_offset, k_base, v_base, key_row0, k_lo, block_size,
-                   n_k, sinks, stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, scale_log2,
-                   SKIP_SINKS: tl.constexpr, BLOCK_N: tl.constexpr):
-    """dq (unscaled) of the query tile over sorted key ranks [k_lo, k_lo + block_size);
-    ``SKIP_SINKS`` masks key rows below ``sinks``."""
+                   n_live, stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, scale_log2, BLOCK_N: tl.constexpr):
+    """dq (unscaled) of the query tile over sorted key ranks [k_lo, k_lo + block_size) below ``n_live``."""
     for start in range(0, block_size, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
         ranks = k_lo + offs_n
-        kmask = (offs_n < block_size) & (ranks < n_k)
+        kmask = (offs_n < block_size) & (ranks < n_live)
         k_local = tl.load(KPerm + perm_offset + ranks, mask=kmask, other=0)
         k_rows = (key_row0 + k_local).to(tl.int64)
         k = load_rows(k_base, k_rows, stride_kn, offs_d, kmask, d_mask)
         v = load_rows(v_base, k_rows, stride_vn, offs_dv, kmask, dv_mask)
-        live = kmask
-        if SKIP_SINKS:
-            live = live & (k_rows >= sinks)
-        p, ds = _score_grads(q, k, v, do, lse2, delta, 0.0, rmask[:, None] & live[None, :], scale_log2)
+        p, ds = _score_grads(q, k, v, do, lse2, delta, 0.0, rmask[:, None] & kmask[None, :], scale_log2)
         dq += tl.dot(ds.to(k.dtype), k)
     return dq
 
 
 @triton.jit
 def _sampled_keys_dq(q, do, lse2, delta, dq, rmask, SIdx, SBlk, SLogW, sample_offset, num_samples, blk, k_base,
-                     v_base, key_row0, sinks, stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, scale_log2,
-                     SKIP_SINKS: tl.constexpr, BLOCK_N: tl.constexpr):
-    """dq (unscaled) of the query tile over the sampled keys outside key block ``blk``;
-    ``SKIP_SINKS`` masks key rows below ``sinks``."""
+                     v_base, key_row0, stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, scale_log2,
+                     BLOCK_N: tl.constexpr):
+    """dq (unscaled) of the query tile over the sampled keys outside key block ``blk`` (log-weight
+    -inf for sampled sinks)."""
     for start in range(0, num_samples, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
         smask = offs_n < num_samples
@@ -116,8 +111,6 @@ def _sampled_keys_dq(q, do, lse2, delta, dq, rmask, SIdx, SBlk, SLogW, sample_of
         s_logw = tl.load(SLogW + sample_offset + offs_n, mask=smask, other=0.0)
         k_rows = (key_row0 + s_local).to(tl.int64)
         live = smask & (s_blk != blk)
-        if SKIP_SINKS:
-            live = live & (k_rows >= sinks)
         k = load_rows(k_base, k_rows, stride_kn, offs_d, live, d_mask)
         v = load_rows(v_base, k_rows, stride_vn, offs_dv, live, dv_mask)
         p, ds = _score_grads(q, k, v, do, lse2, delta, (s_logw * LOG2E)[None, :], rmask[:, None] & live[None, :],
@@ -139,13 +132,13 @@ def hyper_bwd_dq_kernel(
     n_q, n_k, num_samples, block_size, tiles_per_block, num_tiles,
     rects, q_start, k_start, rect_stride,
     num_q_heads, group, sinks, exact_keys,
-    WRITE: tl.constexpr, HAS_SINKS: tl.constexpr, EXACT_BLOCK_N: tl.constexpr,
+    WRITE: tl.constexpr, EXACT_BLOCK_N: tl.constexpr,
     HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
     D_PAD: tl.constexpr, DV_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """dQ of one query tile: its key block, the samples outside it and, in problem 0 of each
-    batch row, the first ``exact_keys`` key rows (attended exactly). ``HAS_SINKS``,
-    ``EXACT_BLOCK_N`` and the first pass for sinks: as in ``hyper_fwd_kernel``.
+    batch row, the first ``exact_keys`` key rows (attended exactly). Sinks and
+    ``EXACT_BLOCK_N``: as in ``hyper_fwd_kernel``.
 
     DO, DQ share the strides ``stride_o*`` (contiguous (B, Hq, Nq, *) buffers); Lse, Delta
     share ``stride_l*``."""
@@ -183,31 +176,13 @@ def hyper_bwd_dq_kernel(
         dq = tl.zeros([BLOCK_M, D_PAD], tl.float32)
 
         k_lo = blk * block_size
-        perm_offset = zk64 * n_k
-        sample_offset = zk64 * num_samples
-        block_sinks = False
-        sampled_sinks = False
-        if HAS_SINKS:
-            block_sinks = any_index_below(KPerm + perm_offset, k_lo, tl.minimum(k_lo + block_size, n_k),
-                                          sinks - key_row0, BLOCK_N)
-            sampled_sinks = any_index_below(SIdx + sample_offset, 0, num_samples, sinks - key_row0, BLOCK_N)
-        if block_sinks:
-            dq = _block_keys_dq(q, do, lse2, delta, dq, rmask, KPerm, perm_offset, k_base, v_base, key_row0, k_lo,
-                                block_size, n_k, sinks, stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask,
-                                scale_log2, True, BLOCK_N)
-        else:
-            dq = _block_keys_dq(q, do, lse2, delta, dq, rmask, KPerm, perm_offset, k_base, v_base, key_row0, k_lo,
-                                block_size, n_k, sinks, stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask,
-                                scale_log2, False, BLOCK_N)
-        if sampled_sinks:
-            dq = _sampled_keys_dq(q, do, lse2, delta, dq, rmask, SIdx, SBlk, SLogW, sample_offset, num_samples, blk,
-                                  k_base, v_base, key_row0, sinks, stride_kn, stride_vn, offs_d, offs_dv, d_mask,
-                                  dv_mask, scale_log2, True, BLOCK_N)
-        else:
-            dq = _sampled_keys_dq(q, do, lse2, delta, dq, rmask, SIdx, SBlk, SLogW, sample_offset, num_samples, blk,
-                                  k_base, v_base, key_row0, sinks, stride_kn, stride_vn, offs_d, offs_dv, d_mask,
-                                  dv_mask, scale_log2, False, BLOCK_N)
-
+        n_live = n_k - tl.minimum(tl.maximum(sinks - key_row0, 0), n_k)  # the plan sorts the sinks last
+        dq = _block_keys_dq(q, do, lse2, delta, dq, rmask, KPerm, zk64 * n_k, k_base, v_base, key_row0, k_lo,
+                            block_size, n_live, stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, scale_log2,
+                            BLOCK_N)
+        dq = _sampled_keys_dq(q, do, lse2, delta, dq, rmask, SIdx, SBlk, SLogW, zk64 * num_samples, num_samples, blk,
+                              k_base, v_base, key_row0, stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask,
+                              scale_log2, BLOCK_N)
         if EXACT_BLOCK_N > 0:
             if r == 0:
                 dq = _dense_dq_range(q, do, lse2, delta, dq, k_base, v_base, key_row0, stride_kn, stride_vn, offs_m,
@@ -260,6 +235,9 @@ def hyper_bwd_dkdv_kernel(
     dk = tl.zeros([BLOCK_N, D_PAD], tl.float32)
     dv = tl.zeros([BLOCK_N, DV_PAD], tl.float32)
 
+    # the plan sorts the sinks after every other key: they get no gradient here (their rows
+    # are still written where this part owns them)
+    live = kmask & (ranks < n_k - tl.minimum(tl.maximum(sinks - k_start - r * rect_stride, 0), n_k))
     q_lo, q_hi = query_block_range(blk, block_size, n_q, n_k)
     for g in range(0, group):
         h = hk * group + g
@@ -273,8 +251,7 @@ def hyper_bwd_dkdv_kernel(
             q, do, lse2, delta, l_rows = _load_query_rows(q_base, DO, Lse, Delta, batch, h, q_rows, rmask, stride_qn,
                                                           stride_ob, stride_oh, stride_on, stride_lb, stride_lh,
                                                           offs_d, offs_dv, d_mask, dv_mask)
-            visible = rmask[:, None] & (kmask & (k_rows >= sinks))[None, :]
-            p, ds = _score_grads(q, k, v, do, lse2, delta, 0.0, visible, scale_log2)
+            p, ds = _score_grads(q, k, v, do, lse2, delta, 0.0, rmask[:, None] & live[None, :], scale_log2)
             dv += tl.dot(tl.trans(p).to(do.dtype), do)
             dk += tl.dot(tl.trans(ds).to(q.dtype), q)
 
@@ -443,7 +420,7 @@ def hyper_bwd_samples_kernel(
     stride_lb, stride_lh,
     n_q, n_k, num_samples, block_size, sample_chunks, segments, segment_len,
     rects, q_start, k_start, rect_stride,
-    num_kv_heads, group, kv_seq_len, sinks,
+    num_kv_heads, group, kv_seq_len,
     HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
     D_PAD: tl.constexpr, DV_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
@@ -491,7 +468,7 @@ def hyper_bwd_samples_kernel(
             q, do, lse2, delta, l_rows = _load_query_rows(q_base, DO, Lse, Delta, batch, h, q_rows, rmask, stride_qn,
                                                           stride_ob, stride_oh, stride_on, stride_lb, stride_lh,
                                                           offs_d, offs_dv, d_mask, dv_mask)
-            visible = rmask[:, None] & (smask & (k_rows >= sinks))[None, :] & (q_blk[:, None] != s_blk[None, :])
+            visible = rmask[:, None] & smask[None, :] & (q_blk[:, None] != s_blk[None, :])  # sinks: log-weight -inf
             p, ds = _score_grads(q, k, v, do, lse2, delta, bias2[None, :], visible, scale_log2)
             dv += tl.dot(tl.trans(p).to(do.dtype), do)
             dk += tl.dot(tl.trans(ds).to(q.dtype), q)

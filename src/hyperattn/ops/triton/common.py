@@ -34,20 +34,6 @@ def load_key_tile(k_base, v_base, key_row0, start, offs_m, n_q, n_k, stride_kn, 
 
 
 @triton.jit
-def any_index_below(Idx, lo, hi, limit, BLOCK: tl.constexpr):
-    """Whether any of the indices ``Idx[lo:hi]`` is below ``limit`` (False when limit <= 0):
-    one pass over a run of plan indices, so that the key loops test for sinks only where
-    there are some."""
-    found = tl.full((), 0, tl.int32)
-    if limit > 0:
-        for start in range(lo, hi, BLOCK):
-            offs = start + tl.arange(0, BLOCK)
-            idx = tl.load(Idx + offs, mask=offs < hi, other=limit)
-            found += tl.sum((idx < limit).to(tl.int32), 0)
-    return found > 0
-
-
-@triton.jit
 def query_block_range(blk, block_size, n_q, n_k):
     """Sorted query ranks [lo, hi) of key block ``blk``: p with (p * n_k // n_q) // block_size == blk.
     64-bit: blk * block_size * n_q passes 2**31 from about 64k tokens on."""

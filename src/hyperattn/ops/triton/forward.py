@@ -13,7 +13,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from hyperattn.ops.triton.common import LOG2E, LN2, any_index_below, load_key_tile, load_rows, query_block_range
+from hyperattn.ops.triton.common import LOG2E, LN2, load_key_tile, load_rows, query_block_range
 
 
 
@@ -134,33 +134,29 @@ def merge_copies_kernel(
 
 
 @triton.jit
-def _block_keys_fwd(q, KPerm, perm_offset, k_base, v_base, key_row0, k_lo, block_size, n_k, sinks, stride_kn,
-                    stride_vn, offs_d, offs_dv, d_mask, dv_mask, m_i, l_i, acc, scale_log2,
-                    SKIP_SINKS: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Online softmax of the query tile over sorted key ranks [k_lo, k_lo + block_size) (through
-    KPerm); ``SKIP_SINKS`` masks key rows below ``sinks``."""
+def _block_keys_fwd(q, KPerm, perm_offset, k_base, v_base, key_row0, k_lo, block_size, n_live, stride_kn,
+                    stride_vn, offs_d, offs_dv, d_mask, dv_mask, m_i, l_i, acc, scale_log2, BLOCK_N: tl.constexpr):
+    """Online softmax of the query tile over sorted key ranks [k_lo, k_lo + block_size) below
+    ``n_live`` (through KPerm)."""
     for start in range(0, block_size, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
         ranks = k_lo + offs_n
-        kmask = (offs_n < block_size) & (ranks < n_k)
+        kmask = (offs_n < block_size) & (ranks < n_live)
         k_local = tl.load(KPerm + perm_offset + ranks, mask=kmask, other=0)
         k_rows = (key_row0 + k_local).to(tl.int64)
         k = load_rows(k_base, k_rows, stride_kn, offs_d, kmask, d_mask)
         v = load_rows(v_base, k_rows, stride_vn, offs_dv, kmask, dv_mask)
-        live = kmask
-        if SKIP_SINKS:
-            live = live & (k_rows >= sinks)
-        s = tl.where(live[None, :], tl.dot(q, tl.trans(k)) * scale_log2, float("-inf"))
+        s = tl.where(kmask[None, :], tl.dot(q, tl.trans(k)) * scale_log2, float("-inf"))
         m_i, l_i, acc = _softmax_step(s, v, m_i, l_i, acc)
     return m_i, l_i, acc
 
 
 @triton.jit
-def _sampled_keys_fwd(q, SIdx, SBlk, SLogW, sample_offset, num_samples, blk, k_base, v_base, key_row0, sinks,
+def _sampled_keys_fwd(q, SIdx, SBlk, SLogW, sample_offset, num_samples, blk, k_base, v_base, key_row0,
                       stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, m_i, l_i, acc, scale_log2,
-                      SKIP_SINKS: tl.constexpr, BLOCK_N: tl.constexpr):
+                      BLOCK_N: tl.constexpr):
     """Online softmax of the query tile over the sampled keys outside key block ``blk``, with
-    their log-weights; ``SKIP_SINKS`` masks key rows below ``sinks``."""
+    their log-weights (-inf for sampled sinks)."""
     for start in range(0, num_samples, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
         smask = offs_n < num_samples
@@ -169,8 +165,6 @@ def _sampled_keys_fwd(q, SIdx, SBlk, SLogW, sample_offset, num_samples, blk, k_b
         s_logw = tl.load(SLogW + sample_offset + offs_n, mask=smask, other=0.0)
         k_rows = (key_row0 + s_local).to(tl.int64)
         smask = smask & (s_blk != blk)
-        if SKIP_SINKS:
-            smask = smask & (k_rows >= sinks)
         k = load_rows(k_base, k_rows, stride_kn, offs_d, smask, d_mask)
         v = load_rows(v_base, k_rows, stride_vn, offs_dv, smask, dv_mask)
         s = tl.dot(q, tl.trans(k)) * scale_log2 + (s_logw * LOG2E)[None, :]
@@ -192,19 +186,19 @@ def hyper_fwd_kernel(
     n_q, n_k, num_samples, block_size, tiles_per_block, num_tiles,
     rects, q_start, k_start, rect_stride,
     num_q_heads, group, sinks, exact_keys,
-    MERGE: tl.constexpr, HAS_SINKS: tl.constexpr, EXACT_BLOCK_N: tl.constexpr,
+    MERGE: tl.constexpr, EXACT_BLOCK_N: tl.constexpr,
     HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
     D_PAD: tl.constexpr, DV_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """One program: one tile of the sorted queries of one key block, one (problem, head).
 
     Attends to the key block (through KPerm) and to the sampled keys outside it (through
-    SIdx, with log-weights SLogW), in one online softmax; keys at rows below ``sinks`` are
-    skipped (an exact part attends to them, or this one: problem 0 of each batch row attends to
-    its first ``exact_keys`` key rows, exactly, in the same softmax, in tiles of
-    ``EXACT_BLOCK_N`` keys, 0 where exact_keys is 0). ``HAS_SINKS`` (sinks > 0) and
-    ``EXACT_BLOCK_N`` compile those in only where needed; a key loop tests for sinks only when
-    a first pass over its indices found one (the test inside the loop costs ~15%)."""
+    SIdx, with log-weights SLogW), in one online softmax. Key rows below ``sinks`` take no part:
+    the plan sorts them after every other key of their problem (so the block loop stops
+    before them) and gives their samples log-weight -inf (``hyperattn.plan.make_plan``); an
+    exact part attends to them, or this one: problem 0 of each batch row attends to its first
+    ``exact_keys`` key rows, exactly, in the same softmax, in tiles of ``EXACT_BLOCK_N`` keys
+    (0 where exact_keys is 0, which compiles that loop out)."""
     pid = tl.program_id(0)
     zh = pid // num_tiles
     tile = pid % num_tiles
@@ -241,30 +235,13 @@ def hyper_fwd_kernel(
         acc = tl.zeros([BLOCK_M, DV_PAD], tl.float32)
 
         k_lo = blk * block_size
-        perm_offset = zk64 * n_k
-        sample_offset = zk64 * num_samples
-        block_sinks = False
-        sampled_sinks = False
-        if HAS_SINKS:
-            block_sinks = any_index_below(KPerm + perm_offset, k_lo, tl.minimum(k_lo + block_size, n_k),
-                                          sinks - key_row0, BLOCK_N)
-            sampled_sinks = any_index_below(SIdx + sample_offset, 0, num_samples, sinks - key_row0, BLOCK_N)
-        if block_sinks:
-            m_i, l_i, acc = _block_keys_fwd(q, KPerm, perm_offset, k_base, v_base, key_row0, k_lo, block_size, n_k,
-                                            sinks, stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, m_i, l_i,
-                                            acc, scale_log2, True, BLOCK_N)
-        else:
-            m_i, l_i, acc = _block_keys_fwd(q, KPerm, perm_offset, k_base, v_base, key_row0, k_lo, block_size, n_k,
-                                            sinks, stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, m_i, l_i,
-                                            acc, scale_log2, False, BLOCK_N)
-        if sampled_sinks:
-            m_i, l_i, acc = _sampled_keys_fwd(q, SIdx, SBlk, SLogW, sample_offset, num_samples, blk, k_base, v_base,
-                                              key_row0, sinks, stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask,
-                                              m_i, l_i, acc, scale_log2, True, BLOCK_N)
-        else:
-            m_i, l_i, acc = _sampled_keys_fwd(q, SIdx, SBlk, SLogW, sample_offset, num_samples, blk, k_base, v_base,
-                                              key_row0, sinks, stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask,
-                                              m_i, l_i, acc, scale_log2, False, BLOCK_N)
+        n_live = n_k - tl.minimum(tl.maximum(sinks - key_row0, 0), n_k)  # the plan sorts the sinks last
+        m_i, l_i, acc = _block_keys_fwd(q, KPerm, zk64 * n_k, k_base, v_base, key_row0, k_lo, block_size, n_live,
+                                        stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, m_i, l_i, acc,
+                                        scale_log2, BLOCK_N)
+        m_i, l_i, acc = _sampled_keys_fwd(q, SIdx, SBlk, SLogW, zk64 * num_samples, num_samples, blk, k_base, v_base,
+                                          key_row0, stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, m_i, l_i,
+                                          acc, scale_log2, BLOCK_N)
         if EXACT_BLOCK_N > 0:
             if r == 0:
                 m_i, l_i, acc = _dense_fwd_range(q, k_base, v_base, key_row0, stride_kn, stride_vn, offs_m, offs_d,

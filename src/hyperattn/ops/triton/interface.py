@@ -272,7 +272,7 @@ def _launch_forward(q, k, v, out, lse, part: Part, scale: float, merge: bool) ->
             q, k, v, out, lse, p.q_perm, p.k_perm, p.sample_idx, p.sample_block, p.sample_log_weight,
             scale_log2, *strides, part.n_q, part.n_k, p.sample_idx.shape[-1], p.block_size,
             tiles_per_block, tiles, *part.rows, *heads, part.sinks, part.exact_keys, MERGE=merge,
-            HAS_SINKS=part.sinks > 0, EXACT_BLOCK_N=_exact_block_n(part, cfg), **_dims(q, v), **cfg)
+            EXACT_BLOCK_N=_exact_block_n(part, cfg), **_dims(q, v), **cfg)
 
 
 def _cudnn_runs(q, k, v, part: Part, direction: str) -> bool:
@@ -454,7 +454,7 @@ def attention_backward(dout, dlse, q, k, v, out, lse, parts: list[Part], scale: 
                 q, k, v, dout, lse, delta, accumulator("dk", dk), accumulator("dv", dvv),
                 p.q_perm, p.sample_idx, p.sample_block, p.sample_log_weight,
                 scale, scale_log2, *strides, part.n_q, part.n_k, num_samples, p.block_size, sample_chunks,
-                segments, segment_len, *part.rows, *kv_heads, part.sinks, **dims, **cfg)
+                segments, segment_len, *part.rows, *kv_heads, **dims, **cfg)
         dq_mode, dkdv_mode = write_mode("dq", part.last_dq), write_mode("dk", part.last_dkdv)
         dq_acc = accumulator("dq", dq) if dq_mode != "store" and not part.key_grads_only else dq
         dk_acc, dv_acc = (accumulator("dk", dk), accumulator("dv", dvv)) if dkdv_mode != "store" else (dk, dvv)
@@ -468,7 +468,7 @@ def attention_backward(dout, dlse, q, k, v, out, lse, parts: list[Part], scale: 
             q, k, v, dout, lse, delta, dq_acc, dq, p.q_perm, p.k_perm, p.sample_idx, p.sample_block,
             p.sample_log_weight, scale, scale_log2, *strides, part.n_q, part.n_k, num_samples, p.block_size,
             tiles_per_block, tiles, *part.rows, num_q_heads, group, part.sinks, part.exact_keys, WRITE=dq_mode,
-            HAS_SINKS=part.sinks > 0, EXACT_BLOCK_N=_exact_block_n(part, cfg_dq), **dims, **cfg_dq)
+            EXACT_BLOCK_N=_exact_block_n(part, cfg_dq), **dims, **cfg_dq)
         key_tiles_per_block = triton.cdiv(p.block_size, cfg_dkdv["BLOCK_N"])
         key_tiles = key_tiles_per_block * num_blocks
         hyper_bwd_dkdv_kernel[(problems * num_kv_heads * key_tiles,)](
