@@ -1,0 +1,117 @@
+"""Registers, spills and shared memory of each Triton kernel family, compiled for Hopper without a GPU.
+
+    python benchmarks/kernel_resources.py --head-dims 64,128
+    python benchmarks/kernel_resources.py --family hyper_dq --configs 128,64,4,3 128,64,8,3
+
+Compiles every kernel family (``hyperattn.ops.triton.interface.KERNEL_FAMILIES``) for sm_90a
+with Triton's own compiler and ``ptxas -v`` (both ship with Triton), at the tile configs the
+library launches (or those given), and prints registers per thread, spill stores, shared
+memory and the number of wgmma instructions. No GPU and no CUDA driver are needed, so tile
+changes can be screened on a CPU machine before any device time is spent: a config that
+spills hundreds of bytes inside a key loop is rarely the fastest one. Integer arguments are
+compiled as multiples of 16 except the small counts that are not (tiles, rectangles, group),
+as at the benchmark's lengths; the device compiles the same way for those shapes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import os
+import re
+import subprocess
+import tempfile
+
+if os.environ.get("TRITON_INTERPRET") == "1":
+    raise SystemExit("kernel_resources.py compiles real kernels: unset TRITON_INTERPRET")
+
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+
+from hyperattn.ops.triton import backward, forward  # noqa: E402
+from hyperattn.ops.triton.interface import KERNEL_FAMILIES, _launch_config  # noqa: E402
+
+PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+SMALL_INTS = {"tiles_per_block", "num_tiles", "rects", "group", "key_tiles_per_block", "sample_chunks", "segments"}
+FLOATS = {"scale", "scale_log2"}
+BF16, F32, I64 = "*bf16", "*fp32", "*i64"
+POINTERS = dict(Q=BF16, K=BF16, V=BF16, DO=BF16, Out=F32, Lse=F32, Delta=F32, DQAcc=F32, DQ=BF16, DKAcc=F32, DK=BF16,
+                DVAcc=F32, DV=BF16, QPerm=I64, KPerm=I64, SIdx=I64, SBlk=I64, SLogW=F32)
+# family: (kernel, constexprs besides dims and tiles), as launched for the causal levels of the default
+FAMILIES = {
+    "hyper_fwd": (forward.hyper_fwd_kernel, dict(MERGE=True, EXACT_BLOCK_N=16)),
+    "dense_fwd": (forward.dense_fwd_kernel, dict(MERGE=True, CAUSAL=True)),
+    "hyper_dq": (backward.hyper_bwd_dq_kernel, dict(WRITE="add", EXACT_BLOCK_N=16)),
+    "dense_dq": (backward.dense_bwd_dq_kernel, dict(WRITE="add", CAUSAL=True)),
+    "hyper_dkdv": (backward.hyper_bwd_dkdv_kernel, dict(WRITE="add")),
+    "dense_dkdv": (backward.dense_bwd_dkdv_kernel, dict(WRITE="add", CAUSAL=True)),
+    "hyper_samples": (backward.hyper_bwd_samples_kernel, dict()),
+}
+assert set(FAMILIES) == set(KERNEL_FAMILIES), "a kernel family has no entry here"
+
+
+def compile_family(family: str, head_dim: int, block_m: int, block_n: int, warps: int, stages: int, arch: int):
+    """The compiled kernel (Triton's CompiledKernel) of ``family`` at these tiles."""
+    kernel, extra = FAMILIES[family]
+    pad = max(16, triton.next_power_of_2(head_dim))
+    constexprs = dict(extra, HEAD_DIM=head_dim, HEAD_DIM_V=head_dim, D_PAD=pad, DV_PAD=pad, BLOCK_M=block_m,
+                      BLOCK_N=block_n)
+    if "EXACT_BLOCK_N" in constexprs:
+        constexprs["EXACT_BLOCK_N"] = min(16, block_n)
+    params = list(inspect.signature(kernel.fn).parameters)
+    signature, attrs = {}, {}
+    for i, name in enumerate(params):
+        if name in constexprs:
+            signature[name] = "constexpr"
+        elif name in POINTERS:
+            signature[name], attrs[(i,)] = POINTERS[name], [["tt.divisibility", 16]]
+        elif name in FLOATS:
+            signature[name] = "fp32"
+        else:
+            signature[name] = "i32"
+            if name not in SMALL_INTS:
+                attrs[(i,)] = [["tt.divisibility", 16]]
+    source = triton.compiler.ASTSource(kernel, signature, attrs=attrs,
+                                       constexprs={(params.index(k),): v for k, v in constexprs.items()})
+    return triton.compile(source, target=GPUTarget("cuda", arch, 32),
+                          options=dict(num_warps=warps, num_stages=stages))
+
+
+def resources(compiled, arch: int) -> dict:
+    """Registers and spill stores per thread (ptxas -v), shared memory bytes, wgmma instructions."""
+    ptx = compiled.asm["ptx"]
+    with tempfile.NamedTemporaryFile("w", suffix=".ptx") as f:
+        f.write(ptx)
+        f.flush()
+        report = subprocess.run([PTXAS, f"-arch=sm_{arch}a", "-v", f.name, "-o", os.devnull],
+                                capture_output=True, text=True, check=True).stderr
+    registers = re.findall(r"Used (\d+) registers", report)
+    spills = re.findall(r"(\d+) bytes spill stores", report)
+    return dict(registers=int(registers[0]), spill_stores=int(spills[0]) if spills else 0,
+                shared=compiled.metadata.shared, wgmma=ptx.count("wgmma.mma_async"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--head-dims", default="64")
+    parser.add_argument("--family", choices=sorted(FAMILIES), help="one family (default: all)")
+    parser.add_argument("--configs", nargs="*", default=None, metavar="BM,BN,W,S",
+                        help="tile configs to compile (default: the ones the library launches)")
+    parser.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 90 (default)")
+    args = parser.parse_args()
+    print(f"{'family':>14} {'d':>4} {'BM,BN,W,S':>12} {'regs':>5} {'spill B':>8} {'smem B':>8} {'wgmma':>6}")
+    for head_dim in map(int, args.head_dims.split(",")):
+        for family in [args.family] if args.family else KERNEL_FAMILIES:
+            if args.configs:
+                configs = [tuple(int(x) for x in c.split(",")) for c in args.configs]
+            else:
+                cfg = _launch_config(family, head_dim, head_dim)
+                configs = [(cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["num_warps"], cfg["num_stages"])]
+            for config in configs:
+                r = resources(compile_family(family, head_dim, *config, args.arch), args.arch)
+                print(f"{family:>14} {head_dim:>4} {','.join(map(str, config)):>12} {r['registers']:>5} "
+                      f"{r['spill_stores']:>8} {r['shared']:>8} {r['wgmma']:>6}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
