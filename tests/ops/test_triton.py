@@ -295,3 +295,11 @@ def test_causal_sinks_run_inside_the_first_rectangle_of_each_level():
         Part(None, False, 3, 0, 0, 4, 4, 2, key_rect_stride=0)
     with pytest.raises(ValueError, match="only in exact parts"):
         Part(plan.level_plans[0], False, 1, 0, 0, 4, 4, 4, last_dq=False, last_dkdv=False, key_rect_stride=0)
+
+
+def test_exact_tiles_fit_small_parts():
+    """The exact tail's 64 queries and the sinks' 16 keys get tiles of their own size, on at most 4 warps."""
+    cfg = dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3)
+    assert interface._fit_tiles(cfg, 64, 16) == dict(BLOCK_M=64, BLOCK_N=16, num_warps=4, num_stages=3)
+    assert interface._fit_tiles(cfg, 5, 4096) == dict(BLOCK_M=16, BLOCK_N=64, num_warps=4, num_stages=3)
+    assert interface._fit_tiles(cfg, 4096, 100) is cfg

@@ -246,6 +246,17 @@ def _hyper_tiles(part: Part, block_m: int) -> tuple[int, int, int]:
     return tiles_per_block, num_blocks, tiles_per_block * num_blocks
 
 
+def _fit_tiles(cfg: dict, n_q: int, n_k: int) -> dict:
+    """``cfg`` with BLOCK_M and BLOCK_N no larger than an exact part's queries and keys (powers
+    of two, at least 16), on at most 4 warps when cut: the exact tail's 64 queries and the
+    sinks' 16 keys would otherwise fill half or a quarter of every tile."""
+    block_m = min(cfg["BLOCK_M"], max(16, triton.next_power_of_2(n_q)))
+    block_n = min(cfg["BLOCK_N"], max(16, triton.next_power_of_2(n_k)))
+    if (block_m, block_n) == (cfg["BLOCK_M"], cfg["BLOCK_N"]):
+        return cfg
+    return dict(cfg, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=min(cfg["num_warps"], 4))
+
+
 def _exact_block_n(part: Part, cfg: dict) -> int:
     """Key tile of a hyper part's exact keys: as few as cover them (at least 16, the tensor
     cores' smallest), at most the kernel's BLOCK_N; 0 without exact keys."""
@@ -261,6 +272,7 @@ def _launch_forward(q, k, v, out, lse, part: Part, scale: float, merge: bool) ->
     heads = (num_q_heads, num_q_heads // k.shape[1])
     problems = batch * part.rects * num_q_heads
     if part.plan is None:
+        cfg = _fit_tiles(cfg, part.n_q, part.n_k)
         tiles = triton.cdiv(part.n_q, cfg["BLOCK_M"])
         dense_fwd_kernel[(problems * tiles,)](
             q, k, v, out, lse, scale_log2, *strides, part.n_q, part.n_k, tiles, *part.rows, part.key_rect_stride,
@@ -356,7 +368,7 @@ def _launch_dense_backward(q, k, v, dout, lse, delta, dq_acc, dq, dk_acc, dk, dv
     strides = _strides(q, k, v, dout, lse)
     scale_log2 = scale * math.log2(math.e)
     dims = _dims(q, v)
-    cfg_dq, cfg_dkdv = cfgs["dense_dq"], cfgs["dense_dkdv"]
+    cfg_dq, cfg_dkdv = (_fit_tiles(cfgs[f], part.n_q, part.n_k) for f in ("dense_dq", "dense_dkdv"))
     q_tiles = triton.cdiv(part.n_q, cfg_dq["BLOCK_M"])
     k_tiles = triton.cdiv(part.n_k, cfg_dkdv["BLOCK_N"])
     if not part.key_grads_only:
