@@ -14,7 +14,15 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from hyperattn.ops.triton.common import LOG2E, load_key_tile, load_rows, query_block_range, write_rows
+from hyperattn.ops.triton.common import (
+    LOG2E,
+    load_block_key_tile,
+    load_key_tile,
+    load_rows,
+    load_sampled_key_tile,
+    query_block_range,
+    write_rows,
+)
 
 
 
@@ -85,13 +93,8 @@ def _block_keys_dq(q, do, lse2, delta, dq, rmask, KPerm, perm_offset, k_base, v_
                    n_live, stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, scale_log2, BLOCK_N: tl.constexpr):
     """dq (unscaled) of the query tile over sorted key ranks [k_lo, k_lo + block_size) below ``n_live``."""
     for start in range(0, block_size, BLOCK_N):
-        offs_n = start + tl.arange(0, BLOCK_N)
-        ranks = k_lo + offs_n
-        kmask = (offs_n < block_size) & (ranks < n_live)
-        k_local = tl.load(KPerm + perm_offset + ranks, mask=kmask, other=0)
-        k_rows = (key_row0 + k_local).to(tl.int64)
-        k = load_rows(k_base, k_rows, stride_kn, offs_d, kmask, d_mask)
-        v = load_rows(v_base, k_rows, stride_vn, offs_dv, kmask, dv_mask)
+        k, v, kmask = load_block_key_tile(KPerm, perm_offset, k_base, v_base, key_row0, k_lo, start, block_size,
+                                          n_live, stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, BLOCK_N)
         p, ds = _score_grads(q, k, v, do, lse2, delta, 0.0, rmask[:, None] & kmask[None, :], scale_log2)
         dq += tl.dot(ds.to(k.dtype), k)
     return dq
@@ -104,17 +107,10 @@ def _sampled_keys_dq(q, do, lse2, delta, dq, rmask, SIdx, SBlk, SLogW, sample_of
     """dq (unscaled) of the query tile over the sampled keys outside key block ``blk`` (log-weight
     -inf for sampled sinks)."""
     for start in range(0, num_samples, BLOCK_N):
-        offs_n = start + tl.arange(0, BLOCK_N)
-        smask = offs_n < num_samples
-        s_local = tl.load(SIdx + sample_offset + offs_n, mask=smask, other=0)
-        s_blk = tl.load(SBlk + sample_offset + offs_n, mask=smask, other=-1)
-        s_logw = tl.load(SLogW + sample_offset + offs_n, mask=smask, other=0.0)
-        k_rows = (key_row0 + s_local).to(tl.int64)
-        live = smask & (s_blk != blk)
-        k = load_rows(k_base, k_rows, stride_kn, offs_d, live, d_mask)
-        v = load_rows(v_base, k_rows, stride_vn, offs_dv, live, dv_mask)
-        p, ds = _score_grads(q, k, v, do, lse2, delta, (s_logw * LOG2E)[None, :], rmask[:, None] & live[None, :],
-                             scale_log2)
+        k, v, live, bias2 = load_sampled_key_tile(SIdx, SBlk, SLogW, sample_offset, start, num_samples, blk, k_base,
+                                                  v_base, key_row0, stride_kn, stride_vn, offs_d, offs_dv, d_mask,
+                                                  dv_mask, BLOCK_N)
+        p, ds = _score_grads(q, k, v, do, lse2, delta, bias2[None, :], rmask[:, None] & live[None, :], scale_log2)
         dq += tl.dot(ds.to(k.dtype), k)
     return dq
 

@@ -34,6 +34,40 @@ def load_key_tile(k_base, v_base, key_row0, start, offs_m, n_q, n_k, stride_kn, 
 
 
 @triton.jit
+def load_block_key_tile(KPerm, perm_offset, k_base, v_base, key_row0, k_lo, start, block_size, n_live, stride_kn,
+                        stride_vn, offs_d, offs_dv, d_mask, dv_mask, BLOCK_N: tl.constexpr):
+    """k (BN, D), v (BN, Dv) and which are keys (BN,) of sorted key ranks ``k_lo + start + [0, BN)``
+    of a key block (through KPerm at ``perm_offset``): ranks inside the block and below ``n_live``
+    (the plan sorts the sinks after every other key)."""
+    offs_n = start + tl.arange(0, BLOCK_N)
+    ranks = k_lo + offs_n
+    kmask = (offs_n < block_size) & (ranks < n_live)
+    k_local = tl.load(KPerm + perm_offset + ranks, mask=kmask, other=0)
+    k_rows = (key_row0 + k_local).to(tl.int64)
+    k = load_rows(k_base, k_rows, stride_kn, offs_d, kmask, d_mask)
+    v = load_rows(v_base, k_rows, stride_vn, offs_dv, kmask, dv_mask)
+    return k, v, kmask
+
+
+@triton.jit
+def load_sampled_key_tile(SIdx, SBlk, SLogW, sample_offset, start, num_samples, blk, k_base, v_base, key_row0,
+                          stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, BLOCK_N: tl.constexpr):
+    """k (BN, D), v (BN, Dv), which count (BN,) and their log2 weights (BN,) of sampled keys
+    ``start + [0, BN)`` for queries of key block ``blk``: samples of that block do not count
+    (the block part has them); sampled sinks carry weight -inf."""
+    offs_n = start + tl.arange(0, BLOCK_N)
+    smask = offs_n < num_samples
+    s_local = tl.load(SIdx + sample_offset + offs_n, mask=smask, other=0)
+    s_blk = tl.load(SBlk + sample_offset + offs_n, mask=smask, other=-1)
+    bias2 = tl.load(SLogW + sample_offset + offs_n, mask=smask, other=0.0) * LOG2E
+    k_rows = (key_row0 + s_local).to(tl.int64)
+    live = smask & (s_blk != blk)
+    k = load_rows(k_base, k_rows, stride_kn, offs_d, live, d_mask)
+    v = load_rows(v_base, k_rows, stride_vn, offs_dv, live, dv_mask)
+    return k, v, live, bias2
+
+
+@triton.jit
 def query_block_range(blk, block_size, n_q, n_k):
     """Sorted query ranks [lo, hi) of key block ``blk``: p with (p * n_k // n_q) // block_size == blk.
     64-bit: blk * block_size * n_q passes 2**31 from about 64k tokens on."""

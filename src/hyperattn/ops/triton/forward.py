@@ -13,7 +13,15 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from hyperattn.ops.triton.common import LOG2E, LN2, load_key_tile, load_rows, query_block_range
+from hyperattn.ops.triton.common import (
+    LOG2E,
+    LN2,
+    load_block_key_tile,
+    load_key_tile,
+    load_rows,
+    load_sampled_key_tile,
+    query_block_range,
+)
 
 
 
@@ -139,13 +147,8 @@ def _block_keys_fwd(q, KPerm, perm_offset, k_base, v_base, key_row0, k_lo, block
     """Online softmax of the query tile over sorted key ranks [k_lo, k_lo + block_size) below
     ``n_live`` (through KPerm)."""
     for start in range(0, block_size, BLOCK_N):
-        offs_n = start + tl.arange(0, BLOCK_N)
-        ranks = k_lo + offs_n
-        kmask = (offs_n < block_size) & (ranks < n_live)
-        k_local = tl.load(KPerm + perm_offset + ranks, mask=kmask, other=0)
-        k_rows = (key_row0 + k_local).to(tl.int64)
-        k = load_rows(k_base, k_rows, stride_kn, offs_d, kmask, d_mask)
-        v = load_rows(v_base, k_rows, stride_vn, offs_dv, kmask, dv_mask)
+        k, v, kmask = load_block_key_tile(KPerm, perm_offset, k_base, v_base, key_row0, k_lo, start, block_size,
+                                          n_live, stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, BLOCK_N)
         s = tl.where(kmask[None, :], tl.dot(q, tl.trans(k)) * scale_log2, float("-inf"))
         m_i, l_i, acc = _softmax_step(s, v, m_i, l_i, acc)
     return m_i, l_i, acc
@@ -158,17 +161,10 @@ def _sampled_keys_fwd(q, SIdx, SBlk, SLogW, sample_offset, num_samples, blk, k_b
     """Online softmax of the query tile over the sampled keys outside key block ``blk``, with
     their log-weights (-inf for sampled sinks)."""
     for start in range(0, num_samples, BLOCK_N):
-        offs_n = start + tl.arange(0, BLOCK_N)
-        smask = offs_n < num_samples
-        s_local = tl.load(SIdx + sample_offset + offs_n, mask=smask, other=0)
-        s_blk = tl.load(SBlk + sample_offset + offs_n, mask=smask, other=-1)
-        s_logw = tl.load(SLogW + sample_offset + offs_n, mask=smask, other=0.0)
-        k_rows = (key_row0 + s_local).to(tl.int64)
-        smask = smask & (s_blk != blk)
-        k = load_rows(k_base, k_rows, stride_kn, offs_d, smask, d_mask)
-        v = load_rows(v_base, k_rows, stride_vn, offs_dv, smask, dv_mask)
-        s = tl.dot(q, tl.trans(k)) * scale_log2 + (s_logw * LOG2E)[None, :]
-        s = tl.where(smask[None, :], s, float("-inf"))
+        k, v, live, bias2 = load_sampled_key_tile(SIdx, SBlk, SLogW, sample_offset, start, num_samples, blk, k_base,
+                                                  v_base, key_row0, stride_kn, stride_vn, offs_d, offs_dv, d_mask,
+                                                  dv_mask, BLOCK_N)
+        s = tl.where(live[None, :], tl.dot(q, tl.trans(k)) * scale_log2 + bias2[None, :], float("-inf"))
         m_i, l_i, acc = _softmax_step(s, v, m_i, l_i, acc)
     return m_i, l_i, acc
 
