@@ -9,8 +9,9 @@
 #   (the CPU machine's stdlib text, so both machines read the same text). GEMMA_CONFIGS: extra flags per patched
 #   run, ';'-separated (default: the paper's, then the library's default, sinks 16 + tail 64).
 # options: benchmarks/option_cost.py (the time of each accuracy option against the paper's config).
-# ab: forward profiles of the code in .ab/src (an older commit: `git archive COMMIT src | tar -x -C .ab`,
-#     carried with the call) and of this tree, one after the other.
+# ab: forward profiles of the code in .ab/src (another commit: `git archive COMMIT src | tar -x -C .ab`,
+#     carried with the call) and of this tree, one after the other; AB_ARGS replaces profile_attention.py's
+#     --forward-only (e.g. AB_ARGS="--causal-only" for forward+backward too).
 # Environment: LONG (the check's --long runs), DTYPES (the check's --dtypes), BENCH_ARGS (extra arguments
 # of `hyperattn bench attention`), NCU_KERNELS (kernels Nsight Compute profiles).
 set -o pipefail
@@ -36,7 +37,7 @@ if has profile; then python3 benchmarks/profile_attention.py --top 12 > "$out/pr
 if has profile8k; then python3 benchmarks/profile_attention.py --seq-len 8192 --forward-only --top 16 > "$out/profile-8k.txt" 2>&1; grep -A30 "^causal" "$out/profile-8k.txt"; fi
 if has ab; then
   for name in old new; do tree=src; [ $name = old ] && tree=.ab/src; echo "== $name ($tree)"
-    PYTHONPATH=$tree python3 benchmarks/profile_attention.py --forward-only --top 8 > "$out/ab-$name.txt" 2>&1
+    PYTHONPATH=$tree python3 benchmarks/profile_attention.py ${AB_ARGS---forward-only} --top 8 > "$out/ab-$name.txt" 2>&1
     grep -A8 "of kernels" "$out/ab-$name.txt"; done
 fi
 if has model; then python3 -m hyperattn.cli bench model --arch llama --json "$out/model-llama.json" \
