@@ -49,11 +49,11 @@ class Part:
     gradients in the input dtype. ``sinks``: a hyper part skips key rows below it (an exact
     part attends to them); its plan must come from ``hyperattn.plan.make_plan`` with the same
     sinks, which sorts them after every other key and weights their samples -inf, since the
-    kernels skip them by rank and weight alone. ``exact_keys``: in problem 0 of each batch row (the first
-    rectangle of a level, or the only problem), a hyper part also attends each query exactly
-    to the problem's first ``exact_keys`` key rows, in the same softmax and in its dq; the key
-    gradients through them come from exact parts that are ``key_grads_only`` (they take no
-    part in the forward and add no dq)."""
+    kernels skip them by rank and weight alone. ``exact_keys``: in problem 0 of each batch
+    row (the first rectangle of a level, or the only problem), a hyper part also attends each
+    query exactly to the problem's first ``exact_keys`` key rows, in the same softmax and in
+    its dq; the key gradients through them come from exact parts that are ``key_grads_only``
+    (they take no part in the forward and add no dq)."""
 
     plan: AttentionPlan | None
     causal: bool
