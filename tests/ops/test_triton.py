@@ -47,7 +47,7 @@ OPTION_CASES = {
     "tail-noncausal-no-rest": ((2, 2, 40, 80, 16, 16, 8, 10, 8, False), 0, 4),  # 5 chunks, nothing after
     "noncausal-sinks": ((2, 1, 70, 45, 16, 16, 8, 10, 8, False), 5, 0),  # 4 query chunks sharing keys, 6 more
     "tail-causal-sinks-gqa": ((4, 2, 96, 96, 32, 32, 16, 20, 16, True), 7, 20),
-    "noncausal-sinks-fill-blocks": ((2, 1, 48, 40, 16, 16, 8, 10, 8, False), 20, 0),  # the last 2.5 key blocks are sinks
+    "noncausal-sinks-fill-blocks": ((2, 1, 48, 40, 16, 16, 8, 10, 8, False), 20, 0),  # sinks fill 2.5 key blocks
 }
 CASES.update({name: shape for name, (shape, _, _) in OPTION_CASES.items()})
 BATCH = {"tail-causal-sinks-gqa": 2, "noncausal-sinks": 2}  # batch 1 elsewhere
