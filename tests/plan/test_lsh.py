@@ -1,6 +1,7 @@
 import torch
 
 from hyperattn.plan import gray_code_rank, inverse_permutation, lsh_buckets, lsh_directions, sort_lsh_permutation
+from hyperattn.plan.lsh import bucket_dtype
 
 
 def gray(i):
@@ -26,7 +27,7 @@ def test_buckets_match_sign_bits():
     dirs = lsh_directions(2, 8, 5, gen)
     x = torch.randn(3, 4, 50, 8, generator=gen)
     buckets = lsh_buckets(x, dirs)
-    assert buckets.shape == (3, 4, 50) and buckets.dtype == torch.int32
+    assert buckets.shape == (3, 4, 50) and buckets.dtype == torch.uint8  # bucket_dtype(5)
     for h in range(4):
         bits = (x[:, h] @ dirs[h // 2] > 0).long()
         codes = (bits * (2 ** torch.arange(5))).sum(-1)
@@ -46,3 +47,12 @@ def test_sort_is_stable_and_inverse_permutation():
     assert perm.tolist() == [[3, 1, 4, 0, 2, 5]]
     inv = inverse_permutation(perm)
     assert torch.equal(perm.gather(-1, inv), torch.arange(6).unsqueeze(0))
+
+
+def test_bucket_dtype_keeps_its_largest_value_free():
+    """The narrowest dtype whose largest value no bucket takes (the sinks' sort key)."""
+    for r in range(1, 17):
+        dtype = bucket_dtype(r)
+        assert torch.iinfo(dtype).max > 2 ** r - 1
+        narrower = {torch.int16: torch.uint8, torch.int32: torch.int16}.get(dtype)
+        assert narrower is None or torch.iinfo(narrower).max <= 2 ** r - 1

@@ -18,9 +18,6 @@ from hyperattn.plan.sampling import sample_keys, value_sq_norms
 from hyperattn.plan.schedule import CausalSchedule, causal_schedule, join_rows, level_rows, split_rows
 
 
-SINK_BUCKET = torch.iinfo(torch.int32).max  # sorts after every LSH bucket (``make_plan``'s sinks)
-
-
 @dataclass(frozen=True)
 class AttentionPlan:
     """The sparse pattern of one batch of non-causal HyperAttention problems.
@@ -66,22 +63,23 @@ def make_plan(
     """Sort and sample for Z problems, given the LSH buckets of their rows.
 
     Args:
-        q_buckets: int32 (Z, Hq, Nq) and k_buckets: int32 (Z, Hkv, Nk), from ``lsh_buckets``
+        q_buckets: (Z, Hq, Nq) and k_buckets: (Z, Hkv, Nk) integers, from ``lsh_buckets``
             (rows hash independently, so a caller hashes once and slices per problem).
         v_sq_norms: (Z, Hkv, Nk) squared value norms, required for ``sampling="value_norm"``.
         weight_dtype: dtype of the sample log-weights.
         sinks, sink_stride: the first ``sinks`` key rows of problems 0, sink_stride,
             2 * sink_stride, ... (the first rectangle of each batch row of a causal level, or
             every problem) are exact sinks, which the block and sample parts skip. They sort
-            after every other key of their problem and their samples get log-weight -inf, so
-            the fused kernels skip them by rank and weight, with no test in their key loops.
+            after every other key of their problem (bucket: the dtype's largest value, which
+            ``lsh_buckets`` leaves free) and their samples get log-weight -inf, so the fused
+            kernels skip them by rank and weight, with no test in their key loops.
     """
     z, num_kv_heads, num_keys = k_buckets.shape
     sinks = min(sinks, num_keys)
     k_buckets = k_buckets.contiguous()
     if sinks:
         k_buckets = k_buckets.clone()
-        k_buckets.view(-1, sink_stride, num_kv_heads, num_keys)[:, 0, :, :sinks] = SINK_BUCKET
+        k_buckets.view(-1, sink_stride, num_kv_heads, num_keys)[:, 0, :, :sinks] = torch.iinfo(k_buckets.dtype).max
     q_perm = sort_lsh_permutation(q_buckets.contiguous())  # plans are contiguous: kernels index them flat
     k_perm = sort_lsh_permutation(k_buckets)
     if config.sampling == "value_norm" and v_sq_norms is None:

@@ -16,6 +16,14 @@ def lsh_directions(num_kv_heads: int, head_dim: int, num_projs: int, generator: 
                        device=generator.device)
 
 
+def bucket_dtype(num_projs: int) -> torch.dtype:
+    """The narrowest integer dtype for the 2**num_projs buckets of ``lsh_buckets`` whose
+    largest value stays free (``make_plan`` sorts exact sinks last under it): uint8 up to 7
+    projections, int16 up to 14, else int32. A sort's radix passes scale with the key's bytes,
+    so narrow buckets sort up to 4x faster."""
+    return torch.uint8 if num_projs <= 7 else torch.int16 if num_projs <= 14 else torch.int32
+
+
 def gray_code_rank(codes: torch.Tensor, num_bits: int) -> torch.Tensor:
     """Position of each code in the reflected Gray-code sequence ``i ^ (i >> 1)``.
 
@@ -41,8 +49,8 @@ def lsh_buckets(x: torch.Tensor, directions: torch.Tensor, use_kernel: bool = Fa
         use_kernel: hash CUDA tensors with the fused kernel (``hyperattn.ops.triton.hashing``),
             which reads each row once and projects on the tensor cores in the input dtype.
     Returns:
-        int32 (Z, H, N) with values in ``[0, 2**r)``. Without the kernel, projections are
-        computed in float32 (float64 for float64 inputs) whatever the input dtype.
+        (Z, H, N) of ``bucket_dtype(r)`` with values in ``[0, 2**r)``. Without the kernel,
+        projections are computed in float32 (float64 for float64 inputs) whatever the input dtype.
     """
     z, h, n, d = x.shape
     hkv, _, r = directions.shape
@@ -56,7 +64,7 @@ def lsh_buckets(x: torch.Tensor, directions: torch.Tensor, use_kernel: bool = Fa
     projections = torch.einsum("zhgnd,hdr->zhgnr", grouped, proj_dirs.to(dtype))
     powers = 2 ** torch.arange(r, device=x.device, dtype=torch.int32)
     codes = ((projections > 0).to(torch.int32) * powers).sum(-1, dtype=torch.int32)
-    return gray_code_rank(codes, r).reshape(z, h, n)
+    return gray_code_rank(codes, r).reshape(z, h, n).to(bucket_dtype(r))
 
 
 def sort_lsh_permutation(buckets: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """sortLSH hashing kernel: projections, sign bits and Gray-code rank in one pass over the rows.
 
 Computes what ``hyperattn.plan.lsh.lsh_buckets`` computes while reading each row once in its
-own dtype and writing one int32 per row. The projections run on the tensor cores (directions
+own dtype and writing one bucket per row (``bucket_dtype``: one byte at the default 7 projections). The projections run on the tensor cores (directions
 rounded to the input dtype, float32 accumulation), so a row whose projection is within
 rounding distance of a hyperplane may land on the other side: harmless for a hash.
 """
@@ -13,6 +13,7 @@ import triton
 import triton.language as tl
 
 from hyperattn.ops.triton import on_device
+from hyperattn.plan.lsh import bucket_dtype
 
 
 @triton.jit
@@ -44,17 +45,17 @@ def lsh_bucket_kernel(
     rank ^= rank >> 2
     rank ^= rank >> 4
     rank ^= rank >> 8
-    tl.store(Out + zh.to(tl.int64) * n + offs_n, rank.to(tl.int32), mask=rmask)
+    tl.store(Out + zh.to(tl.int64) * n + offs_n, rank.to(Out.dtype.element_ty), mask=rmask)
 
 
 def lsh_buckets_triton(x: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
     """Gray-code bucket of every row: x (Z, H, N, D), directions float32 (Hkv, D, r) on x's
-    device -> int32 (Z, H, N)."""
+    device -> (Z, H, N) of ``bucket_dtype(r)``."""
     z, heads, n, d = x.shape
     num_kv_heads, _, num_projs = directions.shape
     if x.stride(-1) != 1:
         x = x.contiguous()
-    out = torch.empty(z, heads, n, dtype=torch.int32, device=x.device)
+    out = torch.empty(z, heads, n, dtype=bucket_dtype(num_projs), device=x.device)
     block = 128
     tiles = triton.cdiv(n, block)
     with on_device(x):
