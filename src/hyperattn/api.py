@@ -184,7 +184,7 @@ def hyper_attention(
                              "pass HyperAttentionConfig(impl='reference', ...)")
     if q.numel() == 0 or k.shape[2] == 0:
         return _empty_result(q, v, return_lse)
-    if config.runs_exact(q.shape[2], k.shape[2], causal) or config.exact_tail >= q.shape[2]:
+    if config.runs_exact(q.shape[2], k.shape[2], causal):
         return _exact(q, k, v, scale, causal, return_lse, use_triton)
     plan = plan_hyper_attention(q, k, v, causal, config, generator, use_kernels=use_triton)
     return _finish(q, *_execute(q, k, v, plan, scale, causal, use_triton, config.exact_tail), return_lse)

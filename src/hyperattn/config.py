@@ -89,10 +89,10 @@ class HyperAttentionConfig:
 
     def runs_exact(self, num_queries: int, num_keys: int, causal: bool) -> bool:
         """Whether attention of ``num_queries`` queries over ``num_keys`` keys is computed
-        exactly: at most ``min_seq_len`` queries, or at most as many query-key pairs as causal
-        attention over ``exact_up_to`` tokens (bottom-right causal: query i sees
-        ``num_keys - num_queries + i + 1`` keys)."""
-        if num_queries <= self.min_seq_len:
+        exactly: at most ``min_seq_len`` queries (or ``exact_tail``: every row exact anyway), or
+        at most as many query-key pairs as causal attention over ``exact_up_to`` tokens
+        (bottom-right causal: query i sees ``num_keys - num_queries + i + 1`` keys)."""
+        if num_queries <= max(self.min_seq_len, self.exact_tail):
             return True
         pairs = num_queries * num_keys - (num_queries * (num_queries - 1) // 2 if causal else 0)
         return pairs <= self.exact_up_to * (self.exact_up_to + 1) // 2

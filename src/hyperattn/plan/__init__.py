@@ -146,7 +146,7 @@ def plan_hyper_attention(
     schedule = causal_schedule(q.shape[2], k.shape[2], config.min_seq_len)
     prefix = schedule.prefix_len + schedule.head_len
     sinks = min(config.exact_sinks, prefix + schedule.leaf_len)
-    main_sinks = max(0, sinks - prefix)  # sinks among the main square's keys: those of each level's rectangle 0
+    prefix_sinks, main_sinks = schedule.split_sinks(sinks)
     q_main, k_main = q_buckets[:, :, schedule.head_len:], k_buckets[:, :, prefix:]
     norms_main = None if sq_norms is None else sq_norms[:, :, prefix:]
     level_plans = []
@@ -160,7 +160,7 @@ def plan_hyper_attention(
     if prefix > config.block_size:
         prefix_norms = None if sq_norms is None else sq_norms[:, :, :prefix]
         prefix_plan = make_plan(q_main, k_buckets[:, :, :prefix], config, generator, prefix_norms, weight_dtype,
-                                min(sinks, prefix))
+                                prefix_sinks)
     return CausalPlan(schedule, level_plans, prefix_plan, sinks, config.exact_window)
 
 

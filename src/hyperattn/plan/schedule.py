@@ -39,6 +39,12 @@ class CausalSchedule:
     def num_leaves(self) -> int:
         return 1 << self.num_levels
 
+    def split_sinks(self, sinks: int) -> tuple[int, int]:
+        """The first ``sinks`` keys as (those in the prefix, those in the main square: the first
+        keys of rectangle 0 of every level)."""
+        prefix = self.prefix_len + self.head_len
+        return min(sinks, prefix), max(0, sinks - prefix)
+
     def rectangle_side(self, level: int) -> int:
         """Side of the square rectangles of ``level`` (1-based)."""
         return self.main_len >> level

@@ -16,6 +16,7 @@ import triton.language as tl
 
 from hyperattn.ops.triton.common import (
     LOG2E,
+    live_key_ranks,
     load_block_key_tile,
     load_key_tile,
     load_rows,
@@ -172,7 +173,7 @@ def hyper_bwd_dq_kernel(
         dq = tl.zeros([BLOCK_M, D_PAD], tl.float32)
 
         k_lo = blk * block_size
-        n_live = n_k - tl.minimum(tl.maximum(sinks - key_row0, 0), n_k)  # the plan sorts the sinks last
+        n_live = live_key_ranks(n_k, sinks, key_row0)
         dq = _block_keys_dq(q, do, lse2, delta, dq, rmask, KPerm, zk64 * n_k, k_base, v_base, key_row0, k_lo,
                             block_size, n_live, stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, scale_log2,
                             BLOCK_N)
@@ -233,7 +234,7 @@ def hyper_bwd_dkdv_kernel(
 
     # the plan sorts the sinks after every other key: they get no gradient here (their rows
     # are still written where this part owns them)
-    live = kmask & (ranks < n_k - tl.minimum(tl.maximum(sinks - k_start - r * rect_stride, 0), n_k))
+    live = kmask & (ranks < live_key_ranks(n_k, sinks, k_start + r * rect_stride))
     q_lo, q_hi = query_block_range(blk, block_size, n_q, n_k)
     for g in range(0, group):
         h = hk * group + g

@@ -34,6 +34,13 @@ def load_key_tile(k_base, v_base, key_row0, start, offs_m, n_q, n_k, stride_kn, 
 
 
 @triton.jit
+def live_key_ranks(n_k, sinks, key_row0):
+    """Sorted key ranks below which a problem's keys are not sinks: ``make_plan`` sorts the
+    problem's key rows below ``sinks`` (its rows start at ``key_row0``) after every other key."""
+    return n_k - tl.minimum(tl.maximum(sinks - key_row0, 0), n_k)
+
+
+@triton.jit
 def load_block_key_tile(KPerm, perm_offset, k_base, v_base, key_row0, k_lo, start, block_size, n_live, stride_kn,
                         stride_vn, offs_d, offs_dv, d_mask, dv_mask, BLOCK_N: tl.constexpr):
     """k (BN, D), v (BN, Dv) and which are keys (BN,) of sorted key ranks ``k_lo + start + [0, BN)``

@@ -16,6 +16,7 @@ import triton.language as tl
 from hyperattn.ops.triton.common import (
     LOG2E,
     LN2,
+    live_key_ranks,
     load_block_key_tile,
     load_key_tile,
     load_rows,
@@ -231,7 +232,7 @@ def hyper_fwd_kernel(
         acc = tl.zeros([BLOCK_M, DV_PAD], tl.float32)
 
         k_lo = blk * block_size
-        n_live = n_k - tl.minimum(tl.maximum(sinks - key_row0, 0), n_k)  # the plan sorts the sinks last
+        n_live = live_key_ranks(n_k, sinks, key_row0)
         m_i, l_i, acc = _block_keys_fwd(q, KPerm, zk64 * n_k, k_base, v_base, key_row0, k_lo, block_size, n_live,
                                         stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, m_i, l_i, acc,
                                         scale_log2, BLOCK_N)

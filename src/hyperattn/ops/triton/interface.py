@@ -138,8 +138,9 @@ def parts_of(plan: AttentionPlan | CausalPlan | None, n_q: int, n_k: int, causal
     # (the rectangles 0 hold every query after the first leaf once), a hyper prefix to those
     # in the prefix (an exact prefix covers them); their key gradients come from exact parts
     # of QUERY_CHUNK_LEN queries adding to the same key rows
-    main_sinks = max(0, plan.sinks - prefix)
-    prefix_sinks = min(plan.sinks, prefix) if plan.prefix_plan is not None else 0
+    prefix_sinks, main_sinks = s.split_sinks(plan.sinks)
+    if plan.prefix_plan is None:
+        prefix_sinks = 0
     for level, level_plan in enumerate(plan.level_plans, start=1):
         side = s.rectangle_side(level)
         parts.append(Part(level_plan, False, s.num_rectangles(level), head + side, prefix, 2 * side, side, side,
