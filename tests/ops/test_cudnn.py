@@ -22,22 +22,30 @@ def _scores(q, k, scale):
     return s.masked_fill(torch.ones(side, side, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
 
 
+def _grouped(x, q):
+    """kv heads repeated for each query head of their group."""
+    return x.repeat_interleave(q.shape[1] // x.shape[1], 1)
+
+
 def fake_forward(q, k, v, scale):
-    """cuDNN's forward contract: out in q's dtype, lse (N, H, S, 1) float32."""
+    """cuDNN's forward contract: out in q's dtype, lse (N, H, S, 1) float32; grouped kv heads."""
     calls["fwd"] += 1
-    s = _scores(q, k, scale)
+    s = _scores(q, _grouped(k, q), scale)
     lse = torch.logsumexp(s, -1, keepdim=True)
-    return (torch.exp(s - lse) @ v.double()).to(q.dtype), lse.float()
+    return (torch.exp(s - lse) @ _grouped(v, q).double()).to(q.dtype), lse.float()
 
 
 def fake_backward(dout, q, k, v, out, lse, scale):
     """cuDNN's backward contract: probabilities from the given lse, delta = rowsum(dO * O)."""
     calls["bwd"] += 1
     assert lse.shape == (*q.shape[:3], 1)
-    p = torch.exp(_scores(q, k, scale) - lse.double())
+    group = q.shape[1] // k.shape[1]
+    kg, vg = _grouped(k, q).double(), _grouped(v, q).double()
+    p = torch.exp(_scores(q, kg, scale) - lse.double())
     dout, out = dout.double(), out.double()
-    ds = p * (dout @ v.double().transpose(-1, -2) - (dout * out).sum(-1, keepdim=True))
-    dq, dk, dv = ds @ k.double() * scale, ds.transpose(-1, -2) @ q.double() * scale, p.transpose(-1, -2) @ dout
+    ds = p * (dout @ vg.transpose(-1, -2) - (dout * out).sum(-1, keepdim=True))
+    dq, dk, dv = ds @ kg * scale, ds.transpose(-1, -2) @ q.double() * scale, p.transpose(-1, -2) @ dout
+    dk, dv = (x.unflatten(1, (k.shape[1], group)).sum(2) for x in (dk, dv))  # summed over each kv head's group
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
 
 
@@ -59,14 +67,17 @@ CASES = {
     "prefill": (1, 2, 64, 90, 16, 8, 10, 8, 0),
     "batch-2": (2, 2, 70, 70, 16, 8, 6, 8, 0),
     "sinks": (1, 2, 96, 96, 16, 8, 10, 8, 3),
+    "gqa": (1, 4, 77, 77, 16, 8, 10, 8, 3),
 }
+KV_HEADS = {"gqa": 2}  # as many as query heads elsewhere
 
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_cudnn_leaves_match_reference(name, fake_cudnn):
     batch, heads, nq, nk, d, block, samples, min_len, sinks = CASES[name]
     gen = torch.Generator().manual_seed(3)
-    q, k, v = (torch.randn(batch, heads, n, d, generator=gen).to(DEVICE, DTYPE) for n in (nq, nk, nk))
+    q, k, v = (torch.randn(batch, h, n, d, generator=gen).to(DEVICE, DTYPE)
+               for h, n in ((heads, nq), (KV_HEADS.get(name, heads), nk), (KV_HEADS.get(name, heads), nk)))
     cfg = HyperAttentionConfig(block_size=block, sample_size=samples, exact_up_to=0, min_seq_len=min_len, exact_sinks=sinks)
     plan = plan_hyper_attention(q, k, v, True, cfg, torch.Generator().manual_seed(4))
     parts = parts_of(plan, nq, nk, True)
@@ -115,7 +126,8 @@ def test_cudnn_shape_rules():
 
     assert cudnn.cudnn_shapes_supported(*qkv())
     assert cudnn.cudnn_shapes_supported(*qkv(d=128, dv=128, dtype=torch.float16))
-    assert not cudnn.cudnn_shapes_supported(*qkv(hkv=2))  # grouped kv heads
+    assert cudnn.cudnn_shapes_supported(*qkv(hkv=2))  # grouped kv heads
+    assert not cudnn.cudnn_shapes_supported(*qkv(hkv=3))
     assert not cudnn.cudnn_shapes_supported(*qkv(d=256, dv=256))
     assert not cudnn.cudnn_shapes_supported(*qkv(d=60, dv=60))
     assert not cudnn.cudnn_shapes_supported(*qkv(dv=32))

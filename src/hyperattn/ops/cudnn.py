@@ -17,7 +17,7 @@ not measured here), and every sequence length gives the leaves a new one. The en
 
 cuDNN runs only while PyTorch's cuDNN attention is switched on
 (``torch.backends.cuda.enable_cudnn_sdp``) and deterministic algorithms are not required,
-for fp16/bf16 CUDA inputs with one kv head per query head and equal head dims of at most
+for fp16/bf16 CUDA inputs with whole groups of query heads per kv head and equal head dims of at most
 128 (a multiple of 8), where a first small forward and backward succeeded (checked once
 per device, dtype and head dim; no random draws), and never for the first time inside a
 CUDA graph capture.
@@ -45,25 +45,29 @@ def leaf_engine_setting() -> str:
 
 
 def cudnn_shapes_supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
-    """The shape and dtype rules of this path: fp16/bf16, one kv head per query head, equal
+    """The shape and dtype rules of this path: fp16/bf16, whole groups of query heads per kv head, equal
     head dims of at most 128 and a multiple of 8."""
     d = q.shape[-1]
-    return (q.dtype in (torch.float16, torch.bfloat16) and q.shape[1] == k.shape[1] and v.shape[-1] == d
+    return (q.dtype in (torch.float16, torch.bfloat16) and q.shape[1] % k.shape[1] == 0 and v.shape[-1] == d
             and d <= 128 and d % 8 == 0)
 
 
 @functools.cache
-def _cudnn_works(device: torch.device, dtype: torch.dtype, head_dim: int) -> bool:
-    """Whether cuDNN's attention forward and backward run here for this dtype and head dim;
-    tried once on a small causal problem of zeros (no random draws)."""
-    x = torch.zeros(2, 1, 128, head_dim, device=device, dtype=dtype)
+def _cudnn_works(device: torch.device, dtype: torch.dtype, head_dim: int, group: int = 1) -> bool:
+    """Whether cuDNN's attention forward and backward run here for this dtype, head dim and
+    number of query heads per kv head, with key gradients of the kv heads' shape; tried once on
+    a small causal problem of zeros (no random draws)."""
+    q = torch.zeros(2, group, 128, head_dim, device=device, dtype=dtype)
+    kv = q[:, :1]
     try:
-        out, lse = cudnn_causal_forward(x, x, x, 0.125)
-        cudnn_causal_backward(x, x, x, x, out, lse, 0.125)
+        out, lse = cudnn_causal_forward(q, kv, kv, 0.125)
+        dq, dk, dv = cudnn_causal_backward(q, q, kv, kv, out, lse, 0.125)
+        if dq.shape != q.shape or dk.shape != kv.shape or dv.shape != kv.shape:
+            raise RuntimeError(f"gradients of shapes {tuple(dq.shape)}, {tuple(dk.shape)}, {tuple(dv.shape)}")
         return True
     except Exception as error:  # any failure means: not here
-        warnings.warn(f"hyperattn: cuDNN attention does not run here ({type(error).__name__}: {error}); "
-                      f"the diagonal leaves run in Triton")
+        warnings.warn(f"hyperattn: cuDNN attention does not run here for {group} query heads per kv head "
+                      f"({type(error).__name__}: {error}); the diagonal leaves run in Triton")
         return False
 
 
@@ -85,7 +89,7 @@ def use_cudnn_leaves(q, k, v, side: int, num_leaves: int, direction: str) -> boo
     geometry = (direction, q.device, q.dtype, side, num_leaves,
                 *((x.shape[1], x.shape[-1], *x.stride()[1:]) for x in (q, k, v)))
     return decide_leaf_engine(setting, geometry, torch.cuda.is_current_stream_capturing(),
-                              lambda: _cudnn_works(q.device, q.dtype, q.shape[-1]))
+                              lambda: _cudnn_works(q.device, q.dtype, q.shape[-1], q.shape[1] // k.shape[1]))
 
 
 def decide_leaf_engine(setting: str, geometry: tuple, capturing: bool, cudnn_works) -> bool:
