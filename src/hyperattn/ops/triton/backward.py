@@ -81,9 +81,17 @@ def _load_query_rows(q_base, DO, Lse, Delta, batch, h, q_rows, rmask, stride_qn,
 
 @triton.jit
 def _score_grads(q, k, v, do, lse2, delta, bias2, visible, scale_log2):
-    """p and ds (BM, BN) for a tile: s = q k^T scale (+ bias), p = exp(s - lse), ds = p (do v^T - delta)."""
-    s = tl.dot(q, tl.trans(k)) * scale_log2 + bias2
-    p = tl.where(visible, tl.exp2(s - lse2[:, None]), 0.0)
+    """p and ds (BM, BN) for a tile: s = q k^T scale (+ bias2, (BN,) log2 biases; -inf: the key
+    takes no part), p = exp(s - lse), ds = p (do v^T - delta); p = 0 where ``visible`` (BM, BN) is
+    False. ``bias2`` or ``visible`` None: no bias, no mask. Rows loaded as zeros (q, dO, lse,
+    delta) get ds = 0 and add nothing to dv."""
+    qk = tl.dot(q, tl.trans(k))
+    if bias2 is None:
+        p = tl.exp2(qk * scale_log2 - lse2[:, None])
+    else:
+        p = tl.exp2(qk * scale_log2 + bias2[None, :] - lse2[:, None])
+    if visible is not None:
+        p = tl.where(visible, p, 0.0)
     dp = tl.dot(do, tl.trans(v))
     ds = p * (dp - delta[:, None])
     return p, ds
@@ -96,7 +104,7 @@ def _block_keys_dq(q, do, lse2, delta, dq, rmask, KPerm, perm_offset, k_base, v_
     for start in range(0, block_size, BLOCK_N):
         k, v, kmask = load_block_key_tile(KPerm, perm_offset, k_base, v_base, key_row0, k_lo, start, block_size,
                                           n_live, stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, BLOCK_N)
-        p, ds = _score_grads(q, k, v, do, lse2, delta, 0.0, rmask[:, None] & kmask[None, :], scale_log2)
+        p, ds = _score_grads(q, k, v, do, lse2, delta, None, rmask[:, None] & kmask[None, :], scale_log2)
         dq += tl.dot(ds.to(k.dtype), k)
     return dq
 
@@ -111,7 +119,7 @@ def _sampled_keys_dq(q, do, lse2, delta, dq, rmask, SIdx, SBlk, SLogW, sample_of
         k, v, live, bias2 = load_sampled_key_tile(SIdx, SBlk, SLogW, sample_offset, start, num_samples, blk, k_base,
                                                   v_base, key_row0, stride_kn, stride_vn, offs_d, offs_dv, d_mask,
                                                   dv_mask, BLOCK_N)
-        p, ds = _score_grads(q, k, v, do, lse2, delta, bias2[None, :], rmask[:, None] & live[None, :], scale_log2)
+        p, ds = _score_grads(q, k, v, do, lse2, delta, bias2, rmask[:, None] & live[None, :], scale_log2)
         dq += tl.dot(ds.to(k.dtype), k)
     return dq
 
@@ -233,8 +241,9 @@ def hyper_bwd_dkdv_kernel(
     dv = tl.zeros([BLOCK_N, DV_PAD], tl.float32)
 
     # the plan sorts the sinks after every other key: they get no gradient here (their rows
-    # are still written where this part owns them)
-    live = kmask & (ranks < live_key_ranks(n_k, sinks, k_start + r * rect_stride))
+    # are still written where this part owns them); like ranks past the block, their log2
+    # bias is -inf (one add per score, no (BM, BN) mask)
+    bias2 = tl.where(kmask & (ranks < live_key_ranks(n_k, sinks, k_start + r * rect_stride)), 0.0, float("-inf"))
     q_lo, q_hi = query_block_range(blk, block_size, n_q, n_k)
     for g in range(0, group):
         h = hk * group + g
@@ -248,7 +257,7 @@ def hyper_bwd_dkdv_kernel(
             q, do, lse2, delta, l_rows = _load_query_rows(q_base, DO, Lse, Delta, batch, h, q_rows, rmask, stride_qn,
                                                           stride_ob, stride_oh, stride_on, stride_lb, stride_lh,
                                                           offs_d, offs_dv, d_mask, dv_mask)
-            p, ds = _score_grads(q, k, v, do, lse2, delta, 0.0, rmask[:, None] & live[None, :], scale_log2)
+            p, ds = _score_grads(q, k, v, do, lse2, delta, bias2, None, scale_log2)
             dv += tl.dot(tl.trans(p).to(do.dtype), do)
             dk += tl.dot(tl.trans(ds).to(q.dtype), q)
 
@@ -265,7 +274,7 @@ def _dense_dq_range(q, do, lse2, delta, dq, k_base, v_base, key_row0, stride_kn,
     for start in range(lo, hi, BLOCK_N):
         k, v, visible = load_key_tile(k_base, v_base, key_row0, start, offs_m, n_q, n_k, stride_kn, stride_vn, offs_d,
                                       offs_dv, d_mask, dv_mask, CAUSAL, BLOCK_N)
-        p, ds = _score_grads(q, k, v, do, lse2, delta, 0.0, rmask[:, None] & visible, scale_log2)
+        p, ds = _score_grads(q, k, v, do, lse2, delta, None, rmask[:, None] & visible, scale_log2)
         dq += tl.dot(ds.to(k.dtype), k)
     return dq
 
@@ -286,7 +295,7 @@ def _dense_dkdv_range(q_base, DO, Lse, Delta, k, v, dk, dv, batch, h, r, q_start
         visible = rmask[:, None] & kmask[None, :]
         if CAUSAL:
             visible = visible & (offs_n[None, :] <= (n_k - n_q + offs_m)[:, None])
-        p, ds = _score_grads(q, k, v, do, lse2, delta, 0.0, visible, scale_log2)
+        p, ds = _score_grads(q, k, v, do, lse2, delta, None, visible, scale_log2)
         dv += tl.dot(tl.trans(p).to(do.dtype), do)
         dk += tl.dot(tl.trans(ds).to(q.dtype), q)
     return dk, dv
@@ -466,7 +475,7 @@ def hyper_bwd_samples_kernel(
                                                           stride_ob, stride_oh, stride_on, stride_lb, stride_lh,
                                                           offs_d, offs_dv, d_mask, dv_mask)
             visible = rmask[:, None] & smask[None, :] & (q_blk[:, None] != s_blk[None, :])  # sinks: log-weight -inf
-            p, ds = _score_grads(q, k, v, do, lse2, delta, bias2[None, :], visible, scale_log2)
+            p, ds = _score_grads(q, k, v, do, lse2, delta, bias2, visible, scale_log2)
             dv += tl.dot(tl.trans(p).to(do.dtype), do)
             dk += tl.dot(tl.trans(ds).to(q.dtype), q)
 
