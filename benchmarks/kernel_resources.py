@@ -6,7 +6,9 @@
 Compiles every kernel family (``hyperattn.ops.triton.interface.KERNEL_FAMILIES``) for sm_90a
 with Triton's own compiler and ``ptxas -v`` (both ship with Triton), at the tile configs the
 library launches (or those given), and prints registers per thread, spill stores, shared
-memory and the number of wgmma instructions. No GPU and no CUDA driver are needed, so tile
+memory, the number of wgmma instructions and the ``num`` of every ``ttg.async_wait``: the
+copy groups a wait leaves in flight, so 0 at the top of a key loop means its next tiles were
+not loading during this tile's math (no prefetch). No GPU and no CUDA driver are needed, so tile
 changes can be screened on a CPU machine before any device time is spent: a config that
 spills hundreds of bytes inside a key loop is rarely the fastest one. Integer arguments are
 compiled as multiples of 16 except the small counts that are not (tiles, rectangles, group),
@@ -87,8 +89,11 @@ def resources(compiled, arch: int) -> dict:
                                 capture_output=True, text=True, check=True).stderr
     registers = re.findall(r"Used (\d+) registers", report)
     spills = re.findall(r"(\d+) bytes spill stores", report)
+    # the copies a loop waits for at its start may leave this many younger copy groups in flight:
+    # 0 means the tile loads of the next iteration do not overlap this iteration's math
+    waits = re.findall(r"ttg\.async_wait[^{]*\{num = (\d+)", compiled.asm["ttgir"])
     return dict(registers=int(registers[0]), spill_stores=int(spills[0]) if spills else 0,
-                shared=compiled.metadata.shared, wgmma=ptx.count("wgmma.mma_async"))
+                shared=compiled.metadata.shared, wgmma=ptx.count("wgmma.mma_async"), waits=",".join(waits))
 
 
 def main() -> None:
@@ -99,7 +104,8 @@ def main() -> None:
                         help="tile configs to compile (default: the ones the library launches)")
     parser.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 90 (default)")
     args = parser.parse_args()
-    print(f"{'family':>14} {'d':>4} {'BM,BN,W,S':>12} {'regs':>5} {'spill B':>8} {'smem B':>8} {'wgmma':>6}")
+    print(f"{'family':>14} {'d':>4} {'BM,BN,W,S':>12} {'regs':>5} {'spill B':>8} {'smem B':>8} {'wgmma':>6}  "
+          f"async waits (in program order)")
     for head_dim in map(int, args.head_dims.split(",")):
         for family in [args.family] if args.family else KERNEL_FAMILIES:
             if args.configs:
@@ -110,7 +116,7 @@ def main() -> None:
             for config in configs:
                 r = resources(compile_family(family, head_dim, *config, args.arch), args.arch)
                 print(f"{family:>14} {head_dim:>4} {','.join(map(str, config)):>12} {r['registers']:>5} "
-                      f"{r['spill_stores']:>8} {r['shared']:>8} {r['wgmma']:>6}", flush=True)
+                      f"{r['spill_stores']:>8} {r['shared']:>8} {r['wgmma']:>6}  {r['waits']}", flush=True)
 
 
 if __name__ == "__main__":
