@@ -10,7 +10,8 @@
 #   run, ';'-separated (default: the paper's, then the library's default, sinks 16 + tail 64).
 # options: benchmarks/option_cost.py (the time of each accuracy option against the paper's config).
 # ab: forward profiles of the code in .ab/src (another commit: `git archive COMMIT src | tar -x -C .ab`,
-#     carried with the call) and of this tree, one after the other; AB_ARGS replaces profile_attention.py's
+#     carried with the call) and of this tree, one after the other (AB_TREES: other source trees, in order,
+#     e.g. ".ab/main/src .ab/one-loop/src src"); AB_ARGS replaces profile_attention.py's
 #     --forward-only (e.g. AB_ARGS="--causal-only" for forward+backward too); AB_CONFIGS: '|'-separated
 #     HYPERATTN_TRITON_CONFIG values, each profiled again on this tree (e.g. "hyper_dkdv=64,64,4,3").
 # Environment: LONG (the check's --long runs), DTYPES (the check's --dtypes), BENCH_ARGS (extra arguments
@@ -37,7 +38,7 @@ if has options; then python3 benchmarks/option_cost.py --json "$out/option-cost-
 if has profile; then python3 benchmarks/profile_attention.py --top 12 > "$out/profile-131k.txt" 2>&1; grep -A13 "^causal" "$out/profile-131k.txt"; fi
 if has profile8k; then python3 benchmarks/profile_attention.py --seq-len 8192 --forward-only --top 16 > "$out/profile-8k.txt" 2>&1; grep -A30 "^causal" "$out/profile-8k.txt"; fi
 if has ab; then
-  for name in old new; do tree=src; [ $name = old ] && tree=.ab/src; echo "== $name ($tree)"
+  for tree in ${AB_TREES:-.ab/src src}; do name=$(tr -c 'a-zA-Z0-9\n' _ <<< "$tree"); echo "== $tree"
     PYTHONPATH=$tree python3 benchmarks/profile_attention.py ${AB_ARGS---forward-only} --top 8 > "$out/ab-$name.txt" 2>&1
     grep -A8 "of kernels" "$out/ab-$name.txt"; done
   IFS='|' read -ra ab_configs <<< "${AB_CONFIGS:-}"; i=0
