@@ -10,10 +10,12 @@
 #   run, ';'-separated (default: the paper's, then the library's default, sinks 16 + tail 64).
 # options: benchmarks/option_cost.py (the time of each accuracy option against the paper's config).
 # ab: forward profiles of the code in .ab/src (another commit: `git archive COMMIT src | tar -x -C .ab`,
-#     carried with the call) and of this tree, one after the other (AB_TREES: other source trees, in order,
-#     e.g. ".ab/main/src .ab/one-loop/src src"); AB_ARGS replaces profile_attention.py's
+#     carried with the call) and of this tree, one after the other (AB_TREES: the trees to profile, in order,
+#     default ".ab/src src"); AB_ARGS replaces profile_attention.py's
 #     --forward-only (e.g. AB_ARGS="--causal-only" for forward+backward too); AB_CONFIGS: '|'-separated
-#     HYPERATTN_TRITON_CONFIG values, each profiled again on this tree (e.g. "hyper_dkdv=64,64,4,3").
+#     HYPERATTN_TRITON_CONFIG values, each profiled again on this tree (src); an override applies at every head
+#     dim, and a backward family needs AB_ARGS without --forward-only (e.g. AB_ARGS=--causal-only
+#     AB_CONFIGS="hyper_dkdv=64,64,4,3").
 # Environment: LONG (the check's --long runs), DTYPES (the check's --dtypes), BENCH_ARGS (extra arguments
 # of `hyperattn bench attention`), NCU_KERNELS (kernels Nsight Compute profiles).
 set -o pipefail
@@ -42,10 +44,10 @@ if has ab; then
     PYTHONPATH=$tree python3 benchmarks/profile_attention.py ${AB_ARGS---forward-only} --top 8 > "$out/ab-$name.txt" 2>&1
     grep -A8 "of kernels" "$out/ab-$name.txt"; done
   IFS='|' read -ra ab_configs <<< "${AB_CONFIGS:-}"; i=0
-  for config in "${ab_configs[@]}"; do i=$((i + 1)); echo "== new with HYPERATTN_TRITON_CONFIG=$config"
+  for config in "${ab_configs[@]}"; do i=$((i + 1)); echo "== src with HYPERATTN_TRITON_CONFIG=$config"
     HYPERATTN_TRITON_CONFIG=$config python3 benchmarks/profile_attention.py ${AB_ARGS---forward-only} --top 8 \
-      > "$out/ab-new-config$i.txt" 2>&1
-    grep -A8 "of kernels" "$out/ab-new-config$i.txt"; done
+      > "$out/ab-src-config$i.txt" 2>&1
+    grep -A8 "of kernels" "$out/ab-src-config$i.txt"; done
 fi
 if has model; then python3 -m hyperattn.cli bench model --arch llama --json "$out/model-llama.json" \
     --plot "$out/model-llama.png" 2>/dev/null | tee "$out/model-llama.txt" | tail -12; fi

@@ -27,6 +27,8 @@ CASES = {
     "d64": (2, 1, 48, 48, 64, 64, 16, 16, 16, True),
     "d128": (2, 1, 40, 40, 128, 128, 16, 16, 16, False),
     "d256": (1, 1, 36, 36, 256, 256, 16, 16, 16, True),
+    "multi-tile-blocks": (2, 1, 160, 160, 16, 16, 40, 36, 16, True),  # 16-key tiles: 16+16+8 per block, 3 of samples
+    "many-queries-per-block": (2, 1, 150, 40, 16, 16, 16, 10, 8, False),  # 60 queries per key block
 }
 
 
@@ -99,6 +101,7 @@ def check_forward(name):
 
 @pytest.mark.parametrize("name", ["causal-gqa", "causal-odd-prefill", "causal-prefill-no-head",
                                   "causal-prefill-short-prefix", "noncausal-gqa-odd", "exact-causal", "d64",
+                                  "multi-tile-blocks", "many-queries-per-block",
                                   *SINK_CASES, *OPTION_CASES])
 def test_backward_matches_reference(name):
     check_backward(name)

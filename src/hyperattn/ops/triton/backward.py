@@ -84,7 +84,7 @@ def _score_grads(q, k, v, do, lse2, delta, bias2, visible, scale_log2):
     """p and ds (BM, BN) for a tile: s = q k^T scale (+ bias2, (BN,) log2 biases; -inf: the key
     takes no part), p = exp(s - lse), ds = p (do v^T - delta); p = 0 where ``visible`` (BM, BN) is
     False. ``bias2`` or ``visible`` None: no bias, no mask. Rows loaded as zeros (q, dO, lse,
-    delta) get ds = 0 and add nothing to dv."""
+    delta) get ds = 0: they add nothing to dq, dk or dv."""
     qk = tl.dot(q, tl.trans(k))
     if bias2 is None:
         p = tl.exp2(qk * scale_log2 - lse2[:, None])
