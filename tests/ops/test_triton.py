@@ -29,6 +29,7 @@ CASES = {
     "d256": (1, 1, 36, 36, 256, 256, 16, 16, 16, True),
     "multi-tile-blocks": (2, 1, 160, 160, 16, 16, 40, 36, 16, True),  # 16-key tiles: 16+16+8 per block, 3 of samples
     "many-queries-per-block": (2, 1, 150, 40, 16, 16, 16, 10, 8, False),  # 60 queries per key block
+    "no-samples": (2, 1, 64, 64, 16, 16, 16, 0, 16, True),  # sample_size=0: key blocks only
 }
 
 
@@ -101,7 +102,7 @@ def check_forward(name):
 
 @pytest.mark.parametrize("name", ["causal-gqa", "causal-odd-prefill", "causal-prefill-no-head",
                                   "causal-prefill-short-prefix", "noncausal-gqa-odd", "exact-causal", "d64",
-                                  "multi-tile-blocks", "many-queries-per-block",
+                                  "multi-tile-blocks", "many-queries-per-block", "no-samples",
                                   *SINK_CASES, *OPTION_CASES])
 def test_backward_matches_reference(name):
     check_backward(name)
