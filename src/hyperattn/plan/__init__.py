@@ -76,9 +76,9 @@ def make_plan(
     """
     z, num_kv_heads, num_keys = k_buckets.shape
     sinks = min(sinks, num_keys)
-    k_buckets = k_buckets.contiguous()
+    # one contiguous copy to mark the sinks in (the caller's buckets stay as they are)
+    k_buckets = k_buckets.clone(memory_format=torch.contiguous_format) if sinks else k_buckets.contiguous()
     if sinks:
-        k_buckets = k_buckets.clone()
         k_buckets.view(-1, sink_stride, num_kv_heads, num_keys)[:, 0, :, :sinks] = torch.iinfo(k_buckets.dtype).max
     q_perm = sort_lsh_permutation(q_buckets.contiguous())  # plans are contiguous: kernels index them flat
     k_perm = sort_lsh_permutation(k_buckets)

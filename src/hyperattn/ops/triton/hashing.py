@@ -1,9 +1,10 @@
 """sortLSH hashing kernel: projections, sign bits and Gray-code rank in one pass over the rows.
 
 Computes what ``hyperattn.plan.lsh.lsh_buckets`` computes while reading each row once in its
-own dtype and writing one bucket per row (``bucket_dtype``: one byte at the default 7 projections). The projections run on the tensor cores (directions
-rounded to the input dtype, float32 accumulation), so a row whose projection is within
-rounding distance of a hyperplane may land on the other side: harmless for a hash.
+own dtype and writing one bucket per row (``bucket_dtype``: one byte at the default 7
+projections). The projections run on the tensor cores (directions rounded to the input dtype,
+float32 accumulation), so a row whose projection is within rounding distance of a hyperplane
+may land on the other side: harmless for a hash.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from hyperattn.ops.triton import on_device
+from hyperattn.ops.triton import on_device, tile_width
 from hyperattn.plan.lsh import bucket_dtype
 
 
@@ -61,5 +62,5 @@ def lsh_buckets_triton(x: torch.Tensor, directions: torch.Tensor) -> torch.Tenso
     with on_device(x):
         lsh_bucket_kernel[(z * heads * tiles,)](
             x, directions.contiguous(), out, x.stride(0), x.stride(1), x.stride(2), n, heads, heads // num_kv_heads,
-            tiles, HEAD_DIM=d, NUM_PROJS=num_projs, D_PAD=max(16, triton.next_power_of_2(d)), R_PAD=16, BLOCK=block)
+            tiles, HEAD_DIM=d, NUM_PROJS=num_projs, D_PAD=tile_width(d), R_PAD=16, BLOCK=block)
     return out

@@ -16,7 +16,7 @@ from dataclasses import dataclass, fields
 import torch
 import triton
 
-from hyperattn.ops.triton import on_device
+from hyperattn.ops.triton import on_device, tile_width
 from hyperattn.ops.triton.backward import (
     add_rows_kernel,
     bwd_delta_kernel,
@@ -229,8 +229,7 @@ def _launch_config(family: str, head_dim: int, head_dim_v: int) -> dict:
 
 def _dims(q, v) -> dict:
     d, dv = q.shape[-1], v.shape[-1]
-    return dict(HEAD_DIM=d, HEAD_DIM_V=dv, D_PAD=max(16, triton.next_power_of_2(d)),
-                DV_PAD=max(16, triton.next_power_of_2(dv)))
+    return dict(HEAD_DIM=d, HEAD_DIM_V=dv, D_PAD=tile_width(d), DV_PAD=tile_width(dv))
 
 
 def _strides(*tensors) -> list[int]:
@@ -253,8 +252,8 @@ def _fit_tiles(cfg: dict, n_q: int, n_k: int) -> dict:
     """``cfg`` with BLOCK_M and BLOCK_N no larger than an exact part's queries and keys (powers
     of two, at least 16), on at most 4 warps when cut: the exact tail's 64 queries and the
     sinks' 16 keys would otherwise fill half or a quarter of every tile."""
-    block_m = min(cfg["BLOCK_M"], max(16, triton.next_power_of_2(n_q)))
-    block_n = min(cfg["BLOCK_N"], max(16, triton.next_power_of_2(n_k)))
+    block_m = min(cfg["BLOCK_M"], tile_width(n_q))
+    block_n = min(cfg["BLOCK_N"], tile_width(n_k))
     if (block_m, block_n) == (cfg["BLOCK_M"], cfg["BLOCK_N"]):
         return cfg
     return dict(cfg, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=min(cfg["num_warps"], 4))
@@ -263,7 +262,7 @@ def _fit_tiles(cfg: dict, n_q: int, n_k: int) -> dict:
 def _exact_block_n(part: Part, cfg: dict) -> int:
     """Key tile of a hyper part's exact keys: as few as cover them (at least 16, the tensor
     cores' smallest), at most the kernel's BLOCK_N; 0 without exact keys."""
-    return min(max(16, triton.next_power_of_2(part.exact_keys)), cfg["BLOCK_N"]) if part.exact_keys else 0
+    return min(tile_width(part.exact_keys), cfg["BLOCK_N"]) if part.exact_keys else 0
 
 
 def _launch_forward(q, k, v, out, lse, part: Part, scale: float, merge: bool) -> None:
@@ -308,7 +307,7 @@ def _tail_forward(q, k, v, out, lse, tail: int, causal: bool, scale: float) -> N
     block = 64
     merge_copies_kernel[(batch * num_q_heads * triton.cdiv(tail, block),)](
         partial, partial_lse, out, lse, copies, tail, q.shape[2], HEAD_DIM_V=v.shape[-1],
-        DV_PAD=_dims(q, v)["DV_PAD"], BLOCK=block)
+        DV_PAD=tile_width(v.shape[-1]), BLOCK=block)
 
 
 def attention_forward(q, k, v, parts: list[Part], scale: float, tail: int = 0, causal: bool = False,
@@ -355,7 +354,7 @@ def _parts_forward(q, k, v, parts: list[Part], scale: float, poison: bool):
         tiles = triton.cdiv(n_q, block)
         merge_leaves_kernel[(batch * num_q_heads * tiles,)](
             acc, acc_lse, leaf_out, leaf_lse, out, lse, *leaf_out.stride()[:3], *leaf_lse.stride(),
-            num_q_heads, n_q, leaf_lo, leaf_hi, tiles, HEAD_DIM_V=v.shape[-1], DV_PAD=_dims(q, v)["DV_PAD"],
+            num_q_heads, n_q, leaf_lo, leaf_hi, tiles, HEAD_DIM_V=v.shape[-1], DV_PAD=tile_width(v.shape[-1]),
             BLOCK=block)
     return out, lse
 
@@ -504,7 +503,7 @@ def attention_backward(dout, dlse, q, k, v, out, lse, parts: list[Part], scale: 
             tiles = triton.cdiv(leaf_grad.shape[2], block)
             add_rows_kernel[(grad.shape[0] * grad.shape[1] * tiles,)](
                 acc[name], leaf_grad, grad, *leaf_grad.stride()[:3], grad.shape[1], grad.shape[2], start,
-                leaf_grad.shape[2], tiles, WIDTH=width, W_PAD=max(16, triton.next_power_of_2(width)), BLOCK=block)
+                leaf_grad.shape[2], tiles, WIDTH=width, W_PAD=tile_width(width), BLOCK=block)
     if tail:
         dq[:, :, n_q - tail:] = dq_tail
     return dq, dk, dvv
