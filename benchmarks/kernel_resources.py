@@ -41,13 +41,13 @@ POINTERS = dict(Q=BF16, K=BF16, V=BF16, DO=BF16, Out=F32, Lse=F32, Delta=F32, DQ
                 DVAcc=F32, DV=BF16, QPerm=I64, KPerm=I64, SIdx=I64, SBlk=I64, SLogW=F32)
 # family: (kernel, constexprs besides dims and tiles), as launched for the causal levels of the default
 FAMILIES = {
-    "hyper_fwd": (forward.hyper_fwd_kernel, dict(MERGE=True, EXACT_BLOCK_N=16)),
+    "hyper_fwd": (forward.hyper_fwd_kernel, dict(MERGE=True, EXACT_BLOCK_N=16, BLOCK_KEYS=256, SAMPLES=256)),
     "dense_fwd": (forward.dense_fwd_kernel, dict(MERGE=True, CAUSAL=True)),
-    "hyper_dq": (backward.hyper_bwd_dq_kernel, dict(WRITE="add", EXACT_BLOCK_N=16)),
+    "hyper_dq": (backward.hyper_bwd_dq_kernel, dict(WRITE="add", EXACT_BLOCK_N=16, BLOCK_KEYS=256, SAMPLES=256)),
     "dense_dq": (backward.dense_bwd_dq_kernel, dict(WRITE="add", CAUSAL=True)),
-    "hyper_dkdv": (backward.hyper_bwd_dkdv_kernel, dict(WRITE="add")),
+    "hyper_dkdv": (backward.hyper_bwd_dkdv_kernel, dict(WRITE="add", QUERY_CHUNK=256)),
     "dense_dkdv": (backward.dense_bwd_dkdv_kernel, dict(WRITE="add", CAUSAL=True)),
-    "hyper_samples": (backward.hyper_bwd_samples_kernel, dict()),
+    "hyper_samples": (backward.hyper_bwd_samples_kernel, dict(QUERY_CHUNK=512)),
 }
 assert set(FAMILIES) == set(KERNEL_FAMILIES), "a kernel family has no entry here"
 
