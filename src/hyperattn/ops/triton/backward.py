@@ -183,9 +183,10 @@ def hyper_bwd_dq_kernel(
         k_lo = blk * block_size
         n_live = live_key_ranks(n_k, sinks, key_row0)
         block_rows = load_sorted_rows(KPerm, zk64 * n_k, k_lo, block_size, n_live, BLOCK_KEYS)
+        # both index sets load before the block loop: the samples' do not wait for its drain
+        sample_rows, sample_bias2 = load_sample_rows(SIdx, SBlk, SLogW, zk64 * num_samples, num_samples, blk, SAMPLES)
         dq = _block_keys_dq(q, do, lse2, delta, dq, rmask, block_rows, k_base, v_base, key_row0, k_lo, block_size,
                             n_live, stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, scale_log2, BLOCK_N)
-        sample_rows, sample_bias2 = load_sample_rows(SIdx, SBlk, SLogW, zk64 * num_samples, num_samples, blk, SAMPLES)
         dq = _sampled_keys_dq(q, do, lse2, delta, dq, rmask, sample_rows, sample_bias2, num_samples, k_base, v_base,
                               key_row0, stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, scale_log2, BLOCK_N)
         if EXACT_BLOCK_N > 0:

@@ -235,10 +235,11 @@ def hyper_fwd_kernel(
         k_lo = blk * block_size
         n_live = live_key_ranks(n_k, sinks, key_row0)
         block_rows = load_sorted_rows(KPerm, zk64 * n_k, k_lo, block_size, n_live, BLOCK_KEYS)
+        # both index sets load before the block loop: the samples' do not wait for its drain
+        sample_rows, sample_bias2 = load_sample_rows(SIdx, SBlk, SLogW, zk64 * num_samples, num_samples, blk, SAMPLES)
         m_i, l_i, acc = _block_keys_fwd(q, block_rows, k_base, v_base, key_row0, k_lo, block_size, n_live, stride_kn,
                                         stride_vn, offs_d, offs_dv, d_mask, dv_mask, m_i, l_i, acc, scale_log2,
                                         BLOCK_N)
-        sample_rows, sample_bias2 = load_sample_rows(SIdx, SBlk, SLogW, zk64 * num_samples, num_samples, blk, SAMPLES)
         m_i, l_i, acc = _sampled_keys_fwd(q, sample_rows, sample_bias2, num_samples, k_base, v_base, key_row0,
                                           stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, m_i, l_i, acc,
                                           scale_log2, BLOCK_N)
