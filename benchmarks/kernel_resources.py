@@ -31,7 +31,7 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 
 from hyperattn.ops.triton import backward, forward  # noqa: E402
-from hyperattn.ops.triton.interface import KERNEL_FAMILIES, _launch_config  # noqa: E402
+from hyperattn.ops.triton.interface import KERNEL_FAMILIES, _launch_config, index_widths, query_chunk  # noqa: E402
 
 PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
 SMALL_INTS = {"tiles_per_block", "num_tiles", "rects", "group", "key_tiles_per_block", "sample_chunks", "segments"}
@@ -41,13 +41,13 @@ POINTERS = dict(Q=BF16, K=BF16, V=BF16, DO=BF16, Out=F32, Lse=F32, Delta=F32, DQ
                 DVAcc=F32, DV=BF16, QPerm=I64, KPerm=I64, SIdx=I64, SBlk=I64, SLogW=F32)
 # family: (kernel, constexprs besides dims and tiles), as launched for the causal levels of the default
 FAMILIES = {
-    "hyper_fwd": (forward.hyper_fwd_kernel, dict(MERGE=True, EXACT_BLOCK_N=16, BLOCK_KEYS=256, SAMPLES=256)),
+    "hyper_fwd": (forward.hyper_fwd_kernel, dict(MERGE=True, EXACT_BLOCK_N=16)),
     "dense_fwd": (forward.dense_fwd_kernel, dict(MERGE=True, CAUSAL=True)),
-    "hyper_dq": (backward.hyper_bwd_dq_kernel, dict(WRITE="add", EXACT_BLOCK_N=16, BLOCK_KEYS=256, SAMPLES=256)),
+    "hyper_dq": (backward.hyper_bwd_dq_kernel, dict(WRITE="add", EXACT_BLOCK_N=16)),
     "dense_dq": (backward.dense_bwd_dq_kernel, dict(WRITE="add", CAUSAL=True)),
-    "hyper_dkdv": (backward.hyper_bwd_dkdv_kernel, dict(WRITE="add", QUERY_CHUNK=256)),
+    "hyper_dkdv": (backward.hyper_bwd_dkdv_kernel, dict(WRITE="add")),
     "dense_dkdv": (backward.dense_bwd_dkdv_kernel, dict(WRITE="add", CAUSAL=True)),
-    "hyper_samples": (backward.hyper_bwd_samples_kernel, dict(QUERY_CHUNK=512)),
+    "hyper_samples": (backward.hyper_bwd_samples_kernel, dict()),
 }
 assert set(FAMILIES) == set(KERNEL_FAMILIES), "a kernel family has no entry here"
 
@@ -61,6 +61,11 @@ def compile_family(family: str, head_dim: int, block_m: int, block_n: int, warps
     if "EXACT_BLOCK_N" in constexprs:
         constexprs["EXACT_BLOCK_N"] = min(16, block_n)
     params = list(inspect.signature(kernel.fn).parameters)
+    # register-held index widths at the default config (block 256, 256 samples, long inputs)
+    if "BLOCK_KEYS" in params:
+        constexprs.update(index_widths(256, 256, block_n))
+    if "QUERY_CHUNK" in params:
+        constexprs["QUERY_CHUNK"] = query_chunk(256 if family == "hyper_dkdv" else 1 << 20, block_m)
     signature, attrs = {}, {}
     for i, name in enumerate(params):
         if name in constexprs:

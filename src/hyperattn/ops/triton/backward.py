@@ -147,6 +147,7 @@ def hyper_bwd_dq_kernel(
 
     DO, DQ share the strides ``stride_o*`` (contiguous (B, Hq, Nq, *) buffers); Lse, Delta
     share ``stride_l*``."""
+    tl.static_assert(BLOCK_KEYS % BLOCK_N == 0 and SAMPLES % BLOCK_N == 0)
     pid = tl.program_id(0)
     zh = pid // num_tiles
     tile = pid % num_tiles
@@ -217,7 +218,8 @@ def hyper_bwd_dkdv_kernel(
 ):
     """dK, dV of one tile of one key block (block part only), over every query head of its
     kv head and every query of the block. DK, DV: contiguous fp32 (B, Hkv, kv_seq_len, *).
-    ``QUERY_CHUNK``: a power of two, a multiple of BLOCK_M."""
+    ``QUERY_CHUNK``: a power of two, a multiple of BLOCK_M (``interface.query_chunk``)."""
+    tl.static_assert(QUERY_CHUNK % BLOCK_M == 0)
     pid = tl.program_id(0)
     zk = pid // num_tiles
     tile = pid % num_tiles
@@ -438,7 +440,8 @@ def hyper_bwd_samples_kernel(
     """dK, dV of one chunk of sampled keys from one segment of sorted queries (all query
     heads of the kv head), reduced in registers, then added to the fp32 accumulators
     DKAcc/DVAcc (B, Hkv, kv_seq_len, *) by atomics. ``QUERY_CHUNK``: a power of two, a
-    multiple of BLOCK_M."""
+    multiple of BLOCK_M (``interface.query_chunk``)."""
+    tl.static_assert(QUERY_CHUNK % BLOCK_M == 0)
     pid = tl.program_id(0)
     zk = pid // (sample_chunks * segments)
     chunk = (pid // segments) % sample_chunks

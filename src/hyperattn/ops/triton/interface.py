@@ -263,19 +263,17 @@ def _fit_tiles(cfg: dict, n_q: int, n_k: int) -> dict:
 REGISTER_QUERY_ROWS = 512
 
 
-def _query_chunk(part: Part, block_m: int) -> int:
-    """``QUERY_CHUNK`` of hyper_bwd_dkdv_kernel: the most queries of one key block (all of them
-    at once where they fit), as a power of two of at least ``block_m``."""
-    rows_per_block, _, _ = _hyper_tiles(part, 1)
-    return max(block_m, min(REGISTER_QUERY_ROWS, triton.next_power_of_2(rows_per_block)))
+def query_chunk(rows: int, block_m: int) -> int:
+    """``QUERY_CHUNK`` of the key-side backward kernels for loops over ``rows`` sorted queries:
+    all of them where they fit in ``REGISTER_QUERY_ROWS``, as a power of two of at least ``block_m``."""
+    return max(block_m, min(REGISTER_QUERY_ROWS, triton.next_power_of_2(rows)))
 
 
-def _index_widths(part: Part, cfg: dict) -> dict:
-    """``BLOCK_KEYS`` and ``SAMPLES`` of a hyper kernel: the key block's and the samples' row
-    indices it holds in registers, as powers of two of at least ``BLOCK_N``."""
-    p = part.plan
-    return dict(BLOCK_KEYS=triton.next_power_of_2(max(p.block_size, cfg["BLOCK_N"])),
-                SAMPLES=triton.next_power_of_2(max(p.sample_idx.shape[-1], cfg["BLOCK_N"])))
+def index_widths(block_size: int, num_samples: int, block_n: int) -> dict:
+    """``BLOCK_KEYS`` and ``SAMPLES`` of the hyper forward and dq kernels: the key block's and
+    the samples' row indices they hold in registers, as powers of two of at least ``block_n``."""
+    return dict(BLOCK_KEYS=triton.next_power_of_2(max(block_size, block_n)),
+                SAMPLES=triton.next_power_of_2(max(num_samples, block_n)))
 
 
 def _exact_block_n(part: Part, cfg: dict) -> int:
@@ -305,7 +303,7 @@ def _launch_forward(q, k, v, out, lse, part: Part, scale: float, merge: bool) ->
             q, k, v, out, lse, p.q_perm, p.k_perm, p.sample_idx, p.sample_block, p.sample_log_weight,
             scale_log2, *strides, part.n_q, part.n_k, p.sample_idx.shape[-1], p.block_size,
             tiles_per_block, tiles, *part.rows, *heads, part.sinks, part.exact_keys, MERGE=merge,
-            EXACT_BLOCK_N=_exact_block_n(part, cfg), **_index_widths(part, cfg), **_dims(q, v), **cfg)
+            EXACT_BLOCK_N=_exact_block_n(part, cfg), **index_widths(p.block_size, p.sample_idx.shape[-1], cfg["BLOCK_N"]), **_dims(q, v), **cfg)
 
 
 def _cudnn_runs(q, k, v, part: Part, direction: str) -> bool:
@@ -488,7 +486,7 @@ def attention_backward(dout, dlse, q, k, v, out, lse, parts: list[Part], scale: 
                 p.q_perm, p.sample_idx, p.sample_block, p.sample_log_weight,
                 scale, scale_log2, *strides, part.n_q, part.n_k, num_samples, p.block_size, sample_chunks,
                 segments, segment_len, *part.rows, *kv_heads, **dims, **cfg,
-                QUERY_CHUNK=max(REGISTER_QUERY_ROWS, block_m))
+                QUERY_CHUNK=query_chunk(segment_len, block_m))
         dq_mode, dkdv_mode = write_mode("dq", part.last_dq), write_mode("dk", part.last_dkdv)
         dq_acc = accumulator("dq", dq) if dq_mode != "store" and not part.key_grads_only else dq
         dk_acc, dv_acc = (accumulator("dk", dk), accumulator("dv", dvv)) if dkdv_mode != "store" else (dk, dvv)
@@ -502,13 +500,13 @@ def attention_backward(dout, dlse, q, k, v, out, lse, parts: list[Part], scale: 
             q, k, v, dout, lse, delta, dq_acc, dq, p.q_perm, p.k_perm, p.sample_idx, p.sample_block,
             p.sample_log_weight, scale, scale_log2, *strides, part.n_q, part.n_k, num_samples, p.block_size,
             tiles_per_block, tiles, *part.rows, num_q_heads, group, part.sinks, part.exact_keys, WRITE=dq_mode,
-            EXACT_BLOCK_N=_exact_block_n(part, cfg_dq), **_index_widths(part, cfg_dq), **dims, **cfg_dq)
+            EXACT_BLOCK_N=_exact_block_n(part, cfg_dq), **index_widths(p.block_size, num_samples, cfg_dq["BLOCK_N"]), **dims, **cfg_dq)
         key_tiles_per_block = triton.cdiv(p.block_size, cfg_dkdv["BLOCK_N"])
         key_tiles = key_tiles_per_block * num_blocks
         hyper_bwd_dkdv_kernel[(problems * num_kv_heads * key_tiles,)](
             q, k, v, dout, lse, delta, dk_acc, dk, dv_acc, dvv, p.q_perm, p.k_perm, scale, scale_log2, *strides,
             part.n_q, part.n_k, p.block_size, key_tiles_per_block, key_tiles, *part.rows, *kv_heads, part.sinks,
-            WRITE=dkdv_mode, **dims, **cfg_dkdv, QUERY_CHUNK=_query_chunk(part, cfg_dkdv["BLOCK_M"]))
+            WRITE=dkdv_mode, **dims, **cfg_dkdv, QUERY_CHUNK=query_chunk(_hyper_tiles(part, 1)[0], cfg_dkdv["BLOCK_M"]))
     if cudnn_part is not None:
         part = cudnn_part
         leaf_grads = leaves_backward(dout, q, k, v, out, lse, part.q_start, part.k_start, part.n_q, part.rects, scale)
