@@ -266,14 +266,13 @@ REGISTER_QUERY_ROWS = 512
 def query_chunk(rows: int, block_m: int) -> int:
     """``QUERY_CHUNK`` of the key-side backward kernels for loops over ``rows`` sorted queries:
     all of them where they fit in ``REGISTER_QUERY_ROWS``, as a power of two of at least ``block_m``."""
-    return max(block_m, min(REGISTER_QUERY_ROWS, triton.next_power_of_2(rows)))
+    return max(block_m, min(REGISTER_QUERY_ROWS, tile_width(rows)))
 
 
 def index_widths(block_size: int, num_samples: int, block_n: int) -> dict:
     """``BLOCK_KEYS`` and ``SAMPLES`` of the hyper forward and dq kernels: the key block's and
     the samples' row indices they hold in registers, as powers of two of at least ``block_n``."""
-    return dict(BLOCK_KEYS=triton.next_power_of_2(max(block_size, block_n)),
-                SAMPLES=triton.next_power_of_2(max(num_samples, block_n)))
+    return dict(BLOCK_KEYS=tile_width(max(block_size, block_n)), SAMPLES=tile_width(max(num_samples, block_n)))
 
 
 def _exact_block_n(part: Part, cfg: dict) -> int:
