@@ -31,7 +31,7 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 
 from hyperattn.ops.triton import backward, forward  # noqa: E402
-from hyperattn.ops.triton.interface import KERNEL_FAMILIES, _launch_config  # noqa: E402
+from hyperattn.ops.triton.interface import KERNEL_FAMILIES, _launch_config, index_widths, query_chunk  # noqa: E402
 
 PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
 SMALL_INTS = {"tiles_per_block", "num_tiles", "rects", "group", "key_tiles_per_block", "sample_chunks", "segments"}
@@ -61,6 +61,11 @@ def compile_family(family: str, head_dim: int, block_m: int, block_n: int, warps
     if "EXACT_BLOCK_N" in constexprs:
         constexprs["EXACT_BLOCK_N"] = min(16, block_n)
     params = list(inspect.signature(kernel.fn).parameters)
+    # register-held index widths at the default config (block 256, 256 samples, long inputs)
+    if "BLOCK_KEYS" in params:
+        constexprs.update(index_widths(256, 256, block_n))
+    if "QUERY_CHUNK" in params:
+        constexprs["QUERY_CHUNK"] = query_chunk(256 if family == "hyper_dkdv" else 1 << 20, block_m)
     signature, attrs = {}, {}
     for i, name in enumerate(params):
         if name in constexprs:

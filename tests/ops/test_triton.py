@@ -63,6 +63,7 @@ def small_chunks(monkeypatch):
     """Chunks the interpreter can afford, so that the tests reach several of them."""
     monkeypatch.setattr(interface, "KEY_CHUNK_LEN", 16)
     monkeypatch.setattr(interface, "QUERY_CHUNK_LEN", 16)
+    monkeypatch.setattr(interface, "REGISTER_QUERY_ROWS", 32)  # query-row chunks of at most two 16-row tiles
 
 
 def make_case(name, seed=0, dtype=DTYPE):

@@ -20,6 +20,8 @@ from hyperattn.ops.triton.common import (
     load_block_key_tile,
     load_key_tile,
     load_rows,
+    load_sample_rows,
+    load_sorted_rows,
     load_sampled_key_tile,
     query_block_range,
     write_rows,
@@ -98,27 +100,25 @@ def _score_grads(q, k, v, do, lse2, delta, bias2, visible, scale_log2):
 
 
 @triton.jit
-def _block_keys_dq(q, do, lse2, delta, dq, rmask, KPerm, perm_offset, k_base, v_base, key_row0, k_lo, block_size,
-                   n_live, stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, scale_log2, BLOCK_N: tl.constexpr):
-    """dq (unscaled) of the query tile over sorted key ranks [k_lo, k_lo + block_size) below ``n_live``."""
+def _block_keys_dq(q, do, lse2, delta, dq, rmask, block_rows, k_base, v_base, key_row0, k_lo, block_size, n_live,
+                   stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, scale_log2, BLOCK_N: tl.constexpr):
+    """dq (unscaled) of the query tile over sorted key ranks [k_lo, k_lo + block_size) below
+    ``n_live`` (their rows: ``block_rows``)."""
     for start in range(0, block_size, BLOCK_N):
-        k, v, kmask = load_block_key_tile(KPerm, perm_offset, k_base, v_base, key_row0, k_lo, start, block_size,
-                                          n_live, stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, BLOCK_N)
+        k, v, kmask = load_block_key_tile(block_rows, k_base, v_base, key_row0, k_lo, start, block_size, n_live,
+                                          stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, BLOCK_N)
         p, ds = _score_grads(q, k, v, do, lse2, delta, None, rmask[:, None] & kmask[None, :], scale_log2)
         dq += tl.dot(ds.to(k.dtype), k)
     return dq
 
 
 @triton.jit
-def _sampled_keys_dq(q, do, lse2, delta, dq, rmask, SIdx, SBlk, SLogW, sample_offset, num_samples, blk, k_base,
-                     v_base, key_row0, stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, scale_log2,
-                     BLOCK_N: tl.constexpr):
-    """dq (unscaled) of the query tile over the sampled keys outside key block ``blk`` (log-weight
-    -inf for sampled sinks)."""
+def _sampled_keys_dq(q, do, lse2, delta, dq, rmask, sample_rows, sample_bias2, num_samples, k_base, v_base, key_row0,
+                     stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, scale_log2, BLOCK_N: tl.constexpr):
+    """dq (unscaled) of the query tile over the sampled keys (``load_sample_rows``)."""
     for start in range(0, num_samples, BLOCK_N):
-        k, v, live, bias2 = load_sampled_key_tile(SIdx, SBlk, SLogW, sample_offset, start, num_samples, blk, k_base,
-                                                  v_base, key_row0, stride_kn, stride_vn, offs_d, offs_dv, d_mask,
-                                                  dv_mask, BLOCK_N)
+        k, v, live, bias2 = load_sampled_key_tile(sample_rows, sample_bias2, start, k_base, v_base, key_row0,
+                                                  stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, BLOCK_N)
         p, ds = _score_grads(q, k, v, do, lse2, delta, bias2, rmask[:, None] & live[None, :], scale_log2)
         dq += tl.dot(ds.to(k.dtype), k)
     return dq
@@ -137,16 +137,17 @@ def hyper_bwd_dq_kernel(
     n_q, n_k, num_samples, block_size, tiles_per_block, num_tiles,
     rects, q_start, k_start, rect_stride,
     num_q_heads, group, sinks, exact_keys,
-    WRITE: tl.constexpr, EXACT_BLOCK_N: tl.constexpr,
+    WRITE: tl.constexpr, EXACT_BLOCK_N: tl.constexpr, BLOCK_KEYS: tl.constexpr, SAMPLES: tl.constexpr,
     HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
     D_PAD: tl.constexpr, DV_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """dQ of one query tile: its key block, the samples outside it and, in problem 0 of each
     batch row, the first ``exact_keys`` key rows (attended exactly). Sinks and
-    ``EXACT_BLOCK_N``: as in ``hyper_fwd_kernel``.
+    ``EXACT_BLOCK_N``, ``BLOCK_KEYS``, ``SAMPLES``: as in ``hyper_fwd_kernel``.
 
     DO, DQ share the strides ``stride_o*`` (contiguous (B, Hq, Nq, *) buffers); Lse, Delta
     share ``stride_l*``."""
+    tl.static_assert(BLOCK_KEYS % BLOCK_N == 0 and SAMPLES % BLOCK_N == 0)
     pid = tl.program_id(0)
     zh = pid // num_tiles
     tile = pid % num_tiles
@@ -182,12 +183,13 @@ def hyper_bwd_dq_kernel(
 
         k_lo = blk * block_size
         n_live = live_key_ranks(n_k, sinks, key_row0)
-        dq = _block_keys_dq(q, do, lse2, delta, dq, rmask, KPerm, zk64 * n_k, k_base, v_base, key_row0, k_lo,
-                            block_size, n_live, stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, scale_log2,
-                            BLOCK_N)
-        dq = _sampled_keys_dq(q, do, lse2, delta, dq, rmask, SIdx, SBlk, SLogW, zk64 * num_samples, num_samples, blk,
-                              k_base, v_base, key_row0, stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask,
-                              scale_log2, BLOCK_N)
+        block_rows = load_sorted_rows(KPerm, zk64 * n_k, k_lo, block_size, n_live, BLOCK_KEYS)
+        # both index sets load before the block loop: the samples' do not wait for its drain
+        sample_rows, sample_bias2 = load_sample_rows(SIdx, SBlk, SLogW, zk64 * num_samples, num_samples, blk, SAMPLES)
+        dq = _block_keys_dq(q, do, lse2, delta, dq, rmask, block_rows, k_base, v_base, key_row0, k_lo, block_size,
+                            n_live, stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, scale_log2, BLOCK_N)
+        dq = _sampled_keys_dq(q, do, lse2, delta, dq, rmask, sample_rows, sample_bias2, num_samples, k_base, v_base,
+                              key_row0, stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, scale_log2, BLOCK_N)
         if EXACT_BLOCK_N > 0:
             if r == 0:
                 dq = _dense_dq_range(q, do, lse2, delta, dq, k_base, v_base, key_row0, stride_kn, stride_vn, offs_m,
@@ -212,9 +214,12 @@ def hyper_bwd_dkdv_kernel(
     num_kv_heads, group, kv_seq_len, sinks,
     WRITE: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
     D_PAD: tl.constexpr, DV_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    QUERY_CHUNK: tl.constexpr,
 ):
     """dK, dV of one tile of one key block (block part only), over every query head of its
-    kv head and every query of the block. DK, DV: contiguous fp32 (B, Hkv, kv_seq_len, *)."""
+    kv head and every query of the block. DK, DV: contiguous fp32 (B, Hkv, kv_seq_len, *).
+    ``QUERY_CHUNK``: a power of two, a multiple of BLOCK_M (``interface.query_chunk``)."""
+    tl.static_assert(QUERY_CHUNK % BLOCK_M == 0)
     pid = tl.program_id(0)
     zk = pid // num_tiles
     tile = pid % num_tiles
@@ -249,17 +254,18 @@ def hyper_bwd_dkdv_kernel(
         h = hk * group + g
         zh64 = (z * num_q_heads + h).to(tl.int64)
         q_base = Q + batch.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
-        for row0 in range(q_lo, q_hi, BLOCK_M):
-            offs_m = row0 + tl.arange(0, BLOCK_M)
-            rmask = offs_m < q_hi
-            q_local = tl.load(QPerm + zh64 * n_q + offs_m, mask=rmask, other=0)
-            q_rows = (q_start + r * rect_stride + q_local).to(tl.int64)
-            q, do, lse2, delta, l_rows = _load_query_rows(q_base, DO, Lse, Delta, batch, h, q_rows, rmask, stride_qn,
-                                                          stride_ob, stride_oh, stride_on, stride_lb, stride_lh,
-                                                          offs_d, offs_dv, d_mask, dv_mask)
-            p, ds = _score_grads(q, k, v, do, lse2, delta, bias2, None, scale_log2)
-            dv += tl.dot(tl.trans(p).to(do.dtype), do)
-            dk += tl.dot(tl.trans(ds).to(q.dtype), q)
+        for chunk_lo in range(q_lo, q_hi, QUERY_CHUNK):  # query rows in registers (see load_sorted_rows)
+            chunk_rows = load_sorted_rows(QPerm, zh64 * n_q, chunk_lo, QUERY_CHUNK, q_hi, QUERY_CHUNK)
+            for row0 in range(chunk_lo, tl.minimum(chunk_lo + QUERY_CHUNK, q_hi), BLOCK_M):
+                offs_m = row0 + tl.arange(0, BLOCK_M)
+                rmask = offs_m < q_hi
+                q_rows = (q_start + r * rect_stride + tl.gather(chunk_rows, offs_m - chunk_lo, 0)).to(tl.int64)
+                q, do, lse2, delta, l_rows = _load_query_rows(q_base, DO, Lse, Delta, batch, h, q_rows, rmask,
+                                                              stride_qn, stride_ob, stride_oh, stride_on, stride_lb,
+                                                              stride_lh, offs_d, offs_dv, d_mask, dv_mask)
+                p, ds = _score_grads(q, k, v, do, lse2, delta, bias2, None, scale_log2)
+                dv += tl.dot(tl.trans(p).to(do.dtype), do)
+                dk += tl.dot(tl.trans(ds).to(q.dtype), q)
 
     kv_rows = (batch.to(tl.int64) * num_kv_heads + hk) * kv_seq_len + k_rows
     write_rows(DKAcc, DK, kv_rows, HEAD_DIM, offs_d, kmask, d_mask, dk * scale, WRITE)
@@ -429,10 +435,13 @@ def hyper_bwd_samples_kernel(
     num_kv_heads, group, kv_seq_len,
     HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
     D_PAD: tl.constexpr, DV_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    QUERY_CHUNK: tl.constexpr,
 ):
     """dK, dV of one chunk of sampled keys from one segment of sorted queries (all query
     heads of the kv head), reduced in registers, then added to the fp32 accumulators
-    DKAcc/DVAcc (B, Hkv, kv_seq_len, *) by atomics."""
+    DKAcc/DVAcc (B, Hkv, kv_seq_len, *) by atomics. ``QUERY_CHUNK``: a power of two, a
+    multiple of BLOCK_M (``interface.query_chunk``)."""
+    tl.static_assert(QUERY_CHUNK % BLOCK_M == 0)
     pid = tl.program_id(0)
     zk = pid // (sample_chunks * segments)
     chunk = (pid // segments) % sample_chunks
@@ -465,19 +474,22 @@ def hyper_bwd_samples_kernel(
         h = hk * group + g
         zh64 = (z * num_q_heads + h).to(tl.int64)
         q_base = Q + batch.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
-        for row0 in range(rank_lo, rank_hi, BLOCK_M):
-            offs_m = row0 + tl.arange(0, BLOCK_M)
-            rmask = offs_m < rank_hi
-            q_blk = (offs_m.to(tl.int64) * n_k // n_q) // block_size
-            q_local = tl.load(QPerm + zh64 * n_q + offs_m, mask=rmask, other=0)
-            q_rows = (q_start + r * rect_stride + q_local).to(tl.int64)
-            q, do, lse2, delta, l_rows = _load_query_rows(q_base, DO, Lse, Delta, batch, h, q_rows, rmask, stride_qn,
-                                                          stride_ob, stride_oh, stride_on, stride_lb, stride_lh,
-                                                          offs_d, offs_dv, d_mask, dv_mask)
-            visible = rmask[:, None] & smask[None, :] & (q_blk[:, None] != s_blk[None, :])  # sinks: log-weight -inf
-            p, ds = _score_grads(q, k, v, do, lse2, delta, bias2, visible, scale_log2)
-            dv += tl.dot(tl.trans(p).to(do.dtype), do)
-            dk += tl.dot(tl.trans(ds).to(q.dtype), q)
+        # the rows of QUERY_CHUNK sorted queries at a time sit in registers, so that the loads of
+        # the query tiles depend on no load inside the inner loop (see load_sorted_rows)
+        for chunk_lo in range(rank_lo, rank_hi, QUERY_CHUNK):
+            chunk_rows = load_sorted_rows(QPerm, zh64 * n_q, chunk_lo, QUERY_CHUNK, rank_hi, QUERY_CHUNK)
+            for row0 in range(chunk_lo, tl.minimum(chunk_lo + QUERY_CHUNK, rank_hi), BLOCK_M):
+                offs_m = row0 + tl.arange(0, BLOCK_M)
+                rmask = offs_m < rank_hi
+                q_blk = (offs_m.to(tl.int64) * n_k // n_q) // block_size
+                q_rows = (q_start + r * rect_stride + tl.gather(chunk_rows, offs_m - chunk_lo, 0)).to(tl.int64)
+                q, do, lse2, delta, l_rows = _load_query_rows(q_base, DO, Lse, Delta, batch, h, q_rows, rmask,
+                                                              stride_qn, stride_ob, stride_oh, stride_on, stride_lb,
+                                                              stride_lh, offs_d, offs_dv, d_mask, dv_mask)
+                visible = rmask[:, None] & smask[None, :] & (q_blk[:, None] != s_blk[None, :])  # sinks: weight -inf
+                p, ds = _score_grads(q, k, v, do, lse2, delta, bias2, visible, scale_log2)
+                dv += tl.dot(tl.trans(p).to(do.dtype), do)
+                dk += tl.dot(tl.trans(ds).to(q.dtype), q)
 
     kv_rows = (batch.to(tl.int64) * num_kv_heads + hk) * kv_seq_len + k_rows
     tl.atomic_add(DVAcc + kv_rows[:, None] * HEAD_DIM_V + offs_dv[None, :], dv,

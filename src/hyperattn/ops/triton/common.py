@@ -41,34 +41,54 @@ def live_key_ranks(n_k, sinks, key_row0):
 
 
 @triton.jit
-def load_block_key_tile(KPerm, perm_offset, k_base, v_base, key_row0, k_lo, start, block_size, n_live, stride_kn,
-                        stride_vn, offs_d, offs_dv, d_mask, dv_mask, BLOCK_N: tl.constexpr):
-    """k (BN, D), v (BN, Dv) and which are keys (BN,) of sorted key ranks ``k_lo + start + [0, BN)``
-    of a key block (through KPerm at ``perm_offset``): ranks inside the block and below ``n_live``
-    (the plan sorts the sinks after every other key)."""
+def load_sorted_rows(Perm, perm_offset, lo, count, hi, WIDTH: tl.constexpr):
+    """int32 (WIDTH,): the row (within its problem) at sorted rank ``lo + i`` (through Perm at
+    ``perm_offset``), for i < ``count`` and ``lo + i < hi``; 0 elsewhere.
+
+    The loops over a key block, the samples or a run of queries hold these rows in registers:
+    then their tile loads depend on no load inside the loop, and the compiler prefetches them
+    ``num_stages - 1`` tiles ahead (with the index load inside the loop it prefetched one tile,
+    issued after the tile's math, and waited for all of it at the next iteration's start)."""
+    offs = tl.arange(0, WIDTH)
+    mask = (offs < count) & (lo + offs < hi)
+    return tl.load(Perm + perm_offset + lo + offs, mask=mask, other=0).to(tl.int32)
+
+
+@triton.jit
+def load_block_key_tile(block_rows, k_base, v_base, key_row0, k_lo, start, block_size, n_live, stride_kn, stride_vn,
+                        offs_d, offs_dv, d_mask, dv_mask, BLOCK_N: tl.constexpr):
+    """k (BN, D), v (BN, Dv) and which are keys (BN,) of sorted ranks ``k_lo + start + [0, BN)`` of
+    a key block, whose rows ``load_sorted_rows`` gave: ranks inside the block and below ``n_live``."""
     offs_n = start + tl.arange(0, BLOCK_N)
-    ranks = k_lo + offs_n
-    kmask = (offs_n < block_size) & (ranks < n_live)
-    k_local = tl.load(KPerm + perm_offset + ranks, mask=kmask, other=0)
-    k_rows = (key_row0 + k_local).to(tl.int64)
+    kmask = (offs_n < block_size) & (k_lo + offs_n < n_live)
+    k_rows = (key_row0 + tl.gather(block_rows, offs_n, 0)).to(tl.int64)
     k = load_rows(k_base, k_rows, stride_kn, offs_d, kmask, d_mask)
     v = load_rows(v_base, k_rows, stride_vn, offs_dv, kmask, dv_mask)
     return k, v, kmask
 
 
 @triton.jit
-def load_sampled_key_tile(SIdx, SBlk, SLogW, sample_offset, start, num_samples, blk, k_base, v_base, key_row0,
-                          stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, BLOCK_N: tl.constexpr):
+def load_sample_rows(SIdx, SBlk, SLogW, sample_offset, num_samples, blk, SAMPLES: tl.constexpr):
+    """The sampled keys seen by queries of key block ``blk``, in registers (see ``load_sorted_rows``):
+    int32 key rows (SAMPLES,) and fp32 log2 weights (SAMPLES,), -inf for samples of that block
+    (the block part has them), past ``num_samples``, and for sampled sinks (log-weight -inf)."""
+    offs = tl.arange(0, SAMPLES)
+    smask = offs < num_samples
+    rows = tl.load(SIdx + sample_offset + offs, mask=smask, other=0).to(tl.int32)
+    s_blk = tl.load(SBlk + sample_offset + offs, mask=smask, other=-1)
+    log_w = tl.load(SLogW + sample_offset + offs, mask=smask, other=0.0)
+    return rows, tl.where(smask & (s_blk != blk), log_w * LOG2E, float("-inf"))
+
+
+@triton.jit
+def load_sampled_key_tile(sample_rows, sample_bias2, start, k_base, v_base, key_row0, stride_kn, stride_vn, offs_d,
+                          offs_dv, d_mask, dv_mask, BLOCK_N: tl.constexpr):
     """k (BN, D), v (BN, Dv), which count (BN,) and their log2 weights (BN,) of sampled keys
-    ``start + [0, BN)`` for queries of key block ``blk``: samples of that block do not count
-    (the block part has them); sampled sinks carry weight -inf."""
+    ``start + [0, BN)`` (``load_sample_rows`` gave their rows and weights)."""
     offs_n = start + tl.arange(0, BLOCK_N)
-    smask = offs_n < num_samples
-    s_local = tl.load(SIdx + sample_offset + offs_n, mask=smask, other=0)
-    s_blk = tl.load(SBlk + sample_offset + offs_n, mask=smask, other=-1)
-    bias2 = tl.load(SLogW + sample_offset + offs_n, mask=smask, other=0.0) * LOG2E
-    k_rows = (key_row0 + s_local).to(tl.int64)
-    live = smask & (s_blk != blk)
+    bias2 = tl.gather(sample_bias2, offs_n, 0)
+    live = bias2 > float("-inf")
+    k_rows = (key_row0 + tl.gather(sample_rows, offs_n, 0)).to(tl.int64)
     k = load_rows(k_base, k_rows, stride_kn, offs_d, live, d_mask)
     v = load_rows(v_base, k_rows, stride_vn, offs_dv, live, dv_mask)
     return k, v, live, bias2

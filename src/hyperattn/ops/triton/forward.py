@@ -20,6 +20,8 @@ from hyperattn.ops.triton.common import (
     load_block_key_tile,
     load_key_tile,
     load_rows,
+    load_sample_rows,
+    load_sorted_rows,
     load_sampled_key_tile,
     query_block_range,
 )
@@ -143,28 +145,26 @@ def merge_copies_kernel(
 
 
 @triton.jit
-def _block_keys_fwd(q, KPerm, perm_offset, k_base, v_base, key_row0, k_lo, block_size, n_live, stride_kn,
-                    stride_vn, offs_d, offs_dv, d_mask, dv_mask, m_i, l_i, acc, scale_log2, BLOCK_N: tl.constexpr):
+def _block_keys_fwd(q, block_rows, k_base, v_base, key_row0, k_lo, block_size, n_live, stride_kn, stride_vn, offs_d,
+                    offs_dv, d_mask, dv_mask, m_i, l_i, acc, scale_log2, BLOCK_N: tl.constexpr):
     """Online softmax of the query tile over sorted key ranks [k_lo, k_lo + block_size) below
-    ``n_live`` (through KPerm)."""
+    ``n_live`` (their rows: ``block_rows``)."""
     for start in range(0, block_size, BLOCK_N):
-        k, v, kmask = load_block_key_tile(KPerm, perm_offset, k_base, v_base, key_row0, k_lo, start, block_size,
-                                          n_live, stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, BLOCK_N)
+        k, v, kmask = load_block_key_tile(block_rows, k_base, v_base, key_row0, k_lo, start, block_size, n_live,
+                                          stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, BLOCK_N)
         s = tl.where(kmask[None, :], tl.dot(q, tl.trans(k)) * scale_log2, float("-inf"))
         m_i, l_i, acc = _softmax_step(s, v, m_i, l_i, acc)
     return m_i, l_i, acc
 
 
 @triton.jit
-def _sampled_keys_fwd(q, SIdx, SBlk, SLogW, sample_offset, num_samples, blk, k_base, v_base, key_row0,
-                      stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, m_i, l_i, acc, scale_log2,
-                      BLOCK_N: tl.constexpr):
-    """Online softmax of the query tile over the sampled keys outside key block ``blk``, with
-    their log-weights (-inf for sampled sinks)."""
+def _sampled_keys_fwd(q, sample_rows, sample_bias2, num_samples, k_base, v_base, key_row0, stride_kn, stride_vn,
+                      offs_d, offs_dv, d_mask, dv_mask, m_i, l_i, acc, scale_log2, BLOCK_N: tl.constexpr):
+    """Online softmax of the query tile over the sampled keys (``load_sample_rows``: rows and
+    log2 weights, -inf for those it skips)."""
     for start in range(0, num_samples, BLOCK_N):
-        k, v, live, bias2 = load_sampled_key_tile(SIdx, SBlk, SLogW, sample_offset, start, num_samples, blk, k_base,
-                                                  v_base, key_row0, stride_kn, stride_vn, offs_d, offs_dv, d_mask,
-                                                  dv_mask, BLOCK_N)
+        k, v, live, bias2 = load_sampled_key_tile(sample_rows, sample_bias2, start, k_base, v_base, key_row0,
+                                                  stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, BLOCK_N)
         s = tl.where(live[None, :], tl.dot(q, tl.trans(k)) * scale_log2 + bias2[None, :], float("-inf"))
         m_i, l_i, acc = _softmax_step(s, v, m_i, l_i, acc)
     return m_i, l_i, acc
@@ -183,7 +183,7 @@ def hyper_fwd_kernel(
     n_q, n_k, num_samples, block_size, tiles_per_block, num_tiles,
     rects, q_start, k_start, rect_stride,
     num_q_heads, group, sinks, exact_keys,
-    MERGE: tl.constexpr, EXACT_BLOCK_N: tl.constexpr,
+    MERGE: tl.constexpr, EXACT_BLOCK_N: tl.constexpr, BLOCK_KEYS: tl.constexpr, SAMPLES: tl.constexpr,
     HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
     D_PAD: tl.constexpr, DV_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
@@ -195,7 +195,9 @@ def hyper_fwd_kernel(
     before them) and gives their samples log-weight -inf (``hyperattn.plan.make_plan``); an
     exact part attends to them, or this one: problem 0 of each batch row attends to its first
     ``exact_keys`` key rows, exactly, in the same softmax, in tiles of ``EXACT_BLOCK_N`` keys
-    (0 where exact_keys is 0, which compiles that loop out)."""
+    (0 where exact_keys is 0, which compiles that loop out). ``BLOCK_KEYS``, ``SAMPLES``: powers
+    of two, at least block_size and num_samples and at least BLOCK_N (``interface.index_widths``)."""
+    tl.static_assert(BLOCK_KEYS % BLOCK_N == 0 and SAMPLES % BLOCK_N == 0)
     pid = tl.program_id(0)
     zh = pid // num_tiles
     tile = pid % num_tiles
@@ -233,12 +235,15 @@ def hyper_fwd_kernel(
 
         k_lo = blk * block_size
         n_live = live_key_ranks(n_k, sinks, key_row0)
-        m_i, l_i, acc = _block_keys_fwd(q, KPerm, zk64 * n_k, k_base, v_base, key_row0, k_lo, block_size, n_live,
-                                        stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, m_i, l_i, acc,
-                                        scale_log2, BLOCK_N)
-        m_i, l_i, acc = _sampled_keys_fwd(q, SIdx, SBlk, SLogW, zk64 * num_samples, num_samples, blk, k_base, v_base,
-                                          key_row0, stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, m_i, l_i,
-                                          acc, scale_log2, BLOCK_N)
+        block_rows = load_sorted_rows(KPerm, zk64 * n_k, k_lo, block_size, n_live, BLOCK_KEYS)
+        # both index sets load before the block loop: the samples' do not wait for its drain
+        sample_rows, sample_bias2 = load_sample_rows(SIdx, SBlk, SLogW, zk64 * num_samples, num_samples, blk, SAMPLES)
+        m_i, l_i, acc = _block_keys_fwd(q, block_rows, k_base, v_base, key_row0, k_lo, block_size, n_live, stride_kn,
+                                        stride_vn, offs_d, offs_dv, d_mask, dv_mask, m_i, l_i, acc, scale_log2,
+                                        BLOCK_N)
+        m_i, l_i, acc = _sampled_keys_fwd(q, sample_rows, sample_bias2, num_samples, k_base, v_base, key_row0,
+                                          stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, m_i, l_i, acc,
+                                          scale_log2, BLOCK_N)
         if EXACT_BLOCK_N > 0:
             if r == 0:
                 m_i, l_i, acc = _dense_fwd_range(q, k_base, v_base, key_row0, stride_kn, stride_vn, offs_m, offs_d,

@@ -186,15 +186,17 @@ def _tail_rows(x: torch.Tensor, tail: int, copies: int) -> torch.Tensor:
 
 # Tile configurations (BLOCK_M, BLOCK_N, num_warps, num_stages) per kernel family and head
 # dim: the fastest of benchmarks/sweep_configs.py on an H200 at 131k tokens (head dims 64 and
-# 128; 256 untuned). BLOCK_M tiles queries and BLOCK_N keys in every family.
+# 128; 256 untuned); the hyper families' stages and the d64 dk/dv tile re-picked by same-call
+# profiles once their row indices moved to registers (results/2026-11-29-register-indices-ab-*).
+# BLOCK_M tiles queries and BLOCK_N keys in every family.
 KERNEL_FAMILIES = ("hyper_fwd", "dense_fwd", "hyper_dq", "dense_dq", "hyper_dkdv", "dense_dkdv", "hyper_samples")
 _CONFIGS = {
     64: dict(hyper_fwd=(128, 64, 4, 3), dense_fwd=(128, 64, 4, 3), hyper_dq=(128, 64, 4, 3),
-             dense_dq=(128, 64, 8, 3), hyper_dkdv=(128, 64, 4, 3), dense_dkdv=(64, 64, 4, 3),
+             dense_dq=(128, 64, 8, 3), hyper_dkdv=(64, 64, 4, 3), dense_dkdv=(64, 64, 4, 3),
              hyper_samples=(64, 64, 4, 3)),
-    128: dict(hyper_fwd=(64, 64, 4, 3), dense_fwd=(128, 128, 8, 3), hyper_dq=(64, 64, 4, 3),
-              dense_dq=(128, 64, 8, 3), hyper_dkdv=(64, 64, 4, 3), dense_dkdv=(64, 64, 4, 2),
-              hyper_samples=(64, 64, 4, 3)),
+    128: dict(hyper_fwd=(64, 64, 4, 3), dense_fwd=(128, 128, 8, 3), hyper_dq=(64, 64, 4, 2),
+              dense_dq=(128, 64, 8, 3), hyper_dkdv=(64, 64, 4, 2), dense_dkdv=(64, 64, 4, 2),
+              hyper_samples=(64, 64, 4, 2)),
     256: {family: (64, 32, 8, 1) for family in KERNEL_FAMILIES},
 }
 
@@ -259,6 +261,22 @@ def _fit_tiles(cfg: dict, n_q: int, n_k: int) -> dict:
     return dict(cfg, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=min(cfg["num_warps"], 4))
 
 
+# The most sorted queries whose rows the key-side backward kernels hold in registers at a time
+REGISTER_QUERY_ROWS = 512
+
+
+def query_chunk(rows: int, block_m: int) -> int:
+    """``QUERY_CHUNK`` of the key-side backward kernels for loops over ``rows`` sorted queries:
+    all of them where they fit in ``REGISTER_QUERY_ROWS``, as a power of two of at least ``block_m``."""
+    return max(block_m, min(REGISTER_QUERY_ROWS, tile_width(rows)))
+
+
+def index_widths(block_size: int, num_samples: int, block_n: int) -> dict:
+    """``BLOCK_KEYS`` and ``SAMPLES`` of the hyper forward and dq kernels: the key block's and
+    the samples' row indices they hold in registers, as powers of two of at least ``block_n``."""
+    return dict(BLOCK_KEYS=tile_width(max(block_size, block_n)), SAMPLES=tile_width(max(num_samples, block_n)))
+
+
 def _exact_block_n(part: Part, cfg: dict) -> int:
     """Key tile of a hyper part's exact keys: as few as cover them (at least 16, the tensor
     cores' smallest), at most the kernel's BLOCK_N; 0 without exact keys."""
@@ -286,7 +304,7 @@ def _launch_forward(q, k, v, out, lse, part: Part, scale: float, merge: bool) ->
             q, k, v, out, lse, p.q_perm, p.k_perm, p.sample_idx, p.sample_block, p.sample_log_weight,
             scale_log2, *strides, part.n_q, part.n_k, p.sample_idx.shape[-1], p.block_size,
             tiles_per_block, tiles, *part.rows, *heads, part.sinks, part.exact_keys, MERGE=merge,
-            EXACT_BLOCK_N=_exact_block_n(part, cfg), **_dims(q, v), **cfg)
+            EXACT_BLOCK_N=_exact_block_n(part, cfg), **index_widths(p.block_size, p.sample_idx.shape[-1], cfg["BLOCK_N"]), **_dims(q, v), **cfg)
 
 
 def _cudnn_runs(q, k, v, part: Part, direction: str) -> bool:
@@ -468,7 +486,8 @@ def attention_backward(dout, dlse, q, k, v, out, lse, parts: list[Part], scale: 
                 q, k, v, dout, lse, delta, accumulator("dk", dk), accumulator("dv", dvv),
                 p.q_perm, p.sample_idx, p.sample_block, p.sample_log_weight,
                 scale, scale_log2, *strides, part.n_q, part.n_k, num_samples, p.block_size, sample_chunks,
-                segments, segment_len, *part.rows, *kv_heads, **dims, **cfg)
+                segments, segment_len, *part.rows, *kv_heads, **dims, **cfg,
+                QUERY_CHUNK=query_chunk(segment_len, block_m))
         dq_mode, dkdv_mode = write_mode("dq", part.last_dq), write_mode("dk", part.last_dkdv)
         dq_acc = accumulator("dq", dq) if dq_mode != "store" and not part.key_grads_only else dq
         dk_acc, dv_acc = (accumulator("dk", dk), accumulator("dv", dvv)) if dkdv_mode != "store" else (dk, dvv)
@@ -482,13 +501,13 @@ def attention_backward(dout, dlse, q, k, v, out, lse, parts: list[Part], scale: 
             q, k, v, dout, lse, delta, dq_acc, dq, p.q_perm, p.k_perm, p.sample_idx, p.sample_block,
             p.sample_log_weight, scale, scale_log2, *strides, part.n_q, part.n_k, num_samples, p.block_size,
             tiles_per_block, tiles, *part.rows, num_q_heads, group, part.sinks, part.exact_keys, WRITE=dq_mode,
-            EXACT_BLOCK_N=_exact_block_n(part, cfg_dq), **dims, **cfg_dq)
+            EXACT_BLOCK_N=_exact_block_n(part, cfg_dq), **index_widths(p.block_size, num_samples, cfg_dq["BLOCK_N"]), **dims, **cfg_dq)
         key_tiles_per_block = triton.cdiv(p.block_size, cfg_dkdv["BLOCK_N"])
         key_tiles = key_tiles_per_block * num_blocks
         hyper_bwd_dkdv_kernel[(problems * num_kv_heads * key_tiles,)](
             q, k, v, dout, lse, delta, dk_acc, dk, dv_acc, dvv, p.q_perm, p.k_perm, scale, scale_log2, *strides,
             part.n_q, part.n_k, p.block_size, key_tiles_per_block, key_tiles, *part.rows, *kv_heads, part.sinks,
-            WRITE=dkdv_mode, **dims, **cfg_dkdv)
+            WRITE=dkdv_mode, **dims, **cfg_dkdv, QUERY_CHUNK=query_chunk(_hyper_tiles(part, 1)[0], cfg_dkdv["BLOCK_M"]))
     if cudnn_part is not None:
         part = cudnn_part
         leaf_grads = leaves_backward(dout, q, k, v, out, lse, part.q_start, part.k_start, part.n_q, part.rects, scale)
