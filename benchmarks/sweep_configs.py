@@ -21,19 +21,18 @@ from torch.profiler import ProfilerActivity, profile
 from hyperattn import HyperAttentionConfig, hyper_attention
 from hyperattn.ops.triton.interface import KERNEL_FAMILIES
 
-# hyper families at 5 stages: the first depth at which their key loops, which load each tile's
-# row indices inside the loop, prefetch tiles ahead (async waits > 0 in kernel_resources.py)
+# The hyper forward and dq kernels take BLOCK_M <= 2 * BLOCK_N (interface._launch_config says why).
 CANDIDATES = {
-    "hyper_fwd": ["128,64,4,3", "128,64,8,3", "64,64,4,3", "128,32,4,4", "128,128,8,3", "128,64,4,5"],
+    "hyper_fwd": ["128,64,4,3", "128,64,8,3", "64,64,4,3", "128,64,4,4", "128,128,8,3", "64,32,4,3"],
     "dense_fwd": ["128,64,4,3", "128,64,8,3", "128,128,8,3", "64,64,4,3", "128,32,4,4"],
-    "hyper_dq": ["128,64,4,3", "128,64,8,3", "64,64,4,3", "128,32,4,3", "64,32,4,3", "128,64,4,5", "64,64,4,5"],
+    "hyper_dq": ["128,64,4,3", "128,64,8,3", "64,64,4,3", "64,32,4,3", "128,64,4,4", "64,64,4,2"],
     "dense_dq": ["128,64,4,3", "128,64,8,3", "64,64,4,3", "128,32,4,3", "64,32,4,3"],
     # 64,32,4,3 and 64,64,8,2: the head-dim-128 key-side kernels spill a fifth as much there
     # (benchmarks/kernel_resources.py); not yet timed
     "hyper_dkdv": ["128,64,4,3", "64,128,4,3", "32,128,4,3", "64,64,4,3", "64,64,8,3", "64,32,4,3", "64,64,8,2",
-                   "64,64,4,5"],
+                   "64,64,4,4"],
     "dense_dkdv": ["128,64,4,3", "64,128,4,3", "64,64,4,3", "64,64,4,2", "64,64,8,3", "32,64,4,3", "64,64,8,2"],
-    "hyper_samples": ["128,64,4,3", "64,128,4,3", "64,64,4,3", "64,64,4,2", "64,32,4,3", "64,64,8,2", "64,64,4,5"],
+    "hyper_samples": ["128,64,4,3", "64,128,4,3", "64,64,4,3", "64,64,4,2", "64,32,4,3", "64,64,8,2", "64,64,4,4"],
 }
 
 

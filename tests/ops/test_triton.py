@@ -181,6 +181,13 @@ def test_launch_config_override_names_families(monkeypatch):
         monkeypatch.setenv("HYPERATTN_TRITON_CONFIG", bad)
         with pytest.raises(ValueError, match="HYPERATTN_TRITON_CONFIG"):
             _launch_config("hyper_fwd", 64, 64)
+    # tiles at which Triton 3.6 miscompiled the query-side hyper kernels on an H200
+    for family, tiles in (("hyper_fwd", "128,32,4,3"), ("hyper_dq", "256,64,8,3")):
+        monkeypatch.setenv("HYPERATTN_TRITON_CONFIG", f"{family}={tiles}")
+        with pytest.raises(ValueError, match="BLOCK_M <= 2 \\* BLOCK_N"):
+            _launch_config(family, 64, 64)
+    monkeypatch.setenv("HYPERATTN_TRITON_CONFIG", "hyper_dkdv=128,32,4,3")
+    assert _launch_config("hyper_dkdv", 64, 64)["BLOCK_N"] == 32
 
 
 @pytest.mark.parametrize("causal", [False, True])

@@ -226,6 +226,10 @@ def _launch_config(family: str, head_dim: int, head_dim_v: int) -> dict:
     override = _parse_override(os.environ.get("HYPERATTN_TRITON_CONFIG", "")).get(family)
     if override:
         block_m, block_n, warps, stages = override
+        if family in ("hyper_fwd", "hyper_dq") and block_m > 2 * block_n:
+            # Triton 3.6 miscompiles their register-held row indices (tl.gather) at these tiles: an
+            # H200 faulted (illegal address) at 128,32,4,3 and 256,64,8,3, correct under the interpreter
+            raise ValueError(f"HYPERATTN_TRITON_CONFIG: {family} needs BLOCK_M <= 2 * BLOCK_N, got {override}")
     return dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages)
 
 
