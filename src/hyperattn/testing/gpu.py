@@ -40,7 +40,7 @@ CASES = [
     ("value_norm", 1, 4, 4, 16384, 16384, 64, 64, True, dict(sampling="value_norm")),
     ("small blocks", 1, 4, 2, 8192, 8192, 64, 64, True, dict(block_size=64, sample_size=128, min_seq_len=512)),
     ("large blocks", 1, 4, 2, 16384, 16384, 64, 64, True, dict(block_size=512, sample_size=384)),  # wider index registers
-    ("head dim 32", 1, 4, 4, 12000, 12000, 32, 32, True, {}),  # narrower tiles than d64's config assumes
+    ("head dim 32", 1, 4, 4, 12000, 12000, 32, 32, True, {}),  # 32 columns under the head-dim-64 tiles
     ("head dim 80", 1, 4, 2, 10000, 12345, 80, 80, False, {}),  # padded to 128 columns
     ("exact lse", 1, 8, 2, 3000, 4000, 64, 64, True, None),
     ("paper causal", 1, 8, 8, 16384, 16384, 64, 64, True, PAPER),  # cuDNN leaves, no sinks or tail
