@@ -48,6 +48,8 @@ def main() -> None:
         return
     import torch
 
+    if not torch.cuda.is_available():
+        raise SystemExit("tile_fault_check.py runs the kernels on a CUDA GPU; none is visible")
     configs = [""] + [c for c in args.configs if c]  # the default first: the others compare with it
     jobs = [(tree, causal, config) for tree in args.trees for causal in (0, 1) for config in configs]
     folder = tempfile.mkdtemp()
