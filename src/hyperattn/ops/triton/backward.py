@@ -200,6 +200,43 @@ def hyper_bwd_dq_kernel(
 
 
 @triton.jit
+def _key_grads_over_queries(k, v, bias2, key_mask, s_blk, dk, dv, rank_lo, rank_hi, QPerm, Q, DO, Lse, Delta, z, batch,
+                            hk, group, num_q_heads, q_start, r, rect_stride, n_q, n_k, block_size, stride_qb,
+                            stride_qh, stride_qn, stride_ob, stride_oh, stride_on, stride_lb, stride_lh, offs_d,
+                            offs_dv, d_mask, dv_mask, scale_log2, QUERY_CHUNK: tl.constexpr, BLOCK_M: tl.constexpr):
+    """dk, dv (unscaled) of a key tile (k, v, log2 biases ``bias2``) plus its gradients from the
+    sorted queries of ranks [rank_lo, rank_hi) of every query head of kv head ``hk`` (rows:
+    ``q_start + r * rect_stride`` + QPerm of problem z). ``s_blk`` (BN,): sampled keys' blocks, unseen by the
+    queries of that block, and ``key_mask`` (BN,) the keys that count; both None: every query
+    sees every key (biases -inf aside). The rows of QUERY_CHUNK sorted queries at a time sit in
+    registers, so that the query tiles' loads depend on no load inside the inner loop (see
+    ``load_sorted_rows``)."""
+    for g in range(0, group):
+        h = hk * group + g
+        zh64 = (z * num_q_heads + h).to(tl.int64)
+        q_base = Q + batch.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
+        for chunk_lo in range(rank_lo, rank_hi, QUERY_CHUNK):
+            chunk_rows = load_sorted_rows(QPerm, zh64 * n_q, chunk_lo, QUERY_CHUNK, rank_hi, QUERY_CHUNK)
+            for row0 in range(chunk_lo, tl.minimum(chunk_lo + QUERY_CHUNK, rank_hi), BLOCK_M):
+                offs_m = row0 + tl.arange(0, BLOCK_M)
+                rmask = offs_m < rank_hi
+                if s_blk is not None:
+                    q_blk = (offs_m.to(tl.int64) * n_k // n_q) // block_size
+                q_rows = (q_start + r * rect_stride + tl.gather(chunk_rows, offs_m - chunk_lo, 0)).to(tl.int64)
+                q, do, lse2, delta, l_rows = _load_query_rows(q_base, DO, Lse, Delta, batch, h, q_rows, rmask,
+                                                              stride_qn, stride_ob, stride_oh, stride_on, stride_lb,
+                                                              stride_lh, offs_d, offs_dv, d_mask, dv_mask)
+                if s_blk is None:
+                    p, ds = _score_grads(q, k, v, do, lse2, delta, bias2, None, scale_log2)
+                else:
+                    visible = rmask[:, None] & key_mask[None, :] & (q_blk[:, None] != s_blk[None, :])
+                    p, ds = _score_grads(q, k, v, do, lse2, delta, bias2, visible, scale_log2)
+                dv += tl.dot(tl.trans(p).to(do.dtype), do)
+                dk += tl.dot(tl.trans(ds).to(q.dtype), q)
+    return dk, dv
+
+
+@triton.jit
 def hyper_bwd_dkdv_kernel(
     Q, K, V, DO, Lse, Delta, DKAcc, DK, DVAcc, DV,
     QPerm, KPerm,
@@ -250,22 +287,10 @@ def hyper_bwd_dkdv_kernel(
     # bias is -inf (one add per score, no (BM, BN) mask)
     bias2 = tl.where(kmask & (ranks < live_key_ranks(n_k, sinks, k_start + r * rect_stride)), 0.0, float("-inf"))
     q_lo, q_hi = query_block_range(blk, block_size, n_q, n_k)
-    for g in range(0, group):
-        h = hk * group + g
-        zh64 = (z * num_q_heads + h).to(tl.int64)
-        q_base = Q + batch.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
-        for chunk_lo in range(q_lo, q_hi, QUERY_CHUNK):  # query rows in registers (see load_sorted_rows)
-            chunk_rows = load_sorted_rows(QPerm, zh64 * n_q, chunk_lo, QUERY_CHUNK, q_hi, QUERY_CHUNK)
-            for row0 in range(chunk_lo, tl.minimum(chunk_lo + QUERY_CHUNK, q_hi), BLOCK_M):
-                offs_m = row0 + tl.arange(0, BLOCK_M)
-                rmask = offs_m < q_hi
-                q_rows = (q_start + r * rect_stride + tl.gather(chunk_rows, offs_m - chunk_lo, 0)).to(tl.int64)
-                q, do, lse2, delta, l_rows = _load_query_rows(q_base, DO, Lse, Delta, batch, h, q_rows, rmask,
-                                                              stride_qn, stride_ob, stride_oh, stride_on, stride_lb,
-                                                              stride_lh, offs_d, offs_dv, d_mask, dv_mask)
-                p, ds = _score_grads(q, k, v, do, lse2, delta, bias2, None, scale_log2)
-                dv += tl.dot(tl.trans(p).to(do.dtype), do)
-                dk += tl.dot(tl.trans(ds).to(q.dtype), q)
+    dk, dv = _key_grads_over_queries(k, v, bias2, None, None, dk, dv, q_lo, q_hi, QPerm, Q, DO, Lse, Delta, z, batch,
+                                     hk, group, num_q_heads, q_start, r, rect_stride, n_q, n_k, block_size, stride_qb,
+                                     stride_qh, stride_qn, stride_ob, stride_oh, stride_on, stride_lb, stride_lh,
+                                     offs_d, offs_dv, d_mask, dv_mask, scale_log2, QUERY_CHUNK, BLOCK_M)
 
     kv_rows = (batch.to(tl.int64) * num_kv_heads + hk) * kv_seq_len + k_rows
     write_rows(DKAcc, DK, kv_rows, HEAD_DIM, offs_d, kmask, d_mask, dk * scale, WRITE)
@@ -470,26 +495,10 @@ def hyper_bwd_samples_kernel(
 
     rank_lo = segment * segment_len
     rank_hi = tl.minimum(rank_lo + segment_len, n_q)
-    for g in range(0, group):
-        h = hk * group + g
-        zh64 = (z * num_q_heads + h).to(tl.int64)
-        q_base = Q + batch.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
-        # the rows of QUERY_CHUNK sorted queries at a time sit in registers, so that the loads of
-        # the query tiles depend on no load inside the inner loop (see load_sorted_rows)
-        for chunk_lo in range(rank_lo, rank_hi, QUERY_CHUNK):
-            chunk_rows = load_sorted_rows(QPerm, zh64 * n_q, chunk_lo, QUERY_CHUNK, rank_hi, QUERY_CHUNK)
-            for row0 in range(chunk_lo, tl.minimum(chunk_lo + QUERY_CHUNK, rank_hi), BLOCK_M):
-                offs_m = row0 + tl.arange(0, BLOCK_M)
-                rmask = offs_m < rank_hi
-                q_blk = (offs_m.to(tl.int64) * n_k // n_q) // block_size
-                q_rows = (q_start + r * rect_stride + tl.gather(chunk_rows, offs_m - chunk_lo, 0)).to(tl.int64)
-                q, do, lse2, delta, l_rows = _load_query_rows(q_base, DO, Lse, Delta, batch, h, q_rows, rmask,
-                                                              stride_qn, stride_ob, stride_oh, stride_on, stride_lb,
-                                                              stride_lh, offs_d, offs_dv, d_mask, dv_mask)
-                visible = rmask[:, None] & smask[None, :] & (q_blk[:, None] != s_blk[None, :])  # sinks: weight -inf
-                p, ds = _score_grads(q, k, v, do, lse2, delta, bias2, visible, scale_log2)
-                dv += tl.dot(tl.trans(p).to(do.dtype), do)
-                dk += tl.dot(tl.trans(ds).to(q.dtype), q)
+    dk, dv = _key_grads_over_queries(k, v, bias2, smask, s_blk, dk, dv, rank_lo, rank_hi, QPerm, Q, DO, Lse, Delta, z,
+                                     batch, hk, group, num_q_heads, q_start, r, rect_stride, n_q, n_k, block_size,
+                                     stride_qb, stride_qh, stride_qn, stride_ob, stride_oh, stride_on, stride_lb,
+                                     stride_lh, offs_d, offs_dv, d_mask, dv_mask, scale_log2, QUERY_CHUNK, BLOCK_M)
 
     kv_rows = (batch.to(tl.int64) * num_kv_heads + hk) * kv_seq_len + k_rows
     tl.atomic_add(DVAcc + kv_rows[:, None] * HEAD_DIM_V + offs_dv[None, :], dv,

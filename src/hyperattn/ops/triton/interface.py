@@ -281,10 +281,13 @@ def index_widths(block_size: int, num_samples: int, block_n: int) -> dict:
     return dict(BLOCK_KEYS=tile_width(max(block_size, block_n)), SAMPLES=tile_width(max(num_samples, block_n)))
 
 
-def _exact_block_n(part: Part, cfg: dict) -> int:
-    """Key tile of a hyper part's exact keys: as few as cover them (at least 16, the tensor
-    cores' smallest), at most the kernel's BLOCK_N; 0 without exact keys."""
-    return min(tile_width(part.exact_keys), cfg["BLOCK_N"]) if part.exact_keys else 0
+def _query_side_widths(part: Part, cfg: dict) -> dict:
+    """The hyper forward and dq kernels' ``index_widths`` and ``EXACT_BLOCK_N``, the key tile of
+    the part's exact keys: as few as cover them (at least 16, the tensor cores' smallest), at
+    most the kernel's BLOCK_N; 0 without exact keys."""
+    p = part.plan
+    exact_block_n = min(tile_width(part.exact_keys), cfg["BLOCK_N"]) if part.exact_keys else 0
+    return dict(index_widths(p.block_size, p.sample_idx.shape[-1], cfg["BLOCK_N"]), EXACT_BLOCK_N=exact_block_n)
 
 
 def _launch_forward(q, k, v, out, lse, part: Part, scale: float, merge: bool) -> None:
@@ -308,7 +311,7 @@ def _launch_forward(q, k, v, out, lse, part: Part, scale: float, merge: bool) ->
             q, k, v, out, lse, p.q_perm, p.k_perm, p.sample_idx, p.sample_block, p.sample_log_weight,
             scale_log2, *strides, part.n_q, part.n_k, p.sample_idx.shape[-1], p.block_size,
             tiles_per_block, tiles, *part.rows, *heads, part.sinks, part.exact_keys, MERGE=merge,
-            EXACT_BLOCK_N=_exact_block_n(part, cfg), **index_widths(p.block_size, p.sample_idx.shape[-1], cfg["BLOCK_N"]), **_dims(q, v), **cfg)
+            **_query_side_widths(part, cfg), **_dims(q, v), **cfg)
 
 
 def _cudnn_runs(q, k, v, part: Part, direction: str) -> bool:
@@ -505,7 +508,7 @@ def attention_backward(dout, dlse, q, k, v, out, lse, parts: list[Part], scale: 
             q, k, v, dout, lse, delta, dq_acc, dq, p.q_perm, p.k_perm, p.sample_idx, p.sample_block,
             p.sample_log_weight, scale, scale_log2, *strides, part.n_q, part.n_k, num_samples, p.block_size,
             tiles_per_block, tiles, *part.rows, num_q_heads, group, part.sinks, part.exact_keys, WRITE=dq_mode,
-            EXACT_BLOCK_N=_exact_block_n(part, cfg_dq), **index_widths(p.block_size, num_samples, cfg_dq["BLOCK_N"]), **dims, **cfg_dq)
+            **_query_side_widths(part, cfg_dq), **dims, **cfg_dq)
         key_tiles_per_block = triton.cdiv(p.block_size, cfg_dkdv["BLOCK_N"])
         key_tiles = key_tiles_per_block * num_blocks
         hyper_bwd_dkdv_kernel[(problems * num_kv_heads * key_tiles,)](
