@@ -72,7 +72,8 @@ def _finish_rows(Out, Lse, o_rows, lse_rows, offs_dv, rmask, acc, m_i, l_i, MERG
     o_mask = rmask[:, None] & (offs_dv[None, :] < HEAD_DIM_V)
     if MERGE:
         prev2 = tl.load(Lse + lse_rows, mask=rmask, other=float("-inf")) * LOG2E
-        prev_out = tl.load(o_ptrs, mask=o_mask, other=0.0)
+        # rows no part wrote yet (lse -inf) count for nothing: their output is not read
+        prev_out = tl.load(o_ptrs, mask=o_mask & (prev2 > float("-inf"))[:, None], other=0.0)
         out, lse2 = merge_lse2(prev_out, prev2, out, lse2)
     tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=o_mask)
     tl.store(Lse + lse_rows, lse2 * LN2, mask=rmask)
