@@ -59,20 +59,28 @@ def merge_lse2(prev_out, prev2, out, lse2):
 
 
 @triton.jit
-def _finish_rows(Out, Lse, o_rows, lse_rows, offs_dv, rmask, acc, m_i, l_i, MERGE: tl.constexpr,
+def _written_lse2(Lse, lse_rows, rmask, MERGE: tl.constexpr):
+    """The lse (log2 units) a merging program's rows hold so far, loaded before its loops so
+    that the epilogue's output read does not wait for it: (BM,) fp32, -inf where no part wrote
+    yet (or without MERGE)."""
+    if MERGE:
+        return tl.load(Lse + lse_rows, mask=rmask, other=float("-inf")) * LOG2E
+    return tl.full(rmask.shape, float("-inf"), tl.float32)
+
+
+@triton.jit
+def _finish_rows(Out, Lse, o_rows, lse_rows, offs_dv, rmask, acc, m_i, l_i, prev2, MERGE: tl.constexpr,
                  HEAD_DIM_V: tl.constexpr):
     """Normalize and store (or merge into) the output rows (fp32 when merging).
 
-    o_rows (BM,) int64 offsets of the rows in Out, lse_rows (BM,) int64 offsets in Lse.
-    Merging rows that hold lse -inf takes the new values (their output may be garbage); rows
-    that saw no key get out 0 and lse -inf."""
+    o_rows (BM,) int64 offsets of the rows in Out, lse_rows (BM,) int64 offsets in Lse, prev2
+    their lse so far (``_written_lse2``). Merging rows that hold lse -inf takes the new values
+    (their output is not read); rows that saw no key get out 0 and lse -inf."""
     lse2 = m_i + tl.log2(l_i)  # -inf for rows that saw no key: merged as nothing, written as 0
     out = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
     o_ptrs = Out + o_rows[:, None] + offs_dv[None, :]
     o_mask = rmask[:, None] & (offs_dv[None, :] < HEAD_DIM_V)
     if MERGE:
-        prev2 = tl.load(Lse + lse_rows, mask=rmask, other=float("-inf")) * LOG2E
-        # rows no part wrote yet (lse -inf) count for nothing: their output is not read
         prev_out = tl.load(o_ptrs, mask=o_mask & (prev2 > float("-inf"))[:, None], other=0.0)
         out, lse2 = merge_lse2(prev_out, prev2, out, lse2)
     tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=o_mask)
@@ -226,6 +234,8 @@ def hyper_fwd_kernel(
         q_rows = (q_start + r * rect_stride + q_local).to(tl.int64)
         q_base = Q + batch.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
         q = load_rows(q_base, q_rows, stride_qn, offs_d, rmask, d_mask)
+        lse_rows = batch.to(tl.int64) * stride_lb + h.to(tl.int64) * stride_lh + q_rows
+        prev2 = _written_lse2(Lse, lse_rows, rmask, MERGE)
         k_base = K + batch.to(tl.int64) * stride_kb + hk.to(tl.int64) * stride_kh
         v_base = V + batch.to(tl.int64) * stride_vb + hk.to(tl.int64) * stride_vh
         key_row0 = k_start + r * rect_stride
@@ -252,8 +262,7 @@ def hyper_fwd_kernel(
                                                  acc, scale_log2, False, EXACT_BLOCK_N)
 
         o_rows = batch.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + q_rows * stride_on
-        lse_rows = batch.to(tl.int64) * stride_lb + h.to(tl.int64) * stride_lh + q_rows
-        _finish_rows(Out, Lse, o_rows, lse_rows, offs_dv, rmask, acc, m_i, l_i, MERGE, HEAD_DIM_V)
+        _finish_rows(Out, Lse, o_rows, lse_rows, offs_dv, rmask, acc, m_i, l_i, prev2, MERGE, HEAD_DIM_V)
 
 
 @triton.jit
@@ -306,6 +315,8 @@ def dense_fwd_kernel(
     q_rows = (q_start + r * rect_stride + offs_m).to(tl.int64)
     q_base = Q + batch.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
     q = load_rows(q_base, q_rows, stride_qn, offs_d, rmask, d_mask)
+    lse_rows = batch.to(tl.int64) * stride_lb + h.to(tl.int64) * stride_lh + q_rows
+    prev2 = _written_lse2(Lse, lse_rows, rmask, MERGE)
     k_base = K + batch.to(tl.int64) * stride_kb + hk.to(tl.int64) * stride_kh
     v_base = V + batch.to(tl.int64) * stride_vb + hk.to(tl.int64) * stride_vh
     key_row0 = k_start + r * key_rect_stride
@@ -327,5 +338,4 @@ def dense_fwd_kernel(
                                      CAUSAL, BLOCK_N)
 
     o_rows = batch.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + q_rows * stride_on
-    lse_rows = batch.to(tl.int64) * stride_lb + h.to(tl.int64) * stride_lh + q_rows
-    _finish_rows(Out, Lse, o_rows, lse_rows, offs_dv, rmask, acc, m_i, l_i, MERGE, HEAD_DIM_V)
+    _finish_rows(Out, Lse, o_rows, lse_rows, offs_dv, rmask, acc, m_i, l_i, prev2, MERGE, HEAD_DIM_V)
