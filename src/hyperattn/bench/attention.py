@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from hyperattn.api import hyper_attention
+from hyperattn.bench.timing import median_ms
 from hyperattn.config import HyperAttentionConfig
 from hyperattn.ops.cudnn import leaf_engine_setting
 
@@ -46,8 +47,6 @@ def hyper_attention_runner(config: HyperAttentionConfig):
 
 def time_case(fn, seq_len, heads, head_dim, causal, mode, dtype=torch.bfloat16, batch=1):
     """(median ms, peak GiB) of ``fn`` forward (mode "fwd") or forward+backward ("fwd_bwd")."""
-    import triton.testing
-
     torch.cuda.empty_cache()
     q, k, v = (torch.randn(batch, heads, seq_len, head_dim, device="cuda", dtype=dtype,
                            requires_grad=mode == "fwd_bwd") for _ in range(3))
@@ -63,7 +62,7 @@ def time_case(fn, seq_len, heads, head_dim, causal, mode, dtype=torch.bfloat16, 
     step()
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
-    ms = triton.testing.do_bench(step, warmup=25, rep=100, grad_to_none=[q, k, v], return_mode="median")
+    ms = median_ms(step, q.device, grad_to_none=[q, k, v])
     peak = torch.cuda.max_memory_allocated() / 2**30
     del q, k, v
     return float(ms), peak

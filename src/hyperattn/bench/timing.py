@@ -8,13 +8,21 @@ from typing import Callable
 
 import torch
 
+# Milliseconds of back-to-back calls before do_bench times any, so that the clocks have ramped
+# up after an idle GPU (a compile between cases); do_bench's default is 25. Suspected cause of the
+# 1.8x slower 16k and 32k non-causal times in results/2026-11-29-attention-d64-default-h200-2323f44
+# (kernels unchanged since the run before); not yet re-measured.
+WARMUP_MS = 250
 
-def median_ms(fn: Callable[[], object], device: torch.device, reps: int = 5) -> float:
-    """Median wall time of ``fn()`` in milliseconds, after one warm-up call."""
+
+def median_ms(fn: Callable[[], object], device: torch.device, reps: int = 5, grad_to_none=None) -> float:
+    """Median wall time of ``fn()`` in milliseconds: on CUDA ``triton.testing.do_bench`` after
+    ``WARMUP_MS`` of calls (``grad_to_none``: tensors whose .grad it resets between calls);
+    elsewhere ``perf_counter`` over ``reps`` calls after one warm-up call."""
     if device.type == "cuda":
         import triton.testing
 
-        return float(triton.testing.do_bench(fn, return_mode="median"))
+        return float(triton.testing.do_bench(fn, warmup=WARMUP_MS, grad_to_none=grad_to_none, return_mode="median"))
     fn()
     times = []
     for _ in range(reps):
