@@ -78,8 +78,12 @@ def make_plan(
     sinks = min(sinks, num_keys)
     # one contiguous copy to mark the sinks in (the caller's buckets stay as they are)
     k_buckets = k_buckets.clone(memory_format=torch.contiguous_format) if sinks else k_buckets.contiguous()
+
+    def with_sinks(x):  # (Z, Hkv, L) -> a view of problems 0, sink_stride, 2 * sink_stride, ...
+        return x.view(-1, sink_stride, *x.shape[1:])[:, 0]
+
     if sinks:
-        k_buckets.view(-1, sink_stride, num_kv_heads, num_keys)[:, 0, :, :sinks] = torch.iinfo(k_buckets.dtype).max
+        with_sinks(k_buckets)[..., :sinks] = torch.iinfo(k_buckets.dtype).max
     q_perm = sort_lsh_permutation(q_buckets.contiguous())  # plans are contiguous: kernels index them flat
     k_perm = sort_lsh_permutation(k_buckets)
     if config.sampling == "value_norm" and v_sq_norms is None:
@@ -90,9 +94,7 @@ def make_plan(
         device=k_buckets.device, dtype=weight_dtype,
     )
     if sinks and sample_idx.numel():
-        sampled_sinks = sample_idx.view(-1, sink_stride, num_kv_heads, config.sample_size)[:, 0] < sinks
-        sample_log_weight.view(-1, sink_stride, num_kv_heads, config.sample_size)[:, 0].masked_fill_(
-            sampled_sinks, -torch.inf)
+        with_sinks(sample_log_weight).masked_fill_(with_sinks(sample_idx) < sinks, -torch.inf)
     key_rank = inverse_permutation(k_perm)
     sample_block = key_rank.gather(-1, sample_idx) // config.block_size
     return AttentionPlan(q_perm, k_perm, sample_idx, sample_block, sample_log_weight, config.block_size)

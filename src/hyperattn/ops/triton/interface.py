@@ -245,12 +245,15 @@ def _strides(*tensors) -> list[int]:
     return out
 
 
+def _queries_per_key_block(part: Part) -> int:
+    """The most sorted queries any key block of a hyper part gets."""
+    return min(-(-part.plan.block_size * part.n_q // part.n_k), part.n_q)  # ceil((i+1)x) - ceil(ix) <= ceil(x)
+
+
 def _hyper_tiles(part: Part, block_m: int) -> tuple[int, int, int]:
     """(query tiles per key block, key blocks, tiles) of a hyper part."""
-    b = part.plan.block_size
-    num_blocks = -(-part.n_k // b)
-    rows_per_block = min(-(-b * part.n_q // part.n_k), part.n_q)  # ceil((i+1)x) - ceil(ix) <= ceil(x)
-    tiles_per_block = -(-rows_per_block // block_m)
+    num_blocks = -(-part.n_k // part.plan.block_size)
+    tiles_per_block = -(-_queries_per_key_block(part) // block_m)
     return tiles_per_block, num_blocks, tiles_per_block * num_blocks
 
 
@@ -514,7 +517,7 @@ def attention_backward(dout, dlse, q, k, v, out, lse, parts: list[Part], scale: 
         hyper_bwd_dkdv_kernel[(problems * num_kv_heads * key_tiles,)](
             q, k, v, dout, lse, delta, dk_acc, dk, dv_acc, dvv, p.q_perm, p.k_perm, scale, scale_log2, *strides,
             part.n_q, part.n_k, p.block_size, key_tiles_per_block, key_tiles, *part.rows, *kv_heads, part.sinks,
-            WRITE=dkdv_mode, **dims, **cfg_dkdv, QUERY_CHUNK=query_chunk(_hyper_tiles(part, 1)[0], cfg_dkdv["BLOCK_M"]))
+            WRITE=dkdv_mode, **dims, **cfg_dkdv, QUERY_CHUNK=query_chunk(_queries_per_key_block(part), cfg_dkdv["BLOCK_M"]))
     if cudnn_part is not None:
         part = cudnn_part
         leaf_grads = leaves_backward(dout, q, k, v, out, lse, part.q_start, part.k_start, part.n_q, part.rects, scale)
