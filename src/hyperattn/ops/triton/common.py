@@ -107,13 +107,13 @@ def query_block_range(blk, block_size, n_q, n_k):
 def write_rows(Acc, Final, rows, row_stride, cols, row_mask, col_mask, value, WRITE: tl.constexpr):
     """Write a gradient tile.
 
-    ``WRITE``: "add" does ``Acc += value`` (fp32) on rows this program alone owns, "atomic" on
-    rows other programs add to as well: both as relaxed atomic reductions, which the program
-    does not wait for; "finish" writes ``Acc + value`` to Final in Final's dtype; "store" writes
-    ``value`` to Final. Acc and Final share the layout."""
+    ``WRITE``: "add" does ``Acc += value`` (fp32) as relaxed atomic reductions, which the
+    program does not wait for and other programs may add to the same rows alongside; "finish"
+    writes ``Acc + value`` to Final in Final's dtype; "store" writes ``value`` to Final. Acc
+    and Final share the layout."""
     offsets = rows[:, None] * row_stride + cols[None, :]
     mask = row_mask[:, None] & col_mask[None, :]
-    if WRITE == "atomic" or WRITE == "add":
+    if WRITE == "add":
         tl.atomic_add(Acc + offsets, value, mask=mask, sem="relaxed")
     elif WRITE == "store":
         tl.store(Final + offsets, value.to(Final.dtype.element_ty), mask=mask)

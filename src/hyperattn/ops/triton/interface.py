@@ -408,7 +408,7 @@ def _launch_dense_backward(q, k, v, dout, lse, delta, dq_acc, dq, dk_acc, dk, dv
     dense_bwd_dkdv_kernel[(problems * num_kv_heads * k_tiles,)](
         q, k, v, dout, lse, delta, dk_acc, dk, dv_acc, dv, scale, scale_log2, *strides, part.n_q, part.n_k,
         k_tiles, *part.rows, part.key_rect_stride, num_kv_heads, group, kv_seq_len, CAUSAL=part.causal,
-        WRITE="atomic" if part.shares_key_rows else dkdv_mode, **dims, **cfg_dkdv)
+        WRITE=dkdv_mode, **dims, **cfg_dkdv)  # "add" where problems share key rows (never their owners)
 
 
 def _tail_backward(dout, q, k, v, lse, delta, tail: int, causal: bool, scale: float, cfgs: dict):
