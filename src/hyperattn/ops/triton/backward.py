@@ -501,7 +501,5 @@ def hyper_bwd_samples_kernel(
                                      stride_lh, offs_d, offs_dv, d_mask, dv_mask, scale_log2, QUERY_CHUNK, BLOCK_M)
 
     kv_rows = (batch.to(tl.int64) * num_kv_heads + hk) * kv_seq_len + k_rows
-    tl.atomic_add(DVAcc + kv_rows[:, None] * HEAD_DIM_V + offs_dv[None, :], dv,
-                  mask=smask[:, None] & dv_mask[None, :])
-    tl.atomic_add(DKAcc + kv_rows[:, None] * HEAD_DIM + offs_d[None, :], dk * scale,
-                  mask=smask[:, None] & d_mask[None, :])
+    write_rows(DVAcc, DVAcc, kv_rows, HEAD_DIM_V, offs_dv, smask, dv_mask, dv, "add")
+    write_rows(DKAcc, DKAcc, kv_rows, HEAD_DIM, offs_d, smask, d_mask, dk * scale, "add")
