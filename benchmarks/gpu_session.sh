@@ -15,7 +15,7 @@
 #     --forward-only (e.g. AB_ARGS="--causal-only" for forward+backward too); AB_CONFIGS: '|'-separated
 #     HYPERATTN_TRITON_CONFIG values, each profiled again on this tree (src); an override applies at every head
 #     dim, and a backward family needs AB_ARGS without --forward-only (e.g. AB_ARGS=--causal-only
-#     AB_CONFIGS="hyper_dkdv=64,64,4,3").
+#     AB_CONFIGS="hyper_dkdv=64,64,4,3"); AB_TOP: how many kernels each profile lists (default 8).
 # abcheck: the GPU check (bf16, AB_CASES: default nine cases over every head dim and part kind) of every tree in
 #   AB_TREES at once, one process each, so their compiles share the cores; stops the session if any case fails.
 # Environment: LONG (the check's --long runs), DTYPES (the check's --dtypes), BENCH_ARGS (extra arguments
@@ -52,13 +52,14 @@ if has abcheck; then
 fi
 if has ab; then
   for tree in ${AB_TREES:-.ab/src src}; do name=$(tr -c 'a-zA-Z0-9\n' _ <<< "$tree"); echo "== $tree"
-    PYTHONPATH=$tree python3 benchmarks/profile_attention.py ${AB_ARGS---forward-only} --top 8 > "$out/ab-$name.txt" 2>&1
-    grep -A8 "of kernels" "$out/ab-$name.txt"; done
+    PYTHONPATH=$tree python3 benchmarks/profile_attention.py ${AB_ARGS---forward-only} --top ${AB_TOP:-8} \
+      > "$out/ab-$name.txt" 2>&1
+    grep -A${AB_TOP:-8} "of kernels" "$out/ab-$name.txt"; done
   IFS='|' read -ra ab_configs <<< "${AB_CONFIGS:-}"; i=0
   for config in "${ab_configs[@]}"; do i=$((i + 1)); echo "== src with HYPERATTN_TRITON_CONFIG=$config"
-    HYPERATTN_TRITON_CONFIG=$config python3 benchmarks/profile_attention.py ${AB_ARGS---forward-only} --top 8 \
-      > "$out/ab-src-config$i.txt" 2>&1
-    grep -A8 "of kernels" "$out/ab-src-config$i.txt"; done
+    HYPERATTN_TRITON_CONFIG=$config python3 benchmarks/profile_attention.py ${AB_ARGS---forward-only} \
+      --top ${AB_TOP:-8} > "$out/ab-src-config$i.txt" 2>&1
+    grep -A${AB_TOP:-8} "of kernels" "$out/ab-src-config$i.txt"; done
 fi
 if has model; then python3 -m hyperattn.cli bench model --arch llama --json "$out/model-llama.json" \
     --plot "$out/model-llama.png" 2>/dev/null | tee "$out/model-llama.txt" | tail -12; fi

@@ -187,12 +187,13 @@ def _tail_rows(x: torch.Tensor, tail: int, copies: int) -> torch.Tensor:
 # Tile configurations (BLOCK_M, BLOCK_N, num_warps, num_stages) per kernel family and head
 # dim: the fastest of benchmarks/sweep_configs.py on an H200 at 131k tokens (head dims 64 and
 # 128; 256 untuned); the hyper families' stages and the d64 dk/dv tile re-picked by same-call
-# profiles once their row indices moved to registers (results/2026-11-29-register-indices-ab-*).
+# profiles once their row indices moved to registers (results/2026-11-29-register-indices-ab-*), and
+# the d64 dk/dv tile again once its additions became relaxed atomics (results/2026-11-29-small-wins-*).
 # BLOCK_M tiles queries and BLOCK_N keys in every family.
 KERNEL_FAMILIES = ("hyper_fwd", "dense_fwd", "hyper_dq", "dense_dq", "hyper_dkdv", "dense_dkdv", "hyper_samples")
 _CONFIGS = {
     64: dict(hyper_fwd=(128, 64, 4, 3), dense_fwd=(128, 64, 4, 3), hyper_dq=(128, 64, 4, 3),
-             dense_dq=(128, 64, 8, 3), hyper_dkdv=(64, 64, 4, 3), dense_dkdv=(64, 64, 4, 3),
+             dense_dq=(128, 64, 8, 3), hyper_dkdv=(32, 128, 4, 3), dense_dkdv=(64, 64, 4, 3),
              hyper_samples=(64, 64, 4, 3)),
     128: dict(hyper_fwd=(64, 64, 4, 3), dense_fwd=(128, 128, 8, 3), hyper_dq=(64, 64, 4, 2),
               dense_dq=(128, 64, 8, 3), hyper_dkdv=(64, 64, 4, 2), dense_dkdv=(64, 64, 4, 2),
