@@ -1,10 +1,13 @@
 """Host cost of one HyperAttention call against its GPU time: is a length launch-bound?
 
     python benchmarks/host_overhead.py --seq-lens 8192,16384
+    python benchmarks/host_overhead.py --seq-lens 16384,32768 --non-causal --cprofile 10
 
-For each length (causal, bf16): the median GPU time (``triton.testing.do_bench``), the host time
-of one call measured with the GPU kept busy (calls are queued without synchronizing), and
-cuDNN's exact attention for comparison.
+For each length (causal unless --non-causal, bf16): the median time per call
+(``triton.testing.do_bench``), the host time of one call measured with the GPU kept busy
+(calls are queued without synchronizing), cuDNN's exact attention for comparison, and the
+operations of one call that make the host wait for the GPU
+(``torch.cuda.set_sync_debug_mode``): each one serializes host and GPU time.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import argparse
 import cProfile
 import pstats
 import time
+import warnings
 
 import torch
 import triton
@@ -27,29 +31,38 @@ def main() -> None:
     parser.add_argument("--head-dim", type=int, default=64)
     parser.add_argument("--cprofile", type=int, default=0, metavar="CALLS",
                         help="also profile the host side of this many calls per length (cProfile, top functions)")
+    parser.add_argument("--non-causal", action="store_true", help="time non-causal attention")
     args = parser.parse_args()
+    causal = not args.non_causal
     config = HyperAttentionConfig(exact_up_to=0)  # time the HyperAttention path at every length
-    print(f"{'len':>8} {'ours ms':>9} {'host ms/call':>13} {'cudnn ms':>9}")
+    print(f"{'len':>8} {'ours ms':>9} {'host ms/call':>13} {'cudnn ms':>9} {'syncs/call':>11}")
     for seq_len in map(int, args.seq_lens.split(",")):
         q, k, v = (torch.randn(1, args.heads, seq_len, args.head_dim, device="cuda", dtype=torch.bfloat16)
                    for _ in range(3))
-        ours = triton.testing.do_bench(lambda: hyper_attention(q, k, v, causal=True, config=config, seed=0))
+        ours = triton.testing.do_bench(lambda: hyper_attention(q, k, v, causal=causal, config=config, seed=0))
         with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.CUDNN_ATTENTION):
             cudnn = triton.testing.do_bench(
-                lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True))
+                lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal))
         torch.cuda.synchronize()
         calls = 10  # few enough that the launch queue never fills
         start = time.perf_counter()
         for _ in range(calls):
-            hyper_attention(q, k, v, causal=True, config=config, seed=0)
+            hyper_attention(q, k, v, causal=causal, config=config, seed=0)
         host = (time.perf_counter() - start) / calls * 1e3
         torch.cuda.synchronize()
-        print(f"{seq_len:>8} {ours:>9.3f} {host:>13.3f} {cudnn:>9.3f}")
+        torch.cuda.set_sync_debug_mode("warn")
+        with warnings.catch_warnings(record=True) as syncs:
+            warnings.simplefilter("always")
+            hyper_attention(q, k, v, causal=causal, config=config, seed=0)
+        torch.cuda.set_sync_debug_mode("default")
+        print(f"{seq_len:>8} {ours:>9.3f} {host:>13.3f} {cudnn:>9.3f} {len(syncs):>11}")
+        for sync in syncs:
+            print(f"    sync: {sync.filename}:{sync.lineno}: {str(sync.message)[:100]}")
         if args.cprofile:
             profiler = cProfile.Profile()
             profiler.enable()
             for _ in range(args.cprofile):
-                hyper_attention(q, k, v, causal=True, config=config, seed=0)
+                hyper_attention(q, k, v, causal=causal, config=config, seed=0)
             torch.cuda.synchronize()
             profiler.disable()
             for key in ("tottime", "cumulative"):
