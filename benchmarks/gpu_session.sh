@@ -53,7 +53,7 @@ fi
 if has abcheck; then
   cases=${AB_CASES:-causal d64,non-causal odd,sinks prefill,non-causal sinks,causal gqa d128,small blocks,tail only,causal batch 2,causal d256}
   for tree in ${AB_TREES:-.ab/src src}; do name=$(tr -c 'a-zA-Z0-9\n' _ <<< "$tree")
-    PYTHONPATH=$tree timeout 400 python3 -m hyperattn.testing.gpu --long "" --dtypes bfloat16 --cases "$cases" \
+    PYTHONPATH=$tree timeout 400 python3 -m hyperattn.testing.gpu --long "" --no-graph --dtypes bfloat16 --cases "$cases" \
       > "$out/abcheck-$name.log" 2>&1 &
   done; wait
   for log in "$out"/abcheck-*.log; do echo "== $log: $(grep -c ^PASS "$log") PASS lines"; grep -v "^PASS" "$log" | tail -3; done

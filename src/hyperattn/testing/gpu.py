@@ -4,7 +4,8 @@ Run on a CUDA machine before any timing: ``python -m hyperattn.testing.gpu``. In
 fresh random tensors every run; outputs and gradients are poisoned with NaN so unwritten rows
 fail; forward and backward are compared with the float64 reference on the same plan (the
 backward with and without an lse gradient: without one, cuDNN runs the diagonal leaves;
-``dq_o``, ``dk_o``, ``dv_o`` are those errors).
+``dq_o``, ``dk_o``, ``dv_o`` are those errors). The op, forward and backward, is also captured
+in a CUDA graph and replayed on new inputs (``check_cuda_graph``).
 Exits non-zero on any failure and prints a table last.
 """
 
@@ -24,6 +25,10 @@ from hyperattn.plan import plan_hyper_attention
 
 # Relative Frobenius error allowed against float64, per input dtype.
 TOLERANCE = {torch.float16: {"fwd": 3e-3, "bwd": 6e-3}, torch.bfloat16: {"fwd": 2e-2, "bwd": 4e-2}}
+
+# A CUDA graph's replay against eager calls of the same kernels: only the order of the sampled
+# keys' fp32 atomic additions may differ.
+GRAPH_TOLERANCE = 1e-3
 
 # name: (batch, Hq, Hkv, Nq, Nk, D, Dv, causal, config overrides of the library's default, with
 # exact sinks and tail); None config = exact part only
@@ -124,12 +129,46 @@ def check_long(seq_len, heads, device="cuda"):
     return ok, elapsed, peak, error
 
 
+def check_cuda_graph(dtype=torch.bfloat16, device="cuda"):
+    """The fused op, forward and backward, captured in one CUDA graph (its plan made outside)
+    and replayed on new values of the captured inputs: returns (relative errors of out, dq,
+    dk, dv against eager calls on the same inputs and plan; every element written)."""
+    cfg = HyperAttentionConfig()
+    q, k, v = (torch.randn(1, 4, 16384, 64, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
+    dout = torch.randn(1, 4, 16384, 64, device=device, dtype=dtype)
+    plan = plan_hyper_attention(q, k, v, True, cfg, torch.Generator().manual_seed(0), use_kernels=True)
+
+    def step():
+        out, _ = triton_attention(q, k, v, plan, 0.125, True, cfg.exact_tail)
+        return (out.detach(), *torch.autograd.grad(out, (q, k, v), dout))
+
+    side = torch.cuda.Stream()  # warm-up (compiles, cuDNN's graphs) off the capturing stream, as CUDA graphs need
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = step()
+    with torch.no_grad():
+        for x in (q, k, v, dout):
+            x.copy_(torch.randn_like(x))
+        for x in captured:
+            x.fill_(float("nan"))
+    graph.replay()
+    eager = step()
+    written = all(bool(torch.isfinite(x).all()) for x in captured)
+    return {name: _rel(x, y.double()) for name, x, y in zip(("out", "dq", "dk", "dv"), captured, eager)}, written
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--long", default="1048576:2,2097152:2,1048576:32",
                         help="comma-separated LENGTH:HEADS causal forward runs at scale, compared with the "
                         "reference where HEADS <= 4 ('' to skip)")
     parser.add_argument("--no-cases", action="store_true", help="skip the realistic-size cases")
+    parser.add_argument("--no-graph", action="store_true", help="skip the CUDA graph replay check")
     parser.add_argument("--dtypes", default="bfloat16,float16", help="comma-separated input dtypes to check")
     parser.add_argument("--cases", default="", help="comma-separated case names to run (default: all)")
     parser.add_argument("--repeat", type=int, default=1, help="run every case this many times (fresh inputs), >= 1")
@@ -161,6 +200,13 @@ def main(argv=None) -> int:
             rows.append(f"{'PASS' if ok else 'FAIL'} {case[0]:<16} {str(dtype)[6:]:<9} unwritten={unwritten} "
                         + " ".join(f"{key}={value:.2e}" for key, value in errors.items()))
             print(rows[-1], flush=True)
+    if not args.no_graph:
+        errors, written = check_cuda_graph()
+        ok = written and all(value <= GRAPH_TOLERANCE for value in errors.values())
+        failed += not ok
+        rows.append(f"{'PASS' if ok else 'FAIL'} cuda graph       bfloat16  unwritten={int(not written)} "
+                    + " ".join(f"{key}={value:.2e}" for key, value in errors.items()))
+        print(rows[-1], flush=True)
     for spec in filter(None, args.long.split(",")):
         seq_len, heads = map(int, spec.split(":"))
         torch.cuda.reset_peak_memory_stats()
