@@ -56,8 +56,9 @@ def _add_config_args(parser: argparse.ArgumentParser, measures_quality: bool = F
                        help="causal: every query attends exactly to the W keys before it (reference executor only)")
     group.add_argument("--exact-tail", type=int, default=HyperAttentionConfig.exact_tail, metavar="T",
                        help="the last T queries attend exactly to every key they see (default %(default)s)")
-    group.add_argument("--exact-up-to", type=int, default=(EVAL_CONFIG if measures_quality else HyperAttentionConfig).exact_up_to,
-                       metavar="N", help="attention costing no more than causal attention over N tokens runs exactly "
+    default_up_to = (EVAL_CONFIG if measures_quality else HyperAttentionConfig).exact_up_to
+    group.add_argument("--exact-up-to", type=int, default=default_up_to, metavar="N",
+                       help="attention costing no more than causal attention over N tokens runs exactly "
                        f"(default %(default)s; the library's is {HyperAttentionConfig.exact_up_to}, below which cuDNN "
                        "is faster on H100/H200); 0: only --min-seq-len decides, as in the paper")
 
@@ -68,7 +69,8 @@ def config_from_args(args):
     return HyperAttentionConfig(block_size=args.block_size, sample_size=args.sample_size,
                                 lsh_num_projs=args.lsh_num_projs, min_seq_len=args.min_seq_len, sampling=args.sampling,
                                 exact_sinks=args.exact_sinks, exact_window=args.exact_window,
-                                exact_tail=args.exact_tail, exact_up_to=args.exact_up_to, impl="reference" if args.exact_window else "auto")
+                                exact_tail=args.exact_tail, exact_up_to=args.exact_up_to,
+                                impl="reference" if args.exact_window else "auto")
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:

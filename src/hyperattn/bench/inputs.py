@@ -25,7 +25,8 @@ def clustered_qkv(
     large entries. v is standard Gaussian. Returns q, k, v of shape (batch, heads, seq_len, head_dim).
     """
     gen = torch.Generator().manual_seed(seed)
-    centres = torch.nn.functional.normalize(torch.randn(heads, num_clusters, head_dim, generator=gen, dtype=torch.float64), dim=-1) * norm
+    centres = torch.randn(heads, num_clusters, head_dim, generator=gen, dtype=torch.float64)
+    centres = torch.nn.functional.normalize(centres, dim=-1) * norm
     labels = torch.randint(num_clusters, (batch, heads, seq_len), generator=gen)
     members = centres[torch.arange(heads).view(1, heads, 1), labels]
 

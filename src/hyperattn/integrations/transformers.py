@@ -190,7 +190,8 @@ def hyper_attention_forward(
             raise ValueError(f"hyper attention does not support {name!r}; leave layer {module.layer_idx} exact")
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     if not causal:
-        raise ValueError(f"hyper attention is patched for causal language models; layer {module.layer_idx} is not causal")
+        raise ValueError(f"hyper attention is patched for causal language models; layer {module.layer_idx} "
+                         "is not causal")
     seed = getattr(module, _SEED_ATTR, None)
     sequences = None if attention_mask is None else _sequences(attention_mask, num_queries, num_keys)
     if sequences is None:

@@ -8,7 +8,8 @@ behind ``scaled_dot_product_attention`` with the cuDNN backend, which also retur
 log-sum-exp) runs as one batch, with no copy of the inputs.
 
 cuDNN builds a graph for every new shape and stride pattern (a one-time cost per shape,
-not measured here), and every sequence length gives the leaves a new one. The environment variable ``HYPERATTN_LEAVES`` decides:
+not measured here), and every sequence length gives the leaves a new one. The environment
+variable ``HYPERATTN_LEAVES`` decides:
 
 - ``auto`` (default): cuDNN for a leaf geometry from its second call on (training and
   repeated prefill at one length pay the build once; one-off lengths never do);

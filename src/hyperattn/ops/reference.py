@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import torch
 
 from hyperattn.ops.merge import masked_softmax_lse, merge_attention
-from hyperattn.plan import AttentionPlan, CausalPlan, inverse_permutation, join_rows, level_rows, query_block_layout, split_rows
+from hyperattn.plan import (AttentionPlan, CausalPlan, inverse_permutation, join_rows, level_rows, query_block_layout,
+                            split_rows)
 
 # Largest score tensor materialized at once by exact_attention_reference (elements).
 EXACT_CHUNK_ELEMENTS = 1 << 22

@@ -44,7 +44,8 @@ CASES = [
     ("non-causal odd", 2, 4, 4, 10000, 12345, 64, 64, False, {}),
     ("value_norm", 1, 4, 4, 16384, 16384, 64, 64, True, dict(sampling="value_norm")),
     ("small blocks", 1, 4, 2, 8192, 8192, 64, 64, True, dict(block_size=64, sample_size=128, min_seq_len=512)),
-    ("large blocks", 1, 4, 2, 16384, 16384, 64, 64, True, dict(block_size=512, sample_size=384)),  # wider index registers
+    # wider index registers
+    ("large blocks", 1, 4, 2, 16384, 16384, 64, 64, True, dict(block_size=512, sample_size=384)),
     ("head dim 32", 1, 4, 4, 12000, 12000, 32, 32, True, {}),  # 32 columns under the head-dim-64 tiles
     ("head dim 80", 1, 4, 2, 10000, 12345, 80, 80, False, {}),  # padded to 128 columns
     ("exact lse", 1, 8, 2, 3000, 4000, 64, 64, True, None),
