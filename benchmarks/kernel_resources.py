@@ -2,6 +2,7 @@
 
     python benchmarks/kernel_resources.py --head-dims 64,128
     python benchmarks/kernel_resources.py --family hyper_dq --configs 128,64,4,3 128,64,8,3
+    python benchmarks/kernel_resources.py --head-dims 64,128 --family hyper_fwd --instructions
 
 Compiles every kernel family (``hyperattn.ops.triton.interface.KERNEL_FAMILIES``) for sm_90a
 with Triton's own compiler and ``ptxas -v`` (both ship with Triton), at the tile configs the
@@ -84,6 +85,12 @@ def compile_family(family: str, head_dim: int, block_m: int, block_n: int, warps
                           options=dict(num_warps=warps, num_stages=stages))
 
 
+# PTX instructions --instructions counts: the special-function unit's exponentials, fp32 FMAs,
+# and the shared-memory and shuffle traffic of layout changes
+INSTRUCTIONS = {"ex2": r"ex2\.approx", "fma": r"fma\.rn\.f32", "st.shared": r"st\.shared", "ld.shared": r"ld\.shared",
+                "shfl": r"shfl\.sync"}
+
+
 def resources(compiled, arch: int) -> dict:
     """Registers and spill stores per thread (ptxas -v), shared memory bytes, wgmma instructions."""
     ptx = compiled.asm["ptx"]
@@ -98,7 +105,8 @@ def resources(compiled, arch: int) -> dict:
     # 0 means the tile loads of the next iteration do not overlap this iteration's math
     waits = re.findall(r"ttg\.async_wait[^{]*\{num = (\d+)", compiled.asm["ttgir"])
     return dict(registers=int(registers[0]), spill_stores=int(spills[0]) if spills else 0,
-                shared=compiled.metadata.shared, wgmma=ptx.count("wgmma.mma_async"), waits=",".join(waits))
+                shared=compiled.metadata.shared, wgmma=ptx.count("wgmma.mma_async"), waits=",".join(waits),
+                instructions={name: len(re.findall(pattern, ptx)) for name, pattern in INSTRUCTIONS.items()})
 
 
 def main() -> None:
@@ -108,8 +116,11 @@ def main() -> None:
     parser.add_argument("--configs", nargs="*", default=None, metavar="BM,BN,W,S",
                         help="tile configs to compile (default: the ones the library launches)")
     parser.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 90 (default)")
+    parser.add_argument("--instructions", action="store_true",
+                        help="also count PTX instructions: " + ", ".join(INSTRUCTIONS))
     args = parser.parse_args()
-    print(f"{'family':>14} {'d':>4} {'BM,BN,W,S':>12} {'regs':>5} {'spill B':>8} {'smem B':>8} {'wgmma':>6}  "
+    counted = "".join(f" {name:>9}" for name in INSTRUCTIONS) if args.instructions else ""
+    print(f"{'family':>14} {'d':>4} {'BM,BN,W,S':>12} {'regs':>5} {'spill B':>8} {'smem B':>8} {'wgmma':>6}{counted}  "
           f"async waits (in program order)")
     for head_dim in map(int, args.head_dims.split(",")):
         for family in [args.family] if args.family else KERNEL_FAMILIES:
@@ -120,8 +131,9 @@ def main() -> None:
                 configs = [(cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["num_warps"], cfg["num_stages"])]
             for config in configs:
                 r = resources(compile_family(family, head_dim, *config, args.arch), args.arch)
+                counts = "".join(f" {n:>9}" for n in r["instructions"].values()) if args.instructions else ""
                 print(f"{family:>14} {head_dim:>4} {','.join(map(str, config)):>12} {r['registers']:>5} "
-                      f"{r['spill_stores']:>8} {r['shared']:>8} {r['wgmma']:>6}  {r['waits']}", flush=True)
+                      f"{r['spill_stores']:>8} {r['shared']:>8} {r['wgmma']:>6}{counts}  {r['waits']}", flush=True)
 
 
 if __name__ == "__main__":
