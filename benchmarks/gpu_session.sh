@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One device call: check every kernel, then time. Usage: bash benchmarks/gpu_session.sh OUT_DIR [STEPS]
-# STEPS (comma-separated): stage, check, leaves, bench64, bench128, options, profile, profile8k, host, abcheck, ab, model,
-#   ncu, gemma-ppl, gemma-needle
+# STEPS (comma-separated): stage, check, graph, leaves, bench64, bench128, options, profile, profile8k, host, abcheck, ab,
+#   model, ncu, gemma-ppl, gemma-needle
+# graph: the GPU check's CUDA graph replay alone (a failure there does not stop the session).
 # host: benchmarks/host_overhead.py at 16k and 32k tokens, non-causal and causal (host time, syncs, cProfile), and a
 #   torch.profiler forward at 32k.
 # stage: copies the asset wheels of carried .stage*/ folders into $HYPERATTN_CACHE/wheels (default /tmp/hcache), so
@@ -34,7 +35,8 @@ if has gemma-ppl || has gemma-needle; then
 fi
 IFS=';' read -ra gemma_configs <<< "${GEMMA_CONFIGS:---exact-sinks 0 --exact-tail 0;--exact-sinks 16 --exact-tail 64}"
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,temperature.gpu --format=csv,noheader
-if has check; then python3 -m hyperattn.testing.gpu --long "${LONG-1048576:2,2097152:2}" --dtypes ${DTYPES:-bfloat16,float16} 2>&1 | tee "$out/gpu-check.log" | grep -v "^PASS" || exit 1; fi
+if has check; then python3 -m hyperattn.testing.gpu --long "${LONG-1048576:2,2097152:2}" --no-graph --dtypes ${DTYPES:-bfloat16,float16} 2>&1 | tee "$out/gpu-check.log" | grep -v "^PASS" || exit 1; fi
+if has graph; then python3 -m hyperattn.testing.gpu --no-cases --long "" 2>&1 | tee "$out/gpu-graph.log" | tail -3; fi
 if has leaves; then python3 benchmarks/leaf_engines.py --head-dims 64 --json "$out/leaves.json" 2>&1 | tee "$out/leaves.log" | tail -12; fi
 for d in 64 128; do
   if has bench$d; then python3 -m hyperattn.cli bench attention --head-dims $d $BENCH_ARGS --json "$out/attention-d$d.json" \
