@@ -26,9 +26,10 @@ from hyperattn.plan import plan_hyper_attention
 # Relative Frobenius error allowed against float64, per input dtype.
 TOLERANCE = {torch.float16: {"fwd": 3e-3, "bwd": 6e-3}, torch.bfloat16: {"fwd": 2e-2, "bwd": 4e-2}}
 
-# A CUDA graph's replay against eager calls of the same kernels: only the order of the sampled
-# keys' fp32 atomic additions may differ.
-GRAPH_TOLERANCE = 1e-3
+# A CUDA graph's replay against eager calls of the same kernels: only the order of the fp32
+# atomic additions to sampled and sink keys' gradients may differ, moving a few elements by one
+# bf16 rounding step (relative 2**-8); a replay on stale inputs would be off by about 1.4.
+GRAPH_TOLERANCE = 4e-3
 
 # name: (batch, Hq, Hkv, Nq, Nk, D, Dv, causal, config overrides of the library's default, with
 # exact sinks and tail); None config = exact part only
