@@ -4,7 +4,7 @@
 
 For each head dim, length and causal flag (batch 1, bf16, forward): PyTorch's own choice for
 ``scaled_dot_product_attention`` (``torch._fused_sdp_choice``), the median time
-(``triton.testing.do_bench``) of SDPA under each backend alone and with its default priority,
+(``hyperattn.bench.timing.median_ms``) of SDPA under each backend alone and with its default priority,
 and of ``hyper_attention`` with the default config (which runs SDPA exactly at these lengths),
 plain and inside ``sdpa_kernel(..., set_priority=True)`` with cuDNN first.
 """
@@ -19,6 +19,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.functional import scaled_dot_product_attention as sdpa
 
 from hyperattn import hyper_attention
+from hyperattn.bench.timing import median_ms
 
 BACKENDS = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
             "efficient": SDPBackend.EFFICIENT_ATTENTION}
@@ -41,13 +42,13 @@ def main() -> None:
                        for _ in range(3))
             for causal in (False, True):
                 choice = SDPBackend(torch._fused_sdp_choice(q, k, v, is_causal=causal)).name
-                times = [triton.testing.do_bench(lambda: sdpa(q, k, v, is_causal=causal))]
+                times = [median_ms(lambda: sdpa(q, k, v, is_causal=causal), q.device)]
                 for backend in BACKENDS.values():
                     with sdpa_kernel(backend):
-                        times.append(triton.testing.do_bench(lambda: sdpa(q, k, v, is_causal=causal)))
-                times.append(triton.testing.do_bench(lambda: hyper_attention(q, k, v, causal=causal, seed=0)))
+                        times.append(median_ms(lambda: sdpa(q, k, v, is_causal=causal), q.device))
+                times.append(median_ms(lambda: hyper_attention(q, k, v, causal=causal, seed=0), q.device))
                 with sdpa_kernel(CUDNN_FIRST, set_priority=True):
-                    times.append(triton.testing.do_bench(lambda: hyper_attention(q, k, v, causal=causal, seed=0)))
+                    times.append(median_ms(lambda: hyper_attention(q, k, v, causal=causal, seed=0), q.device))
                 print(f"{head_dim:>4} {seq_len:>6} {causal!s:>6} {choice:>20} "
                       + " ".join(f"{t:>16.3f}" for t in times))
 

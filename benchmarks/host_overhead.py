@@ -4,7 +4,7 @@
     python benchmarks/host_overhead.py --seq-lens 16384,32768 --non-causal --cprofile 10
 
 For each length (causal unless --non-causal, bf16): the median time per call
-(``triton.testing.do_bench``), the host time of one call measured with the GPU kept busy
+(``hyperattn.bench.timing.median_ms``), the host time of one call measured with the GPU kept busy
 (calls are queued without synchronizing), cuDNN's exact attention for comparison, and the
 operations of one call that make the host wait for the GPU
 (``torch.cuda.set_sync_debug_mode``): each one serializes host and GPU time.
@@ -19,9 +19,9 @@ import time
 import warnings
 
 import torch
-import triton
 
 from hyperattn import HyperAttentionConfig, hyper_attention
+from hyperattn.bench.timing import median_ms
 
 
 def main() -> None:
@@ -39,10 +39,10 @@ def main() -> None:
     for seq_len in map(int, args.seq_lens.split(",")):
         q, k, v = (torch.randn(1, args.heads, seq_len, args.head_dim, device="cuda", dtype=torch.bfloat16)
                    for _ in range(3))
-        ours = triton.testing.do_bench(lambda: hyper_attention(q, k, v, causal=causal, config=config, seed=0))
+        ours = median_ms(lambda: hyper_attention(q, k, v, causal=causal, config=config, seed=0), q.device)
         with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.CUDNN_ATTENTION):
-            cudnn = triton.testing.do_bench(
-                lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal))
+            cudnn = median_ms(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal),
+                              q.device)
         torch.cuda.synchronize()
         calls = 10  # few enough that the launch queue never fills
         start = time.perf_counter()
@@ -50,11 +50,14 @@ def main() -> None:
             hyper_attention(q, k, v, causal=causal, config=config, seed=0)
         host = (time.perf_counter() - start) / calls * 1e3
         torch.cuda.synchronize()
-        torch.cuda.set_sync_debug_mode("warn")
-        with warnings.catch_warnings(record=True) as syncs:
+        with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            hyper_attention(q, k, v, causal=causal, config=config, seed=0)
-        torch.cuda.set_sync_debug_mode("default")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                hyper_attention(q, k, v, causal=causal, config=config, seed=0)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        syncs = [w for w in caught if "synchroniz" in str(w.message)]
         print(f"{seq_len:>8} {ours:>9.3f} {host:>13.3f} {cudnn:>9.3f} {len(syncs):>11}")
         for sync in syncs:
             print(f"    sync: {sync.filename}:{sync.lineno}: {str(sync.message)[:100]}")

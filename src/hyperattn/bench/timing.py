@@ -9,9 +9,9 @@ from typing import Callable
 import torch
 
 # Milliseconds of back-to-back calls before do_bench times any, so that the clocks have ramped
-# up after an idle GPU (a compile between cases); do_bench's default is 25. Suspected cause of the
-# 1.8x slower 16k and 32k non-causal times in results/2026-11-29-attention-d64-default-h200-2323f44
-# (kernels unchanged since the run before); not yet re-measured.
+# up after an idle GPU (a compile between cases); do_bench's default is 25. (It did not explain
+# the slow 16k and 32k non-causal readings it was added for: those are host time,
+# results/2026-11-29-attention-d64-default-h200-0e27b19.)
 WARMUP_MS = 250
 
 
