@@ -348,3 +348,37 @@ def test_module_wraps_the_function():
                                hyper_attention(q, k, v, causal=True, config=SMALL, seed=4), rtol=0, atol=0)
     with pytest.raises(TypeError, match="config"):
         HyperAttention(SMALL.__dict__)
+
+
+@pytest.mark.parametrize("impl,dtype", [("reference", torch.float32), ("triton", torch.float16)])
+def test_torch_compile_of_a_model_breaks_only_around_the_plan(impl, dtype):
+    """torch.compile(model) gives the eager result and gradients; the graph breaks only where
+    the plan (generator draws) and the reference executor run eagerly by design."""
+    if impl == "triton":
+        pytest.importorskip("triton")
+    cfg = HyperAttentionConfig(block_size=8, sample_size=10, min_seq_len=16, exact_up_to=0, impl=impl)
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Linear(32, 96)
+
+        def forward(self, x):
+            q, k, v = self.proj(x).view(1, 96, 3, 2, 16).permute(2, 0, 3, 1, 4)
+            return hyper_attention(q, k, v, causal=True, config=cfg, seed=0).float().square().sum()
+
+    torch.manual_seed(0)
+    model = Model().to(dtype)
+    x = torch.randn(1, 96, 32, dtype=dtype)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    compiled = torch.compile(model, backend="aot_eager")
+    got = compiled(x)
+    got_grads = torch.autograd.grad(got, list(model.parameters()))
+    want = model(x)
+    want_grads = torch.autograd.grad(want, list(model.parameters()))
+    torch.testing.assert_close(got, want)
+    for g, w in zip(got_grads, want_grads):
+        torch.testing.assert_close(g, w)
+    breaks = torch._dynamo.utils.counters["graph_break"]
+    assert breaks and all("torch.compiler.disable" in reason for reason in breaks), list(breaks)

@@ -100,14 +100,29 @@ def _exact(q, k, v, scale, causal, return_lse, use_triton):
     )
 
 
-def _make_generator(seed, device: torch.device) -> torch.Generator:
+def _resolve_seed(seed) -> int:
+    """``seed`` checked, or one drawn from PyTorch's global CPU generator when None."""
     if seed is None:
-        seed = int(torch.randint(0, 1 << 62, (1,)))
-    elif isinstance(seed, bool) or not isinstance(seed, int):
+        return int(torch.randint(0, 1 << 62, (1,)))
+    if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
-    elif not _SEED_MIN <= seed <= _SEED_MAX:
+    if not _SEED_MIN <= seed <= _SEED_MAX:
         raise ValueError(f"seed must be in [-2**63, 2**64), got {seed}")
-    return torch.Generator(device=device).manual_seed(seed)
+    return seed
+
+
+@torch.compiler.disable
+def _plan(q, k, v, causal: bool, config: HyperAttentionConfig, seed: int, use_triton: bool):
+    """The plan of one call, drawn by a generator on q's device seeded with ``seed``. Under
+    ``torch.compile`` it runs eagerly as one piece: Dynamo cannot trace generator draws, and
+    would otherwise break the graph at each of them."""
+    generator = torch.Generator(device=q.device).manual_seed(seed)
+    return plan_hyper_attention(q, k, v, causal, config, generator, use_kernels=use_triton)
+
+
+# The reference executor's data-dependent shapes (block layouts) would break a compiled graph
+# many times and recompile per level; under torch.compile it runs eagerly as one piece.
+_reference_attention_eager = torch.compiler.disable(reference_attention)
 
 
 def exact_attention(q, k, v, causal: bool = False, scale: float | None = None, return_lse: bool = False):
@@ -174,7 +189,7 @@ def hyper_attention(
         config = HyperAttentionConfig()
     elif not isinstance(config, HyperAttentionConfig):
         raise TypeError(f"config must be a HyperAttentionConfig or None, got {type(config).__name__}")
-    generator = _make_generator(seed, q.device)
+    seed = _resolve_seed(seed)
     use_triton = _use_triton(q, config.impl)
     if config.exact_window:
         if not causal:
@@ -186,7 +201,7 @@ def hyper_attention(
         return _empty_result(q, v, return_lse)
     if config.runs_exact(q.shape[2], k.shape[2], causal):
         return _exact(q, k, v, scale, causal, return_lse, use_triton)
-    plan = plan_hyper_attention(q, k, v, causal, config, generator, use_kernels=use_triton)
+    plan = _plan(q, k, v, causal, config, seed, use_triton)
     return _finish(q, *_execute(q, k, v, plan, scale, causal, use_triton, config.exact_tail), return_lse)
 
 
@@ -197,4 +212,4 @@ def _execute(q, k, v, plan, scale, causal, use_triton, tail=0):
         from hyperattn.ops.triton.interface import triton_attention
 
         return triton_attention(q, k, v, plan, scale, causal, tail)
-    return reference_attention(q, k, v, plan, scale, causal, tail)
+    return _reference_attention_eager(q, k, v, plan, scale, causal, tail)

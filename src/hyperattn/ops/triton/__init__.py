@@ -4,7 +4,6 @@ Importing this package does not import Triton; ``hyperattn.ops.triton.interface`
 """
 
 import contextlib
-import functools
 import importlib.util
 
 import torch
@@ -12,10 +11,13 @@ import torch
 TRITON_DTYPES = (torch.float16, torch.bfloat16)
 
 
-@functools.cache
+_TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
+
+
 def has_triton() -> bool:
-    """Whether Triton is installed (checked once)."""
-    return importlib.util.find_spec("triton") is not None
+    """Whether Triton is installed (checked once, at import: a plain function, which
+    ``torch.compile`` traces without a warning, unlike a cached one)."""
+    return _TRITON_INSTALLED
 
 
 def on_device(x: torch.Tensor):
