@@ -204,7 +204,8 @@ _CONFIGS = {
 
 @functools.cache
 def _parse_override(text: str) -> dict[str, tuple[int, ...]]:
-    """``"BM,BN,W,S"`` (every family) or ``"fwd=BM,BN,W,S;bwd_dkdv=..."`` (the families named)."""
+    """``"BM,BN,W,S"`` (every family) or ``"fwd=BM,BN,W,S;bwd_dkdv=..."`` (the families named),
+    checked: four integers, known families, and the tile shapes Triton 3.6 compiles right."""
     overrides = {}
     for item in filter(None, (part.strip() for part in text.split(";"))):
         family, _, numbers = item.rpartition("=")
@@ -213,6 +214,11 @@ def _parse_override(text: str) -> dict[str, tuple[int, ...]]:
         if len(values) != 4 or any(f not in KERNEL_FAMILIES for f in families):
             raise ValueError(f"HYPERATTN_TRITON_CONFIG: expected 'BM,BN,warps,stages' or "
                              f"'family=BM,BN,warps,stages;...' with family in {KERNEL_FAMILIES}, got {text!r}")
+        for f in families:
+            if f in ("hyper_fwd", "hyper_dq") and values[0] > 2 * values[1]:
+                # Triton 3.6 miscompiles their register-held row indices (tl.gather) at these tiles: an
+                # H200 faulted (illegal address) at 128,32,4,3 and 256,64,8,3, correct under the interpreter
+                raise ValueError(f"HYPERATTN_TRITON_CONFIG: {f} needs BLOCK_M <= 2 * BLOCK_N, got {values}")
         overrides.update({f: values for f in families})
     return overrides
 
@@ -227,10 +233,6 @@ def _launch_config(family: str, head_dim: int, head_dim_v: int) -> dict:
     override = _parse_override(os.environ.get("HYPERATTN_TRITON_CONFIG", "")).get(family)
     if override:
         block_m, block_n, warps, stages = override
-        if family in ("hyper_fwd", "hyper_dq") and block_m > 2 * block_n:
-            # Triton 3.6 miscompiles their register-held row indices (tl.gather) at these tiles: an
-            # H200 faulted (illegal address) at 128,32,4,3 and 256,64,8,3, correct under the interpreter
-            raise ValueError(f"HYPERATTN_TRITON_CONFIG: {family} needs BLOCK_M <= 2 * BLOCK_N, got {override}")
     return dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages)
 
 
