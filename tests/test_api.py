@@ -26,12 +26,14 @@ def test_exact_at_or_below_min_seq_len(causal, nq, nk):
     ref, ref_lse = exact_attention(q, k, v, causal=causal, return_lse=True)
     torch.testing.assert_close(out, ref, rtol=1e-13, atol=1e-13)
     torch.testing.assert_close(lse, ref_lse, rtol=1e-13, atol=1e-13)
-    for out_only in (hyper_attention(q, k, v, causal=causal, config=cfg, seed=0), exact_attention(q, k, v, causal=causal)):
+    for out_only in (hyper_attention(q, k, v, causal=causal, config=cfg, seed=0),
+                     exact_attention(q, k, v, causal=causal)):
         torch.testing.assert_close(out_only, ref, rtol=1e-13, atol=1e-13)
 
 
 @pytest.mark.parametrize("causal,nq,nk", [(c, nq, nk) for c in (False, True)
-                                           for nq, nk in [(100, 100), (77, 77), (64, 150), (150, 64)] if not c or nq <= nk])
+                                           for nq, nk in [(100, 100), (77, 77), (64, 150), (150, 64)]
+                                           if not c or nq <= nk])
 def test_exact_with_one_block_and_no_samples(causal, nq, nk):
     """block_size >= Nk, sample_size = 0: the whole causal schedule (head, leaves, levels,
     prefix and merges) must reproduce exact attention."""
@@ -104,8 +106,8 @@ def test_dominant_sinks_are_computed_exactly(nq, nk):
     q, k = q.clone(), k.clone()
     q[..., 0], k[..., 0] = 3.0, 0.0
     k[:, :, :4, 0] = 3.0  # scores of the 4 sink keys: about 9 / sqrt(8) above the rest
-    plain, sinks = causal_errors(q, k, v, dict(block_size=4, sample_size=4, lsh_num_projs=3, exact_up_to=0, min_seq_len=8,
-                                               **PAPER), exact_sinks=4)
+    plain, sinks = causal_errors(q, k, v, dict(block_size=4, sample_size=4, lsh_num_projs=3, exact_up_to=0,
+                                               min_seq_len=8, **PAPER), exact_sinks=4)
     assert sinks < 0.5 * plain
 
 
@@ -120,15 +122,16 @@ def test_window_keeps_the_keys_before_a_leaf_exact():
     q = features.expand(1, 2, nq, 8).contiguous()
     k = features.expand(1, 1, nk, 8).contiguous()
     v = torch.randn(1, 1, nk, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    plain, window = causal_errors(q, k, v, dict(block_size=4, sample_size=4, lsh_num_projs=3, exact_up_to=0, min_seq_len=16,
-                                                **PAPER), exact_window=8)
+    plain, window = causal_errors(q, k, v, dict(block_size=4, sample_size=4, lsh_num_projs=3, exact_up_to=0,
+                                                min_seq_len=16, **PAPER), exact_window=8)
     assert window < 0.5 * plain
 
 
 def test_the_window_is_causal_and_reference_only():
     q, k, v = random_qkv(nq=40, d=4)
     with pytest.raises(ValueError, match="applies to causal attention"):
-        hyper_attention(q, k, v, causal=False, config=HyperAttentionConfig(exact_up_to=0, min_seq_len=8, exact_window=2))
+        hyper_attention(q, k, v, causal=False,
+                        config=HyperAttentionConfig(exact_up_to=0, min_seq_len=8, exact_window=2))
     with pytest.raises(ValueError, match="reference executor only"):
         hyper_attention(q.half(), k.half(), v.half(), causal=True,
                         config=HyperAttentionConfig(exact_up_to=0, min_seq_len=8, exact_window=4, impl="triton"))
@@ -140,7 +143,8 @@ def test_the_window_is_causal_and_reference_only():
                                             ("uniform", dict(exact_sinks=3, exact_window=5))])
 @pytest.mark.parametrize("nq,nk", [(96, 96), (83, 83), (70, 101)])
 def test_future_keys_and_values_do_not_leak(sampling, extra, nq, nk):
-    cfg = HyperAttentionConfig(block_size=4, sample_size=4, lsh_num_projs=3, exact_up_to=0, min_seq_len=8, sampling=sampling, **extra)
+    cfg = HyperAttentionConfig(block_size=4, sample_size=4, lsh_num_projs=3, exact_up_to=0, min_seq_len=8,
+                               sampling=sampling, **extra)
     q, k, v = random_qkv(hq=2, hkv=1, nq=nq, nk=nk)
     out = hyper_attention(q, k, v, causal=True, config=cfg, seed=3)
     for t in (0, 9, nq // 2, nq - 2):
@@ -181,7 +185,8 @@ def test_mqa_runs_with_the_approximation():
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("sampling", ["uniform", "value_norm"])
 def test_same_seed_same_bits_other_seed_other_result(causal, sampling):
-    cfg = HyperAttentionConfig(block_size=4, sample_size=4, exact_up_to=0, min_seq_len=8, sampling=sampling, exact_tail=8)
+    cfg = HyperAttentionConfig(block_size=4, sample_size=4, exact_up_to=0, min_seq_len=8, sampling=sampling,
+                               exact_tail=8)
     q, k, v = random_qkv(hq=2, nq=64, dtype=torch.float32)
     a = hyper_attention(q, k, v, causal=causal, config=cfg, seed=11)
     b = hyper_attention(q, k, v, causal=causal, config=cfg, seed=11)
@@ -219,8 +224,8 @@ def test_low_precision_inputs_follow_the_float64_result(dtype, causal):
 def test_exact_tail_rows_are_exact_and_the_rest_unchanged(causal, nq, nk):
     q, k, v = random_qkv(batch=2, hq=4, hkv=2, nq=nq, nk=nk, d=8)
     plain, plain_lse = hyper_attention(q, k, v, causal=causal, config=SMALL, seed=3, return_lse=True)
-    cfg = HyperAttentionConfig(block_size=4, sample_size=4, lsh_num_projs=3, exact_up_to=0, min_seq_len=8, exact_sinks=0,
-                               exact_tail=10)
+    cfg = HyperAttentionConfig(block_size=4, sample_size=4, lsh_num_projs=3, exact_up_to=0, min_seq_len=8,
+                               exact_sinks=0, exact_tail=10)
     out, lse = hyper_attention(q, k, v, causal=causal, config=cfg, seed=3, return_lse=True)
     ref, ref_lse = exact_attention(q, k, v, causal=causal, return_lse=True)
     torch.testing.assert_close(out[:, :, -10:], ref[:, :, -10:], rtol=1e-12, atol=1e-12)
@@ -231,7 +236,8 @@ def test_exact_tail_rows_are_exact_and_the_rest_unchanged(causal, nq, nk):
 
 def test_exact_tail_longer_than_the_queries_is_exact():
     q, k, v = random_qkv(hq=2, hkv=1, nq=40, nk=40, d=8)
-    cfg = HyperAttentionConfig(block_size=4, sample_size=4, lsh_num_projs=3, exact_up_to=0, min_seq_len=8, exact_tail=100)
+    cfg = HyperAttentionConfig(block_size=4, sample_size=4, lsh_num_projs=3, exact_up_to=0, min_seq_len=8,
+                               exact_tail=100)
     torch.testing.assert_close(hyper_attention(q, k, v, causal=True, config=cfg, seed=0),
                                exact_attention(q, k, v, causal=True), rtol=1e-12, atol=1e-12)
 

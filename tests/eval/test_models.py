@@ -24,6 +24,7 @@ def test_paper_and_eval_configs():
     from hyperattn.eval.models import EVAL_CONFIG, PAPER_CONFIG
 
     paper = asdict(PAPER_CONFIG)
-    assert (paper["block_size"], paper["sample_size"], paper["lsh_num_projs"], paper["min_seq_len"]) == (256, 256, 7, 4096)
+    assert (paper["block_size"], paper["sample_size"], paper["lsh_num_projs"], paper["min_seq_len"]) == (
+        256, 256, 7, 4096)
     assert (paper["exact_sinks"], paper["exact_tail"], paper["exact_window"], paper["exact_up_to"]) == (0, 0, 0, 0)
     assert asdict(EVAL_CONFIG) == {**asdict(HyperAttentionConfig()), "exact_up_to": 0}

@@ -78,7 +78,8 @@ def test_cudnn_leaves_match_reference(name, fake_cudnn):
     gen = torch.Generator().manual_seed(3)
     q, k, v = (torch.randn(batch, h, n, d, generator=gen).to(DEVICE, DTYPE)
                for h, n in ((heads, nq), (KV_HEADS.get(name, heads), nk), (KV_HEADS.get(name, heads), nk)))
-    cfg = HyperAttentionConfig(block_size=block, sample_size=samples, exact_up_to=0, min_seq_len=min_len, exact_sinks=sinks)
+    cfg = HyperAttentionConfig(block_size=block, sample_size=samples, exact_up_to=0, min_seq_len=min_len,
+                               exact_sinks=sinks)
     plan = plan_hyper_attention(q, k, v, True, cfg, torch.Generator().manual_seed(4))
     parts = parts_of(plan, nq, nk, True)
     scale = d ** -0.5

@@ -31,7 +31,8 @@ def test_empty_sides_have_no_nan_in_values_or_gradients():
 
 def test_merge_gradcheck_through_lse():
     gen = torch.Generator().manual_seed(1)
-    args = [torch.randn(*s, generator=gen, dtype=torch.float64, requires_grad=True) for s in [(4, 3), (4,), (4, 3), (4,)]]
+    args = [torch.randn(*s, generator=gen, dtype=torch.float64, requires_grad=True)
+            for s in [(4, 3), (4,), (4, 3), (4,)]]
     assert torch.autograd.gradcheck(merge_attention, args)
 
 
