@@ -2,6 +2,7 @@
 
     python benchmarks/host_overhead.py --seq-lens 8192,16384
     python benchmarks/host_overhead.py --seq-lens 16384,32768 --non-causal --cprofile 10
+    python benchmarks/host_overhead.py --seq-lens 16384,32768 --compile-mode reduce-overhead
 
 For each length (causal unless --non-causal, bf16): the median time per call
 (``hyperattn.bench.timing.median_ms``), the host time of one call measured with the GPU kept busy
@@ -32,6 +33,9 @@ def main() -> None:
     parser.add_argument("--cprofile", type=int, default=0, metavar="CALLS",
                         help="also profile the host side of this many calls per length (cProfile, top functions)")
     parser.add_argument("--non-causal", action="store_true", help="time non-causal attention")
+    parser.add_argument("--compile-mode", default=None, metavar="MODE",
+                        help="also time the call under torch.compile(mode=MODE), e.g. reduce-overhead (CUDA graphs "
+                        "around the fused op; the plan runs eagerly)")
     args = parser.parse_args()
     causal = not args.non_causal
     config = HyperAttentionConfig(exact_up_to=0)  # time the HyperAttention path at every length
@@ -61,6 +65,16 @@ def main() -> None:
         print(f"{seq_len:>8} {ours:>9.3f} {host:>13.3f} {cudnn:>9.3f} {len(syncs):>11}")
         for sync in syncs:
             print(f"    sync: {sync.filename}:{sync.lineno}: {str(sync.message)[:100]}")
+        if args.compile_mode:
+            compiled = torch.compile(lambda q, k, v: hyper_attention(q, k, v, causal=causal, config=config, seed=0),
+                                     mode=args.compile_mode)
+            try:
+                for _ in range(3):  # compile, record
+                    compiled(q, k, v)
+                timed = f"{median_ms(lambda: compiled(q, k, v), q.device):.3f} ms"
+            except Exception as error:  # reported; the eager numbers above stand
+                timed = f"{type(error).__name__}: {str(error).splitlines()[0][:150] if str(error) else ''}"
+            print(f"    torch.compile(mode={args.compile_mode!r}): {timed}")
         if args.cprofile:
             profiler = cProfile.Profile()
             profiler.enable()
