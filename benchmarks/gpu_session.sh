@@ -45,16 +45,17 @@ done
 if has options; then python3 benchmarks/option_cost.py --json "$out/option-cost-d64.json" 2>&1 | tee "$out/option-cost.txt" | tail -40; fi
 if has profile; then python3 benchmarks/profile_attention.py --top 12 > "$out/profile-131k.txt" 2>&1; grep -A13 "^causal" "$out/profile-131k.txt"; fi
 if has profile8k; then python3 benchmarks/profile_attention.py --seq-len 8192 --forward-only --top 16 > "$out/profile-8k.txt" 2>&1; grep -A30 "^causal" "$out/profile-8k.txt"; fi
+host_rows="syncs/call|^ +[0-9]+ +[0-9.]+ +[0-9.]+ +[0-9.]+ +[0-9]+$|sync:|torch.compile"  # host_overhead.py's table
 if has host; then
   for mode in non-causal causal; do flag=; [ $mode = non-causal ] && flag=--non-causal
     python3 benchmarks/host_overhead.py --seq-lens 16384,32768 $flag --cprofile 10 > "$out/host-$mode.txt" 2>&1
-    echo "== $mode"; grep -E "syncs/call|^ +[0-9]+ +[0-9.]+ +[0-9.]+ +[0-9.]+ +[0-9]+$|sync:" "$out/host-$mode.txt"; done
+    echo "== $mode"; grep -E "$host_rows" "$out/host-$mode.txt"; done
   python3 benchmarks/profile_attention.py --seq-len 32768 --forward-only --top 30 > "$out/profile-32k.txt" 2>&1
   grep -A12 "of kernels" "$out/profile-32k.txt"
 fi
 if has hostcompile; then
   for flag in --non-causal ""; do python3 benchmarks/host_overhead.py --seq-lens 32768 $flag --compile-mode reduce-overhead \
-      2>&1 | grep -E "syncs/call|^ +[0-9]+ +[0-9.]+ +[0-9.]+ +[0-9.]+ +[0-9]+$|torch.compile"; done | tee "$out/host-compile.txt"
+      2>&1 | grep -E "$host_rows"; done | tee "$out/host-compile.txt"
 fi
 if has abcheck; then
   cases=${AB_CASES:-causal d64,non-causal odd,sinks prefill,non-causal sinks,causal gqa d128,small blocks,tail only,causal batch 2,causal d256}
