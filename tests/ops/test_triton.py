@@ -5,9 +5,13 @@ import torch
 
 pytest.importorskip("triton")
 
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
 from hyperattn import HyperAttentionConfig, hyper_attention  # noqa: E402
 from hyperattn.ops import reference_attention  # noqa: E402
 from hyperattn.ops.triton import interface  # noqa: E402
+from hyperattn.ops.triton.common import query_rank_blocks  # noqa: E402
 from hyperattn.ops.triton.interface import attention_backward, attention_forward, attention_fwd_op, parts_of, triton_attention, _encode  # noqa: E402
 from hyperattn.plan import plan_hyper_attention  # noqa: E402
 
@@ -316,3 +320,30 @@ def test_exact_tiles_fit_small_parts():
     assert interface._fit_tiles(cfg, 64, 16) == dict(BLOCK_M=64, BLOCK_N=16, num_warps=4, num_stages=3)
     assert interface._fit_tiles(cfg, 5, 4096) == dict(BLOCK_M=16, BLOCK_N=64, num_warps=4, num_stages=3)
     assert interface._fit_tiles(cfg, 4096, 100) is cfg
+
+
+@triton.jit
+def query_rank_blocks_kernel(Ranks, Blocks, count, block_size, n_q, n_k, WIDTH: tl.constexpr):
+    offs = tl.program_id(0) * WIDTH + tl.arange(0, WIDTH)
+    mask = offs < count
+    ranks = tl.load(Ranks + offs, mask=mask, other=0)
+    tl.store(Blocks + offs, query_rank_blocks(ranks, block_size, n_q, n_k), mask=mask)
+
+
+@pytest.mark.parametrize("n_q,n_k,block_size", [(96, 96, 16), (150, 40, 16), (37, 83, 7), (2**21, 2**21, 256),
+                                                 (2**21 + 3, 2**20 - 7, 1), (3 * 2**22, 2**23 + 1, 3)])
+def test_query_rank_blocks_is_exact(n_q, n_k, block_size):
+    """The block of each sorted query rank, at every rank of short problems and, of long ones, at
+    random ranks and on both sides of block boundaries, where a rounded quotient would be off."""
+    if n_q < 1000:
+        ranks = torch.arange(n_q)
+    else:
+        gen = torch.Generator().manual_seed(n_q)
+        blocks = torch.randint(1, n_k // block_size, (300,), generator=gen)
+        first = (blocks * block_size * n_q + n_k - 1) // n_k  # query_block_range's lower end
+        ranks = torch.cat([torch.randint(0, n_q, (300,), generator=gen), first - 1, first, first + 1, torch.tensor([n_q - 1])])
+    want = ranks * n_k // n_q // block_size
+    got = torch.full_like(ranks, -1)
+    ranks, got = ranks.to(torch.int32).to(DEVICE), got.to(DEVICE)
+    query_rank_blocks_kernel[(triton.cdiv(len(ranks), 256),)](ranks, got, len(ranks), block_size, n_q, n_k, WIDTH=256)
+    assert torch.equal(got.cpu(), want)

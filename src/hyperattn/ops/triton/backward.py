@@ -24,6 +24,7 @@ from hyperattn.ops.triton.common import (
     load_sorted_rows,
     load_sampled_key_tile,
     query_block_range,
+    query_rank_blocks,
     write_rows,
 )
 
@@ -103,11 +104,20 @@ def _score_grads(q, k, v, do, lse2, delta, bias2, visible, scale_log2):
 def _block_keys_dq(q, do, lse2, delta, dq, rmask, block_rows, k_base, v_base, key_row0, k_lo, block_size, n_live,
                    stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, scale_log2, BLOCK_N: tl.constexpr):
     """dq (unscaled) of the query tile over sorted key ranks [k_lo, k_lo + block_size) below
-    ``n_live`` (their rows: ``block_rows``)."""
-    for start in range(0, block_size, BLOCK_N):
+    ``n_live`` (their rows: ``block_rows``): unmasked tiles first, then the one that ends the keys.
+    Rows past the tile's end load as zeros and add nothing (``_score_grads``)."""
+    num_keys = tl.maximum(tl.minimum(block_size, n_live - k_lo), 0)
+    full_end = num_keys // BLOCK_N * BLOCK_N
+    for start in range(0, full_end, BLOCK_N):
         k, v, kmask = load_block_key_tile(block_rows, k_base, v_base, key_row0, k_lo, start, block_size, n_live,
                                           stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, BLOCK_N)
-        p, ds = _score_grads(q, k, v, do, lse2, delta, None, rmask[:, None] & kmask[None, :], scale_log2)
+        p, ds = _score_grads(q, k, v, do, lse2, delta, None, None, scale_log2)
+        dq += tl.dot(ds.to(k.dtype), k)
+    for start in range(full_end, num_keys, BLOCK_N):
+        k, v, kmask = load_block_key_tile(block_rows, k_base, v_base, key_row0, k_lo, start, block_size, n_live,
+                                          stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, BLOCK_N)
+        bias2 = tl.where(kmask, 0.0, float("-inf"))
+        p, ds = _score_grads(q, k, v, do, lse2, delta, bias2, None, scale_log2)
         dq += tl.dot(ds.to(k.dtype), k)
     return dq
 
@@ -119,7 +129,7 @@ def _sampled_keys_dq(q, do, lse2, delta, dq, rmask, sample_rows, sample_bias2, n
     for start in range(0, num_samples, BLOCK_N):
         k, v, live, bias2 = load_sampled_key_tile(sample_rows, sample_bias2, start, k_base, v_base, key_row0,
                                                   stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, BLOCK_N)
-        p, ds = _score_grads(q, k, v, do, lse2, delta, bias2, rmask[:, None] & live[None, :], scale_log2)
+        p, ds = _score_grads(q, k, v, do, lse2, delta, bias2, None, scale_log2)  # skipped: bias2 -inf, p 0
         dq += tl.dot(ds.to(k.dtype), k)
     return dq
 
@@ -200,15 +210,14 @@ def hyper_bwd_dq_kernel(
 
 
 @triton.jit
-def _key_grads_over_queries(k, v, bias2, key_mask, s_blk, dk, dv, rank_lo, rank_hi, QPerm, Q, DO, Lse, Delta, z, batch,
+def _key_grads_over_queries(k, v, bias2, s_blk, dk, dv, rank_lo, rank_hi, QPerm, Q, DO, Lse, Delta, z, batch,
                             hk, group, num_q_heads, q_start, r, rect_stride, n_q, n_k, block_size, stride_qb,
                             stride_qh, stride_qn, stride_ob, stride_oh, stride_on, stride_lb, stride_lh, offs_d,
                             offs_dv, d_mask, dv_mask, scale_log2, QUERY_CHUNK: tl.constexpr, BLOCK_M: tl.constexpr):
     """dk, dv (unscaled) of a key tile (k, v, log2 biases ``bias2``) plus its gradients from the
     sorted queries of ranks [rank_lo, rank_hi) of every query head of kv head ``hk`` (rows:
     ``q_start + r * rect_stride`` + QPerm of problem z). ``s_blk`` (BN,): sampled keys' blocks, unseen by the
-    queries of that block, and ``key_mask`` (BN,) the keys that count; both None: every query
-    sees every key (biases -inf aside). The rows of QUERY_CHUNK sorted queries at a time sit in
+    queries of that block; None: every query sees every key (biases -inf aside). The rows of QUERY_CHUNK sorted queries at a time sit in
     registers, so that the query tiles' loads depend on no load inside the inner loop (see
     ``load_sorted_rows``)."""
     for g in range(0, group):
@@ -221,7 +230,7 @@ def _key_grads_over_queries(k, v, bias2, key_mask, s_blk, dk, dv, rank_lo, rank_
                 offs_m = row0 + tl.arange(0, BLOCK_M)
                 rmask = offs_m < rank_hi
                 if s_blk is not None:
-                    q_blk = (offs_m.to(tl.int64) * n_k // n_q) // block_size
+                    q_blk = query_rank_blocks(offs_m, block_size, n_q, n_k)
                 q_rows = (q_start + r * rect_stride + tl.gather(chunk_rows, offs_m - chunk_lo, 0)).to(tl.int64)
                 q, do, lse2, delta, l_rows = _load_query_rows(q_base, DO, Lse, Delta, batch, h, q_rows, rmask,
                                                               stride_qn, stride_ob, stride_oh, stride_on, stride_lb,
@@ -229,7 +238,8 @@ def _key_grads_over_queries(k, v, bias2, key_mask, s_blk, dk, dv, rank_lo, rank_
                 if s_blk is None:
                     p, ds = _score_grads(q, k, v, do, lse2, delta, bias2, None, scale_log2)
                 else:
-                    visible = rmask[:, None] & key_mask[None, :] & (q_blk[:, None] != s_blk[None, :])
+                    # rows past rank_hi load as zeros and add nothing
+                    visible = q_blk[:, None] != s_blk[None, :]
                     p, ds = _score_grads(q, k, v, do, lse2, delta, bias2, visible, scale_log2)
                 dv += tl.dot(tl.trans(p).to(do.dtype), do)
                 dk += tl.dot(tl.trans(ds).to(q.dtype), q)
@@ -287,7 +297,7 @@ def hyper_bwd_dkdv_kernel(
     # bias is -inf (one add per score, no (BM, BN) mask)
     bias2 = tl.where(kmask & (ranks < live_key_ranks(n_k, sinks, k_start + r * rect_stride)), 0.0, float("-inf"))
     q_lo, q_hi = query_block_range(blk, block_size, n_q, n_k)
-    dk, dv = _key_grads_over_queries(k, v, bias2, None, None, dk, dv, q_lo, q_hi, QPerm, Q, DO, Lse, Delta, z, batch,
+    dk, dv = _key_grads_over_queries(k, v, bias2, None, dk, dv, q_lo, q_hi, QPerm, Q, DO, Lse, Delta, z, batch,
                                      hk, group, num_q_heads, q_start, r, rect_stride, n_q, n_k, block_size, stride_qb,
                                      stride_qh, stride_qn, stride_ob, stride_oh, stride_on, stride_lb, stride_lh,
                                      offs_d, offs_dv, d_mask, dv_mask, scale_log2, QUERY_CHUNK, BLOCK_M)
@@ -486,7 +496,7 @@ def hyper_bwd_samples_kernel(
     zk64 = zk.to(tl.int64)
     s_local = tl.load(SIdx + zk64 * num_samples + offs_n, mask=smask, other=0)
     s_blk = tl.load(SBlk + zk64 * num_samples + offs_n, mask=smask, other=-1)
-    bias2 = tl.load(SLogW + zk64 * num_samples + offs_n, mask=smask, other=0.0) * LOG2E
+    bias2 = tl.load(SLogW + zk64 * num_samples + offs_n, mask=smask, other=float("-inf")) * LOG2E
     k_rows = (k_start + r * rect_stride + s_local).to(tl.int64)
     k = load_rows(K + batch.to(tl.int64) * stride_kb + hk.to(tl.int64) * stride_kh, k_rows, stride_kn, offs_d, smask, d_mask)
     v = load_rows(V + batch.to(tl.int64) * stride_vb + hk.to(tl.int64) * stride_vh, k_rows, stride_vn, offs_dv, smask, dv_mask)
@@ -495,7 +505,7 @@ def hyper_bwd_samples_kernel(
 
     rank_lo = segment * segment_len
     rank_hi = tl.minimum(rank_lo + segment_len, n_q)
-    dk, dv = _key_grads_over_queries(k, v, bias2, smask, s_blk, dk, dv, rank_lo, rank_hi, QPerm, Q, DO, Lse, Delta, z,
+    dk, dv = _key_grads_over_queries(k, v, bias2, s_blk, dk, dv, rank_lo, rank_hi, QPerm, Q, DO, Lse, Delta, z,
                                      batch, hk, group, num_q_heads, q_start, r, rect_stride, n_q, n_k, block_size,
                                      stride_qb, stride_qh, stride_qn, stride_ob, stride_oh, stride_on, stride_lb,
                                      stride_lh, offs_d, offs_dv, d_mask, dv_mask, scale_log2, QUERY_CHUNK, BLOCK_M)

@@ -104,6 +104,19 @@ def query_block_range(blk, block_size, n_q, n_k):
 
 
 @triton.jit
+def query_rank_blocks(ranks, block_size, n_q, n_k):
+    """Key block of each sorted query rank (int (R,), >= 0): ``(rank * n_k // n_q) // block_size``,
+    exactly (int64 (R,)). An fp64 estimate, off by at most one where the quotient is within
+    about 2**-40 of an integer, is corrected with 64-bit products: no 64-bit division, whose
+    slow path is a subroutine call per element."""
+    num = ranks.to(tl.int64) * n_k
+    den = n_q.to(tl.int64) * block_size
+    est = (ranks.to(tl.float64) * (n_k.to(tl.float64) / den.to(tl.float64))).to(tl.int64)
+    est = tl.where((est + 1) * den <= num, est + 1, est)
+    return tl.where(est * den > num, est - 1, est)
+
+
+@triton.jit
 def write_rows(Acc, Final, rows, row_stride, cols, row_mask, col_mask, value, WRITE: tl.constexpr):
     """Write a gradient tile.
 
