@@ -42,18 +42,6 @@ def _softmax_step(s, v, m_i, l_i, acc):
 
 
 @triton.jit
-def _softmax_step_all_keys(qk, v, m_i, l_i, acc, scale_log2):
-    """``_softmax_step`` for a tile where every key counts: qk (BM, BN) fp32 raw scores,
-    scaled inside the exponent's FMA (the row maximum is taken before scaling: scale > 0)."""
-    m_new = tl.maximum(m_i, tl.max(qk, 1) * scale_log2)
-    alpha = tl.exp2(m_i - m_new)
-    p = tl.exp2(qk * scale_log2 - m_new[:, None])
-    l_i = l_i * alpha + tl.sum(p, 1)
-    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-    return m_new, l_i, acc
-
-
-@triton.jit
 def merge_lse2(prev_out, prev2, out, lse2):
     """Merge two partial results of rows: (BM, DV) outputs and (BM,) lse in log2 units.
     A side with lse -inf (no keys, or nothing written yet) counts for nothing, whatever its
@@ -169,17 +157,11 @@ def merge_copies_kernel(
 def _block_keys_fwd(q, block_rows, k_base, v_base, key_row0, k_lo, block_size, n_live, stride_kn, stride_vn, offs_d,
                     offs_dv, d_mask, dv_mask, m_i, l_i, acc, scale_log2, BLOCK_N: tl.constexpr):
     """Online softmax of the query tile over sorted key ranks [k_lo, k_lo + block_size) below
-    ``n_live`` (their rows: ``block_rows``): unmasked tiles first, then the one that ends the keys."""
-    num_keys = tl.maximum(tl.minimum(block_size, n_live - k_lo), 0)
-    full_end = num_keys // BLOCK_N * BLOCK_N
-    for start in range(0, full_end, BLOCK_N):
+    ``n_live`` (their rows: ``block_rows``)."""
+    for start in range(0, block_size, BLOCK_N):
         k, v, kmask = load_block_key_tile(block_rows, k_base, v_base, key_row0, k_lo, start, block_size, n_live,
                                           stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, BLOCK_N)
-        m_i, l_i, acc = _softmax_step_all_keys(tl.dot(q, tl.trans(k)), v, m_i, l_i, acc, scale_log2)
-    for start in range(full_end, num_keys, BLOCK_N):
-        k, v, kmask = load_block_key_tile(block_rows, k_base, v_base, key_row0, k_lo, start, block_size, n_live,
-                                          stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, BLOCK_N)
-        s = tl.dot(q, tl.trans(k)) * scale_log2 + tl.where(kmask, 0.0, float("-inf"))[None, :]
+        s = tl.where(kmask[None, :], tl.dot(q, tl.trans(k)) * scale_log2, float("-inf"))
         m_i, l_i, acc = _softmax_step(s, v, m_i, l_i, acc)
     return m_i, l_i, acc
 
@@ -192,8 +174,7 @@ def _sampled_keys_fwd(q, sample_rows, sample_bias2, num_samples, k_base, v_base,
     for start in range(0, num_samples, BLOCK_N):
         k, v, live, bias2 = load_sampled_key_tile(sample_rows, sample_bias2, start, k_base, v_base, key_row0,
                                                   stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, BLOCK_N)
-        # a skipped sample loads as zeros: its score is 0 * scale_log2 + (-inf)
-        s = tl.dot(q, tl.trans(k)) * scale_log2 + bias2[None, :]
+        s = tl.where(live[None, :], tl.dot(q, tl.trans(k)) * scale_log2 + bias2[None, :], float("-inf"))
         m_i, l_i, acc = _softmax_step(s, v, m_i, l_i, acc)
     return m_i, l_i, acc
 
