@@ -95,8 +95,9 @@ fi
 if has ncu; then
   ncu_bin=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
   for kernel in ${NCU_KERNELS:-hyper_fwd_kernel hyper_bwd_dkdv_kernel}; do
-    "$ncu_bin" --clock-control none -k "$kernel" -c 1 --section SpeedOfLight --section Occupancy --section LaunchStats \
-      --section WarpStateStats --section MemoryWorkloadAnalysis python3 benchmarks/ncu_target.py > "$out/ncu-$kernel.txt" 2>&1
-    grep -v "^==PROF==\|^    ---" "$out/ncu-$kernel.txt" | grep -i "duration\|throughput\|registers\|occupancy\|stall\|warp cycles\|shared memory\|block limit\|issued\|eligible\|hit rate\|bandwidth\|error" | head -40
+    "$ncu_bin" --clock-control none --print-details all -k "$kernel" -c 1 --section SpeedOfLight --section Occupancy --section LaunchStats \
+      --section WarpStateStats --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis --section SchedulerStats \
+      --section InstructionStats python3 benchmarks/ncu_target.py > "$out/ncu-$kernel.txt" 2>&1
+    grep -v "^==PROF==\|^    ---" "$out/ncu-$kernel.txt" | grep -i "duration\|throughput\|registers\|occupancy\|stall\|warp cycles\|shared memory\|block limit\|issued\|eligible\|hit rate\|bandwidth\|error\|pipe\|stall" | head -60
   done
 fi
