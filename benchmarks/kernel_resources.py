@@ -3,6 +3,7 @@
     python benchmarks/kernel_resources.py --head-dims 64,128
     python benchmarks/kernel_resources.py --family hyper_dq --configs 128,64,4,3 128,64,8,3
     python benchmarks/kernel_resources.py --head-dims 64,128 --family hyper_fwd --instructions
+    python benchmarks/kernel_resources.py --family hyper_samples --loops
 
 Compiles every kernel family (``hyperattn.ops.triton.interface.KERNEL_FAMILIES``) for sm_90a
 with Triton's own compiler and ``ptxas -v`` (both ship with Triton), at the tile configs the
@@ -14,11 +15,17 @@ changes can be screened on a CPU machine before any device time is spent: a conf
 spills hundreds of bytes inside a key loop is rarely the fastest one. Integer arguments are
 compiled as multiples of 16 except the small counts that are not (tiles, rectangles, group),
 as at the benchmark's lengths; the device compiles the same way for those shapes.
+
+``--loops`` disassembles the kernel (``nvdisasm``, also shipped with Triton) and lists the SASS
+instructions of each loop body by opcode: what one iteration issues per warp. Softmax-bound
+loops should spend most of them on the scores (FFMA, MUFU, FMNMX, FADD, F2FP); selects, integer
+divisions (CALL) or address arithmetic there are overhead.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import inspect
 import os
 import re
@@ -35,6 +42,7 @@ from hyperattn.ops.triton import backward, forward  # noqa: E402
 from hyperattn.ops.triton.interface import KERNEL_FAMILIES, _launch_config, index_widths, query_chunk  # noqa: E402
 
 PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+NVDISASM = os.path.join(os.path.dirname(PTXAS), "nvdisasm")
 SMALL_INTS = {"tiles_per_block", "num_tiles", "rects", "group", "key_tiles_per_block", "sample_chunks", "segments"}
 FLOATS = {"scale", "scale_log2"}
 BF16, F32, I64 = "*bf16", "*fp32", "*i64"
@@ -109,6 +117,29 @@ def resources(compiled, arch: int) -> dict:
                 instructions={name: len(re.findall(pattern, ptx)) for name, pattern in INSTRUCTIONS.items()})
 
 
+def sass_loops(compiled) -> list[collections.Counter]:
+    """Opcode counts (``Counter``: opcode without modifiers -> instructions) of each loop body of the
+    kernel's SASS, in program order; a branch back to an earlier label closes a body, and a body
+    that encloses another loop counts that loop's instructions once."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(compiled.asm["cubin"])
+        f.flush()
+        sass = subprocess.run([NVDISASM, "-c", f.name], capture_output=True, text=True, check=True).stdout
+    opcodes, labels, loops = [], {}, []
+    for line in sass.splitlines():
+        label = re.match(r"\s*(\.L_x_\d+):", line)
+        if label:
+            labels[label.group(1)] = len(opcodes)
+            continue
+        instruction = re.match(r"\s*/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)[^;]*;", line)
+        if instruction:
+            opcodes.append(instruction.group(1))
+            target = re.search(r"\bBRA\b.*?(\.L_x_\d+)", line)
+            if target and labels.get(target.group(1), len(opcodes)) < len(opcodes) - 1:
+                loops.append(collections.Counter(opcodes[labels[target.group(1)]:]))
+    return loops
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--head-dims", default="64")
@@ -118,6 +149,7 @@ def main() -> None:
     parser.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 90 (default)")
     parser.add_argument("--instructions", action="store_true",
                         help="also count PTX instructions: " + ", ".join(INSTRUCTIONS))
+    parser.add_argument("--loops", action="store_true", help="also list each loop body's SASS instructions by opcode")
     args = parser.parse_args()
     counted = "".join(f" {name:>9}" for name in INSTRUCTIONS) if args.instructions else ""
     print(f"{'family':>14} {'d':>4} {'BM,BN,W,S':>12} {'regs':>5} {'spill B':>8} {'smem B':>8} {'wgmma':>6}{counted}  "
@@ -130,10 +162,14 @@ def main() -> None:
                 cfg = _launch_config(family, head_dim, head_dim)
                 configs = [(cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["num_warps"], cfg["num_stages"])]
             for config in configs:
-                r = resources(compile_family(family, head_dim, *config, args.arch), args.arch)
+                compiled = compile_family(family, head_dim, *config, args.arch)
+                r = resources(compiled, args.arch)
                 counts = "".join(f" {n:>9}" for n in r["instructions"].values()) if args.instructions else ""
                 print(f"{family:>14} {head_dim:>4} {','.join(map(str, config)):>12} {r['registers']:>5} "
                       f"{r['spill_stores']:>8} {r['shared']:>8} {r['wgmma']:>6}{counts}  {r['waits']}", flush=True)
+                for i, loop in enumerate(sass_loops(compiled) if args.loops else []):
+                    print(f"{'':>20}loop {i + 1}: {sum(loop.values())} SASS instructions: "
+                          + ", ".join(f"{op} {n}" for op, n in loop.most_common(12)))
 
 
 if __name__ == "__main__":
