@@ -216,10 +216,10 @@ def _key_grads_over_queries(k, v, bias2, s_blk, dk, dv, rank_lo, rank_hi, QPerm,
                             offs_dv, d_mask, dv_mask, scale_log2, QUERY_CHUNK: tl.constexpr, BLOCK_M: tl.constexpr):
     """dk, dv (unscaled) of a key tile (k, v, log2 biases ``bias2``) plus its gradients from the
     sorted queries of ranks [rank_lo, rank_hi) of every query head of kv head ``hk`` (rows:
-    ``q_start + r * rect_stride`` + QPerm of problem z). ``s_blk`` (BN,): sampled keys' blocks, unseen by the
-    queries of that block; None: every query sees every key (biases -inf aside). The rows of QUERY_CHUNK sorted queries at a time sit in
-    registers, so that the query tiles' loads depend on no load inside the inner loop (see
-    ``load_sorted_rows``)."""
+    ``q_start + r * rect_stride`` + QPerm of problem z). ``s_blk`` (BN,): sampled keys' blocks,
+    unseen by the queries of that block; None: every query sees every key (biases -inf aside).
+    The rows of QUERY_CHUNK sorted queries at a time sit in registers, so that the query tiles'
+    loads depend on no load inside the inner loop (see ``load_sorted_rows``)."""
     for g in range(0, group):
         h = hk * group + g
         zh64 = (z * num_q_heads + h).to(tl.int64)
