@@ -77,7 +77,7 @@ def _load_query_rows(q_base, DO, Lse, Delta, batch, h, q_rows, rmask, stride_qn,
     o_rows = batch.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + q_rows * stride_on
     l_rows = batch.to(tl.int64) * stride_lb + h.to(tl.int64) * stride_lh + q_rows
     do = load_rows(DO, o_rows, 1, offs_dv, rmask, dv_mask)
-    lse2 = tl.load(Lse + l_rows, mask=rmask, other=0.0) * LOG2E
+    lse2 = tl.load(Lse + l_rows, mask=rmask, other=float("inf")) * LOG2E  # p = 0 on rows past the range
     delta = tl.load(Delta + l_rows, mask=rmask, other=0.0)
     return q, do, lse2, delta, l_rows
 
@@ -86,8 +86,9 @@ def _load_query_rows(q_base, DO, Lse, Delta, batch, h, q_rows, rmask, stride_qn,
 def _score_grads(q, k, v, do, lse2, delta, bias2, visible, scale_log2):
     """p and ds (BM, BN) for a tile: s = q k^T scale (+ bias2, (BN,) log2 biases; -inf: the key
     takes no part), p = exp(s - lse), ds = p (do v^T - delta); p = 0 where ``visible`` (BM, BN) is
-    False. ``bias2`` or ``visible`` None: no bias, no mask. Rows loaded as zeros (q, dO, lse,
-    delta) get ds = 0: they add nothing to dq, dk or dv."""
+    False. ``bias2`` or ``visible`` None: no bias, no mask. Rows past their range (q, dO, delta
+    loaded as zeros, lse as +inf: ``_load_query_rows``) get p = 0 and ds = 0: they add nothing to
+    dq, dk or dv, whatever a key's bias."""
     qk = tl.dot(q, tl.trans(k))
     if bias2 is None:
         p = tl.exp2(qk * scale_log2 - lse2[:, None])
@@ -101,11 +102,11 @@ def _score_grads(q, k, v, do, lse2, delta, bias2, visible, scale_log2):
 
 
 @triton.jit
-def _block_keys_dq(q, do, lse2, delta, dq, rmask, block_rows, k_base, v_base, key_row0, k_lo, block_size, n_live,
+def _block_keys_dq(q, do, lse2, delta, dq, block_rows, k_base, v_base, key_row0, k_lo, block_size, n_live,
                    stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, scale_log2, BLOCK_N: tl.constexpr):
     """dq (unscaled) of the query tile over sorted key ranks [k_lo, k_lo + block_size) below
     ``n_live`` (their rows: ``block_rows``): unmasked tiles first, then the one that ends the keys.
-    Rows past the tile's end load as zeros and add nothing (``_score_grads``)."""
+    Rows past the tile's end add nothing (``_score_grads``)."""
     num_keys = tl.maximum(tl.minimum(block_size, n_live - k_lo), 0)
     full_end = num_keys // BLOCK_N * BLOCK_N
     for start in range(0, full_end, BLOCK_N):
@@ -123,7 +124,7 @@ def _block_keys_dq(q, do, lse2, delta, dq, rmask, block_rows, k_base, v_base, ke
 
 
 @triton.jit
-def _sampled_keys_dq(q, do, lse2, delta, dq, rmask, sample_rows, sample_bias2, num_samples, k_base, v_base, key_row0,
+def _sampled_keys_dq(q, do, lse2, delta, dq, sample_rows, sample_bias2, num_samples, k_base, v_base, key_row0,
                      stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, scale_log2, BLOCK_N: tl.constexpr):
     """dq (unscaled) of the query tile over the sampled keys (``load_sample_rows``)."""
     for start in range(0, num_samples, BLOCK_N):
@@ -196,9 +197,9 @@ def hyper_bwd_dq_kernel(
         block_rows = load_sorted_rows(KPerm, zk64 * n_k, k_lo, block_size, n_live, BLOCK_KEYS)
         # both index sets load before the block loop: the samples' do not wait for its drain
         sample_rows, sample_bias2 = load_sample_rows(SIdx, SBlk, SLogW, zk64 * num_samples, num_samples, blk, SAMPLES)
-        dq = _block_keys_dq(q, do, lse2, delta, dq, rmask, block_rows, k_base, v_base, key_row0, k_lo, block_size,
+        dq = _block_keys_dq(q, do, lse2, delta, dq, block_rows, k_base, v_base, key_row0, k_lo, block_size,
                             n_live, stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, scale_log2, BLOCK_N)
-        dq = _sampled_keys_dq(q, do, lse2, delta, dq, rmask, sample_rows, sample_bias2, num_samples, k_base, v_base,
+        dq = _sampled_keys_dq(q, do, lse2, delta, dq, sample_rows, sample_bias2, num_samples, k_base, v_base,
                               key_row0, stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, scale_log2, BLOCK_N)
         if EXACT_BLOCK_N > 0:
             if r == 0:
@@ -238,7 +239,7 @@ def _key_grads_over_queries(k, v, bias2, s_blk, dk, dv, rank_lo, rank_hi, QPerm,
                 if s_blk is None:
                     p, ds = _score_grads(q, k, v, do, lse2, delta, bias2, None, scale_log2)
                 else:
-                    # rows past rank_hi load as zeros and add nothing
+                    # rows past rank_hi add nothing (``_score_grads``)
                     visible = q_blk[:, None] != s_blk[None, :]
                     p, ds = _score_grads(q, k, v, do, lse2, delta, bias2, visible, scale_log2)
                 dv += tl.dot(tl.trans(p).to(do.dtype), do)

@@ -106,12 +106,13 @@ def query_block_range(blk, block_size, n_q, n_k):
 @triton.jit
 def query_rank_blocks(ranks, block_size, n_q, n_k):
     """Key block of each sorted query rank (int (R,), >= 0): ``(rank * n_k // n_q) // block_size``,
-    exactly (int64 (R,)). An fp64 estimate, off by at most one where the quotient is within
-    about 2**-40 of an integer, is corrected with 64-bit products: no 64-bit division, whose
-    slow path is a subroutine call per element."""
+    exactly (int64 (R,)). An fp64 estimate, off by one at most and only where the quotient lies
+    within rounding of an integer, is corrected with 64-bit products: no 64-bit division, whose
+    slow path is a subroutine call per element. (``tl.cast``: Triton passes an int argument
+    equal to 1 as a constexpr.)"""
     num = ranks.to(tl.int64) * n_k
-    den = n_q.to(tl.int64) * block_size
-    est = (ranks.to(tl.float64) * (n_k.to(tl.float64) / den.to(tl.float64))).to(tl.int64)
+    den = tl.cast(n_q, tl.int64) * block_size
+    est = (ranks.to(tl.float64) * (tl.cast(n_k, tl.float64) / den.to(tl.float64))).to(tl.int64)
     est = tl.where((est + 1) * den <= num, est + 1, est)
     return tl.where(est * den > num, est - 1, est)
 
