@@ -15,7 +15,14 @@ from hyperattn import HyperAttentionConfig, hyper_attention  # noqa: E402
 from hyperattn.ops import reference_attention  # noqa: E402
 from hyperattn.ops.triton import interface  # noqa: E402
 from hyperattn.ops.triton.common import query_rank_blocks  # noqa: E402
-from hyperattn.ops.triton.interface import attention_backward, attention_forward, attention_fwd_op, parts_of, triton_attention, _encode  # noqa: E402
+from hyperattn.ops.triton.interface import (  # noqa: E402
+    _encode,
+    attention_backward,
+    attention_forward,
+    attention_fwd_op,
+    parts_of,
+    triton_attention,
+)
 from hyperattn.plan import plan_hyper_attention  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -80,7 +87,8 @@ def make_case(name, seed=0, dtype=DTYPE):
     q, k, v = (torch.randn(BATCH.get(name, 1), h, n, w, generator=gen).to(DEVICE, dtype)
                for h, n, w in ((hq, nq, d), (hkv, nk, d), (hkv, nk, dv)))
     sinks, tail = OPTIONS.get(name, (0, 0))
-    cfg = HyperAttentionConfig(block_size=block, sample_size=samples, exact_up_to=0, min_seq_len=min_len, exact_sinks=sinks)
+    cfg = HyperAttentionConfig(block_size=block, sample_size=samples, exact_up_to=0, min_seq_len=min_len,
+                               exact_sinks=sinks)
     plan = None if nq <= min_len else plan_hyper_attention(q, k, v, causal, cfg, torch.Generator().manual_seed(seed))
     return q, k, v, plan, causal, tail
 
@@ -232,11 +240,16 @@ def test_parts_survive_the_custom_op_encoding(name):
     q, k, v, plan, causal, _ = make_case(name)
     parts = parts_of(plan, q.shape[2], k.shape[2], causal)
     decoded = _decode(*_encode(parts))
+
+    def fields(part):
+        return [getattr(part, f) for f in vars(part) if f != "plan"]
+
     for part, back in zip(parts, decoded, strict=True):
-        assert [getattr(part, f) for f in vars(part) if f != "plan"] == [getattr(back, f) for f in vars(back) if f != "plan"]
+        assert fields(part) == fields(back)
         if part.plan is not None:
             assert (back.plan.block_size, back.plan.sinks) == (part.plan.block_size, part.plan.sinks)
-            assert all(torch.equal(getattr(part.plan, f), getattr(back.plan, f)) for f in ("q_perm", "k_perm", "sample_idx"))
+            assert all(torch.equal(getattr(part.plan, f), getattr(back.plan, f))
+                       for f in ("q_perm", "k_perm", "sample_idx"))
 
 
 def test_custom_op_passes_opcheck():
