@@ -144,7 +144,7 @@ def check_cuda_graph(dtype=torch.bfloat16, device="cuda", replays=2):
     plan = plan_hyper_attention(q, k, v, True, cfg, torch.Generator().manual_seed(0), use_kernels=True)
 
     def step():
-        out, _ = triton_attention(q, k, v, plan, 0.125, True, cfg.exact_tail)
+        out, _ = triton_attention(q, k, v, plan, q.shape[-1] ** -0.5, True, cfg.exact_tail)
         return (out.detach(), *torch.autograd.grad(out, (q, k, v), dout))
 
     side = torch.cuda.Stream()  # warm-up (compiles, cuDNN's graphs) off the capturing stream, as CUDA graphs need

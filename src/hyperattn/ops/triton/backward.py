@@ -102,6 +102,21 @@ def _score_grads(q, k, v, do, lse2, delta, bias2, visible, scale_log2):
 
 
 @triton.jit
+def _block_keys_dq_range(q, do, lse2, delta, dq, block_rows, k_base, v_base, key_row0, k_lo, block_size, n_live,
+                         stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, scale_log2, lo, hi,
+                         MASKED: tl.constexpr, BLOCK_N: tl.constexpr):
+    """dq (unscaled) of the query tile over the key block's tiles starting at [lo, hi); ``MASKED``:
+    keys outside the block or from ``n_live`` on get a -inf bias (else every key counts)."""
+    for start in range(lo, hi, BLOCK_N):
+        k, v, kmask = load_block_key_tile(block_rows, k_base, v_base, key_row0, k_lo, start, block_size, n_live,
+                                          stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, BLOCK_N)
+        bias2 = tl.where(kmask, 0.0, float("-inf")) if MASKED else None
+        p, ds = _score_grads(q, k, v, do, lse2, delta, bias2, None, scale_log2)
+        dq += tl.dot(ds.to(k.dtype), k)
+    return dq
+
+
+@triton.jit
 def _block_keys_dq(q, do, lse2, delta, dq, block_rows, k_base, v_base, key_row0, k_lo, block_size, n_live,
                    stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, scale_log2, BLOCK_N: tl.constexpr):
     """dq (unscaled) of the query tile over sorted key ranks [k_lo, k_lo + block_size) below
@@ -109,18 +124,12 @@ def _block_keys_dq(q, do, lse2, delta, dq, block_rows, k_base, v_base, key_row0,
     Rows past the tile's end add nothing (``_score_grads``)."""
     num_keys = tl.maximum(tl.minimum(block_size, n_live - k_lo), 0)
     full_end = num_keys // BLOCK_N * BLOCK_N
-    for start in range(0, full_end, BLOCK_N):
-        k, v, kmask = load_block_key_tile(block_rows, k_base, v_base, key_row0, k_lo, start, block_size, n_live,
-                                          stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, BLOCK_N)
-        p, ds = _score_grads(q, k, v, do, lse2, delta, None, None, scale_log2)
-        dq += tl.dot(ds.to(k.dtype), k)
-    for start in range(full_end, num_keys, BLOCK_N):
-        k, v, kmask = load_block_key_tile(block_rows, k_base, v_base, key_row0, k_lo, start, block_size, n_live,
-                                          stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, BLOCK_N)
-        bias2 = tl.where(kmask, 0.0, float("-inf"))
-        p, ds = _score_grads(q, k, v, do, lse2, delta, bias2, None, scale_log2)
-        dq += tl.dot(ds.to(k.dtype), k)
-    return dq
+    dq = _block_keys_dq_range(q, do, lse2, delta, dq, block_rows, k_base, v_base, key_row0, k_lo, block_size, n_live,
+                              stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, scale_log2, 0, full_end,
+                              False, BLOCK_N)
+    return _block_keys_dq_range(q, do, lse2, delta, dq, block_rows, k_base, v_base, key_row0, k_lo, block_size,
+                                n_live, stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, scale_log2, full_end,
+                                num_keys, True, BLOCK_N)
 
 
 @triton.jit

@@ -520,7 +520,8 @@ def attention_backward(dout, dlse, q, k, v, out, lse, parts: list[Part], scale: 
         hyper_bwd_dkdv_kernel[(problems * num_kv_heads * key_tiles,)](
             q, k, v, dout, lse, delta, dk_acc, dk, dv_acc, dvv, p.q_perm, p.k_perm, scale, scale_log2, *strides,
             part.n_q, part.n_k, p.block_size, key_tiles_per_block, key_tiles, *part.rows, *kv_heads, part.sinks,
-            WRITE=dkdv_mode, **dims, **cfg_dkdv, QUERY_CHUNK=query_chunk(_queries_per_key_block(part), cfg_dkdv["BLOCK_M"]))
+            WRITE=dkdv_mode, **dims, **cfg_dkdv,
+            QUERY_CHUNK=query_chunk(_queries_per_key_block(part), cfg_dkdv["BLOCK_M"]))
     if cudnn_part is not None:
         part = cudnn_part
         leaf_grads = leaves_backward(dout, q, k, v, out, lse, part.q_start, part.k_start, part.n_q, part.rects, scale)
