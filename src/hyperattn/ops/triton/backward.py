@@ -240,7 +240,7 @@ def _key_grads_over_queries(k, v, bias2, s_blk, dk, dv, rank_lo, rank_hi, QPerm,
                 offs_m = row0 + tl.arange(0, BLOCK_M)
                 rmask = offs_m < rank_hi
                 if s_blk is not None:
-                    q_blk = query_rank_blocks(offs_m, block_size, n_q, n_k)
+                    q_blk = query_rank_blocks(offs_m, block_size, n_q, n_k).to(tl.int32)
                 q_rows = (q_start + r * rect_stride + tl.gather(chunk_rows, offs_m - chunk_lo, 0)).to(tl.int64)
                 q, do, lse2, delta, l_rows = _load_query_rows(q_base, DO, Lse, Delta, batch, h, q_rows, rmask,
                                                               stride_qn, stride_ob, stride_oh, stride_on, stride_lb,
@@ -505,7 +505,7 @@ def hyper_bwd_samples_kernel(
     dv_mask = offs_dv < HEAD_DIM_V
     zk64 = zk.to(tl.int64)
     s_local = tl.load(SIdx + zk64 * num_samples + offs_n, mask=smask, other=0)
-    s_blk = tl.load(SBlk + zk64 * num_samples + offs_n, mask=smask, other=-1)
+    s_blk = tl.load(SBlk + zk64 * num_samples + offs_n, mask=smask, other=-1).to(tl.int32)
     bias2 = tl.load(SLogW + zk64 * num_samples + offs_n, mask=smask, other=float("-inf")) * LOG2E
     k_rows = (k_start + r * rect_stride + s_local).to(tl.int64)
     k = load_rows(K + batch.to(tl.int64) * stride_kb + hk.to(tl.int64) * stride_kh, k_rows, stride_kn, offs_d, smask, d_mask)
