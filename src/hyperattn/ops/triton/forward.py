@@ -174,7 +174,8 @@ def _sampled_keys_fwd(q, sample_rows, sample_bias2, num_samples, k_base, v_base,
     for start in range(0, num_samples, BLOCK_N):
         k, v, live, bias2 = load_sampled_key_tile(sample_rows, sample_bias2, start, k_base, v_base, key_row0,
                                                   stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, BLOCK_N)
-        s = tl.where(live[None, :], tl.dot(q, tl.trans(k)) * scale_log2 + bias2[None, :], float("-inf"))
+        # a skipped sample loads as zeros: its score is 0 * scale_log2 + (-inf)
+        s = tl.dot(q, tl.trans(k)) * scale_log2 + bias2[None, :]
         m_i, l_i, acc = _softmax_step(s, v, m_i, l_i, acc)
     return m_i, l_i, acc
 
