@@ -72,8 +72,13 @@ CASES = {
 KV_HEADS = {"gqa": 2}  # as many as query heads elsewhere
 
 
+@pytest.mark.parametrize("per_head", [False, True], ids=["one-call", "call-per-kv-head"])
 @pytest.mark.parametrize("name", list(CASES))
-def test_cudnn_leaves_match_reference(name, fake_cudnn):
+def test_cudnn_leaves_match_reference(name, per_head, fake_cudnn, monkeypatch):
+    """``per_head``: a budget of one element per backward call, so each kv head (with its query
+    heads) is a call of its own."""
+    if per_head:
+        monkeypatch.setattr(cudnn, "LEAF_BACKWARD_ELEMENTS", 1)
     batch, heads, nq, nk, d, block, samples, min_len, sinks = CASES[name]
     gen = torch.Generator().manual_seed(3)
     q, k, v = (torch.randn(batch, h, n, d, generator=gen).to(DEVICE, DTYPE)
@@ -95,7 +100,7 @@ def test_cudnn_leaves_match_reference(name, fake_cudnn):
     dout = torch.randn(out.shape, generator=gen).to(DEVICE, DTYPE)
     grads = attention_backward(dout, None, q, k, v, out, lse, parts, scale, poison=True)
     want = torch.autograd.grad((want_out * dout.double()).sum(), (q64, k64, v64))
-    assert calls["bwd"] == batch
+    assert calls["bwd"] == batch * (KV_HEADS.get(name, heads) if per_head else 1)
     for label, got, ref in zip(("dq", "dk", "dv"), grads, want):
         assert torch.isfinite(got).all(), f"unwritten {label} rows"
         assert got.dtype == q.dtype

@@ -151,18 +151,30 @@ def leaves_forward(q, k, v, q_start: int, k_start: int, side: int, num_leaves: i
     return _stack(outs), _stack(lses)
 
 
+# Query elements (rows x heads x head dim) one cuDNN backward call takes at most: its gradients and
+# its float32 dq workspace hold about 10 bytes per element beside the accumulators, so the
+# leaves' backward runs over groups of kv heads (5 GiB a call); at 1M tokens and head dim 128
+# a forward+backward then fits one H200.
+LEAF_BACKWARD_ELEMENTS = 2**29
+
+
 def leaves_backward(dout, q, k, v, out, lse, q_start: int, k_start: int, side: int, num_leaves: int, scale: float):
     """Gradients of the leaves' part of a merged attention whose final output and lse are
     ``out`` (B, H, Nq, Dv) and ``lse`` (B, H, Nq) float32, for ``dout`` (and no lse gradient):
     cuDNN recomputes the leaves' probabilities against the final lse, which is exactly this
-    part's share of the merged softmax. Returns dq, dk, dv of the leaf rows, each
-    (B, H, num_leaves * side, *) in the inputs' dtype."""
-    grads = ([], [], [])
+    part's share of the merged softmax. Yields ``(b, kv_lo, kv_hi, dq, dk, dv)`` per cuDNN call:
+    the gradients of batch row ``b``'s leaf rows for kv heads [kv_lo, kv_hi) and their query
+    heads, each (1, heads, num_leaves * side, *) in the inputs' dtype; a call takes at most
+    ``LEAF_BACKWARD_ELEMENTS`` query elements (at least one kv head)."""
+    group = q.shape[1] // k.shape[1]
+    kv_per_call = max(1, LEAF_BACKWARD_ELEMENTS // (num_leaves * side * group * q.shape[-1]))
     for b in range(q.shape[0]):
-        views = [_leaf_view(x, b, q_start, side, num_leaves) for x in (dout, q)]
-        views += [_leaf_view(x, b, k_start, side, num_leaves) for x in (k, v)]
-        views += [_leaf_view(out, b, q_start, side, num_leaves),
-                  _leaf_view(lse.unsqueeze(-1), b, q_start, side, num_leaves).contiguous()]
-        for store, grad in zip(grads, cudnn_causal_backward(*views, scale)):
-            store.append(_rows_of(grad))
-    return tuple(_stack(g) for g in grads)
+        q_views = [_leaf_view(x, b, q_start, side, num_leaves) for x in (dout, q, out, lse.unsqueeze(-1))]
+        k_views = [_leaf_view(x, b, k_start, side, num_leaves) for x in (k, v)]
+        for kv_lo in range(0, k.shape[1], kv_per_call):
+            kv_hi = min(kv_lo + kv_per_call, k.shape[1])
+            dout_h, q_h, out_h, lse_h = (x[:, kv_lo * group:kv_hi * group] for x in q_views)
+            k_h, v_h = (x[:, kv_lo:kv_hi] for x in k_views)
+            grads = cudnn_causal_backward(dout_h, q_h, k_h, v_h, out_h, lse_h.contiguous(), scale)
+            yield (b, kv_lo, kv_hi, *(_rows_of(grad).unsqueeze(0) for grad in grads))
+            del grads  # so that one call's gradients at most are live

@@ -429,6 +429,27 @@ def _tail_backward(dout, q, k, v, lse, delta, tail: int, causal: bool, scale: fl
     return dq.unflatten(2, (copies, tail)).sum(2), dk, dv
 
 
+def _add_leaf_grads(grads, acc: dict, leaf_grads, b: int, kv_lo: int, kv_hi: int, group: int, part: Part) -> None:
+    """Finish the leaf rows of batch row ``b``, kv heads [kv_lo, kv_hi) and their query heads in
+    the final gradients ``grads`` (dq, dk, dv): cuDNN's ``leaf_grads`` (1, heads, rows, *) plus
+    the fp32 accumulator where the levels added into one (``add_rows_kernel``), else as they are."""
+    q_heads, kv_heads = slice(kv_lo * group, kv_hi * group), slice(kv_lo, kv_hi)
+    for name, grad, leaf_grad, start, heads in zip(("dq", "dk", "dv"), grads, leaf_grads,
+                                                   (part.q_start, part.k_start, part.k_start),
+                                                   (q_heads, kv_heads, kv_heads)):
+        rows = grad[b:b + 1, heads]  # contiguous, as the accumulator's: one batch row, consecutive heads
+        if name not in acc:
+            rows[:, :, start:start + leaf_grad.shape[2]] = leaf_grad
+            continue
+        if leaf_grad.stride(-1) != 1:
+            leaf_grad = leaf_grad.contiguous()
+        block, width = 64, grad.shape[-1]
+        tiles = triton.cdiv(leaf_grad.shape[2], block)
+        add_rows_kernel[(rows.shape[1] * tiles,)](
+            acc[name][b:b + 1, heads], leaf_grad, rows, *leaf_grad.stride()[:3], rows.shape[1], rows.shape[2],
+            start, leaf_grad.shape[2], tiles, WIDTH=width, W_PAD=tile_width(width), BLOCK=block)
+
+
 def attention_backward(dout, dlse, q, k, v, out, lse, parts: list[Part], scale: float, tail: int = 0,
                        causal: bool = False, poison: bool = False):
     """Gradients of ``attention_forward``'s (out, lse) with respect to q, k, v, in their dtypes.
@@ -436,8 +457,9 @@ def attention_backward(dout, dlse, q, k, v, out, lse, parts: list[Part], scale: 
     Parts that share gradient rows add into zeroed fp32 accumulators; the parts that own
     the rows (``Part.last_dq``, ``Part.last_dkdv``) run last and write the final gradients.
     Without an lse gradient, cuDNN may run the diagonal leaves
-    (``hyperattn.ops.cudnn.use_cudnn_leaves``); one addition per gradient (``add_rows_kernel``)
-    finishes their rows.
+    (``hyperattn.ops.cudnn.use_cudnn_leaves``), over groups of heads
+    (``hyperattn.ops.cudnn.LEAF_BACKWARD_ELEMENTS``); one addition per gradient and group
+    (``_add_leaf_grads``) finishes their rows.
     The exact tail's rows reach the parts with lse +inf, so the parts give them no gradient
     (their probabilities are 0); the tail's own launches add theirs.
     ``poison`` fills the gradients with NaN first, so rows no part wrote show up."""
@@ -524,19 +546,10 @@ def attention_backward(dout, dlse, q, k, v, out, lse, parts: list[Part], scale: 
             QUERY_CHUNK=query_chunk(_queries_per_key_block(part), cfg_dkdv["BLOCK_M"]))
     if cudnn_part is not None:
         part = cudnn_part
-        leaf_grads = leaves_backward(dout, q, k, v, out, lse, part.q_start, part.k_start, part.n_q, part.rects, scale)
-        for name, grad, leaf_grad, start in zip(("dq", "dk", "dv"), grads, leaf_grads,
-                                                (part.q_start, part.k_start, part.k_start)):
-            if name not in acc:
-                grad[:, :, start:start + leaf_grad.shape[2]] = leaf_grad
-                continue
-            if leaf_grad.stride(-1) != 1:
-                leaf_grad = leaf_grad.contiguous()
-            block, width = 64, grad.shape[-1]
-            tiles = triton.cdiv(leaf_grad.shape[2], block)
-            add_rows_kernel[(grad.shape[0] * grad.shape[1] * tiles,)](
-                acc[name], leaf_grad, grad, *leaf_grad.stride()[:3], grad.shape[1], grad.shape[2], start,
-                leaf_grad.shape[2], tiles, WIDTH=width, W_PAD=tile_width(width), BLOCK=block)
+        for b, kv_lo, kv_hi, *leaf_grads in leaves_backward(dout, q, k, v, out, lse, part.q_start, part.k_start,
+                                                             part.n_q, part.rects, scale):
+            _add_leaf_grads(grads, acc, leaf_grads, b, kv_lo, kv_hi, group, part)
+            del leaf_grads  # so that one cuDNN call's gradients at most are live
     if tail:
         dq[:, :, n_q - tail:] = dq_tail
     return dq, dk, dvv
