@@ -170,3 +170,33 @@ def test_autograd_without_lse_runs_cudnn_leaves(fake_cudnn):
     out, _ = interface.triton_attention(q, k, v, plan, d ** -0.5, True)
     out.float().sum().backward()
     assert calls == {"fwd": batch, "bwd": batch}
+
+
+@pytest.mark.parametrize("per_head", [False, True], ids=["one-call", "call-per-kv-head"])
+def test_cudnn_leaves_alone_write_their_rows(per_head, fake_cudnn, monkeypatch):
+    """Parts of the diagonal leaves only (block-diagonal causal attention): no other part adds to
+    their rows, so their gradients are written without accumulators, batch row and heads each."""
+    if per_head:
+        monkeypatch.setattr(cudnn, "LEAF_BACKWARD_ELEMENTS", 1)
+    batch, q_heads, kv_heads, leaves, side, d = 2, 4, 2, 3, 8, 16
+    gen = torch.Generator().manual_seed(7)
+    q = torch.randn(batch, q_heads, leaves * side, d, generator=gen).to(DEVICE, DTYPE)
+    k, v = (torch.randn(batch, kv_heads, leaves * side, d, generator=gen).to(DEVICE, DTYPE) for _ in range(2))
+    parts = [interface.Part(None, True, leaves, 0, 0, side, side, side, diagonal=True)]
+    scale = d ** -0.5
+    out, lse = attention_forward(q, k, v, parts, scale, poison=True)
+    dout = torch.randn(out.shape, generator=gen).to(DEVICE, DTYPE)
+    grads = attention_backward(dout, None, q, k, v, out, lse, parts, scale, poison=True)
+    assert calls["bwd"] == batch * (kv_heads if per_head else 1)
+
+    q64, k64, v64 = (x.double().requires_grad_() for x in (q, k, v))
+    blocks = torch.arange(leaves * side, device=q.device) // side
+    rows = torch.arange(leaves * side, device=q.device)
+    hidden = (blocks[:, None] != blocks[None, :]) | (rows[None, :] > rows[:, None])
+    scores = (q64 @ _grouped(k64, q).transpose(-1, -2) * scale).masked_fill(hidden, float("-inf"))
+    want_out = torch.softmax(scores, -1) @ _grouped(v64, q)
+    assert rel_error(out, want_out) < 2e-3, "out"
+    want = torch.autograd.grad((want_out * dout.double()).sum(), (q64, k64, v64))
+    for label, got, ref in zip(("dq", "dk", "dv"), grads, want):
+        assert torch.isfinite(got).all(), f"unwritten {label} rows"
+        assert rel_error(got, ref) < 3e-3, label

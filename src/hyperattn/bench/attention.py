@@ -46,7 +46,9 @@ def hyper_attention_runner(config: HyperAttentionConfig):
 
 
 def time_case(fn, seq_len, heads, head_dim, causal, mode, dtype=torch.bfloat16, batch=1):
-    """(median ms, peak GiB) of ``fn`` forward (mode "fwd") or forward+backward ("fwd_bwd")."""
+    """(median ms, peak GiB) of ``fn`` forward (mode "fwd") or forward+backward ("fwd_bwd"); the
+    peak is the most memory allocated in any call, inputs and dO included, each forward+backward
+    starting with no .grad (as after ``optimizer.zero_grad()``)."""
     torch.cuda.empty_cache()
     q, k, v = (torch.randn(batch, heads, seq_len, head_dim, device="cuda", dtype=dtype,
                            requires_grad=mode == "fwd_bwd") for _ in range(3))
@@ -58,11 +60,13 @@ def time_case(fn, seq_len, heads, head_dim, causal, mode, dtype=torch.bfloat16, 
         grad = torch.randn(batch, heads, seq_len, head_dim, device="cuda", dtype=dtype)
 
         def step():
+            for x in (q, k, v):
+                x.grad = None  # a fresh step: no accumulation into .grad in the time or the peak
             fn(q, k, v, causal).backward(grad)
     step()
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
-    ms = median_ms(step, q.device, grad_to_none=[q, k, v])
+    ms = median_ms(step, q.device)
     peak = torch.cuda.max_memory_allocated() / 2**30
     del q, k, v
     return float(ms), peak

@@ -15,14 +15,13 @@ import torch
 WARMUP_MS = 250
 
 
-def median_ms(fn: Callable[[], object], device: torch.device, reps: int = 5, grad_to_none=None) -> float:
+def median_ms(fn: Callable[[], object], device: torch.device, reps: int = 5) -> float:
     """Median wall time of ``fn()`` in milliseconds: on CUDA ``triton.testing.do_bench`` after
-    ``WARMUP_MS`` of calls (``grad_to_none``: tensors whose .grad it resets between calls);
-    elsewhere ``perf_counter`` over ``reps`` calls after one warm-up call."""
+    ``WARMUP_MS`` of calls; elsewhere ``perf_counter`` over ``reps`` calls after one warm-up call."""
     if device.type == "cuda":
         import triton.testing
 
-        return float(triton.testing.do_bench(fn, warmup=WARMUP_MS, grad_to_none=grad_to_none, return_mode="median"))
+        return float(triton.testing.do_bench(fn, warmup=WARMUP_MS, return_mode="median"))
     fn()
     times = []
     for _ in range(reps):
