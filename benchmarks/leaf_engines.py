@@ -61,7 +61,8 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
-    print(f"{result['card']}, causal, {args.heads} heads, bf16, paper defaults; median ms; cuDNN {result['cudnn_version']}")
+    print(f"{result['card']}, causal, {args.heads} heads, bf16, paper defaults; median ms; "
+          f"cuDNN {result['cudnn_version']}")
     print(f"{'len':>8} {'d':>4} {'mode':>8} {'triton':>9} {'cudnn':>9} {'ratio':>6}")
     for r in rows:
         print(f"{r['seq_len']:>8} {r['head_dim']:>4} {r['mode']:>8} {r['triton']:>9.3f} {r['cudnn']:>9.3f} "

@@ -73,7 +73,8 @@ def main():
         kind, stage = family.split("_")
         kernel = f"{kind}_{'fwd' if stage == 'fwd' else 'bwd_' + stage}_kernel"
         causals = (True,) if kind == "dense" else (False, True)  # dense kernels run the causal leaves only
-        print(f"\n{family:>14} {'BM,BN,W,S':>12} " + " ".join(f"{'causal' if c else 'non-causal':>12}" for c in causals))
+        labels = " ".join(f"{'causal' if c else 'non-causal':>12}" for c in causals)
+        print(f"\n{family:>14} {'BM,BN,W,S':>12} {labels}")
         for config in args.configs or CANDIDATES[family]:
             os.environ["HYPERATTN_TRITON_CONFIG"] = f"{family}={config}"
             try:

@@ -297,8 +297,10 @@ def hyper_bwd_dkdv_kernel(
 
     k_local = tl.load(KPerm + zk.to(tl.int64) * n_k + ranks, mask=kmask, other=0)
     k_rows = (k_start + r * rect_stride + k_local).to(tl.int64)
-    k = load_rows(K + batch.to(tl.int64) * stride_kb + hk.to(tl.int64) * stride_kh, k_rows, stride_kn, offs_d, kmask, d_mask)
-    v = load_rows(V + batch.to(tl.int64) * stride_vb + hk.to(tl.int64) * stride_vh, k_rows, stride_vn, offs_dv, kmask, dv_mask)
+    k = load_rows(K + batch.to(tl.int64) * stride_kb + hk.to(tl.int64) * stride_kh, k_rows, stride_kn, offs_d,
+                  kmask, d_mask)
+    v = load_rows(V + batch.to(tl.int64) * stride_vb + hk.to(tl.int64) * stride_vh, k_rows, stride_vn, offs_dv,
+                  kmask, dv_mask)
     dk = tl.zeros([BLOCK_N, D_PAD], tl.float32)
     dv = tl.zeros([BLOCK_N, DV_PAD], tl.float32)
 
@@ -437,8 +439,10 @@ def dense_bwd_dkdv_kernel(
     d_mask = offs_d < HEAD_DIM
     dv_mask = offs_dv < HEAD_DIM_V
     k_rows = (k_start + r * key_rect_stride + offs_n).to(tl.int64)
-    k = load_rows(K + batch.to(tl.int64) * stride_kb + hk.to(tl.int64) * stride_kh, k_rows, stride_kn, offs_d, kmask, d_mask)
-    v = load_rows(V + batch.to(tl.int64) * stride_vb + hk.to(tl.int64) * stride_vh, k_rows, stride_vn, offs_dv, kmask, dv_mask)
+    k = load_rows(K + batch.to(tl.int64) * stride_kb + hk.to(tl.int64) * stride_kh, k_rows, stride_kn, offs_d,
+                  kmask, d_mask)
+    v = load_rows(V + batch.to(tl.int64) * stride_vb + hk.to(tl.int64) * stride_vh, k_rows, stride_vn, offs_dv,
+                  kmask, dv_mask)
     dk = tl.zeros([BLOCK_N, D_PAD], tl.float32)
     dv = tl.zeros([BLOCK_N, DV_PAD], tl.float32)
 
@@ -508,8 +512,10 @@ def hyper_bwd_samples_kernel(
     s_blk = tl.load(SBlk + zk64 * num_samples + offs_n, mask=smask, other=-1).to(tl.int32)
     bias2 = tl.load(SLogW + zk64 * num_samples + offs_n, mask=smask, other=float("-inf")) * LOG2E
     k_rows = (k_start + r * rect_stride + s_local).to(tl.int64)
-    k = load_rows(K + batch.to(tl.int64) * stride_kb + hk.to(tl.int64) * stride_kh, k_rows, stride_kn, offs_d, smask, d_mask)
-    v = load_rows(V + batch.to(tl.int64) * stride_vb + hk.to(tl.int64) * stride_vh, k_rows, stride_vn, offs_dv, smask, dv_mask)
+    k = load_rows(K + batch.to(tl.int64) * stride_kb + hk.to(tl.int64) * stride_kh, k_rows, stride_kn, offs_d,
+                  smask, d_mask)
+    v = load_rows(V + batch.to(tl.int64) * stride_vb + hk.to(tl.int64) * stride_vh, k_rows, stride_vn, offs_dv,
+                  smask, dv_mask)
     dk = tl.zeros([BLOCK_N, D_PAD], tl.float32)
     dv = tl.zeros([BLOCK_N, DV_PAD], tl.float32)
 
