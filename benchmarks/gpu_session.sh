@@ -21,8 +21,10 @@
 #     AB_CONFIGS="hyper_dkdv=64,64,4,3"); AB_TOP: how many kernels each profile lists (default 8).
 # abcheck: the GPU check (bf16, AB_CASES: default nine cases over every head dim and part kind) of every tree in
 #   AB_TREES at once, one process each, so their compiles share the cores; stops the session if any case fails.
-# Environment: LONG (the check's --long runs), DTYPES (the check's --dtypes), BENCH_ARGS (extra arguments
-# of `hyperattn bench attention`), NCU_KERNELS (kernels Nsight Compute profiles).
+# check: the GPU check, every case in bf16 (four parallel shards), FP16_CASES in fp16 with the LONG runs (default
+#   1M and 2M tokens), then the CUDA graph replay; stops the session if any fails (logs: check-*.log).
+# Environment: LONG, FP16_CASES, BENCH_ARGS (extra arguments of `hyperattn bench attention`), NCU_KERNELS
+# (kernels Nsight Compute profiles).
 set -o pipefail
 out=${1:?output folder}; steps=${2:-check,leaves,bench64,profile}
 export PYTHONPATH=src PYTHONUNBUFFERED=1 HYPERATTN_CACHE=${HYPERATTN_CACHE:-/tmp/hcache}
@@ -35,7 +37,18 @@ if has gemma-ppl || has gemma-needle; then
 fi
 IFS=';' read -ra gemma_configs <<< "${GEMMA_CONFIGS:---exact-sinks 0 --exact-tail 0;--exact-sinks 16 --exact-tail 64}"
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,temperature.gpu --format=csv,noheader
-if has check; then python3 -m hyperattn.testing.gpu --long "${LONG-1048576:2,2097152:2}" --no-graph --dtypes ${DTYPES:-bfloat16,float16} 2>&1 | tee "$out/gpu-check.log" | grep -v "^PASS" || exit 1; fi
+if has check; then
+  for i in 1 2 3 4; do  # every case in bf16, in four processes whose compiles share the cores
+    python3 -m hyperattn.testing.gpu --long "" --no-graph --dtypes bfloat16 --shard $i/4 > "$out/check-bf16-$i.log" 2>&1 &
+  done
+  python3 -m hyperattn.testing.gpu --long "${LONG-1048576:2,2097152:2}" --no-graph --dtypes float16 \
+    --cases "${FP16_CASES:-causal d64,causal gqa d128,non-causal odd,causal d256,sinks prefill}" \
+    > "$out/check-fp16.log" 2>&1 &
+  wait
+  python3 -m hyperattn.testing.gpu --no-cases --long "" > "$out/check-graph.log" 2>&1
+  for log in "$out"/check-*.log; do echo "== $log: $(tail -1 "$log")"; grep "^FAIL\|Error" "$log" | head -3; done
+  for log in "$out"/check-*.log; do grep -q ", 0 failed$" "$log" || exit 1; done
+fi
 if has graph; then python3 -m hyperattn.testing.gpu --no-cases --long "" 2>&1 | tee "$out/gpu-graph.log" | tail -3; fi
 if has leaves; then python3 benchmarks/leaf_engines.py --head-dims 64 --json "$out/leaves.json" 2>&1 | tee "$out/leaves.log" | tail -12; fi
 for d in 64 128; do

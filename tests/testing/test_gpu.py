@@ -7,6 +7,9 @@ from hyperattn.testing.gpu import main
     (["--cases", "no such case"], "unknown case"),
     (["--cases", " , "], "no case named"),
     (["--repeat", "0"], "--repeat must be >= 1"),
+    (["--shard", "3/2"], "--shard: expected K/N"),
+    (["--shard", "0/2"], "--shard: expected K/N"),
+    (["--shard", "2"], "--shard: expected K/N"),
 ])
 def test_bad_arguments_are_refused_before_any_run(argv, message, capsys):
     with pytest.raises(SystemExit):
@@ -28,3 +31,16 @@ def test_one_kv_head_a_leaf_call_names_cases():
     # (name, batch, Hq, Hkv, ...): more than one call each, one of them with grouped query heads
     chosen = [case for case in CASES if case[0] in ONE_KV_HEAD_A_LEAF_CALL]
     assert all(case[1] * case[3] > 1 for case in chosen) and any(case[2] > case[3] for case in chosen)
+
+
+def test_shards_share_the_cases(monkeypatch):
+    import hyperattn.testing.gpu as gpu
+
+    seen = []
+    monkeypatch.setattr(gpu, "check_case", lambda *case, dtype: (seen.append(case[0]), (True, 0, {}))[1])
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    monkeypatch.setattr("torch.cuda.get_device_name", lambda: "fake")
+    monkeypatch.setenv("HYPERATTN_LEAVES", "auto")  # main sets it; restored after the test
+    for shard in ("1/3", "2/3", "3/3"):
+        assert gpu.main(["--shard", shard, "--long", "", "--no-graph", "--dtypes", "bfloat16"]) == 0
+    assert sorted(seen) == sorted(case[0] for case in gpu.CASES)

@@ -196,6 +196,8 @@ def main(argv=None) -> int:
     parser.add_argument("--dtypes", default="bfloat16,float16", help="comma-separated input dtypes to check")
     parser.add_argument("--cases", default="", help="comma-separated case names to run (default: all)")
     parser.add_argument("--repeat", type=int, default=1, help="run every case this many times (fresh inputs), >= 1")
+    parser.add_argument("--shard", default="1/1", help="K/N: only every N-th chosen case from the K-th on, so "
+                        "that N processes share the cases (benchmarks/gpu_session.sh check)")
     parser.add_argument("--leaves", choices=("cudnn", "triton"), default="cudnn",
                         help="engine of the diagonal leaves wherever cuDNN can run them (HYPERATTN_LEAVES; the "
                         "default 'auto' would switch engines between the calls compared)")
@@ -209,7 +211,10 @@ def main(argv=None) -> int:
         parser.error(f"--cases: no case named in {args.cases!r}")
     if args.repeat < 1:
         parser.error(f"--repeat must be >= 1, got {args.repeat}")
-    chosen = [case for case in CASES if not names or case[0] in names]
+    shard, _, shards = args.shard.partition("/")
+    if not (shard.isdigit() and shards.isdigit() and 1 <= int(shard) <= int(shards)):
+        parser.error(f"--shard: expected K/N with 1 <= K <= N, got {args.shard!r}")
+    chosen = [case for case in CASES if not names or case[0] in names][int(shard) - 1::int(shards)]
     os.environ["HYPERATTN_LEAVES"] = args.leaves
     if not torch.cuda.is_available():
         print("no CUDA device", file=sys.stderr)
