@@ -12,23 +12,31 @@ where none is in hyperattn). Tensors made before the call (inputs, dO) are count
 from __future__ import annotations
 
 import argparse
+import os
 from collections import defaultdict
 
 import torch
 
+import hyperattn
 from hyperattn import HyperAttentionConfig, hyper_attention
 
 GIB = 2**30
 
 
+PACKAGE_DIR = os.path.dirname(os.path.abspath(hyperattn.__file__))
+
+
 def allocation_site(frames: list[dict]) -> str:
-    """The innermost hyperattn frame of an allocation, else the innermost frame outside torch."""
-    for wanted in ("hyperattn", ""):
-        for frame in frames:
-            name = frame["filename"]
-            if wanted in name and "torch/" not in name and "<" not in name:
-                short = name.split("src/", 1)[-1] if "hyperattn" in name else name.rsplit("/", 1)[-1]
-                return f"{short}:{frame['line']} ({frame['name']})"
+    """The innermost frame of an allocation inside the hyperattn package (its path from the
+    package's parent), else the innermost one outside torch (its file name); frames innermost first."""
+    for frame in frames:
+        if os.path.abspath(frame["filename"]).startswith(PACKAGE_DIR + os.sep):
+            short = os.path.relpath(frame["filename"], os.path.dirname(PACKAGE_DIR))
+            return f"{short}:{frame['line']} ({frame['name']})"
+    for frame in frames:
+        name = frame["filename"]
+        if "torch/" not in name and "<" not in name:
+            return f"{name.rsplit('/', 1)[-1]}:{frame['line']} ({frame['name']})"
     return "(no Python frame)"
 
 

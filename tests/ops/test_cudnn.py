@@ -68,17 +68,28 @@ CASES = {
     "batch-2": (2, 2, 70, 70, 16, 8, 6, 8, 0),
     "sinks": (1, 2, 96, 96, 16, 8, 10, 8, 3),
     "gqa": (1, 4, 77, 77, 16, 8, 10, 8, 3),
+    "gqa-3": (2, 6, 70, 70, 16, 8, 6, 8, 0),  # 3 kv heads: with 2 a call, the last call takes 1
 }
-KV_HEADS = {"gqa": 2}  # as many as query heads elsewhere
+KV_HEADS = {"gqa": 2, "gqa-3": 3}  # as many as query heads elsewhere
+
+# kv heads one cuDNN backward call of the leaves takes (None: all of them, the default budget)
+LEAF_CALLS = {"one-call": None, "kv-head-a-call": 1, "two-kv-heads-a-call": 2}
 
 
-@pytest.mark.parametrize("per_head", [False, True], ids=["one-call", "call-per-kv-head"])
+def leaf_calls_per_batch_row(monkeypatch, kv_heads_a_call, parts, q, k) -> int:
+    """Sets ``cudnn.LEAF_BACKWARD_ELEMENTS`` to exactly ``kv_heads_a_call`` kv heads' query
+    elements of the leaves (with their grouped query heads); the calls each batch row takes."""
+    if kv_heads_a_call is None:
+        return 1
+    leaves = next(part for part in parts if part.diagonal)
+    one_kv_head = leaves.rects * leaves.n_q * (q.shape[1] // k.shape[1]) * q.shape[-1]
+    monkeypatch.setattr(cudnn, "LEAF_BACKWARD_ELEMENTS", kv_heads_a_call * one_kv_head)
+    return -(-k.shape[1] // kv_heads_a_call)
+
+
+@pytest.mark.parametrize("leaf_calls", list(LEAF_CALLS))
 @pytest.mark.parametrize("name", list(CASES))
-def test_cudnn_leaves_match_reference(name, per_head, fake_cudnn, monkeypatch):
-    """``per_head``: a budget of one element per backward call, so each kv head (with its query
-    heads) is a call of its own."""
-    if per_head:
-        monkeypatch.setattr(cudnn, "LEAF_BACKWARD_ELEMENTS", 1)
+def test_cudnn_leaves_match_reference(name, leaf_calls, fake_cudnn, monkeypatch):
     batch, heads, nq, nk, d, block, samples, min_len, sinks = CASES[name]
     gen = torch.Generator().manual_seed(3)
     q, k, v = (torch.randn(batch, h, n, d, generator=gen).to(DEVICE, DTYPE)
@@ -88,6 +99,7 @@ def test_cudnn_leaves_match_reference(name, per_head, fake_cudnn, monkeypatch):
     plan = plan_hyper_attention(q, k, v, True, cfg, torch.Generator().manual_seed(4))
     parts = parts_of(plan, nq, nk, True)
     scale = d ** -0.5
+    calls_per_row = leaf_calls_per_batch_row(monkeypatch, LEAF_CALLS[leaf_calls], parts, q, k)
 
     out, lse = attention_forward(q, k, v, parts, scale, poison=True)
     q64, k64, v64 = (x.double().requires_grad_() for x in (q, k, v))
@@ -100,7 +112,7 @@ def test_cudnn_leaves_match_reference(name, per_head, fake_cudnn, monkeypatch):
     dout = torch.randn(out.shape, generator=gen).to(DEVICE, DTYPE)
     grads = attention_backward(dout, None, q, k, v, out, lse, parts, scale, poison=True)
     want = torch.autograd.grad((want_out * dout.double()).sum(), (q64, k64, v64))
-    assert calls["bwd"] == batch * (KV_HEADS.get(name, heads) if per_head else 1)
+    assert calls["bwd"] == batch * calls_per_row
     for label, got, ref in zip(("dq", "dk", "dv"), grads, want):
         assert torch.isfinite(got).all(), f"unwritten {label} rows"
         assert got.dtype == q.dtype
@@ -172,22 +184,21 @@ def test_autograd_without_lse_runs_cudnn_leaves(fake_cudnn):
     assert calls == {"fwd": batch, "bwd": batch}
 
 
-@pytest.mark.parametrize("per_head", [False, True], ids=["one-call", "call-per-kv-head"])
-def test_cudnn_leaves_alone_write_their_rows(per_head, fake_cudnn, monkeypatch):
+@pytest.mark.parametrize("leaf_calls", list(LEAF_CALLS))
+def test_cudnn_leaves_alone_write_their_rows(leaf_calls, fake_cudnn, monkeypatch):
     """Parts of the diagonal leaves only (block-diagonal causal attention): no other part adds to
     their rows, so their gradients are written without accumulators, batch row and heads each."""
-    if per_head:
-        monkeypatch.setattr(cudnn, "LEAF_BACKWARD_ELEMENTS", 1)
-    batch, q_heads, kv_heads, leaves, side, d = 2, 4, 2, 3, 8, 16
+    batch, q_heads, kv_heads, leaves, side, d = 2, 6, 3, 3, 8, 16
     gen = torch.Generator().manual_seed(7)
     q = torch.randn(batch, q_heads, leaves * side, d, generator=gen).to(DEVICE, DTYPE)
     k, v = (torch.randn(batch, kv_heads, leaves * side, d, generator=gen).to(DEVICE, DTYPE) for _ in range(2))
     parts = [interface.Part(None, True, leaves, 0, 0, side, side, side, diagonal=True)]
+    calls_per_row = leaf_calls_per_batch_row(monkeypatch, LEAF_CALLS[leaf_calls], parts, q, k)
     scale = d ** -0.5
     out, lse = attention_forward(q, k, v, parts, scale, poison=True)
     dout = torch.randn(out.shape, generator=gen).to(DEVICE, DTYPE)
     grads = attention_backward(dout, None, q, k, v, out, lse, parts, scale, poison=True)
-    assert calls["bwd"] == batch * (kv_heads if per_head else 1)
+    assert calls["bwd"] == batch * calls_per_row
 
     q64, k64, v64 = (x.double().requires_grad_() for x in (q, k, v))
     blocks = torch.arange(leaves * side, device=q.device) // side

@@ -44,3 +44,23 @@ def test_shards_share_the_cases(monkeypatch):
     for shard in ("1/3", "2/3", "3/3"):
         assert gpu.main(["--shard", shard, "--long", "", "--no-graph", "--dtypes", "bfloat16"]) == 0
     assert sorted(seen) == sorted(case[0] for case in gpu.CASES)
+
+
+@pytest.mark.parametrize("name,budget", [("causal gqa d128", 1), ("causal d64", None)])
+def test_check_case_sets_the_leaf_call_budget_for_its_case_only(name, budget, monkeypatch):
+    import hyperattn.testing.gpu as gpu
+    from hyperattn.ops import cudnn
+
+    default = cudnn.LEAF_BACKWARD_ELEMENTS
+    seen = []
+
+    def fails(*args):
+        seen.append(cudnn.LEAF_BACKWARD_ELEMENTS)
+        raise RuntimeError("a failing case")
+
+    monkeypatch.setattr(gpu, "_check_case", fails)
+    case = next(case for case in gpu.CASES if case[0] == name)
+    with pytest.raises(RuntimeError, match="a failing case"):
+        gpu.check_case(*case, dtype=None)
+    assert seen == [default if budget is None else budget]
+    assert cudnn.LEAF_BACKWARD_ELEMENTS == default  # restored after the failure

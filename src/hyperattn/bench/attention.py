@@ -48,7 +48,8 @@ def hyper_attention_runner(config: HyperAttentionConfig):
 def time_case(fn, seq_len, heads, head_dim, causal, mode, dtype=torch.bfloat16, batch=1):
     """(median ms, peak GiB) of ``fn`` forward (mode "fwd") or forward+backward ("fwd_bwd"); the
     peak is the most memory allocated in any call, inputs and dO included, each forward+backward
-    starting with no .grad (as after ``optimizer.zero_grad()``)."""
+    starting with no .grad (as after ``optimizer.zero_grad()``), plus do_bench's 256 MiB buffer
+    that flushes the L2 cache between calls."""
     torch.cuda.empty_cache()
     q, k, v = (torch.randn(batch, heads, seq_len, head_dim, device="cuda", dtype=dtype,
                            requires_grad=mode == "fwd_bwd") for _ in range(3))

@@ -35,6 +35,11 @@ import torch
 LEAF_ENGINES = ("auto", "cudnn", "triton")
 _seen_geometries: set[tuple] = set()  # leaf geometries called at least once (for "auto")
 _cudnn_geometries: set[tuple] = set()  # leaf geometries cuDNN has run (their graphs exist)
+# Query elements (rows x heads x head dim) one cuDNN backward call takes at most: its gradients and
+# its float32 dq workspace hold about 10 bytes per element beside the accumulators, so the
+# leaves' backward runs over groups of kv heads (5 GiB a call); at 1M tokens and head dim 128
+# a forward+backward then fits one H200.
+LEAF_BACKWARD_ELEMENTS = 2**29
 
 
 def leaf_engine_setting() -> str:
@@ -86,9 +91,11 @@ def use_cudnn_leaves(q, k, v, side: int, num_leaves: int, direction: str) -> boo
         return False
     if not _cudnn_switched_on():
         return False
-    # what decides cuDNN's graph: the leaf views' shapes and strides, which follow from these
+    # what decides cuDNN's graphs: the leaf views' shapes and strides, which follow from these,
+    # and in the backward the heads a call takes (LEAF_BACKWARD_ELEMENTS)
     geometry = (direction, q.device, q.dtype, side, num_leaves,
-                *((x.shape[1], x.shape[-1], *x.stride()[1:]) for x in (q, k, v)))
+                *((x.shape[1], x.shape[-1], *x.stride()[1:]) for x in (q, k, v)),
+                LEAF_BACKWARD_ELEMENTS if direction == "backward" else None)
     return decide_leaf_engine(setting, geometry, torch.cuda.is_current_stream_capturing(),
                               lambda: _cudnn_works(q.device, q.dtype, q.shape[-1], q.shape[1] // k.shape[1]))
 
@@ -149,13 +156,6 @@ def leaves_forward(q, k, v, q_start: int, k_start: int, side: int, num_leaves: i
         outs.append(_rows_of(out))
         lses.append(_rows_of(lse.squeeze(-1)))
     return _stack(outs), _stack(lses)
-
-
-# Query elements (rows x heads x head dim) one cuDNN backward call takes at most: its gradients and
-# its float32 dq workspace hold about 10 bytes per element beside the accumulators, so the
-# leaves' backward runs over groups of kv heads (5 GiB a call); at 1M tokens and head dim 128
-# a forward+backward then fits one H200.
-LEAF_BACKWARD_ELEMENTS = 2**29
 
 
 def leaves_backward(dout, q, k, v, out, lse, q_start: int, k_start: int, side: int, num_leaves: int, scale: float):
