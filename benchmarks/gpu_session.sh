@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call: check every kernel, then time. Usage: bash benchmarks/gpu_session.sh OUT_DIR [STEPS]
-# STEPS (comma-separated): stage, check, graph, leaves, bench64, bench128, options, profile, profile8k, host,
+# STEPS (comma-separated): stage, check, graph, leaves, bench64, bench128, memory, options, profile, profile8k, host,
 #   hostcompile, abcheck, ab, model, ncu, gemma-ppl, gemma-needle
 # graph: the GPU check's CUDA graph replay alone (a failure there does not stop the session).
 # host: benchmarks/host_overhead.py at 16k and 32k tokens, non-causal and causal (host time, syncs, cProfile), and a
@@ -12,6 +12,8 @@
 #   (the CPU machine's stdlib text, so both machines read the same text). GEMMA_CONFIGS: extra flags per patched
 #   run, ';'-separated (default: the paper's, then the library's default, sinks 16 + tail 64).
 # options: benchmarks/option_cost.py (the time of each accuracy option against the paper's config).
+# memory: benchmarks/memory_peak.py (head dim 128, causal forward+backward at MEMORY_LEN, default 1M tokens), then
+#   the benchmark's causal forward+backward at head dim 128 up to 1M tokens.
 # ab: forward profiles of the code in .ab/src (another commit: `git archive COMMIT src | tar -x -C .ab`,
 #     carried with the call) and of this tree, one after the other (AB_TREES: the trees to profile, in order,
 #     default ".ab/src src"); AB_ARGS replaces profile_attention.py's
@@ -55,6 +57,12 @@ for d in 64 128; do
   if has bench$d; then python3 -m hyperattn.cli bench attention --head-dims $d $BENCH_ARGS --json "$out/attention-d$d.json" \
       --plot "$out/attention-d$d.png" 2>/dev/null | tee "$out/attention-d$d.txt" | tail -45; fi
 done
+if has memory; then
+  python3 benchmarks/memory_peak.py --seq-len ${MEMORY_LEN:-1048576} --head-dim 128 --causal > "$out/memory-peak.txt" 2>&1
+  tail -12 "$out/memory-peak.txt"
+  python3 -m hyperattn.cli bench attention --head-dims 128 --causal causal --modes fwd_bwd --seq-lens 131072 \
+    --long-seq-lens 524288,1048576 --json "$out/attention-d128-causal-fwd-bwd-long.json" 2>/dev/null | tail -8
+fi
 if has options; then python3 benchmarks/option_cost.py --json "$out/option-cost-d64.json" 2>&1 | tee "$out/option-cost.txt" | tail -40; fi
 if has profile; then python3 benchmarks/profile_attention.py --top 12 > "$out/profile-131k.txt" 2>&1; grep -A13 "^causal" "$out/profile-131k.txt"; fi
 if has profile8k; then python3 benchmarks/profile_attention.py --seq-len 8192 --forward-only --top 16 > "$out/profile-8k.txt" 2>&1; grep -A30 "^causal" "$out/profile-8k.txt"; fi
