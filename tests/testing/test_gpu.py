@@ -64,3 +64,17 @@ def test_check_case_sets_the_leaf_call_budget_for_its_case_only(name, budget, mo
         gpu.check_case(*case, dtype=None)
     assert seen == [default if budget is None else budget]
     assert cudnn.LEAF_BACKWARD_ELEMENTS == default  # restored after the failure
+
+
+def test_long_backward_check_compares_the_last_head():
+    """The scale check's plumbing at a small size on the CPU (Triton interpreter, fp16): a plan
+    cut to the last head and the reference on it agree with the kernels."""
+    import torch
+
+    from hyperattn import HyperAttentionConfig
+    from hyperattn.testing.gpu import check_long_backward
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    config = HyperAttentionConfig(block_size=16, sample_size=16, min_seq_len=64, exact_sinks=4)
+    ok, _, _, errors = check_long_backward(300, 3, head_dim=16, dtype=torch.float16, config=config, device=device)
+    assert ok, errors

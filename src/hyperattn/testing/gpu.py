@@ -16,13 +16,14 @@ import os
 import sys
 import time
 import traceback
+from dataclasses import replace
 
 import torch
 
 from hyperattn import HyperAttentionConfig
 from hyperattn.ops import causal_hyper_attention_reference, cudnn, reference_attention
 from hyperattn.ops.triton.interface import attention_backward, attention_forward, parts_of, triton_attention
-from hyperattn.plan import plan_hyper_attention
+from hyperattn.plan import AttentionPlan, CausalPlan, plan_hyper_attention
 
 # Relative Frobenius error allowed against float64, per input dtype.
 TOLERANCE = {torch.float16: {"fwd": 3e-3, "bwd": 6e-3}, torch.bfloat16: {"fwd": 2e-2, "bwd": 4e-2}}
@@ -146,6 +147,54 @@ def check_long(seq_len, heads, device="cuda"):
     return ok, elapsed, peak, error
 
 
+def _head_of_plan(plan: CausalPlan, h: int) -> CausalPlan:
+    """``plan`` restricted to head ``h`` (inputs with as many kv heads as query heads)."""
+    def one(p: AttentionPlan | None) -> AttentionPlan | None:
+        fields = ("q_perm", "k_perm", "sample_idx", "sample_block", "sample_log_weight")
+        return None if p is None else replace(p, **{f: getattr(p, f)[:, h:h + 1] for f in fields})
+
+    return replace(plan, level_plans=[one(p) for p in plan.level_plans], prefix_plan=one(plan.prefix_plan))
+
+
+def check_long_backward(seq_len, heads, head_dim=64, dtype=torch.bfloat16, config=None, device="cuda"):
+    """Causal forward and backward (no lse gradient, so cuDNN runs the leaves where it can) at a
+    length where element offsets pass 2**31 (more than 1M tokens at 32 heads of 64): every output
+    and gradient element must be written, and the last head (the largest offsets) must match the
+    float32 reference on the same plan. Returns (ok, seconds of the fused forward+backward, peak
+    GiB, relative errors of out, dq, dk, dv)."""
+    config = config or HyperAttentionConfig()
+    q, k, v, dout = (torch.randn(1, heads, seq_len, head_dim, device=device, dtype=dtype) for _ in range(4))
+    plan = plan_hyper_attention(q, k, v, True, config, torch.Generator().manual_seed(0), use_kernels=True)
+    parts = parts_of(plan, seq_len, seq_len, True)
+    scale = head_dim ** -0.5
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    out, lse = attention_forward(q, k, v, parts, scale, poison=True)
+    grads = attention_backward(dout, None, q, k, v, out, lse, parts, scale, poison=True)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
+    written = all(bool(torch.isfinite(x).all()) for x in (out, lse, *grads))
+    last = [x[:, -1:].clone() for x in (out, *grads)]
+    q1, k1, v1 = (x[:, -1:].float().requires_grad_() for x in (q, k, v))
+    dout1 = dout[:, -1:].float()
+    del q, k, v, dout, out, lse, grads, parts  # room for the reference
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    ref_out, _ = causal_hyper_attention_reference(q1, k1, v1, _head_of_plan(plan, heads - 1), scale)
+    ref_grads = torch.autograd.grad((ref_out * dout1).sum(), (q1, k1, v1))
+    errors = {"out": _rel(last[0], ref_out.detach().double())}
+    errors.update({label: _rel(got, ref.double()) for label, got, ref in zip(("dq", "dk", "dv"), last[1:], ref_grads)})
+    tol = TOLERANCE[dtype]
+    ok = written and errors["out"] <= tol["fwd"] and all(errors[label] <= tol["bwd"] for label in ("dq", "dk", "dv"))
+    del q1, k1, v1, ref_out, ref_grads, plan
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return ok, elapsed, peak, errors
+
+
 def check_cuda_graph(dtype=torch.bfloat16, device="cuda", replays=2):
     """The fused op, forward and backward, captured in one CUDA graph (its plan made outside)
     and replayed ``replays`` times, each on new values of the captured inputs and against
@@ -191,6 +240,10 @@ def main(argv=None) -> int:
     parser.add_argument("--long", default="1048576:2,2097152:2,1048576:32",
                         help="comma-separated LENGTH:HEADS causal forward runs at scale, compared with the "
                         "reference where HEADS <= 4 ('' to skip)")
+    parser.add_argument("--long-backward", default="1114112:32",
+                        help="comma-separated LENGTH:HEADS causal forward+backward runs at scale, head dim 64 "
+                        "(element offsets pass 2**31 past 1M tokens at 32 heads), the last head compared with the "
+                        "reference ('' to skip)")
     parser.add_argument("--no-cases", action="store_true", help="skip the realistic-size cases")
     parser.add_argument("--no-graph", action="store_true", help="skip the CUDA graph replay check")
     parser.add_argument("--dtypes", default="bfloat16,float16", help="comma-separated input dtypes to check")
@@ -236,6 +289,15 @@ def main(argv=None) -> int:
         failed += not ok
         rows.append(f"{'PASS' if ok else 'FAIL'} causal fwd {seq_len} tokens, {heads} heads: out={error:.2e} "
                     f"{elapsed * 1e3:.0f} ms (first call), peak {peak:.1f} GiB")
+        print(rows[-1], flush=True)
+    for spec in filter(None, args.long_backward.split(",")):
+        seq_len, heads = map(int, spec.split(":"))
+        torch.cuda.reset_peak_memory_stats()
+        ok, elapsed, peak, errors = check_long_backward(seq_len, heads)
+        failed += not ok
+        rows.append(f"{'PASS' if ok else 'FAIL'} causal fwd+bwd {seq_len} tokens, {heads} heads, last head: "
+                    + " ".join(f"{key}={value:.2e}" for key, value in errors.items())
+                    + f" {elapsed * 1e3:.0f} ms (first call), peak {peak:.1f} GiB")
         print(rows[-1], flush=True)
     if not args.no_graph:  # last: a capture that fails may leave the device unusable for the rest
         try:
