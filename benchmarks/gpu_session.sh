@@ -23,9 +23,10 @@
 #     AB_CONFIGS="hyper_dkdv=64,64,4,3"); AB_TOP: how many kernels each profile lists (default 8).
 # abcheck: the GPU check (bf16, AB_CASES: default nine cases over every head dim and part kind) of every tree in
 #   AB_TREES at once, one process each, so their compiles share the cores; stops the session if any case fails.
-# check: the GPU check, every case in bf16 (four parallel shards), FP16_CASES in fp16 with the LONG runs (default
-#   1M and 2M tokens), then the CUDA graph replay; stops the session if any fails (logs: check-*.log).
-# Environment: LONG, FP16_CASES, BENCH_ARGS (extra arguments of `hyperattn bench attention`), NCU_KERNELS
+# check: the GPU check, every case in bf16 (four parallel shards), FP16_CASES in fp16 with the LONG forward runs
+#   (default 1M and 2M tokens) and the LONG_BWD forward+backward runs (default 1114112 tokens x 32 heads), then the
+#   CUDA graph replay; stops the session if any fails (logs: check-*.log).
+# Environment: LONG, LONG_BWD, FP16_CASES, BENCH_ARGS (extra arguments of `hyperattn bench attention`), NCU_KERNELS
 # (kernels Nsight Compute profiles).
 set -o pipefail
 out=${1:?output folder}; steps=${2:-check,leaves,bench64,profile}
@@ -41,17 +42,19 @@ IFS=';' read -ra gemma_configs <<< "${GEMMA_CONFIGS:---exact-sinks 0 --exact-tai
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,temperature.gpu --format=csv,noheader
 if has check; then
   for i in 1 2 3 4; do  # every case in bf16, in four processes whose compiles share the cores
-    python3 -m hyperattn.testing.gpu --long "" --no-graph --dtypes bfloat16 --shard $i/4 > "$out/check-bf16-$i.log" 2>&1 &
+    python3 -m hyperattn.testing.gpu --long "" --long-backward "" --no-graph --dtypes bfloat16 --shard $i/4 \
+      > "$out/check-bf16-$i.log" 2>&1 &
   done
-  python3 -m hyperattn.testing.gpu --long "${LONG-1048576:2,2097152:2}" --no-graph --dtypes float16 \
+  python3 -m hyperattn.testing.gpu --long "${LONG-1048576:2,2097152:2}" --long-backward "${LONG_BWD-1114112:32}" \
+    --no-graph --dtypes float16 \
     --cases "${FP16_CASES:-causal d64,causal gqa d128,non-causal odd,causal d256,sinks prefill}" \
     > "$out/check-fp16.log" 2>&1 &
   wait
-  python3 -m hyperattn.testing.gpu --no-cases --long "" > "$out/check-graph.log" 2>&1
+  python3 -m hyperattn.testing.gpu --no-cases --long "" --long-backward "" > "$out/check-graph.log" 2>&1
   for log in "$out"/check-*.log; do echo "== $log: $(tail -1 "$log")"; grep "^FAIL\|Error" "$log" | head -3; done
   for log in "$out"/check-*.log; do grep -q ", 0 failed$" "$log" || exit 1; done
 fi
-if has graph; then python3 -m hyperattn.testing.gpu --no-cases --long "" 2>&1 | tee "$out/gpu-graph.log" | tail -3; fi
+if has graph; then python3 -m hyperattn.testing.gpu --no-cases --long "" --long-backward "" 2>&1 | tee "$out/gpu-graph.log" | tail -3; fi
 if has leaves; then python3 benchmarks/leaf_engines.py --head-dims 64 --json "$out/leaves.json" 2>&1 | tee "$out/leaves.log" | tail -12; fi
 for d in 64 128; do
   if has bench$d; then python3 -m hyperattn.cli bench attention --head-dims $d $BENCH_ARGS --json "$out/attention-d$d.json" \
@@ -81,8 +84,9 @@ fi
 if has abcheck; then
   cases=${AB_CASES:-causal d64,non-causal odd,sinks prefill,non-causal sinks,causal gqa d128,small blocks,tail only,causal batch 2,causal d256}
   for tree in ${AB_TREES:-.ab/src src}; do name=$(tr -c 'a-zA-Z0-9\n' _ <<< "$tree")
-    PYTHONPATH=$tree timeout 400 python3 -m hyperattn.testing.gpu --long "" --no-graph --dtypes bfloat16 --cases "$cases" \
-      > "$out/abcheck-$name.log" 2>&1 &
+    no_long_bwd=(); grep -q -- "--long-backward" "$tree/hyperattn/testing/gpu.py" && no_long_bwd=(--long-backward "")
+    PYTHONPATH=$tree timeout 400 python3 -m hyperattn.testing.gpu --long "" "${no_long_bwd[@]}" --no-graph \
+      --dtypes bfloat16 --cases "$cases" > "$out/abcheck-$name.log" 2>&1 &
   done; wait
   for log in "$out"/abcheck-*.log; do echo "== $log: $(grep -c ^PASS "$log") PASS lines"; grep -v "^PASS" "$log" | tail -3; done
   for log in "$out"/abcheck-*.log; do grep -q ", 0 failed$" "$log" || exit 1; done
