@@ -42,7 +42,8 @@ def test_shards_share_the_cases(monkeypatch):
     monkeypatch.setattr("torch.cuda.get_device_name", lambda: "fake")
     monkeypatch.setenv("HYPERATTN_LEAVES", "auto")  # main sets it; restored after the test
     for shard in ("1/3", "2/3", "3/3"):
-        assert gpu.main(["--shard", shard, "--long", "", "--no-graph", "--dtypes", "bfloat16"]) == 0
+        argv = ["--shard", shard, "--long", "", "--long-backward", "", "--no-graph", "--dtypes", "bfloat16"]
+        assert gpu.main(argv) == 0
     assert sorted(seen) == sorted(case[0] for case in gpu.CASES)
 
 
