@@ -157,11 +157,11 @@ def _head_of_plan(plan: CausalPlan, h: int) -> CausalPlan:
 
 
 def check_long_backward(seq_len, heads, head_dim=64, dtype=torch.bfloat16, config=None, device="cuda"):
-    """Causal forward and backward (no lse gradient, so cuDNN runs the leaves where it can) at a
-    length where element offsets pass 2**31 (more than 1M tokens at 32 heads of 64): every output
-    and gradient element must be written, and the last head (the largest offsets) must match the
-    float32 reference on the same plan. Returns (ok, seconds of the fused forward+backward, peak
-    GiB, relative errors of out, dq, dk, dv)."""
+    """Causal forward and backward with ``config``'s exact tail (no lse gradient, so cuDNN runs the
+    leaves where it can) at a length where element offsets pass 2**31 (more than 1M tokens at 32
+    heads of 64): every output and gradient element must be written, and the last head (the
+    largest offsets) must match the float32 reference on the same plan. Returns (ok, seconds of
+    the fused forward+backward, peak GiB, relative errors of out, dq, dk, dv)."""
     config = config or HyperAttentionConfig()
     q, k, v, dout = (torch.randn(1, heads, seq_len, head_dim, device=device, dtype=dtype) for _ in range(4))
     plan = plan_hyper_attention(q, k, v, True, config, torch.Generator().manual_seed(0), use_kernels=True)
@@ -170,8 +170,8 @@ def check_long_backward(seq_len, heads, head_dim=64, dtype=torch.bfloat16, confi
     if device == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
-    out, lse = attention_forward(q, k, v, parts, scale, poison=True)
-    grads = attention_backward(dout, None, q, k, v, out, lse, parts, scale, poison=True)
+    out, lse = attention_forward(q, k, v, parts, scale, config.exact_tail, True, poison=True)
+    grads = attention_backward(dout, None, q, k, v, out, lse, parts, scale, config.exact_tail, True, poison=True)
     if device == "cuda":
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
@@ -183,7 +183,7 @@ def check_long_backward(seq_len, heads, head_dim=64, dtype=torch.bfloat16, confi
     del q, k, v, dout, out, lse, grads, parts  # room for the reference
     if device == "cuda":
         torch.cuda.empty_cache()
-    ref_out, _ = causal_hyper_attention_reference(q1, k1, v1, _head_of_plan(plan, heads - 1), scale)
+    ref_out, _ = reference_attention(q1, k1, v1, _head_of_plan(plan, heads - 1), scale, True, config.exact_tail)
     ref_grads = torch.autograd.grad((ref_out * dout1).sum(), (q1, k1, v1))
     errors = {"out": _rel(last[0], ref_out.detach().double())}
     errors.update({label: _rel(got, ref.double()) for label, got, ref in zip(("dq", "dk", "dv"), last[1:], ref_grads)})
