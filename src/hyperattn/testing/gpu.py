@@ -16,7 +16,7 @@ import os
 import sys
 import time
 import traceback
-from dataclasses import replace
+from dataclasses import fields, replace
 
 import torch
 
@@ -70,9 +70,10 @@ def _rel(x, ref):
 
 
 def _passes(errors: dict, unwritten: int, dtype) -> bool:
-    """Every element written, out and lse within the forward tolerance, gradients ("d...") within the backward's."""
+    """Every element written, out and lse (where checked) within the forward tolerance, gradients
+    ("d...") within the backward's."""
     tol = TOLERANCE[dtype]
-    return (unwritten == 0 and errors["out"] <= tol["fwd"] and errors["lse"] <= 10 * tol["fwd"]
+    return (unwritten == 0 and errors["out"] <= tol["fwd"] and errors.get("lse", 0.0) <= 10 * tol["fwd"]
             and all(value <= tol["bwd"] for key, value in errors.items() if key.startswith("d")))
 
 
@@ -122,19 +123,39 @@ def _check_case(batch, hq, hkv, nq, nk, d, dv, causal, overrides, dtype, device)
     return _passes(errors, unwritten, dtype) and torch.equal(out, out2), unwritten, errors
 
 
+def _sync(device) -> None:
+    """Wait for the device's queued work (nothing to wait for off CUDA)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _problem_at_scale(seq_len, heads, head_dim, dtype, config, device):
+    """Fresh causal q, k, v (1, heads, seq_len, head_dim), their plan (seed 0, fused hashing) and parts."""
+    q, k, v = (torch.randn(1, heads, seq_len, head_dim, device=device, dtype=dtype) for _ in range(3))
+    plan = plan_hyper_attention(q, k, v, True, config, torch.Generator().manual_seed(0), use_kernels=True)
+    return q, k, v, plan, parts_of(plan, seq_len, seq_len, True)
+
+
+def _peak_gib(device) -> float:
+    return torch.cuda.max_memory_allocated() / 2**30 if torch.device(device).type == "cuda" else float("nan")
+
+
+def _free(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
+
+
 def check_long(seq_len, heads, device="cuda"):
     """Causal forward at a length where 32-bit offsets overflow. Every row must be written;
-    with at most 4 heads the output is also compared with the float32 reference (same plan)."""
-    q, k, v = (torch.randn(1, heads, seq_len, 64, device=device, dtype=torch.bfloat16) for _ in range(3))
-    plan = plan_hyper_attention(q, k, v, True, HyperAttentionConfig(), torch.Generator().manual_seed(0),
-                                use_kernels=True)
-    parts = parts_of(plan, seq_len, seq_len, True)
-    torch.cuda.synchronize()
+    with at most 4 heads the output is also compared with the float32 reference (same plan).
+    Returns (ok, seconds of the fused forward, peak GiB, {"out": relative error, nan unchecked})."""
+    q, k, v, plan, parts = _problem_at_scale(seq_len, heads, 64, torch.bfloat16, HyperAttentionConfig(), device)
+    _sync(device)
     start = time.perf_counter()
     out, lse = attention_forward(q, k, v, parts, 64 ** -0.5, poison=True)
-    torch.cuda.synchronize()
+    _sync(device)
     elapsed = time.perf_counter() - start
-    peak = torch.cuda.max_memory_allocated() / 2**30
+    peak = _peak_gib(device)
     ok = bool(torch.isfinite(out).all() and torch.isfinite(lse).all())
     error = float("nan")
     if heads <= 4:
@@ -143,15 +164,17 @@ def check_long(seq_len, heads, device="cuda"):
         error = _rel(out, ref_out.double())
         ok = ok and error <= TOLERANCE[torch.bfloat16]["fwd"]
     del q, k, v, out, lse, plan, parts
-    torch.cuda.empty_cache()
-    return ok, elapsed, peak, error
+    _free(device)
+    return ok, elapsed, peak, {"out": error}
+
+
+_PLAN_TENSORS = [f.name for f in fields(AttentionPlan) if f.type == "torch.Tensor"]
 
 
 def _head_of_plan(plan: CausalPlan, h: int) -> CausalPlan:
     """``plan`` restricted to head ``h`` (inputs with as many kv heads as query heads)."""
     def one(p: AttentionPlan | None) -> AttentionPlan | None:
-        fields = ("q_perm", "k_perm", "sample_idx", "sample_block", "sample_log_weight")
-        return None if p is None else replace(p, **{f: getattr(p, f)[:, h:h + 1] for f in fields})
+        return None if p is None else replace(p, **{f: getattr(p, f)[:, h:h + 1] for f in _PLAN_TENSORS})
 
     return replace(plan, level_plans=[one(p) for p in plan.level_plans], prefix_plan=one(plan.prefix_plan))
 
@@ -163,36 +186,29 @@ def check_long_backward(seq_len, heads, head_dim=64, dtype=torch.bfloat16, confi
     largest offsets) must match the float32 reference on the same plan. Returns (ok, seconds of
     the fused forward+backward, peak GiB, relative errors of out, dq, dk, dv)."""
     config = config or HyperAttentionConfig()
-    q, k, v, dout = (torch.randn(1, heads, seq_len, head_dim, device=device, dtype=dtype) for _ in range(4))
-    plan = plan_hyper_attention(q, k, v, True, config, torch.Generator().manual_seed(0), use_kernels=True)
-    parts = parts_of(plan, seq_len, seq_len, True)
+    q, k, v, plan, parts = _problem_at_scale(seq_len, heads, head_dim, dtype, config, device)
+    dout = torch.randn_like(q)
     scale = head_dim ** -0.5
-    if device == "cuda":
-        torch.cuda.synchronize()
+    _sync(device)
     start = time.perf_counter()
     out, lse = attention_forward(q, k, v, parts, scale, config.exact_tail, True, poison=True)
     grads = attention_backward(dout, None, q, k, v, out, lse, parts, scale, config.exact_tail, True, poison=True)
-    if device == "cuda":
-        torch.cuda.synchronize()
+    _sync(device)
     elapsed = time.perf_counter() - start
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
-    written = all(bool(torch.isfinite(x).all()) for x in (out, lse, *grads))
+    peak = _peak_gib(device)
+    unwritten = sum(int((~torch.isfinite(x)).sum()) for x in (out, lse, *grads))
     last = [x[:, -1:].clone() for x in (out, *grads)]
     q1, k1, v1 = (x[:, -1:].float().requires_grad_() for x in (q, k, v))
     dout1 = dout[:, -1:].float()
     del q, k, v, dout, out, lse, grads, parts  # room for the reference
-    if device == "cuda":
-        torch.cuda.empty_cache()
+    _free(device)
     ref_out, _ = reference_attention(q1, k1, v1, _head_of_plan(plan, heads - 1), scale, True, config.exact_tail)
     ref_grads = torch.autograd.grad((ref_out * dout1).sum(), (q1, k1, v1))
     errors = {"out": _rel(last[0], ref_out.detach().double())}
     errors.update({label: _rel(got, ref.double()) for label, got, ref in zip(("dq", "dk", "dv"), last[1:], ref_grads)})
-    tol = TOLERANCE[dtype]
-    ok = written and errors["out"] <= tol["fwd"] and all(errors[label] <= tol["bwd"] for label in ("dq", "dk", "dv"))
     del q1, k1, v1, ref_out, ref_grads, plan
-    if device == "cuda":
-        torch.cuda.empty_cache()
-    return ok, elapsed, peak, errors
+    _free(device)
+    return _passes(errors, unwritten, dtype), elapsed, peak, errors
 
 
 def check_cuda_graph(dtype=torch.bfloat16, device="cuda", replays=2):
@@ -282,20 +298,15 @@ def main(argv=None) -> int:
             rows.append(f"{'PASS' if ok else 'FAIL'} {case[0]:<16} {str(dtype)[6:]:<9} unwritten={unwritten} "
                         + " ".join(f"{key}={value:.2e}" for key, value in errors.items()))
             print(rows[-1], flush=True)
-    for spec in filter(None, args.long.split(",")):
+    runs = [(check_long, "causal fwd", "", spec) for spec in filter(None, args.long.split(","))]
+    runs += [(check_long_backward, "causal fwd+bwd", ", last head", spec)
+             for spec in filter(None, args.long_backward.split(","))]
+    for check, label, compared, spec in runs:
         seq_len, heads = map(int, spec.split(":"))
         torch.cuda.reset_peak_memory_stats()
-        ok, elapsed, peak, error = check_long(seq_len, heads)
+        ok, elapsed, peak, errors = check(seq_len, heads)
         failed += not ok
-        rows.append(f"{'PASS' if ok else 'FAIL'} causal fwd {seq_len} tokens, {heads} heads: out={error:.2e} "
-                    f"{elapsed * 1e3:.0f} ms (first call), peak {peak:.1f} GiB")
-        print(rows[-1], flush=True)
-    for spec in filter(None, args.long_backward.split(",")):
-        seq_len, heads = map(int, spec.split(":"))
-        torch.cuda.reset_peak_memory_stats()
-        ok, elapsed, peak, errors = check_long_backward(seq_len, heads)
-        failed += not ok
-        rows.append(f"{'PASS' if ok else 'FAIL'} causal fwd+bwd {seq_len} tokens, {heads} heads, last head: "
+        rows.append(f"{'PASS' if ok else 'FAIL'} {label} {seq_len} tokens, {heads} heads{compared}: "
                     + " ".join(f"{key}={value:.2e}" for key, value in errors.items())
                     + f" {elapsed * 1e3:.0f} ms (first call), peak {peak:.1f} GiB")
         print(rows[-1], flush=True)
