@@ -139,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="lengths timed for HyperAttention alone")
     attn.add_argument("--head-dims", type=_int_list, default=[64, 128])
     attn.add_argument("--heads", type=_positive_int, default=32)
+    attn.add_argument("--kv-heads", type=_positive_int,
+                      help="key/value heads (GQA; a divisor of --heads; default: --heads); SDPA gets them repeated")
     attn.add_argument("--causal", choices=["both", "causal", "non-causal"], default="both")
     attn.add_argument("--modes", type=_str_list, default=["fwd", "fwd_bwd"], help="comma-separated: fwd, fwd_bwd")
     attn.add_argument("--json", metavar="PATH", help="write the results as JSON")

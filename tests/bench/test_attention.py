@@ -1,6 +1,10 @@
 from dataclasses import asdict
 
-from hyperattn.bench.attention import format_table
+import pytest
+import torch
+
+from hyperattn.bench.attention import attention_inputs, format_table
+from hyperattn.cli import main
 from hyperattn.config import HyperAttentionConfig
 
 
@@ -22,3 +26,29 @@ def test_results_from_before_exact_up_to_use_the_papers_rule():
     old = asdict(HyperAttentionConfig())
     del old["exact_up_to"]
     assert _exact_rows(format_table(_result(old))) == [4096]
+
+
+def test_grouped_inputs_and_their_repeated_form():
+    torch.manual_seed(0)
+    q, k, v = attention_inputs(1, 8, 2, 5, 4, torch.float32, "cpu", requires_grad=True)
+    assert (q.shape, k.shape, v.shape) == ((1, 8, 5, 4), (1, 2, 5, 4), (1, 2, 5, 4))
+    torch.manual_seed(0)
+    q2, k2, v2 = attention_inputs(1, 8, 2, 5, 4, torch.float32, "cpu", requires_grad=True, repeat_kv=True)
+    assert torch.equal(q2, q) and k2.shape == v2.shape == (1, 8, 5, 4)
+    for grouped, repeated in ((k, k2), (v, v2)):  # query head h reads kv head h // 4, as in SDPA's enable_gqa
+        assert all(torch.equal(repeated[:, h], grouped[:, h // 4]) for h in range(8))
+    assert all(x.is_leaf and x.requires_grad for x in (q2, k2, v2))
+    with pytest.raises(ValueError, match="multiple of kv_heads"):
+        attention_inputs(1, 8, 3, 5, 4, torch.float32, "cpu")
+
+
+def test_kv_heads_must_divide_heads(capsys):
+    assert main(["bench", "attention", "--heads", "32", "--kv-heads", "5"]) == 2
+    assert "--kv-heads must divide --heads (32), got 5" in capsys.readouterr().err
+
+
+def test_table_names_grouped_heads():
+    result = dict(_result(asdict(HyperAttentionConfig())), kv_heads=8)
+    assert format_table(result).splitlines()[0].endswith("32 query heads on 8 kv heads (SDPA: kv repeated), "
+                                                          "bfloat16; median ms")
+    assert "32 heads, bfloat16" in format_table(_result(asdict(HyperAttentionConfig())))

@@ -45,14 +45,30 @@ def hyper_attention_runner(config: HyperAttentionConfig):
     return run
 
 
-def time_case(fn, seq_len, heads, head_dim, causal, mode, dtype=torch.bfloat16, batch=1):
-    """(median ms, peak GiB) of ``fn`` forward (mode "fwd") or forward+backward ("fwd_bwd"); the
-    peak is the most memory allocated in any call, inputs and dO included, each forward+backward
-    starting with no .grad (as after ``optimizer.zero_grad()``), plus do_bench's 256 MiB buffer
-    that flushes the L2 cache between calls."""
+def attention_inputs(batch, heads, kv_heads, seq_len, head_dim, dtype, device, requires_grad=False,
+                     repeat_kv=False):
+    """Standard normal q (B, heads, N, D) and k, v (B, kv_heads, N, D), leaf tensors; with
+    ``repeat_kv`` k and v come with every kv head repeated for its ``heads // kv_heads`` query
+    heads (B, heads, N, D), as models hand grouped heads to an attention without GQA support."""
+    if heads % kv_heads:
+        raise ValueError(f"heads ({heads}) must be a multiple of kv_heads ({kv_heads})")
+    q, k, v = (torch.randn(batch, h, seq_len, head_dim, device=device, dtype=dtype)
+               for h in (heads, kv_heads, kv_heads))
+    if repeat_kv:
+        k, v = (x.repeat_interleave(heads // kv_heads, dim=1) for x in (k, v))
+    return tuple(x.requires_grad_(requires_grad) for x in (q, k, v))
+
+
+def time_case(fn, seq_len, heads, head_dim, causal, mode, dtype=torch.bfloat16, batch=1, kv_heads=None,
+              repeat_kv=False):
+    """(median ms, peak GiB) of ``fn`` forward (mode "fwd") or forward+backward ("fwd_bwd") on
+    ``attention_inputs`` (``kv_heads`` default: ``heads``); the peak is the most memory
+    allocated in any call, inputs and dO included, each forward+backward starting with no
+    .grad (as after ``optimizer.zero_grad()``), plus do_bench's 256 MiB buffer that flushes
+    the L2 cache between calls."""
     torch.cuda.empty_cache()
-    q, k, v = (torch.randn(batch, heads, seq_len, head_dim, device="cuda", dtype=dtype,
-                           requires_grad=mode == "fwd_bwd") for _ in range(3))
+    q, k, v = attention_inputs(batch, heads, kv_heads or heads, seq_len, head_dim, dtype, "cuda",
+                               requires_grad=mode == "fwd_bwd", repeat_kv=repeat_kv)
     if mode == "fwd":
         def step():
             with torch.no_grad():
@@ -73,8 +89,12 @@ def time_case(fn, seq_len, heads, head_dim, causal, mode, dtype=torch.bfloat16, 
     return float(ms), peak
 
 
-def run_benchmark(seq_lens, long_seq_lens, head_dims, causals, modes, heads=32, config=None, command=""):
+def run_benchmark(seq_lens, long_seq_lens, head_dims, causals, modes, heads=32, config=None, command="",
+                  kv_heads=None):
+    """Every case, each in a fresh set of inputs. With ``kv_heads`` below ``heads`` (GQA), ours
+    reads the grouped k, v and SDPA gets them repeated per query head (not timed)."""
     config = config or HyperAttentionConfig()
+    kv_heads = kv_heads or heads
     impls = {"ours": hyper_attention_runner(config), **{name: _sdpa(name) for name in BASELINES}}
     cases = [(n, d, c, m, impl) for d in head_dims for c in causals for m in modes
              for n in list(seq_lens) + list(long_seq_lens) for impl in impls
@@ -83,7 +103,8 @@ def run_benchmark(seq_lens, long_seq_lens, head_dims, causals, modes, heads=32, 
     for seq_len, head_dim, causal, mode, impl in tqdm(cases, desc="bench attention", file=sys.stderr):
         row = dict(seq_len=seq_len, head_dim=head_dim, causal=causal, mode=mode, impl=impl)
         try:
-            row["ms"], row["peak_gib"] = time_case(impls[impl], seq_len, heads, head_dim, causal, mode)
+            row["ms"], row["peak_gib"] = time_case(impls[impl], seq_len, heads, head_dim, causal, mode,
+                                                   kv_heads=kv_heads, repeat_kv=impl != "ours")
         except torch.OutOfMemoryError:
             row["ms"], row["peak_gib"], row["error"] = None, None, "out of memory"
             torch.cuda.empty_cache()
@@ -96,16 +117,24 @@ def run_benchmark(seq_lens, long_seq_lens, head_dims, causals, modes, heads=32, 
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         torch=torch.__version__, triton=triton.__version__, python=platform.python_version(),
         command=command,
-        batch=1, heads=heads, dtype="bfloat16", config=asdict(config),
+        batch=1, heads=heads, kv_heads=kv_heads, dtype="bfloat16", config=asdict(config),
         diagonal_leaves=leaf_engine_setting(),  # HYPERATTN_LEAVES: see hyperattn.ops.cudnn
         results=results,
     )
 
 
+def _heads(result: dict) -> str:
+    """"32 heads", or "32 query heads on 8 kv heads" (results before kv_heads: all heads)."""
+    heads, kv_heads = result["heads"], result.get("kv_heads", result["heads"])
+    if kv_heads == heads:
+        return f"{heads} heads"
+    return f"{heads} query heads on {kv_heads} kv heads (SDPA: kv repeated)"
+
+
 def format_table(result: dict) -> str:
     by_key = {(r["seq_len"], r["head_dim"], r["causal"], r["mode"], r["impl"]): r for r in result["results"]}
     groups = sorted({(r["head_dim"], r["causal"], r["mode"]) for r in result["results"]})
-    lines = [f"{result['card']}, batch {result['batch']}, {result['heads']} heads, {result['dtype']}; median ms"]
+    lines = [f"{result['card']}, batch {result['batch']}, {_heads(result)}, {result['dtype']}; median ms"]
     # results written before exact_up_to existed ran the paper's rule
     config = HyperAttentionConfig(**{"exact_up_to": 0, **result["config"]})
     lines.append("'exact': our call ran exact attention (HyperAttentionConfig.runs_exact)")
@@ -150,7 +179,7 @@ def plot(result: dict, path: str) -> None:
         ax.legend()
     for ax in list(axes.flat)[len(groups):]:
         ax.set_visible(False)
-    fig.suptitle(f"{result['card']}: batch 1, {result['heads']} heads, bf16")
+    fig.suptitle(f"{result['card']}: batch 1, {_heads(result)}, bf16")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -162,6 +191,8 @@ def main(args) -> int:
         print(format_table(result))
         plot(result, args.plot or args.plot_only.removesuffix(".json") + ".png")
         return 0
+    if args.kv_heads and args.heads % args.kv_heads:
+        raise ValueError(f"--kv-heads must divide --heads ({args.heads}), got {args.kv_heads}")
     if not torch.cuda.is_available():
         print("hyperattn bench attention: error: needs a CUDA device (use --plot-only to redraw a result)",
               file=sys.stderr)
@@ -171,7 +202,7 @@ def main(args) -> int:
     config = config_from_args(args)
     causals = {"both": (False, True), "causal": (True,), "non-causal": (False,)}[args.causal]
     result = run_benchmark(args.seq_lens, args.long_seq_lens, args.head_dims, causals, args.modes,
-                           heads=args.heads, config=config, command=args.command_line)
+                           heads=args.heads, config=config, command=args.command_line, kv_heads=args.kv_heads)
     if args.json:  # first, so that no later failure loses the measurements
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
