@@ -1,6 +1,8 @@
+import pytest
 import torch
 
-from hyperattn.plan import gray_code_rank, inverse_permutation, lsh_buckets, lsh_directions, sort_lsh_permutation
+from hyperattn.plan import (gray_code_rank, inverse_permutation, lsh_buckets, lsh_directions, ranks_in_sort, sort_lsh,
+                            sort_lsh_permutation)
 from hyperattn.plan.lsh import bucket_dtype
 
 
@@ -47,6 +49,19 @@ def test_sort_is_stable_and_inverse_permutation():
     assert perm.tolist() == [[3, 1, 4, 0, 2, 5]]
     inv = inverse_permutation(perm)
     assert torch.equal(perm.gather(-1, inv), torch.arange(6).unsqueeze(0))
+
+
+@pytest.mark.parametrize("dtype,high", [(torch.uint8, 256), (torch.int16, 2**15), (torch.int32, 2**31 - 1)])
+def test_ranks_in_sort_are_those_of_the_inverse_permutation(dtype, high):
+    gen = torch.Generator().manual_seed(0)
+    for num_buckets in (3, high):  # many ties, and (almost) none
+        buckets = torch.randint(0, num_buckets, (2, 3, 257), generator=gen).to(dtype)
+        buckets[0, 0, :5] = torch.iinfo(dtype).max  # sinks' sort key
+        rows = torch.randint(0, 257, (2, 3, 40), generator=gen)
+        sorted_buckets, perm = sort_lsh(buckets)
+        assert torch.equal(perm, sort_lsh_permutation(buckets))
+        expected = inverse_permutation(perm).gather(-1, rows)
+        assert torch.equal(ranks_in_sort(buckets, sorted_buckets, perm, rows), expected)
 
 
 def test_bucket_dtype_keeps_its_largest_value_free():

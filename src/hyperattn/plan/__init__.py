@@ -13,7 +13,8 @@ import torch
 
 from hyperattn.config import HyperAttentionConfig
 from hyperattn.plan.blocks import num_key_blocks, query_block_layout, query_block_of_rank
-from hyperattn.plan.lsh import gray_code_rank, inverse_permutation, lsh_buckets, lsh_directions, sort_lsh_permutation
+from hyperattn.plan.lsh import (gray_code_rank, inverse_permutation, lsh_buckets, lsh_directions, ranks_in_sort, sort_lsh,
+                                sort_lsh_permutation)
 from hyperattn.plan.sampling import sample_keys, value_sq_norms
 from hyperattn.plan.schedule import CausalSchedule, causal_schedule, join_rows, level_rows, split_rows
 
@@ -85,7 +86,7 @@ def make_plan(
     if sinks:
         with_sinks(k_buckets)[..., :sinks] = torch.iinfo(k_buckets.dtype).max
     q_perm = sort_lsh_permutation(q_buckets.contiguous())  # plans are contiguous: kernels index them flat
-    k_perm = sort_lsh_permutation(k_buckets)
+    k_sorted, k_perm = sort_lsh(k_buckets)
     if config.sampling == "value_norm" and v_sq_norms is None:
         raise ValueError("make_plan: sampling='value_norm' needs v_sq_norms")
     sample_idx, sample_log_weight = sample_keys(
@@ -95,8 +96,7 @@ def make_plan(
     )
     if sinks and sample_idx.numel():
         with_sinks(sample_log_weight).masked_fill_(with_sinks(sample_idx) < sinks, -torch.inf)
-    key_rank = inverse_permutation(k_perm)
-    sample_block = key_rank.gather(-1, sample_idx) // config.block_size
+    sample_block = ranks_in_sort(k_buckets, k_sorted, k_perm, sample_idx) // config.block_size
     return AttentionPlan(q_perm, k_perm, sample_idx, sample_block, sample_log_weight, config.block_size)
 
 
@@ -183,7 +183,9 @@ __all__ = [
     "num_key_blocks",
     "query_block_layout",
     "query_block_of_rank",
+    "ranks_in_sort",
     "sample_keys",
+    "sort_lsh",
     "sort_lsh_permutation",
     "value_sq_norms",
 ]

@@ -67,9 +67,26 @@ def lsh_buckets(x: torch.Tensor, directions: torch.Tensor, use_kernel: bool = Fa
     return gray_code_rank(codes, r).reshape(z, h, n).to(bucket_dtype(r))
 
 
+def sort_lsh(buckets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stable sort of rows by bucket along the last dim: (the sorted buckets, ``perm``), where
+    ``perm[..., rank]`` (int64) is the row at that rank."""
+    return torch.sort(buckets, dim=-1, stable=True)
+
+
 def sort_lsh_permutation(buckets: torch.Tensor) -> torch.Tensor:
-    """Stable sort of rows by bucket: ``perm[..., rank]`` is the row at that rank. int64, same shape."""
-    return torch.sort(buckets, dim=-1, stable=True).indices
+    """``perm`` of ``sort_lsh``: int64, same shape as ``buckets``."""
+    return sort_lsh(buckets)[1]
+
+
+def ranks_in_sort(buckets: torch.Tensor, sorted_buckets: torch.Tensor, perm: torch.Tensor,
+                  rows: torch.Tensor) -> torch.Tensor:
+    """Rank in ``sort_lsh(buckets)`` of each row in ``rows`` (int64 (..., m)), without inverting
+    ``perm``: the stable sort orders rows by (bucket, row), so a row's rank is where its pair
+    falls among the sorted pairs (a binary search per row, no scatter over all N rows)."""
+    n = perm.shape[-1]
+    sorted_pairs = sorted_buckets.to(torch.int64) * n + perm
+    pairs = buckets.gather(-1, rows).to(torch.int64) * n + rows
+    return torch.searchsorted(sorted_pairs, pairs)
 
 
 def inverse_permutation(perm: torch.Tensor) -> torch.Tensor:
