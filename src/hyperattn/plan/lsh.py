@@ -84,8 +84,8 @@ def ranks_in_sort(buckets: torch.Tensor, sorted_buckets: torch.Tensor, perm: tor
     ``perm``: the stable sort orders rows by (bucket, row), so a row's rank is where its pair
     falls among the sorted pairs (a binary search per row, no scatter over all N rows)."""
     n = perm.shape[-1]
-    sorted_pairs = sorted_buckets.to(torch.int64) * n + perm
-    pairs = buckets.gather(-1, rows).to(torch.int64) * n + rows
+    sorted_pairs = torch.add(perm, sorted_buckets, alpha=n)  # int64 (one kernel, no int64 copy of the buckets)
+    pairs = torch.add(rows, buckets.gather(-1, rows), alpha=n)
     return torch.searchsorted(sorted_pairs, pairs)
 
 
