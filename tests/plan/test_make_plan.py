@@ -1,13 +1,17 @@
 import torch
 
 from hyperattn import HyperAttentionConfig
-from hyperattn.plan import level_rows, lsh_buckets, lsh_directions, plan_hyper_attention, sort_lsh_permutation
+from hyperattn.plan import (inverse_permutation, level_rows, lsh_buckets, lsh_directions, plan_hyper_attention,
+                            sort_lsh_permutation)
 from tests.conftest import random_qkv
 
 
 def assert_sinks_sort_last(plan, buckets, sinks, problems_with_sinks):
     """Problems in ``problems_with_sinks`` have key rows [0, sinks) at the end of their order and
-    log-weight -inf on their samples; every order is otherwise the stable sort of the buckets."""
+    log-weight -inf on their samples; every order is otherwise the stable sort of the buckets,
+    and each sample's block is that of its rank in its problem's order."""
+    ranks = inverse_permutation(plan.k_perm).gather(-1, plan.sample_idx)
+    assert torch.equal(plan.sample_block, ranks // plan.block_size)
     for z in range(plan.k_perm.shape[0]):
         n = sinks if z in problems_with_sinks else 0
         for h in range(plan.k_perm.shape[1]):

@@ -45,13 +45,18 @@ def hyper_attention_runner(config: HyperAttentionConfig):
     return run
 
 
+def check_kv_heads(heads: int, kv_heads: int) -> None:
+    """ValueError unless ``kv_heads`` divides ``heads`` (whole groups of query heads)."""
+    if heads % kv_heads:
+        raise ValueError(f"kv_heads must divide heads ({heads}), got {kv_heads}")
+
+
 def attention_inputs(batch, heads, kv_heads, seq_len, head_dim, dtype, device, requires_grad=False,
                      repeat_kv=False):
     """Standard normal q (B, heads, N, D) and k, v (B, kv_heads, N, D), leaf tensors; with
     ``repeat_kv`` k and v come with every kv head repeated for its ``heads // kv_heads`` query
     heads (B, heads, N, D), as models hand grouped heads to an attention without GQA support."""
-    if heads % kv_heads:
-        raise ValueError(f"heads ({heads}) must be a multiple of kv_heads ({kv_heads})")
+    check_kv_heads(heads, kv_heads)
     q, k, v = (torch.randn(batch, h, seq_len, head_dim, device=device, dtype=dtype)
                for h in (heads, kv_heads, kv_heads))
     if repeat_kv:
@@ -191,8 +196,8 @@ def main(args) -> int:
         print(format_table(result))
         plot(result, args.plot or args.plot_only.removesuffix(".json") + ".png")
         return 0
-    if args.kv_heads and args.heads % args.kv_heads:
-        raise ValueError(f"--kv-heads must divide --heads ({args.heads}), got {args.kv_heads}")
+    if args.kv_heads:
+        check_kv_heads(args.heads, args.kv_heads)
     if not torch.cuda.is_available():
         print("hyperattn bench attention: error: needs a CUDA device (use --plot-only to redraw a result)",
               file=sys.stderr)

@@ -80,11 +80,13 @@ def sort_lsh_permutation(buckets: torch.Tensor) -> torch.Tensor:
 
 def ranks_in_sort(buckets: torch.Tensor, sorted_buckets: torch.Tensor, perm: torch.Tensor,
                   rows: torch.Tensor) -> torch.Tensor:
-    """Rank in ``sort_lsh(buckets)`` of each row in ``rows`` (int64 (..., m)), without inverting
+    """Rank in ``sort_lsh(buckets)`` of each row in ``rows`` (integer (..., m)), without inverting
     ``perm``: the stable sort orders rows by (bucket, row), so a row's rank is where its pair
-    falls among the sorted pairs (a binary search per row, no scatter over all N rows)."""
+    falls among the sorted pairs (a binary search per row, no scatter over all N rows).
+    int64 (..., m). Contiguous inputs (as ``make_plan``'s) spare searchsorted a copy."""
     n = perm.shape[-1]
-    sorted_pairs = torch.add(perm, sorted_buckets, alpha=n)  # int64 (one kernel, no int64 copy of the buckets)
+    rows = rows.to(torch.int64)
+    sorted_pairs = torch.add(perm, sorted_buckets, alpha=n)  # int64 pairs, one kernel on CUDA
     pairs = torch.add(rows, buckets.gather(-1, rows), alpha=n)
     return torch.searchsorted(sorted_pairs, pairs)
 
