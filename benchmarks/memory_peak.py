@@ -19,10 +19,9 @@ import torch
 
 import hyperattn
 from hyperattn import HyperAttentionConfig, hyper_attention
+from hyperattn.bench.attention import attention_inputs
 
 GIB = 2**30
-
-
 PACKAGE_DIR = os.path.dirname(os.path.abspath(hyperattn.__file__))
 
 
@@ -64,8 +63,8 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=15)
     args = parser.parse_args()
     backward = not args.forward_only
-    q, k, v = (torch.randn(1, args.heads, args.seq_len, args.head_dim, device="cuda", dtype=torch.bfloat16,
-                           requires_grad=backward) for _ in range(3))
+    q, k, v = attention_inputs(1, args.heads, args.heads, args.seq_len, args.head_dim, torch.bfloat16, "cuda",
+                               requires_grad=backward)
     grad = torch.randn_like(q)
     config = HyperAttentionConfig(exact_up_to=0)
 
