@@ -5,7 +5,7 @@
     python benchmarks/kernel_resources.py --head-dims 64,128 --family hyper_fwd --instructions
     python benchmarks/kernel_resources.py --family hyper_samples --loops
 
-Compiles every kernel family (``hyperattn.ops.triton.interface.KERNEL_FAMILIES``) for sm_90a
+Compiles every kernel family (``hyperattn.executors.triton.interface.KERNEL_FAMILIES``) for sm_90a
 with Triton's own compiler and ``ptxas -v`` (both ship with Triton), at the tile configs the
 library launches (or those given), and prints registers per thread, spill stores, shared
 memory, the number of wgmma instructions and the ``num`` of every ``ttg.async_wait``: the
@@ -38,8 +38,8 @@ if os.environ.get("TRITON_INTERPRET") == "1":
 import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 
-from hyperattn.ops.triton import backward, forward  # noqa: E402
-from hyperattn.ops.triton.interface import KERNEL_FAMILIES, _launch_config, index_widths, query_chunk  # noqa: E402
+from hyperattn.executors.triton import backward, forward  # noqa: E402
+from hyperattn.executors.triton.interface import KERNEL_FAMILIES, _launch_config, index_widths, query_chunk  # noqa: E402
 
 PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
 NVDISASM = os.path.join(os.path.dirname(PTXAS), "nvdisasm")

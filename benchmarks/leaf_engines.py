@@ -19,7 +19,7 @@ import triton
 
 from hyperattn.bench.attention import hyper_attention_runner, time_case
 from hyperattn.config import HyperAttentionConfig
-from hyperattn.ops.cudnn import cudnn_causal_forward
+from hyperattn.executors.cudnn import cudnn_causal_forward
 
 
 def cudnn_takes_gqa() -> str:

@@ -8,8 +8,8 @@ import torch
 from torch.nn.attention.bias import causal_lower_right
 
 from hyperattn.config import HyperAttentionConfig, check_scale
-from hyperattn.ops import compute_dtype, reference_attention
-from hyperattn.ops.triton import TRITON_DTYPES, has_triton
+from hyperattn.executors import compute_dtype, reference_attention
+from hyperattn.executors.triton import TRITON_DTYPES, has_triton
 from hyperattn.plan import plan_hyper_attention
 
 _SEED_MIN, _SEED_MAX = -(1 << 63), (1 << 64) - 1
@@ -137,7 +137,7 @@ def exact_attention(q, k, v, causal: bool = False, scale: float | None = None, r
         out (B, Hq, Nq, Dv) in q's dtype, and with ``return_lse`` lse (B, Hq, Nq) float32
         (float64 for float64 inputs). The output alone comes from PyTorch's
         ``scaled_dot_product_attention``; with ``return_lse`` both come from the fused kernel
-        (fp16/bf16 CUDA tensors) or the reference executor (``hyperattn.ops.reference``).
+        (fp16/bf16 CUDA tensors) or the reference executor (``hyperattn.executors.reference``).
     """
     _check_inputs(q, k, v, causal)
     scale = check_scale(scale, q.shape[-1])
@@ -209,7 +209,7 @@ def _execute(q, k, v, plan, scale, causal, use_triton, tail=0):
     """(out, lse) of ``plan`` (None: exact attention, bottom-right causal), the last ``tail``
     rows exact, by the fused kernels or the reference executor."""
     if use_triton:
-        from hyperattn.ops.triton.interface import triton_attention
+        from hyperattn.executors.triton.interface import triton_attention
 
         return triton_attention(q, k, v, plan, scale, causal, tail)
     return _reference_attention_eager(q, k, v, plan, scale, causal, tail)

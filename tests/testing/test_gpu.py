@@ -50,7 +50,7 @@ def test_shards_share_the_cases(monkeypatch):
 @pytest.mark.parametrize("name,budget", [("causal gqa d128", 1), ("causal d64", None)])
 def test_check_case_sets_the_leaf_call_budget_for_its_case_only(name, budget, monkeypatch):
     import hyperattn.testing.gpu as gpu
-    from hyperattn.ops import cudnn
+    from hyperattn.executors import cudnn
 
     default = cudnn.LEAF_BACKWARD_ELEMENTS
     seen = []

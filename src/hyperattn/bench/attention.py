@@ -20,7 +20,7 @@ from tqdm import tqdm
 from hyperattn.api import hyper_attention
 from hyperattn.bench.timing import median_ms
 from hyperattn.config import HyperAttentionConfig
-from hyperattn.ops.cudnn import leaf_engine_setting
+from hyperattn.executors.cudnn import leaf_engine_setting
 
 BASELINES = ("flash", "cudnn")
 
@@ -123,7 +123,7 @@ def run_benchmark(seq_lens, long_seq_lens, head_dims, causals, modes, heads=32, 
         torch=torch.__version__, triton=triton.__version__, python=platform.python_version(),
         command=command,
         batch=1, heads=heads, kv_heads=kv_heads, dtype="bfloat16", config=asdict(config),
-        diagonal_leaves=leaf_engine_setting(),  # HYPERATTN_LEAVES: see hyperattn.ops.cudnn
+        diagonal_leaves=leaf_engine_setting(),  # HYPERATTN_LEAVES: see hyperattn.executors.cudnn
         results=results,
     )
 

@@ -1,7 +1,7 @@
 """The plan: every random or data-dependent choice of HyperAttention, as index tensors.
 
 A plan decides which keys each query attends to and with what weight; executors
-(``hyperattn.ops``) compute attention over that pattern. Reference and fused executors
+(``hyperattn.executors``) compute attention over that pattern. Reference and fused executors
 consume the same plan, so they can be compared exactly.
 """
 

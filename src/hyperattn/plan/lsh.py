@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from hyperattn.ops.triton import has_triton
+from hyperattn.executors.triton import has_triton
 
 
 def lsh_directions(num_kv_heads: int, head_dim: int, num_projs: int, generator: torch.Generator) -> torch.Tensor:
@@ -46,7 +46,7 @@ def lsh_buckets(x: torch.Tensor, directions: torch.Tensor, use_kernel: bool = Fa
         x: (Z, H, N, D) floating; head ``h`` uses the directions of kv head
             ``h // (H // Hkv)``, so grouped query heads hash like their kv head.
         directions: float32 (Hkv, D, r).
-        use_kernel: hash CUDA tensors with the fused kernel (``hyperattn.ops.triton.hashing``),
+        use_kernel: hash CUDA tensors with the fused kernel (``hyperattn.executors.triton.hashing``),
             which reads each row once and projects on the tensor cores in the input dtype.
     Returns:
         (Z, H, N) of ``bucket_dtype(r)`` with values in ``[0, 2**r)``. Without the kernel,
@@ -56,7 +56,7 @@ def lsh_buckets(x: torch.Tensor, directions: torch.Tensor, use_kernel: bool = Fa
     hkv, _, r = directions.shape
     proj_dirs = directions.to(x.device)
     if use_kernel and x.is_cuda and x.dtype != torch.float64 and has_triton():
-        from hyperattn.ops.triton.hashing import lsh_buckets_triton
+        from hyperattn.executors.triton.hashing import lsh_buckets_triton
 
         return lsh_buckets_triton(x.detach(), proj_dirs)
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32

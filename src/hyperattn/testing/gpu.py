@@ -21,8 +21,8 @@ from dataclasses import fields, replace
 import torch
 
 from hyperattn import HyperAttentionConfig
-from hyperattn.ops import causal_hyper_attention_reference, cudnn, reference_attention
-from hyperattn.ops.triton.interface import attention_backward, attention_forward, parts_of, triton_attention
+from hyperattn.executors import causal_hyper_attention_reference, cudnn, reference_attention
+from hyperattn.executors.triton.interface import attention_backward, attention_forward, parts_of, triton_attention
 from hyperattn.plan import AttentionPlan, CausalPlan, plan_hyper_attention
 
 # Relative Frobenius error allowed against float64, per input dtype.

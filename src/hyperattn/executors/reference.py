@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from hyperattn.ops.merge import masked_softmax_lse, merge_attention
+from hyperattn.merge import masked_softmax_lse, merge_attention
 from hyperattn.plan import (AttentionPlan, CausalPlan, inverse_permutation, join_rows, level_rows, query_block_layout,
                             split_rows)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from hyperattn.ops.triton.common import (
+from hyperattn.executors.triton.common import (
     LOG2E,
     LN2,
     live_key_ranks,

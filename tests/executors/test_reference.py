@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from hyperattn import HyperAttentionConfig
-from hyperattn.ops import exact_attention_reference, hyper_attention_reference
+from hyperattn.executors import exact_attention_reference, hyper_attention_reference
 from hyperattn.plan import AttentionPlan, plan_hyper_attention
 from tests.conftest import random_qkv
 
@@ -91,7 +91,7 @@ def test_gqa_equals_repeated_kv_for_the_same_plan():
 @pytest.mark.parametrize("causal", [False, True])
 def test_exact_reference_matches_sdpa(causal, monkeypatch):
     q, k, v = random_qkv(batch=2, hq=4, hkv=2, nq=33, nk=50, d=8, seed=4)
-    monkeypatch.setattr("hyperattn.ops.reference.EXACT_CHUNK_ELEMENTS", 700)  # several chunks
+    monkeypatch.setattr("hyperattn.executors.reference.EXACT_CHUNK_ELEMENTS", 700)  # several chunks
     out, lse = exact_attention_reference(q, k, v, 0.3, causal)
     mask = None
     if causal:  # bottom-right: query i sees keys <= Nk - Nq + i

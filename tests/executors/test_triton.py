@@ -12,10 +12,10 @@ import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
 from hyperattn import HyperAttentionConfig, hyper_attention  # noqa: E402
-from hyperattn.ops import reference_attention  # noqa: E402
-from hyperattn.ops.triton import interface  # noqa: E402
-from hyperattn.ops.triton.common import query_rank_blocks  # noqa: E402
-from hyperattn.ops.triton.interface import (  # noqa: E402
+from hyperattn.executors import reference_attention  # noqa: E402
+from hyperattn.executors.triton import interface  # noqa: E402
+from hyperattn.executors.triton.common import query_rank_blocks  # noqa: E402
+from hyperattn.executors.triton.interface import (  # noqa: E402
     _encode,
     attention_backward,
     attention_forward,
@@ -195,7 +195,7 @@ def test_unequal_query_and_key_tiles_match_reference(name, tiles, monkeypatch):
 
 
 def test_launch_config_override_names_families(monkeypatch):
-    from hyperattn.ops.triton.interface import _launch_config
+    from hyperattn.executors.triton.interface import _launch_config
 
     monkeypatch.setenv("HYPERATTN_TRITON_CONFIG", "dense_dkdv=64,128,8,2")
     assert _launch_config("dense_dkdv", 64, 64) == dict(BLOCK_M=64, BLOCK_N=128, num_warps=8, num_stages=2)
@@ -235,7 +235,7 @@ def test_triton_impl_rejects_float32():
 
 @pytest.mark.parametrize("name", ["noncausal-sinks", "tail-causal-sinks-gqa"])
 def test_parts_survive_the_custom_op_encoding(name):
-    from hyperattn.ops.triton.interface import _decode
+    from hyperattn.executors.triton.interface import _decode
 
     q, k, v, plan, causal, _ = make_case(name)
     parts = parts_of(plan, q.shape[2], k.shape[2], causal)
@@ -274,7 +274,7 @@ def test_torch_compile_runs_around_the_op():
 
 @pytest.mark.parametrize("d,projs", [(64, 7), (128, 16), (24, 3)])
 def test_hashing_kernel_matches_lsh_buckets(d, projs):
-    from hyperattn.ops.triton.hashing import lsh_buckets_triton
+    from hyperattn.executors.triton.hashing import lsh_buckets_triton
     from hyperattn.plan import lsh_buckets, lsh_directions
 
     gen = torch.Generator().manual_seed(d)
@@ -316,7 +316,7 @@ def test_causal_sinks_run_inside_the_first_rectangle_of_each_level():
     """Forward and dq: rectangle 0 of each level attends to the sinks; those rectangles hold
     every query after the first leaf once, and exact parts on shared key rows add the sinks'
     key gradients from the same queries."""
-    from hyperattn.ops.triton.interface import Part
+    from hyperattn.executors.triton.interface import Part
 
     q, k, v, plan, causal, _ = make_case("sinks")
     s = plan.schedule

@@ -1,6 +1,6 @@
 import torch
 
-from hyperattn.ops import masked_softmax_lse, merge_attention
+from hyperattn.merge import masked_softmax_lse, merge_attention
 
 
 def test_merge_equals_attention_over_the_union():
@@ -37,7 +37,7 @@ def test_merge_gradcheck_through_lse():
 
 
 def test_merge_stack_equals_attention_over_the_union_and_skips_empty_parts():
-    from hyperattn.ops.merge import merge_attention_stack
+    from hyperattn.merge import merge_attention_stack
 
     gen = torch.Generator().manual_seed(2)
     scores = torch.randn(2, 5, 12, generator=gen, dtype=torch.float64)

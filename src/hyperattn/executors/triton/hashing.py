@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from hyperattn.ops.triton import on_device, tile_width
+from hyperattn.executors.triton import on_device, tile_width
 from hyperattn.plan.lsh import bucket_dtype
 
 

@@ -1,6 +1,6 @@
 """Fused Triton kernels (hashing, attention forward and backward) and their custom ops.
 
-Importing this package does not import Triton; ``hyperattn.ops.triton.interface`` does.
+Importing this package does not import Triton; ``hyperattn.executors.triton.interface`` does.
 """
 
 import contextlib

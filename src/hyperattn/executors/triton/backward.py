@@ -14,7 +14,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from hyperattn.ops.triton.common import (
+from hyperattn.executors.triton.common import (
     LOG2E,
     live_key_ranks,
     load_block_key_tile,

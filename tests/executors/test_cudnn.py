@@ -7,9 +7,9 @@ import torch
 
 pytest.importorskip("triton")
 
-from hyperattn.ops import cudnn, reference_attention  # noqa: E402
-from hyperattn.ops.triton import interface  # noqa: E402
-from hyperattn.ops.triton.interface import attention_backward, attention_forward, parts_of  # noqa: E402
+from hyperattn.executors import cudnn, reference_attention  # noqa: E402
+from hyperattn.executors.triton import interface  # noqa: E402
+from hyperattn.executors.triton.interface import attention_backward, attention_forward, parts_of  # noqa: E402
 from hyperattn.plan import plan_hyper_attention  # noqa: E402
 from hyperattn import HyperAttentionConfig  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""Fused Triton executors: the same plans as ``hyperattn.ops.reference``, run as kernels.
+"""Fused Triton executors: the same plans as ``hyperattn.executors.reference``, run as kernels.
 
 fp16 and bf16 inputs on CUDA (or any device under ``TRITON_INTERPRET=1``); the output is in
 the input dtype, lse float32. Every part of the pattern is one launch that merges into fp32
@@ -16,8 +16,8 @@ from dataclasses import dataclass, fields
 import torch
 import triton
 
-from hyperattn.ops.triton import on_device, tile_width
-from hyperattn.ops.triton.backward import (
+from hyperattn.executors.triton import on_device, tile_width
+from hyperattn.executors.triton.backward import (
     add_rows_kernel,
     bwd_delta_kernel,
     dense_bwd_dkdv_kernel,
@@ -26,8 +26,8 @@ from hyperattn.ops.triton.backward import (
     hyper_bwd_dq_kernel,
     hyper_bwd_samples_kernel,
 )
-from hyperattn.ops.cudnn import leaves_backward, leaves_forward, use_cudnn_leaves
-from hyperattn.ops.triton.forward import dense_fwd_kernel, hyper_fwd_kernel, merge_copies_kernel, merge_leaves_kernel
+from hyperattn.executors.cudnn import leaves_backward, leaves_forward, use_cudnn_leaves
+from hyperattn.executors.triton.forward import dense_fwd_kernel, hyper_fwd_kernel, merge_copies_kernel, merge_leaves_kernel
 from hyperattn.plan import AttentionPlan, CausalPlan
 
 
@@ -43,7 +43,7 @@ class Part:
     for parts that do not own their key rows: their problems add to the same key gradients).
 
     ``plan`` None means exact attention (causal: bottom-right within the problem).
-    ``diagonal``: the causal diagonal leaves (cuDNN may run them; see ``hyperattn.ops.cudnn``).
+    ``diagonal``: the causal diagonal leaves (cuDNN may run them; see ``hyperattn.executors.cudnn``).
     ``last_dq`` / ``last_dkdv``: in the backward, this part's query (key) rows get no gradient
     from parts that run after it; these parts partition the rows, so they write the final
     gradients in the input dtype. ``sinks``: a hyper part skips key rows below it (an exact
@@ -348,7 +348,7 @@ def attention_forward(q, k, v, parts: list[Part], scale: float, tail: int = 0, c
     A single forward part (``key_grads_only`` parts have none) writes the output. Otherwise
     every part merges into a float32 accumulator (lse -inf until a part writes a row), except
     the diagonal leaves where cuDNN runs them
-    (``hyperattn.ops.cudnn.use_cudnn_leaves``), and one pass merges the accumulator with
+    (``hyperattn.executors.cudnn.use_cudnn_leaves``), and one pass merges the accumulator with
     cuDNN's leaves (if any) into the output. Then the last ``tail`` rows are replaced by exact
     attention (``causal``: bottom-right) over every key they see (``_tail_forward``).
     ``poison`` fills the outputs with NaN first, so rows no part wrote show up."""
@@ -457,8 +457,8 @@ def attention_backward(dout, dlse, q, k, v, out, lse, parts: list[Part], scale: 
     Parts that share gradient rows add into zeroed fp32 accumulators; the parts that own
     the rows (``Part.last_dq``, ``Part.last_dkdv``) run last and write the final gradients.
     Without an lse gradient, cuDNN may run the diagonal leaves
-    (``hyperattn.ops.cudnn.use_cudnn_leaves``), over groups of heads
-    (``hyperattn.ops.cudnn.LEAF_BACKWARD_ELEMENTS``); one addition per gradient and group
+    (``hyperattn.executors.cudnn.use_cudnn_leaves``), over groups of heads
+    (``hyperattn.executors.cudnn.LEAF_BACKWARD_ELEMENTS``); one addition per gradient and group
     (``_add_leaf_grads``) finishes their rows.
     The exact tail's rows reach the parts with lse +inf, so the parts give them no gradient
     (their probabilities are 0); the tail's own launches add theirs.
