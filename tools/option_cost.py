@@ -1,11 +1,12 @@
 """What the accuracy options cost: HyperAttention's time with each option against the paper's config.
 
-    python benchmarks/option_cost.py --seq-lens 32768,131072 --json out.json
+    python tools/option_cost.py --seq-lens 32768,131072 --json out.json
 
 Times (``hyperattn.bench.attention.time_case``: medians of ``triton.testing.do_bench``, one
 process, one card) forward and forward+backward, causal and not, batch 1, 32 heads, head dim
 64, bf16, for the paper's config and each option set (the last one is the library's default),
-and prints each one's time relative to the paper's.
+and prints each one's time relative to the paper's. Needs a CUDA GPU; ``tools/gpu_session.sh OUT
+options`` runs it.
 """
 
 from __future__ import annotations

@@ -1,9 +1,12 @@
 """Where the time goes: CUDA kernel time per stage of one HyperAttention call.
 
-    python benchmarks/profile_attention.py --seq-len 131072 --heads 32 --head-dim 64
+    python tools/profile_attention.py --seq-len 131072 --heads 32 --head-dim 64
 
 Prints, for causal and non-causal, forward and forward+backward, the total CUDA time of
-each kernel (torch.profiler), largest first.
+each kernel (torch.profiler), largest first, and the host's self CPU time. The config is the
+library's default with ``exact_up_to=0`` (``--exact-sinks 0 --exact-tail 0``: the paper's). Use it to
+see which kernel a change should speed up, and to A/B two source trees (``tools/gpu_session.sh``,
+step ``ab``). Needs a CUDA GPU.
 """
 
 from __future__ import annotations

@@ -1,12 +1,14 @@
 """Kernel time of each Triton kernel family under candidate tile configurations.
 
-    python benchmarks/sweep_configs.py --seq-len 131072 --head-dim 64
-    python benchmarks/sweep_configs.py --family dense_dkdv --configs 64,128,8,3 32,128,4,3
+    python tools/sweep_configs.py --seq-len 131072 --head-dim 64
+    python tools/sweep_configs.py --family dense_dkdv --configs 64,128,8,3 32,128,4,3
 
 For each family (``hyperattn.executors.triton.interface.KERNEL_FAMILIES``) and candidate
 ``BLOCK_M,BLOCK_N,warps,stages``, profiles forward+backward (causal, and non-causal for the
 hyper kernels) with HYPERATTN_TRITON_CONFIG set for that family alone, and prints the CUDA
 time of the family's kernel, so each family's best configuration can be read off one table.
+For tile tuning on a new card or head dim; screen candidates first on a CPU machine with
+``tools/kernel_resources.py`` (registers, spills). Needs a CUDA GPU.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ CANDIDATES = {
     "hyper_dq": ["128,64,4,3", "128,64,8,3", "64,64,4,3", "64,32,4,3", "128,64,4,4", "64,64,4,2"],
     "dense_dq": ["128,64,4,3", "128,64,8,3", "64,64,4,3", "128,32,4,3", "64,32,4,3"],
     # 64,32,4,3 and 64,64,8,2: the head-dim-128 key-side kernels spill a fifth as much there
-    # (benchmarks/kernel_resources.py); not yet timed
+    # (tools/kernel_resources.py); not yet timed
     "hyper_dkdv": ["128,64,4,3", "64,128,4,3", "32,128,4,3", "64,64,4,3", "64,64,8,3", "64,32,4,3", "64,64,8,2",
                    "64,64,4,4"],
     "dense_dkdv": ["128,64,4,3", "64,128,4,3", "64,64,4,3", "64,64,4,2", "64,64,8,3", "32,64,4,3", "64,64,8,2"],
