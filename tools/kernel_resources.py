@@ -5,7 +5,7 @@
     python tools/kernel_resources.py --head-dims 64,128 --family hyper_fwd --instructions
     python tools/kernel_resources.py --family hyper_samples --loops
 
-Compiles every kernel family (``hyperattn.executors.triton.interface.KERNEL_FAMILIES``) for sm_90a
+Compiles every kernel family (``hyperattn.executors.triton.tiles.KERNEL_FAMILIES``) for sm_90a
 with Triton's own compiler and ``ptxas -v`` (both ship with Triton), at the tile configs the
 library launches (or those given), and prints registers per thread, spill stores, shared
 memory, the number of wgmma instructions and the ``num`` of every ``ttg.async_wait``: the
@@ -42,7 +42,7 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 
 from hyperattn.executors.triton import backward, forward  # noqa: E402
-from hyperattn.executors.triton.interface import KERNEL_FAMILIES, _launch_config, index_widths, query_chunk  # noqa: E402
+from hyperattn.executors.triton.tiles import KERNEL_FAMILIES, index_widths, launch_config, query_chunk  # noqa: E402
 
 PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
 NVDISASM = os.path.join(os.path.dirname(PTXAS), "nvdisasm")
@@ -162,7 +162,7 @@ def main() -> None:
             if args.configs:
                 configs = [tuple(int(x) for x in c.split(",")) for c in args.configs]
             else:
-                cfg = _launch_config(family, head_dim, head_dim)
+                cfg = launch_config(family, head_dim, head_dim)
                 configs = [(cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["num_warps"], cfg["num_stages"])]
             for config in configs:
                 compiled = compile_family(family, head_dim, *config, args.arch)

@@ -3,7 +3,7 @@
     python tools/sweep_configs.py --seq-len 131072 --head-dim 64
     python tools/sweep_configs.py --family dense_dkdv --configs 64,128,8,3 32,128,4,3
 
-For each family (``hyperattn.executors.triton.interface.KERNEL_FAMILIES``) and candidate
+For each family (``hyperattn.executors.triton.tiles.KERNEL_FAMILIES``) and candidate
 ``BLOCK_M,BLOCK_N,warps,stages``, profiles forward+backward (causal, and non-causal for the
 hyper kernels) with HYPERATTN_TRITON_CONFIG set for that family alone, and prints the CUDA
 time of the family's kernel, so each family's best configuration can be read off one table.
@@ -21,9 +21,9 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from hyperattn import HyperAttentionConfig, hyper_attention
-from hyperattn.executors.triton.interface import KERNEL_FAMILIES
+from hyperattn.executors.triton.tiles import KERNEL_FAMILIES
 
-# The hyper forward and dq kernels take BLOCK_M <= 2 * BLOCK_N (interface._launch_config says why).
+# The hyper forward and dq kernels take BLOCK_M <= 2 * BLOCK_N (tiles.parse_override says why).
 CANDIDATES = {
     "hyper_fwd": ["128,64,4,3", "128,64,8,3", "64,64,4,3", "128,64,4,4", "128,128,8,3", "64,32,4,3"],
     "dense_fwd": ["128,64,4,3", "128,64,8,3", "128,128,8,3", "64,64,4,3", "128,32,4,4"],

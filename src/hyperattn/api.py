@@ -10,7 +10,7 @@ from torch.nn.attention.bias import causal_lower_right
 from hyperattn.config import HyperAttentionConfig, check_scale
 from hyperattn.executors import compute_dtype, reference_attention
 from hyperattn.executors.triton import TRITON_DTYPES, has_triton
-from hyperattn.plan import plan_hyper_attention
+from hyperattn.plan import lsh_buckets, plan_hyper_attention
 
 _SEED_MIN, _SEED_MAX = -(1 << 63), (1 << 64) - 1
 
@@ -117,7 +117,10 @@ def _plan(q, k, v, causal: bool, config: HyperAttentionConfig, seed: int, use_tr
     ``torch.compile`` it runs eagerly as one piece: Dynamo cannot trace generator draws, and
     would otherwise break the graph at each of them."""
     generator = torch.Generator(device=q.device).manual_seed(seed)
-    return plan_hyper_attention(q, k, v, causal, config, generator, use_kernels=use_triton)
+    hash_rows = lsh_buckets
+    if use_triton and q.is_cuda:
+        from hyperattn.executors.triton.hashing import lsh_buckets_triton as hash_rows
+    return plan_hyper_attention(q, k, v, causal, config, generator, hash_rows)
 
 
 # The reference executor's data-dependent shapes (block layouts) would break a compiled graph
@@ -209,7 +212,7 @@ def _execute(q, k, v, plan, scale, causal, use_triton, tail=0):
     """(out, lse) of ``plan`` (None: exact attention, bottom-right causal), the last ``tail``
     rows exact, by the fused kernels or the reference executor."""
     if use_triton:
-        from hyperattn.executors.triton.interface import triton_attention
+        from hyperattn.executors.triton.op import triton_attention
 
         return triton_attention(q, k, v, plan, scale, causal, tail)
     return _reference_attention_eager(q, k, v, plan, scale, causal, tail)

@@ -8,12 +8,15 @@ import torch
 pytest.importorskip("triton")
 
 from hyperattn.executors import cudnn, reference_attention  # noqa: E402
-from hyperattn.executors.triton import interface  # noqa: E402
-from hyperattn.executors.triton.interface import attention_backward, attention_forward, parts_of  # noqa: E402
+from hyperattn.executors.triton import executor  # noqa: E402
+from hyperattn.executors.triton.executor import attention_backward, attention_forward  # noqa: E402
+from hyperattn.executors.triton.op import triton_attention  # noqa: E402
+from hyperattn.plan import Rectangles, Rows  # noqa: E402
+from hyperattn.plan.launch import Part, assign_owners, parts_of  # noqa: E402
 from hyperattn.plan import plan_hyper_attention  # noqa: E402
 from hyperattn import HyperAttentionConfig  # noqa: E402
 
-from tests.ops.test_triton import DEVICE, DTYPE, rel_error  # noqa: E402
+from tests.executors.test_triton import DEVICE, DTYPE, rel_error  # noqa: E402
 
 
 def _scores(q, k, scale):
@@ -56,7 +59,7 @@ calls = {"fwd": 0, "bwd": 0}
 def fake_cudnn(monkeypatch):
     monkeypatch.setattr(cudnn, "cudnn_causal_forward", fake_forward)
     monkeypatch.setattr(cudnn, "cudnn_causal_backward", fake_backward)
-    monkeypatch.setattr(interface, "use_cudnn_leaves", lambda *args: True)
+    monkeypatch.setattr(executor, "use_cudnn_leaves", lambda *args: True)
     calls.update(fwd=0, bwd=0)
 
 
@@ -82,7 +85,7 @@ def leaf_calls_per_batch_row(monkeypatch, kv_heads_a_call, parts, q, k) -> int:
     if kv_heads_a_call is None:
         return 1
     leaves = next(part for part in parts if part.diagonal)
-    one_kv_head = leaves.rects * leaves.n_q * (q.shape[1] // k.shape[1]) * q.shape[-1]
+    one_kv_head = leaves.count * leaves.num_queries * (q.shape[1] // k.shape[1]) * q.shape[-1]
     monkeypatch.setattr(cudnn, "LEAF_BACKWARD_ELEMENTS", kv_heads_a_call * one_kv_head)
     return -(-k.shape[1] // kv_heads_a_call)
 
@@ -179,7 +182,7 @@ def test_autograd_without_lse_runs_cudnn_leaves(fake_cudnn):
     q, k, v = (torch.randn(batch, heads, n, d, generator=gen).to(DEVICE, DTYPE).requires_grad_() for n in (nq, nk, nk))
     cfg = HyperAttentionConfig(block_size=block, sample_size=samples, exact_up_to=0, min_seq_len=min_len)
     plan = plan_hyper_attention(q, k, v, True, cfg, torch.Generator().manual_seed(6))
-    out, _ = interface.triton_attention(q, k, v, plan, d ** -0.5, True)
+    out, _ = triton_attention(q, k, v, plan, d ** -0.5, True)
     out.float().sum().backward()
     assert calls == {"fwd": batch, "bwd": batch}
 
@@ -192,7 +195,9 @@ def test_cudnn_leaves_alone_write_their_rows(leaf_calls, fake_cudnn, monkeypatch
     gen = torch.Generator().manual_seed(7)
     q = torch.randn(batch, q_heads, leaves * side, d, generator=gen).to(DEVICE, DTYPE)
     k, v = (torch.randn(batch, kv_heads, leaves * side, d, generator=gen).to(DEVICE, DTYPE) for _ in range(2))
-    parts = [interface.Part(None, True, leaves, 0, 0, side, side, side, diagonal=True)]
+    diagonal = Rectangles(count=leaves, queries=Rows(start=0, stride=side, length=side),
+                          keys=Rows(start=0, stride=side, length=side))
+    parts = assign_owners([Part(None, diagonal, causal=True, diagonal=True)], leaves * side, leaves * side)
     calls_per_row = leaf_calls_per_batch_row(monkeypatch, LEAF_CALLS[leaf_calls], parts, q, k)
     scale = d ** -0.5
     out, lse = attention_forward(q, k, v, parts, scale, poison=True)

@@ -13,17 +13,13 @@ import triton.language as tl  # noqa: E402
 
 from hyperattn import HyperAttentionConfig, hyper_attention  # noqa: E402
 from hyperattn.executors import reference_attention  # noqa: E402
-from hyperattn.executors.triton import interface  # noqa: E402
+from hyperattn.executors.triton import tiles  # noqa: E402
 from hyperattn.executors.triton.common import query_rank_blocks  # noqa: E402
-from hyperattn.executors.triton.interface import (  # noqa: E402
-    _encode,
-    attention_backward,
-    attention_forward,
-    attention_fwd_op,
-    parts_of,
-    triton_attention,
-)
-from hyperattn.plan import plan_hyper_attention  # noqa: E402
+from hyperattn.executors.triton.executor import attention_backward, attention_forward  # noqa: E402
+from hyperattn.executors.triton.op import attention_fwd_op, triton_attention  # noqa: E402
+from hyperattn.plan import flatten_plan, plan_hyper_attention, unflatten_plan  # noqa: E402
+from hyperattn.plan import launch  # noqa: E402
+from hyperattn.plan.launch import parts_of  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPE = torch.float16  # Triton 3.6's interpreter computes bf16 dots wrongly; the GPU check covers bf16
@@ -75,9 +71,9 @@ OPTIONS.update({name: (sinks, tail) for name, (_, sinks, tail) in OPTION_CASES.i
 @pytest.fixture(autouse=True)
 def small_chunks(monkeypatch):
     """Chunks the interpreter can afford, so that the tests reach several of them."""
-    monkeypatch.setattr(interface, "KEY_CHUNK_LEN", 16)
-    monkeypatch.setattr(interface, "QUERY_CHUNK_LEN", 16)
-    monkeypatch.setattr(interface, "REGISTER_QUERY_ROWS", 32)  # query-row chunks of at most two 16-row tiles
+    monkeypatch.setattr(launch, "KEY_CHUNK_LEN", 16)
+    monkeypatch.setattr(launch, "QUERY_CHUNK_LEN", 16)
+    monkeypatch.setattr(tiles, "REGISTER_QUERY_ROWS", 32)  # query-row chunks of at most two 16-row tiles
 
 
 def make_case(name, seed=0, dtype=DTYPE):
@@ -195,7 +191,7 @@ def test_unequal_query_and_key_tiles_match_reference(name, tiles, monkeypatch):
 
 
 def test_launch_config_override_names_families(monkeypatch):
-    from hyperattn.executors.triton.interface import _launch_config
+    from hyperattn.executors.triton.tiles import launch_config as _launch_config
 
     monkeypatch.setenv("HYPERATTN_TRITON_CONFIG", "dense_dkdv=64,128,8,2")
     assert _launch_config("dense_dkdv", 64, 64) == dict(BLOCK_M=64, BLOCK_N=128, num_warps=8, num_stages=2)
@@ -233,30 +229,27 @@ def test_triton_impl_rejects_float32():
         hyper_attention(q, q, q, config=HyperAttentionConfig(exact_up_to=0, min_seq_len=8, impl="triton"))
 
 
-@pytest.mark.parametrize("name", ["noncausal-sinks", "tail-causal-sinks-gqa"])
-def test_parts_survive_the_custom_op_encoding(name):
-    from hyperattn.executors.triton.interface import _decode
-
+@pytest.mark.parametrize("name", ["noncausal-sinks", "tail-causal-sinks-gqa", "causal-prefill-no-head",
+                                  "causal-prefill-short-prefix", "exact-causal"])
+def test_plans_survive_the_custom_op_boundary(name):
+    """What the op receives (``flatten_plan``) gives back the same launch list."""
     q, k, v, plan, causal, _ = make_case(name)
-    parts = parts_of(plan, q.shape[2], k.shape[2], causal)
-    decoded = _decode(*_encode(parts))
-
-    def fields(part):
-        return [getattr(part, f) for f in vars(part) if f != "plan"]
-
-    for part, back in zip(parts, decoded, strict=True):
-        assert fields(part) == fields(back)
+    back = unflatten_plan(*flatten_plan(plan))
+    assert type(back) is type(plan)
+    for part, other in zip(parts_of(plan, q.shape[2], k.shape[2], causal),
+                           parts_of(back, q.shape[2], k.shape[2], causal), strict=True):
+        assert all(getattr(part, f.name) == getattr(other, f.name) for f in dataclasses.fields(part) if f.name != "plan")
         if part.plan is not None:
-            assert (back.plan.block_size, back.plan.sinks) == (part.plan.block_size, part.plan.sinks)
-            assert all(torch.equal(getattr(part.plan, f), getattr(back.plan, f))
-                       for f in ("q_perm", "k_perm", "sample_idx"))
+            assert (other.plan.block_size, other.plan.sinks) == (part.plan.block_size, part.plan.sinks)
+            assert all(torch.equal(getattr(part.plan, f), getattr(other.plan, f))
+                       for f in ("q_perm", "k_perm", "sample_idx", "sample_block", "sample_log_weight"))
 
 
 def test_custom_op_passes_opcheck():
     q, k, v, plan, causal, _ = make_case("noncausal-gqa-odd")
-    plan_tensors, part_ints = _encode(parts_of(plan, q.shape[2], k.shape[2], causal))
+    plan_tensors, plan_ints = flatten_plan(plan)
     q, k, v = (x.requires_grad_() for x in (q, k, v))
-    torch.library.opcheck(attention_fwd_op, (q, k, v, plan_tensors, part_ints, 0.25, 5, causal),
+    torch.library.opcheck(attention_fwd_op, (q, k, v, plan_tensors, plan_ints, 0.25, causal, 5),
                           test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
 
 
@@ -300,50 +293,12 @@ def test_exact_tail_through_the_kernels_matches_the_reference():
     assert all(torch.isfinite(x.grad).all() for x in (q, k, v))
 
 
-def test_noncausal_sinks_run_inside_the_hyper_part():
-    """Forward and dq: the hyper part attends to the sinks itself; the exact parts only add the
-    sinks' key gradients, in chunks of queries that together cover every query once."""
-    q, k, v, plan, causal, _ = make_case("noncausal-sinks")
-    parts = parts_of(plan, q.shape[2], k.shape[2], causal)
-    assert parts[0].plan is plan and parts[0].exact_keys == plan.sinks == 5
-    assert all(part.key_grads_only and part.plan is None for part in parts[1:])
-    rows = sorted(row for part in parts[1:] for r in range(part.rects)
-                  for row in range(part.q_start + r * part.rect_stride, part.q_start + r * part.rect_stride + part.n_q))
-    assert rows == list(range(q.shape[2])) and parts[1].rects == q.shape[2] // interface.QUERY_CHUNK_LEN
-
-
-def test_causal_sinks_run_inside_the_first_rectangle_of_each_level():
-    """Forward and dq: rectangle 0 of each level attends to the sinks; those rectangles hold
-    every query after the first leaf once, and exact parts on shared key rows add the sinks'
-    key gradients from the same queries."""
-    from hyperattn.executors.triton.interface import Part
-
-    q, k, v, plan, causal, _ = make_case("sinks")
-    s = plan.schedule
-    assert s.head_len == s.prefix_len == 0
-    parts = parts_of(plan, q.shape[2], k.shape[2], causal)
-    levels = [part for part in parts if part.plan is not None]
-    assert len(levels) == s.num_levels and all(part.exact_keys == plan.sinks == 3 for part in levels)
-    first_rectangles = sorted(row for part in levels for row in range(part.q_start, part.q_start + part.n_q))
-    assert first_rectangles == list(range(s.leaf_len, s.main_len))
-    grads = [part for part in parts if part.key_grads_only]
-    rows = sorted(row for part in grads for r in range(part.rects)
-                  for row in range(part.q_start + r * part.rect_stride, part.q_start + r * part.rect_stride + part.n_q))
-    assert rows == first_rectangles
-    assert all(part.key_rect_stride == 0 and part.k_start == 0 and part.n_k == plan.sinks for part in grads)
-    assert not any(part.plan is None and not part.key_grads_only and not part.diagonal for part in parts)
-    with pytest.raises(ValueError, match="cannot own"):
-        Part(None, False, 3, 0, 0, 4, 4, 2, key_rect_stride=0)
-    with pytest.raises(ValueError, match="only in exact parts"):
-        Part(plan.level_plans[0], False, 1, 0, 0, 4, 4, 4, last_dq=False, last_dkdv=False, key_rect_stride=0)
-
-
 def test_exact_tiles_fit_small_parts():
     """The exact tail's 64 queries and the sinks' 16 keys get tiles of their own size, on at most 4 warps."""
     cfg = dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3)
-    assert interface._fit_tiles(cfg, 64, 16) == dict(BLOCK_M=64, BLOCK_N=16, num_warps=4, num_stages=3)
-    assert interface._fit_tiles(cfg, 5, 4096) == dict(BLOCK_M=16, BLOCK_N=64, num_warps=4, num_stages=3)
-    assert interface._fit_tiles(cfg, 4096, 100) is cfg
+    assert tiles.fit_tiles(cfg, 64, 16) == dict(BLOCK_M=64, BLOCK_N=16, num_warps=4, num_stages=3)
+    assert tiles.fit_tiles(cfg, 5, 4096) == dict(BLOCK_M=16, BLOCK_N=64, num_warps=4, num_stages=3)
+    assert tiles.fit_tiles(cfg, 4096, 100) is cfg
 
 
 @triton.jit

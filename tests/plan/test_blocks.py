@@ -25,3 +25,16 @@ def test_layout_slots_round_trip(nq, nk, b):
     assert torch.equal(flat[layout.rank_slot], torch.arange(nq))
     assert (flat >= 0).sum() == nq
     assert torch.equal(layout.rank_slot // width, layout.rank_block)
+
+
+@pytest.mark.parametrize("nq,nk,b", [(100, 100, 8), (37, 100, 8), (100, 37, 8), (1, 5, 2), (7, 3, 16), (4096, 6000, 256)])
+def test_block_ranges_and_their_largest_size_follow_the_rank_rule(nq, nk, b):
+    from hyperattn.plan.blocks import max_queries_per_block, query_block_range
+
+    blocks = query_block_of_rank(nq, nk, b)
+    sizes = []
+    for block in range(num_key_blocks(nk, b)):
+        lo, hi = query_block_range(block, nq, nk, b)
+        assert torch.equal(torch.nonzero(blocks == block).flatten(), torch.arange(lo, max(lo, hi)))
+        sizes.append(max(0, hi - lo))
+    assert max(sizes) <= max_queries_per_block(nq, nk, b)

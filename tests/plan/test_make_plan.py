@@ -1,7 +1,7 @@
 import torch
 
 from hyperattn import HyperAttentionConfig
-from hyperattn.plan import (inverse_permutation, level_rows, lsh_buckets, lsh_directions, plan_hyper_attention,
+from hyperattn.plan import (inverse_permutation, lsh_buckets, lsh_directions, plan_hyper_attention,
                             sort_lsh_permutation)
 from tests.conftest import random_qkv
 
@@ -47,7 +47,7 @@ def test_causal_sinks_sort_last_in_the_first_rectangle_of_each_level_and_in_the_
     assert plan.sinks == 40 and prefix == 36
     k_buckets = buckets_of(k, config, 2)
     for level, level_plan in enumerate(plan.level_plans, start=1):
-        rects = s.num_rectangles(level)
-        level_buckets = level_rows(k_buckets[:, :, prefix:], level, s, right=False)
-        assert_sinks_sort_last(level_plan, level_buckets, 4, set(range(0, 2 * rects, rects)))
+        rects = s.level(level)
+        level_buckets = rects.keys.take(k_buckets, rects.count)
+        assert_sinks_sort_last(level_plan, level_buckets, 4, set(range(0, 2 * rects.count, rects.count)))
     assert_sinks_sort_last(plan.prefix_plan, k_buckets[:, :, :prefix], 36, {0, 1})

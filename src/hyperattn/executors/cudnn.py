@@ -26,6 +26,7 @@ CUDA graph capture.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import warnings
@@ -40,6 +41,19 @@ _cudnn_geometries: set[tuple] = set()  # leaf geometries cuDNN has run (their gr
 # leaves' backward runs over groups of kv heads (5 GiB a call); at 1M tokens and head dim 128
 # a forward+backward then fits one H200.
 LEAF_BACKWARD_ELEMENTS = 2**29
+
+
+@contextlib.contextmanager
+def leaf_backward_elements(elements: int):
+    """Within the block, a cuDNN leaf backward call takes at most ``elements`` query elements
+    (``LEAF_BACKWARD_ELEMENTS``; at least one kv head a call): the GPU check runs the grouped path
+    at small sizes with it."""
+    global LEAF_BACKWARD_ELEMENTS
+    saved, LEAF_BACKWARD_ELEMENTS = LEAF_BACKWARD_ELEMENTS, elements
+    try:
+        yield
+    finally:
+        LEAF_BACKWARD_ELEMENTS = saved
 
 
 def leaf_engine_setting() -> str:

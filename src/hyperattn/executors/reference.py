@@ -13,8 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from hyperattn.merge import masked_softmax_lse, merge_attention
-from hyperattn.plan import (AttentionPlan, CausalPlan, inverse_permutation, join_rows, level_rows, query_block_layout,
-                            split_rows)
+from hyperattn.plan import AttentionPlan, CausalPlan, Rectangles, inverse_permutation, query_block_layout
 
 # Largest score tensor materialized at once by exact_attention_reference (elements).
 EXACT_CHUNK_ELEMENTS = 1 << 22
@@ -154,6 +153,16 @@ def hyper_attention_reference(
     return merge_attention(out, lse, out_samples, lse_samples.reshape(z, hq, nq))
 
 
+def _merge_into(out, lse, rects: Rectangles, part_out, part_lse):
+    """Merge a part's result over ``rects`` ((B * count, H, L, *) and (B * count, H, L)) into
+    its query rows of out (B, H, Nq, Dv) and lse (B, H, Nq); other rows stay as they are."""
+    batch, rows = out.shape[0], rects.queries
+    index = rows.index(rects.count, out.device)
+    merged, merged_lse = merge_attention(out[:, :, index], lse[:, :, index], rows.join(part_out, batch),
+                                         rows.join(part_lse, batch))
+    return out.index_copy(2, index, merged), lse.index_copy(2, index, merged_lse)
+
+
 def causal_hyper_attention_reference(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: CausalPlan, scale: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -161,79 +170,68 @@ def causal_hyper_attention_reference(
 
     Diagonal leaves: one batched exact causal call; each level: one batched
     ``hyper_attention_reference`` over its rectangles; the prefix: one more; all merged by
-    lse. The head rows (fewer than the number of leaves) are exact. With ``plan.sinks`` or
-    ``plan.window``, the levels and the prefix skip those keys, and one more exact part
-    attends each main query to the ones before its leaf.
+    lse into their query rows. The head rows (fewer than the number of leaves) are exact.
+    With ``plan.sinks`` or ``plan.window``, the levels and the prefix skip those keys, and one
+    more exact part attends each main query to the ones before its leaf.
     """
-    schedule = plan.schedule
-    batch, head = q.shape[0], schedule.head_len
-    prefix = schedule.prefix_len + head
-    q_main, k_main, v_main = q[:, :, head:], k[:, :, prefix:], v[:, :, prefix:]
-    main_pos = (prefix + torch.arange(schedule.main_len, device=q.device)).expand(batch, 1, -1)
+    s = plan.schedule
+    batch, _, n_q, _ = q.shape
+    query_pos = (s.prefix_len + torch.arange(n_q, device=q.device)).expand(batch, 1, -1)
+    key_pos = torch.arange(k.shape[2], device=q.device).expand(batch, 1, -1)
     excluding = plan.sinks > 0 or plan.window > 0
 
-    def skip(query_pos, key_pos):
-        return Exclusion(query_pos, key_pos, plan.sinks, plan.window) if excluding else None
+    def skip(rects: Rectangles) -> Exclusion | None:
+        if not excluding:
+            return None
+        return Exclusion(rects.queries.take(query_pos, rects.count), rects.keys.take(key_pos, rects.count),
+                         plan.sinks, plan.window)
 
-    leaves = schedule.num_leaves
-    out, lse = exact_attention_reference(
-        *(split_rows(x, leaves).flatten(0, 1) for x in (q_main, k_main, v_main)), scale, causal=True
-    )
-    out, lse = join_rows(out.unflatten(0, (batch, leaves))), join_rows(lse.unflatten(0, (batch, leaves)))
-
+    dtype = compute_dtype(q.dtype)
+    out = q.new_zeros(batch, q.shape[1], n_q, v.shape[-1], dtype=dtype)
+    lse = q.new_full((batch, q.shape[1], n_q), -torch.inf, dtype=dtype)
+    exact_parts = [(s.leaves(), True)] + ([(s.head(), True)] if s.head_len else [])
+    for rects, causal in exact_parts:  # they own disjoint rows: written, not merged
+        part_out, part_lse = exact_attention_reference(*rects.take(q, k), rects.keys.take(v, rects.count), scale,
+                                                       causal=causal)
+        index = rects.queries.index(rects.count, q.device)
+        out = out.index_copy(2, index, rects.queries.join(part_out, batch))
+        lse = lse.index_copy(2, index, rects.queries.join(part_lse, batch))
     for level, level_plan in enumerate(plan.level_plans, start=1):
-        nodes = schedule.num_rectangles(level)
-        rect_out, rect_lse = hyper_attention_reference(
-            level_rows(q_main, level, schedule, right=True),
-            level_rows(k_main, level, schedule, right=False),
-            level_rows(v_main, level, schedule, right=False),
-            level_plan,
-            scale,
-            skip(level_rows(main_pos, level, schedule, right=True), level_rows(main_pos, level, schedule, right=False)),
-        )
-        rect_out, rect_lse = rect_out.unflatten(0, (batch, nodes)), rect_lse.unflatten(0, (batch, nodes))
-        # Left halves of each node see nothing at this level: an empty part (lse = -inf).
-        level_out = torch.stack((torch.zeros_like(rect_out), rect_out), 2).flatten(1, 2)
-        level_lse = torch.stack((torch.full_like(rect_lse, -torch.inf), rect_lse), 2).flatten(1, 2)
-        out, lse = merge_attention(out, lse, join_rows(level_out), join_rows(level_lse))
-
-    if prefix > 0:  # prefix keys: one rectangle, exact when no longer than a block
-        k_pre, v_pre = k[:, :, :prefix], v[:, :, :prefix]
-        prefix_skip = skip(main_pos, torch.arange(prefix, device=q.device).expand(batch, 1, -1))
+        rects = s.level(level)
+        part = hyper_attention_reference(*rects.take(q, k), rects.keys.take(v, rects.count), level_plan, scale,
+                                         skip(rects))
+        out, lse = _merge_into(out, lse, rects, *part)
+    if s.prefix_keys > 0:  # prefix keys: one rectangle, exact when no longer than a block
+        rects = s.prefix()
+        q_main, k_pre = rects.take(q, k)
+        v_pre = rects.keys.take(v, 1)
+        prefix_skip = skip(rects)
         if plan.prefix_plan is not None:
             part = hyper_attention_reference(q_main, k_pre, v_pre, plan.prefix_plan, scale, prefix_skip)
         else:
             part = exact_attention_reference(
                 q_main, k_pre, v_pre, scale, False, None if prefix_skip is None else lambda i: ~prefix_skip.rows(i)
             )
-        out, lse = merge_attention(out, lse, *part)
+        out, lse = _merge_into(out, lse, rects, *part)
     if excluding:  # the skipped keys before each main query's leaf, exactly
-        out, lse = merge_attention(out, lse, *_skipped_keys_attention(q_main, k, v, plan, scale))
-    if head > 0:
-        head_out, head_lse = exact_attention_reference(
-            q[:, :, :head], k[:, :, :prefix], v[:, :, :prefix], scale, causal=True
-        )
-        out, lse = torch.cat((head_out, out), 2), torch.cat((head_lse, lse), 2)
+        out, lse = _merge_into(out, lse, s.prefix(), *_skipped_keys_attention(q, k, v, plan, scale))
     return out, lse
 
 
-def _skipped_keys_attention(q_main, k, v, plan: CausalPlan, scale: float):
+def _skipped_keys_attention(q, k, v, plan: CausalPlan, scale: float):
     """Exact attention of each main query over the keys before its diagonal leaf that
     ``plan.sinks`` and ``plan.window`` take from the approximated parts: per leaf, only the
-    first ``sinks`` keys and the ``window`` keys before the leaf can be such keys."""
-    schedule = plan.schedule
-    prefix = schedule.prefix_len + schedule.head_len
-    leaf_len = schedule.leaf_len
+    first ``sinks`` keys and the ``window`` keys before the leaf can be such keys. Rows: the
+    main queries (``schedule.prefix().queries``)."""
+    leaves = plan.schedule.leaves()
     outs, lses = [], []
-    for leaf in range(schedule.num_leaves):
-        start = prefix + leaf * leaf_len
+    for (q_lo, q_hi), (start, _) in zip(leaves.queries.spans(leaves.count), leaves.keys.spans(leaves.count)):
         sinks = min(plan.sinks, start)
-        keys = torch.cat((torch.arange(sinks), torch.arange(max(sinks, start - plan.window), start))).to(q_main.device)
-        query_pos = start + torch.arange(leaf_len, device=q_main.device)
+        keys = torch.cat((torch.arange(sinks), torch.arange(max(sinks, start - plan.window), start))).to(q.device)
+        query_pos = start + torch.arange(q_hi - q_lo, device=q.device)
         rule = Exclusion(query_pos.view(1, 1, -1), keys.view(1, 1, -1), plan.sinks, plan.window)
-        out, lse = exact_attention_reference(
-            q_main[:, :, leaf * leaf_len:(leaf + 1) * leaf_len], k[:, :, keys], v[:, :, keys], scale, False, rule.rows
-        )
+        out, lse = exact_attention_reference(q[:, :, q_lo:q_hi], k[:, :, keys], v[:, :, keys], scale, False,
+                                             rule.rows)
         outs.append(out)
         lses.append(lse)
     return torch.cat(outs, 2), torch.cat(lses, 2)

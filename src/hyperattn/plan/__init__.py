@@ -7,6 +7,7 @@ consume the same plan, so they can be compared exactly.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
@@ -16,7 +17,7 @@ from hyperattn.plan.blocks import num_key_blocks, query_block_layout, query_bloc
 from hyperattn.plan.lsh import (gray_code_rank, inverse_permutation, lsh_buckets, lsh_directions, ranks_in_sort, sort_lsh,
                                 sort_lsh_permutation)
 from hyperattn.plan.sampling import sample_keys, value_sq_norms
-from hyperattn.plan.schedule import CausalSchedule, causal_schedule, join_rows, level_rows, split_rows
+from hyperattn.plan.schedule import CausalSchedule, Rectangles, Rows, causal_schedule
 
 
 @dataclass(frozen=True)
@@ -110,13 +111,49 @@ class CausalPlan:
     ``sinks`` and ``window`` (``HyperAttentionConfig.exact_sinks`` / ``exact_window``): the
     query at position p also attends exactly to keys j < sinks and p - window <= j, which
     the approximated parts then skip. ``plan_hyper_attention`` caps ``sinks`` at the keys
-    before the second diagonal leaf (``prefix_len + head_len + leaf_len``)."""
+    before the second diagonal leaf (``prefix_keys + leaf_len``)."""
 
     schedule: CausalSchedule
     level_plans: list[AttentionPlan]
     prefix_plan: AttentionPlan | None
     sinks: int = 0
     window: int = 0
+
+
+PLAN_TENSORS = ("q_perm", "k_perm", "sample_idx", "sample_block", "sample_log_weight")
+_NO_PLAN, _NON_CAUSAL, _CAUSAL = 0, 1, 2
+
+
+def flatten_plan(plan: AttentionPlan | CausalPlan | None) -> tuple[list[torch.Tensor], list[int]]:
+    """A plan as (tensors, ints), the form in which it crosses a custom op's boundary
+    (``unflatten_plan`` inverts it): the ``PLAN_TENSORS`` of each ``AttentionPlan`` (a causal
+    plan's levels in order, then its prefix plan), and a few ints that say what they are."""
+    if plan is None:
+        return [], [_NO_PLAN]
+    if isinstance(plan, AttentionPlan):
+        return [getattr(plan, name) for name in PLAN_TENSORS], [_NON_CAUSAL, plan.block_size, plan.sinks]
+    s = plan.schedule
+    parts = [*plan.level_plans, *([plan.prefix_plan] if plan.prefix_plan is not None else [])]
+    tensors = [getattr(part, name) for part in parts for name in PLAN_TENSORS]
+    block_size = parts[0].block_size if parts else 0
+    return tensors, [_CAUSAL, s.num_queries, s.num_keys, s.head_len, s.leaf_len, s.num_levels, block_size,
+                     plan.sinks, plan.window, int(plan.prefix_plan is not None)]
+
+
+def unflatten_plan(tensors: list[torch.Tensor], ints: list[int]) -> AttentionPlan | CausalPlan | None:
+    """The plan that ``flatten_plan`` gave as (tensors, ints)."""
+    kind, *fields = ints
+    per_plan = len(PLAN_TENSORS)
+    if kind == _NO_PLAN:
+        return None
+    if kind == _NON_CAUSAL:
+        block_size, sinks = fields
+        return AttentionPlan(*tensors, block_size=block_size, sinks=sinks)
+    *schedule_ints, block_size, sinks, window, has_prefix_plan = fields
+    plans = [AttentionPlan(*tensors[i:i + per_plan], block_size=block_size)
+             for i in range(0, len(tensors), per_plan)]
+    prefix_plan = plans.pop() if has_prefix_plan else None
+    return CausalPlan(CausalSchedule(*schedule_ints), plans, prefix_plan, sinks, window)
 
 
 def plan_hyper_attention(
@@ -126,19 +163,19 @@ def plan_hyper_attention(
     causal: bool,
     config: HyperAttentionConfig,
     generator: torch.Generator,
-    use_kernels: bool = False,
+    hash_rows: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = lsh_buckets,
 ) -> AttentionPlan | CausalPlan:
     """Every random and data-dependent choice of one HyperAttention call.
 
-    Rows are hashed once (directions drawn first from ``generator``); each problem (the
-    whole input, or a rectangle of the causal schedule) sorts its own slice and draws its
-    own samples, in the order levels 1..L, then the prefix.
+    Rows are hashed once (directions drawn first from ``generator``) by ``hash_rows``
+    (``lsh_buckets``, or an executor's kernel with its contract); each problem (the whole
+    input, or a rectangle of the causal schedule) sorts its own slice and draws its own
+    samples, in the order levels 1..L, then the prefix.
     q (B, Hq, Nq, D), k (B, Hkv, Nk, D), v (B, Hkv, Nk, Dv); requires Nq > config.min_seq_len.
-    ``use_kernels`` hashes with the fused kernel (CUDA).
     """
     directions = lsh_directions(k.shape[1], q.shape[-1], config.lsh_num_projs, generator)
-    q_buckets = lsh_buckets(q, directions, use_kernels)
-    k_buckets = lsh_buckets(k, directions, use_kernels)
+    q_buckets = hash_rows(q, directions)
+    k_buckets = hash_rows(k, directions)
     sq_norms = value_sq_norms(v) if config.sampling == "value_norm" else None
     weight_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
     if not causal:
@@ -146,46 +183,45 @@ def plan_hyper_attention(
         plan = make_plan(q_buckets, k_buckets, config, generator, sq_norms, weight_dtype, sinks)
         return replace(plan, sinks=sinks)
     schedule = causal_schedule(q.shape[2], k.shape[2], config.min_seq_len)
-    prefix = schedule.prefix_len + schedule.head_len
-    sinks = min(config.exact_sinks, prefix + schedule.leaf_len)
+    sinks = min(config.exact_sinks, schedule.prefix_keys + schedule.leaf_len)
     prefix_sinks, main_sinks = schedule.split_sinks(sinks)
-    q_main, k_main = q_buckets[:, :, schedule.head_len:], k_buckets[:, :, prefix:]
-    norms_main = None if sq_norms is None else sq_norms[:, :, prefix:]
     level_plans = []
     for level in range(1, schedule.num_levels + 1):
-        level_norms = None if norms_main is None else level_rows(norms_main, level, schedule, right=False)
-        level_plans.append(make_plan(
-            level_rows(q_main, level, schedule, right=True), level_rows(k_main, level, schedule, right=False),
-            config, generator, level_norms, weight_dtype, main_sinks, schedule.num_rectangles(level),
-        ))
+        rects = schedule.level(level)
+        level_norms = None if sq_norms is None else rects.keys.take(sq_norms, rects.count)
+        level_plans.append(make_plan(*rects.take(q_buckets, k_buckets), config, generator, level_norms, weight_dtype,
+                                     main_sinks, rects.count))
     prefix_plan = None
-    if prefix > config.block_size:
-        prefix_norms = None if sq_norms is None else sq_norms[:, :, :prefix]
-        prefix_plan = make_plan(q_main, k_buckets[:, :, :prefix], config, generator, prefix_norms, weight_dtype,
+    if schedule.prefix_keys > config.block_size:
+        prefix = schedule.prefix()
+        prefix_norms = None if sq_norms is None else prefix.keys.take(sq_norms, 1)
+        prefix_plan = make_plan(*prefix.take(q_buckets, k_buckets), config, generator, prefix_norms, weight_dtype,
                                 prefix_sinks)
     return CausalPlan(schedule, level_plans, prefix_plan, sinks, config.exact_window)
 
 
 __all__ = [
-    "CausalPlan",
-    "join_rows",
-    "level_rows",
-    "plan_hyper_attention",
-    "split_rows",
     "AttentionPlan",
+    "CausalPlan",
     "CausalSchedule",
+    "PLAN_TENSORS",
+    "Rectangles",
+    "Rows",
     "causal_schedule",
+    "flatten_plan",
     "gray_code_rank",
     "inverse_permutation",
     "lsh_buckets",
     "lsh_directions",
     "make_plan",
     "num_key_blocks",
+    "plan_hyper_attention",
     "query_block_layout",
     "query_block_of_rank",
     "ranks_in_sort",
     "sample_keys",
     "sort_lsh",
     "sort_lsh_permutation",
+    "unflatten_plan",
     "value_sq_norms",
 ]

@@ -1,4 +1,9 @@
-"""Block layout: which sorted queries share which key block."""
+"""Block layout: which sorted queries share which key block.
+
+The rule, written here once: sorted query rank ``p`` of Nq attends to key block
+``(p * Nk // Nq) // block_size``. The kernels evaluate the same rule on the device
+(``query_block_range`` and ``query_rank_blocks`` in ``hyperattn.executors.triton.common``,
+tested against these functions)."""
 
 from __future__ import annotations
 
@@ -9,6 +14,19 @@ import torch
 
 def num_key_blocks(num_keys: int, block_size: int) -> int:
     return -(-num_keys // block_size)
+
+
+def query_block_range(block: int, num_queries: int, num_keys: int, block_size: int) -> tuple[int, int]:
+    """Sorted query ranks [lo, hi) of key block ``block``."""
+    lo = -(-block * block_size * num_queries // num_keys)
+    hi = min(-(-(block + 1) * block_size * num_queries // num_keys), num_queries)
+    return lo, hi
+
+
+def max_queries_per_block(num_queries: int, num_keys: int, block_size: int) -> int:
+    """The most sorted queries any key block gets: ceil((i + 1) x) - ceil(i x) <= ceil(x) for
+    x = block_size * Nq / Nk."""
+    return min(-(-block_size * num_queries // num_keys), num_queries)
 
 
 def query_block_of_rank(num_queries: int, num_keys: int, block_size: int, device=None) -> torch.Tensor:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import torch
 
-from hyperattn.executors.triton import has_triton
-
 
 def lsh_directions(num_kv_heads: int, head_dim: int, num_projs: int, generator: torch.Generator) -> torch.Tensor:
     """Gaussian hyperplane normals, one set per kv head.
@@ -39,29 +37,23 @@ def gray_code_rank(codes: torch.Tensor, num_bits: int) -> torch.Tensor:
     return rank
 
 
-def lsh_buckets(x: torch.Tensor, directions: torch.Tensor, use_kernel: bool = False) -> torch.Tensor:
+def lsh_buckets(x: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
     """Bucket of every row of ``x`` in Gray-code order.
 
     Args:
         x: (Z, H, N, D) floating; head ``h`` uses the directions of kv head
             ``h // (H // Hkv)``, so grouped query heads hash like their kv head.
         directions: float32 (Hkv, D, r).
-        use_kernel: hash CUDA tensors with the fused kernel (``hyperattn.executors.triton.hashing``),
-            which reads each row once and projects on the tensor cores in the input dtype.
     Returns:
-        (Z, H, N) of ``bucket_dtype(r)`` with values in ``[0, 2**r)``. Without the kernel,
-        projections are computed in float32 (float64 for float64 inputs) whatever the input dtype.
+        (Z, H, N) of ``bucket_dtype(r)`` with values in ``[0, 2**r)``. Projections are computed in
+        float32 (float64 for float64 inputs) whatever the input dtype; no gradient flows.
+        ``hyperattn.executors.triton.hashing.lsh_buckets_triton`` computes the same in one kernel.
     """
     z, h, n, d = x.shape
     hkv, _, r = directions.shape
-    proj_dirs = directions.to(x.device)
-    if use_kernel and x.is_cuda and x.dtype != torch.float64 and has_triton():
-        from hyperattn.executors.triton.hashing import lsh_buckets_triton
-
-        return lsh_buckets_triton(x.detach(), proj_dirs)
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     grouped = x.detach().to(dtype).reshape(z, hkv, h // hkv, n, d)
-    projections = torch.einsum("zhgnd,hdr->zhgnr", grouped, proj_dirs.to(dtype))
+    projections = torch.einsum("zhgnd,hdr->zhgnr", grouped, directions.to(x.device, dtype))
     powers = 2 ** torch.arange(r, device=x.device, dtype=torch.int32)
     codes = ((projections > 0).to(torch.int32) * powers).sum(-1, dtype=torch.int32)
     return gray_code_rank(codes, r).reshape(z, h, n).to(bucket_dtype(r))

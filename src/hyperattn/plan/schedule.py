@@ -11,11 +11,70 @@ The main square is the recursion: level l (1..L) holds 2**(l-1) off-diagonal rec
 all of side ``main_len / 2**l``, each queries of a right half against keys of the left half;
 the 2**L diagonal leaves of ``leaf_len <= min_seq_len`` are exact causal blocks.
 Every main query merges its leaf with at most one rectangle per level and the prefix.
+
+This module is the one place where that geometry is written: ``CausalSchedule`` gives each
+piece as ``Rectangles`` in row coordinates of the whole q and k, and every consumer (the
+plan, the launch list, the reference executor) reads its rows from there.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True, kw_only=True)
+class Rows:
+    """The rows ``start + r * stride + [0, length)`` of problems r = 0, 1, ... (dim 2 of a
+    (B, H, N, ...) tensor). ``stride`` 0: every problem reads the same rows."""
+
+    start: int
+    stride: int
+    length: int
+
+    def end(self, count: int) -> int:
+        """One past the last row that ``count`` problems read."""
+        return self.start + (count - 1) * self.stride + self.length
+
+    def spans(self, count: int) -> list[tuple[int, int]]:
+        """[start, stop) of each problem's rows."""
+        starts = (self.start + r * self.stride for r in range(count))
+        return [(s, s + self.length) for s in starts]
+
+    def take(self, x: torch.Tensor, count: int) -> torch.Tensor:
+        """(B, H, N, ...) -> (B * count, H, length, ...): the problems' rows, batch-major (a view
+        when ``count`` is 1)."""
+        if count == 1 or self.stride == 0:
+            rows = x.narrow(2, self.start, self.length)
+            return rows if count == 1 else rows.unsqueeze(1).expand(-1, count, *rows.shape[1:]).flatten(0, 1)
+        windows = x.narrow(2, self.start, self.end(count) - self.start).unfold(2, self.length, self.stride)
+        return windows.movedim(-1, 3).transpose(1, 2).flatten(0, 1)  # (B, count, H, length, ...)
+
+    def index(self, count: int, device=None) -> torch.Tensor:
+        """int64 (count * length,): the rows of problems 0, 1, ... in order (the rows of ``join``)."""
+        starts = self.start + self.stride * torch.arange(count, device=device)
+        return (starts[:, None] + torch.arange(self.length, device=device)).flatten()
+
+    def join(self, y: torch.Tensor, batch: int) -> torch.Tensor:
+        """Inverse of ``take`` for results: (B * count, H, length, ...) -> (B, H, count * length, ...),
+        row i of the result belonging to row ``index(count)[i]``."""
+        per_problem = y.unflatten(0, (batch, -1))
+        return per_problem.transpose(1, 2).flatten(2, 3)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Rectangles:
+    """``count`` problems of one shape: problem r attends the query rows ``queries`` of r
+    to the key rows ``keys`` of r."""
+
+    count: int
+    queries: Rows
+    keys: Rows
+
+    def take(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(queries' rows of q, keys' rows of k), each (B * count, H, length, ...)."""
+        return self.queries.take(q, self.count), self.keys.take(k, self.count)
 
 
 @dataclass(frozen=True)
@@ -39,11 +98,15 @@ class CausalSchedule:
     def num_leaves(self) -> int:
         return 1 << self.num_levels
 
+    @property
+    def prefix_keys(self) -> int:
+        """Keys every main query sees in full: the prefix and the head's keys."""
+        return self.prefix_len + self.head_len
+
     def split_sinks(self, sinks: int) -> tuple[int, int]:
         """The first ``sinks`` keys as (those in the prefix, those in the main square: the first
         keys of rectangle 0 of every level)."""
-        prefix = self.prefix_len + self.head_len
-        return min(sinks, prefix), max(0, sinks - prefix)
+        return min(sinks, self.prefix_keys), max(0, sinks - self.prefix_keys)
 
     def rectangle_side(self, level: int) -> int:
         """Side of the square rectangles of ``level`` (1-based)."""
@@ -51,6 +114,29 @@ class CausalSchedule:
 
     def num_rectangles(self, level: int) -> int:
         return 1 << (level - 1)
+
+    def leaves(self) -> Rectangles:
+        """The diagonal leaves: exact causal squares of ``leaf_len``."""
+        side = self.leaf_len
+        return Rectangles(count=self.num_leaves, queries=Rows(start=self.head_len, stride=side, length=side),
+                          keys=Rows(start=self.prefix_keys, stride=side, length=side))
+
+    def level(self, level: int) -> Rectangles:
+        """The rectangles of ``level`` (1-based): right halves' queries against left halves' keys."""
+        side = self.rectangle_side(level)
+        return Rectangles(count=self.num_rectangles(level),
+                          queries=Rows(start=self.head_len + side, stride=2 * side, length=side),
+                          keys=Rows(start=self.prefix_keys, stride=2 * side, length=side))
+
+    def head(self) -> Rectangles:
+        """The head's queries against their keys (exact, causal bottom-right)."""
+        return Rectangles(count=1, queries=Rows(start=0, stride=0, length=self.head_len),
+                          keys=Rows(start=0, stride=0, length=self.prefix_keys))
+
+    def prefix(self) -> Rectangles:
+        """Every main query against the prefix keys (non-causal)."""
+        return Rectangles(count=1, queries=Rows(start=self.head_len, stride=0, length=self.main_len),
+                          keys=Rows(start=0, stride=0, length=self.prefix_keys))
 
 
 def causal_schedule(num_queries: int, num_keys: int, min_seq_len: int) -> CausalSchedule | None:
@@ -66,26 +152,3 @@ def causal_schedule(num_queries: int, num_keys: int, min_seq_len: int) -> Causal
     leaf_len = num_queries >> num_levels
     head_len = num_queries - (leaf_len << num_levels)
     return CausalSchedule(num_queries, num_keys, head_len, leaf_len, num_levels)
-
-
-def split_rows(x, num_parts: int):
-    """(B, H, num_parts * L, ...) -> (B, num_parts, H, L, ...): consecutive runs of rows as problems."""
-    b, h, n = x.shape[:3]
-    return x.reshape(b, h, num_parts, n // num_parts, *x.shape[3:]).transpose(1, 2)
-
-
-def join_rows(x):
-    """Inverse of ``split_rows``: (B, num_parts, H, L, ...) -> (B, H, num_parts * L, ...)."""
-    b, num_parts, h, n = x.shape[:4]
-    return x.transpose(1, 2).reshape(b, h, num_parts * n, *x.shape[4:])
-
-
-def level_rows(x, level: int, schedule: CausalSchedule, right: bool):
-    """Rows of the main square that the rectangles of ``level`` read, as problems.
-
-    ``x``: (B, H, main_len, ...) main-square rows (queries or keys). ``right=True`` gives the
-    query rows (right halves of the level's nodes), ``right=False`` the key rows (left halves).
-    Returns (B * num_rectangles, H, rectangle_side, ...).
-    """
-    halves = split_rows(x, 2 * schedule.num_rectangles(level))
-    return halves[:, int(right)::2].flatten(0, 1)

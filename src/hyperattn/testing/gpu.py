@@ -22,8 +22,11 @@ import torch
 
 from hyperattn import HyperAttentionConfig
 from hyperattn.executors import causal_hyper_attention_reference, cudnn, reference_attention
-from hyperattn.executors.triton.interface import attention_backward, attention_forward, parts_of, triton_attention
+from hyperattn.executors.triton.executor import attention_backward, attention_forward
+from hyperattn.executors.triton.hashing import lsh_buckets_triton
+from hyperattn.executors.triton.op import triton_attention
 from hyperattn.plan import AttentionPlan, CausalPlan, plan_hyper_attention
+from hyperattn.plan.launch import parts_of
 
 # Relative Frobenius error allowed against float64, per input dtype.
 TOLERANCE = {torch.float16: {"fwd": 3e-3, "bwd": 6e-3}, torch.bfloat16: {"fwd": 2e-2, "bwd": 4e-2}}
@@ -78,12 +81,8 @@ def _passes(errors: dict, unwritten: int, dtype) -> bool:
 
 
 def check_case(name, batch, hq, hkv, nq, nk, d, dv, causal, overrides, dtype, device="cuda"):
-    budget = cudnn.LEAF_BACKWARD_ELEMENTS
-    cudnn.LEAF_BACKWARD_ELEMENTS = 1 if name in ONE_KV_HEAD_A_LEAF_CALL else budget
-    try:
+    with cudnn.leaf_backward_elements(1 if name in ONE_KV_HEAD_A_LEAF_CALL else cudnn.LEAF_BACKWARD_ELEMENTS):
         return _check_case(batch, hq, hkv, nq, nk, d, dv, causal, overrides, dtype, device)
-    finally:
-        cudnn.LEAF_BACKWARD_ELEMENTS = budget
 
 
 def _check_case(batch, hq, hkv, nq, nk, d, dv, causal, overrides, dtype, device):
@@ -95,7 +94,7 @@ def _check_case(batch, hq, hkv, nq, nk, d, dv, causal, overrides, dtype, device)
     if overrides is not None:
         cfg = HyperAttentionConfig(**overrides)
         plan = plan_hyper_attention(q, k, v, causal, cfg, torch.Generator().manual_seed(int(torch.seed() % 2**31)),
-                                    use_kernels=True)
+                                    lsh_buckets_triton)
         tail = cfg.exact_tail
     parts = parts_of(plan, nq, nk, causal)
     out, lse = attention_forward(q, k, v, parts, scale, tail, causal, poison=True)
@@ -132,7 +131,7 @@ def _sync(device) -> None:
 def _problem_at_scale(seq_len, heads, head_dim, dtype, config, device):
     """Fresh causal q, k, v (1, heads, seq_len, head_dim), their plan (seed 0, fused hashing) and parts."""
     q, k, v = (torch.randn(1, heads, seq_len, head_dim, device=device, dtype=dtype) for _ in range(3))
-    plan = plan_hyper_attention(q, k, v, True, config, torch.Generator().manual_seed(0), use_kernels=True)
+    plan = plan_hyper_attention(q, k, v, True, config, torch.Generator().manual_seed(0), lsh_buckets_triton)
     return q, k, v, plan, parts_of(plan, seq_len, seq_len, True)
 
 
@@ -220,7 +219,7 @@ def check_cuda_graph(dtype=torch.bfloat16, device="cuda", replays=2):
     cfg = HyperAttentionConfig()
     q, k, v = (torch.randn(1, 4, 16384, 64, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
     dout = torch.randn(1, 4, 16384, 64, device=device, dtype=dtype)
-    plan = plan_hyper_attention(q, k, v, True, cfg, torch.Generator().manual_seed(0), use_kernels=True)
+    plan = plan_hyper_attention(q, k, v, True, cfg, torch.Generator().manual_seed(0), lsh_buckets_triton)
 
     def step():
         out, _ = triton_attention(q, k, v, plan, q.shape[-1] ** -0.5, True, cfg.exact_tail)
@@ -266,7 +265,7 @@ def main(argv=None) -> int:
     parser.add_argument("--cases", default="", help="comma-separated case names to run (default: all)")
     parser.add_argument("--repeat", type=int, default=1, help="run every case this many times (fresh inputs), >= 1")
     parser.add_argument("--shard", default="1/1", help="K/N: only every N-th chosen case from the K-th on, so "
-                        "that N processes share the cases (benchmarks/gpu_session.sh check)")
+                        "that N processes share the cases (tools/gpu_session.sh check)")
     parser.add_argument("--leaves", choices=("cudnn", "triton"), default="cudnn",
                         help="engine of the diagonal leaves wherever cuDNN can run them (HYPERATTN_LEAVES; the "
                         "default 'auto' would switch engines between the calls compared)")

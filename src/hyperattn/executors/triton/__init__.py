@@ -1,6 +1,8 @@
-"""Fused Triton kernels (hashing, attention forward and backward) and their custom ops.
+"""The fused Triton executor: kernels (``hashing``, ``forward``, ``backward``, their shared
+pieces in ``common``), tile sizes (``tiles``), the launch-list executor (``executor``) and
+the custom ops with autograd (``op``).
 
-Importing this package does not import Triton; ``hyperattn.executors.triton.interface`` does.
+Importing this package does not import Triton; its modules do.
 """
 
 import contextlib
@@ -24,9 +26,3 @@ def on_device(x: torch.Tensor):
     """Context in which kernels launch on x's GPU (Triton launches on the current CUDA device,
     which differs from x's when a model is split over GPUs)."""
     return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
-
-
-def tile_width(n: int) -> int:
-    """The narrowest tile dimension that holds ``n``: a power of two, at least 16 (the
-    smallest that ``tl.dot`` accepts)."""
-    return max(16, 1 << max(n - 1, 0).bit_length())

@@ -275,7 +275,7 @@ def hyper_bwd_dkdv_kernel(
 ):
     """dK, dV of one tile of one key block (block part only), over every query head of its
     kv head and every query of the block. DK, DV: contiguous fp32 (B, Hkv, kv_seq_len, *).
-    ``QUERY_CHUNK``: a power of two, a multiple of BLOCK_M (``interface.query_chunk``)."""
+    ``QUERY_CHUNK``: a power of two, a multiple of BLOCK_M (``tiles.query_chunk``)."""
     tl.static_assert(QUERY_CHUNK % BLOCK_M == 0)
     pid = tl.program_id(0)
     zk = pid // num_tiles
@@ -489,7 +489,7 @@ def hyper_bwd_samples_kernel(
     """dK, dV of one chunk of sampled keys from one segment of sorted queries (all query
     heads of the kv head), reduced in registers, then added to the fp32 accumulators
     DKAcc/DVAcc (B, Hkv, kv_seq_len, *) by atomics. ``QUERY_CHUNK``: a power of two, a
-    multiple of BLOCK_M (``interface.query_chunk``)."""
+    multiple of BLOCK_M (``tiles.query_chunk``)."""
     tl.static_assert(QUERY_CHUNK % BLOCK_M == 0)
     pid = tl.program_id(0)
     zk = pid // (sample_chunks * segments)

@@ -206,7 +206,7 @@ def hyper_fwd_kernel(
     exact part attends to them, or this one: problem 0 of each batch row attends to its first
     ``exact_keys`` key rows, exactly, in the same softmax, in tiles of ``EXACT_BLOCK_N`` keys
     (0 where exact_keys is 0, which compiles that loop out). ``BLOCK_KEYS``, ``SAMPLES``: powers
-    of two, at least block_size and num_samples and at least BLOCK_N (``interface.index_widths``)."""
+    of two, at least block_size and num_samples and at least BLOCK_N (``tiles.index_widths``)."""
     tl.static_assert(BLOCK_KEYS % BLOCK_N == 0 and SAMPLES % BLOCK_N == 0)
     pid = tl.program_id(0)
     zh = pid // num_tiles

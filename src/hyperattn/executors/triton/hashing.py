@@ -13,7 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
-from hyperattn.executors.triton import on_device, tile_width
+from hyperattn.executors.triton import on_device
+from hyperattn.executors.triton.tiles import tile_width
 from hyperattn.plan.lsh import bucket_dtype
 
 
@@ -50,12 +51,14 @@ def lsh_bucket_kernel(
 
 
 def lsh_buckets_triton(x: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
-    """Gray-code bucket of every row: x (Z, H, N, D), directions float32 (Hkv, D, r) on x's
-    device -> (Z, H, N) of ``bucket_dtype(r)``."""
+    """``hyperattn.plan.lsh_buckets`` in one kernel: x (Z, H, N, D) fp16/bf16 on CUDA (or under
+    the interpreter), directions float32 (Hkv, D, r) -> (Z, H, N) of ``bucket_dtype(r)``."""
     z, heads, n, d = x.shape
     num_kv_heads, _, num_projs = directions.shape
+    x = x.detach()
     if x.stride(-1) != 1:
         x = x.contiguous()
+    directions = directions.to(x.device)
     out = torch.empty(z, heads, n, dtype=bucket_dtype(num_projs), device=x.device)
     block = 128
     tiles = triton.cdiv(n, block)
