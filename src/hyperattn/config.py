@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 SAMPLING_METHODS = ("uniform", "value_norm")
 IMPLEMENTATIONS = ("auto", "reference", "triton")
@@ -60,16 +60,30 @@ class HyperAttentionConfig:
             ``exact_tail`` queries is exact.
     """
 
-    block_size: int = 256
-    sample_size: int = 256
-    lsh_num_projs: int = 7
-    min_seq_len: int = 4096
-    sampling: str = "uniform"
-    impl: str = "auto"
-    exact_sinks: int = 16
-    exact_window: int = 0
-    exact_tail: int = 64
-    exact_up_to: int = 16384
+    block_size: int = field(default=256, metadata={
+        "help": "keys per LSH block; each query attends exactly to the key block at its rank in bucket order"})
+    sample_size: int = field(default=256, metadata={
+        "help": "keys sampled per (batch, kv head) for the residual; 0 disables sampling"})
+    lsh_num_projs: int = field(default=7, metadata={
+        "help": f"random hyperplanes of the angular LSH (2**r buckets), at most {MAX_LSH_NUM_PROJS}"})
+    min_seq_len: int = field(default=4096, metadata={
+        "help": "attention over at most this many queries runs exactly; causal: the recursion stops at "
+                "diagonal blocks of at most this size"})
+    sampling: str = field(default="uniform", metadata={
+        "help": "how the residual's keys are drawn: uniform, or value_norm (with probability proportional to "
+                "||v_j||^2)"})
+    impl: str = field(default="auto", metadata={
+        "help": "auto (fused Triton kernels for fp16/bf16 CUDA tensors, the PyTorch reference otherwise), "
+                "reference or triton"})
+    exact_sinks: int = field(default=16, metadata={
+        "help": "every query attends exactly to this many first keys (attention sinks)"})
+    exact_window: int = field(default=0, metadata={
+        "help": "causal only: every query attends exactly to this many keys before it (reference executor only)"})
+    exact_tail: int = field(default=64, metadata={
+        "help": "this many last queries attend exactly to every key they see"})
+    exact_up_to: int = field(default=16384, metadata={
+        "help": "attention costing no more than causal attention over this many tokens runs exactly, by "
+                "PyTorch's fused attention; 0: only min_seq_len decides, as in the paper"})
 
     def __post_init__(self) -> None:
         _check_int("block_size", self.block_size, 1)

@@ -1,12 +1,34 @@
-"""``hyperattn demo``: a pretrained model on a real long text, exact attention vs HyperAttention."""
+"""The demo: a pretrained model on a real long text, exact attention against HyperAttention
+in some layers, by perplexity and needle tests."""
 
 from __future__ import annotations
 
-import os
-import time
 from dataclasses import asdict
 
-from hyperattn.eval.cli import environment, load, write_json
+from hyperattn.config import HyperAttentionConfig
+from hyperattn.eval.needle import evaluate_needle
+from hyperattn.eval.perplexity import evaluate_perplexity
+
+EXACT = "last:0"
+
+
+def check_layers(layers: str) -> None:
+    """ValueError if the layer setting ``layers`` patches no layer: the demo compares exact
+    attention with HyperAttention in some layers."""
+    if layers in (EXACT, "first:0"):
+        raise ValueError(f"layers {layers} patches no layer: the demo compares exact attention with "
+                         "HyperAttention in some layers (e.g. last:15)")
+
+
+def run_demo(model, tokenizer, text: str, seq_len: int, layers: str, depths: list[float],
+             config: HyperAttentionConfig, seed: int = 0) -> dict:
+    """Perplexity of the first ``seq_len`` tokens of ``text`` and needle tests at ``depths``,
+    with exact attention and with HyperAttention in ``layers``."""
+    check_layers(layers)
+    specs = [EXACT, layers]
+    return dict(seq_len=seq_len, layers=layers, config=asdict(config),
+                perplexity=evaluate_perplexity(model, tokenizer, text, seq_len, specs, 1, [seed], config),
+                needle=evaluate_needle(model, tokenizer, text, [seq_len], depths, specs, config, seed))
 
 
 def format_demo(result: dict) -> str:
@@ -29,40 +51,13 @@ def format_demo(result: dict) -> str:
         label += f" + tail {result['config']['exact_tail']}"
     width = max(34, len(label))
     return "\n".join([
-        f"{result['model']} on {result['text']}, {result['seq_len']} tokens, {result['device']}",
+        f"{result['model']} on {result['text']}, {result['seq_len']} tokens, {result['card']}",
         f"{'attention':<{width}} {'perplexity':>10} {'forward s':>10} {'needles':>8} {'s/needle':>9}",
         f"{'exact':<{width}} {exact['mean_ppl']:>10.2f} {exact['mean_seconds']:>10.1f} "
-        f"{needle_score('last:0'):>8} {needle_seconds('last:0'):>9.1f}",
+        f"{needle_score(EXACT):>8} {needle_seconds(EXACT):>9.1f}",
         f"{label:<{width}} {patched['mean_ppl']:>10.2f} {patched['mean_seconds']:>10.1f} "
         f"{needle_score(result['layers']):>8} {needle_seconds(result['layers']):>9.1f}",
         f"perplexity change: {100 * (patched['mean_ppl'] / exact['mean_ppl'] - 1):+.1f}%   "
         f"total {result['seconds']:.0f} s",
     ])
 
-
-def main(args) -> int:
-    from hyperattn.cli import config_from_args
-    from hyperattn.eval.needle import evaluate_needle, plot_needle
-    from hyperattn.eval.perplexity import evaluate_perplexity, plot_perplexity
-
-    start = time.perf_counter()
-    config = config_from_args(args)
-    if args.layers in ("last:0", "first:0"):
-        raise ValueError(f"--layers {args.layers} patches no layer: the demo compares exact attention with "
-                         "HyperAttention in some layers (e.g. last:15)")
-    model, tokenizer, text, device = load(args)
-    specs = ["last:0", args.layers]
-    perplexity = evaluate_perplexity(model, tokenizer, text, args.seq_len, specs, 1, [args.seed], config)
-    needle = evaluate_needle(model, tokenizer, text, [args.seq_len], args.depths, specs, config, args.seed)
-    result = dict(model=args.model, text=args.text, seq_len=args.seq_len, layers=args.layers, config=asdict(config),
-                  **environment(device, args.command_line), perplexity=perplexity, needle=needle,
-                  seconds=time.perf_counter() - start)
-    print(format_demo(result))
-    if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        plot_perplexity(perplexity, os.path.join(args.out, "demo-perplexity.png"),
-                        f"{args.model}, {args.text}, {args.seq_len} tokens")
-        plot_needle(needle, os.path.join(args.out, "demo-needle.png"), f"needle, {args.model}, {args.seq_len} tokens")
-        write_json(result, os.path.join(args.out, "demo.json"))
-    write_json(result, args.json)
-    return 0

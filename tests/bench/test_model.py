@@ -6,8 +6,7 @@ import torch
 pytest.importorskip("transformers")
 
 from hyperattn import HyperAttentionConfig  # noqa: E402
-from hyperattn.bench.model import layer_setting, model_config, run_benchmark, speedups  # noqa: E402
-from hyperattn.cli import main  # noqa: E402
+from hyperattn.bench.model import benchmark_model, layer_setting, model_config, run_benchmark, speedups  # noqa: E402
 
 TINY = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, vocab_size=101)
 
@@ -39,9 +38,6 @@ def test_layer_settings():
         model_config("gpt5", 2, 128)
 
 
-def test_cli_errors(capsys):
-    assert main(["bench", "model", "--device", "cpu", "--layers", "exact,most"]) == 2
-    assert "layers must be" in capsys.readouterr().err
-    if not torch.cuda.is_available():
-        assert main(["bench", "model"]) == 2
-        assert "needs a CUDA device" in capsys.readouterr().err
+def test_bad_settings_fail_before_the_model_is_built():
+    with pytest.raises(ValueError, match="layers must be"):
+        benchmark_model("llama", 4, [64], ["exact", "most"], HyperAttentionConfig(), torch.device("cpu"))

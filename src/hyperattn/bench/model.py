@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from hyperattn.bench.timing import median_ms
 from hyperattn.config import HyperAttentionConfig
+from hyperattn.runinfo import environment
 
 # Dimensions of public checkpoints (from their config.json files).
 ARCHS = {
@@ -95,6 +96,21 @@ def run_benchmark(config, seq_lens, settings, hyper_config: HyperAttentionConfig
     return results
 
 
+def benchmark_model(arch: str, num_layers: int, seq_lens: list[int], settings: list[str],
+                    hyper_config: HyperAttentionConfig, device: torch.device, seed: int = 0,
+                    command: str = "") -> dict:
+    """``run_benchmark`` on ``arch`` with ``num_layers`` layers (bf16 on CUDA, fp32 elsewhere),
+    with what was measured where, by ``command``."""
+    for setting in settings:
+        layer_setting(setting, num_layers)  # bad settings fail before the model is built
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    rows = run_benchmark(model_config(arch, num_layers, max(seq_lens)), seq_lens, settings, hyper_config, device,
+                         dtype, seed)
+    return dict(benchmark="model", arch=arch, model=ARCHS[arch][1], num_layers=num_layers,
+                dtype=str(dtype).removeprefix("torch."), config=asdict(hyper_config), seed=seed,
+                **environment(device, command), results=rows)
+
+
 def speedups(results: list[dict]) -> dict[tuple[str, int], float]:
     """(setting, length) -> exact ms / setting ms."""
     exact = {r["seq_len"]: r["ms"] for r in results if r["setting"] == "exact" and r["ms"]}
@@ -106,7 +122,7 @@ def format_table(result: dict) -> str:
     rows = result["results"]
     ratio = speedups(rows)
     lines = [f"{result['model']} dimensions, {result['num_layers']} layers, batch 1, {result['dtype']}, "
-             f"{result['device']}; prefill median ms",
+             f"{result['card']}; prefill median ms",
              f"{'setting':>10} {'patched':>12} {'seq_len':>8} {'ms':>10} {'vs exact':>9} {'GiB':>7}"]
     for r in rows:
         ms = f"{r['ms']:10.1f}" if r["ms"] else f"{r.get('error', '-'):>10}"
@@ -131,33 +147,9 @@ def plot(result: dict, path: str) -> None:
             ax.plot(*zip(*points), "o-" if setting != "exact" else "s--",
                     label="exact (SDPA)" if setting == "exact" else f"HyperAttention: {setting}")
     ax.set(xscale="log", yscale="log", xlabel="sequence length", ylabel="prefill median ms",
-           title=f"{result['model']} dims, {result['num_layers']} layers, {result['device']}")
+           title=f"{result['model']} dims, {result['num_layers']} layers, {result['card']}")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
-
-def main(args) -> int:
-    from hyperattn.cli import config_from_args
-    from hyperattn.eval.cli import environment, pick_device, write_json
-
-    device = pick_device(args.device)
-    if device.type != "cuda" and args.device is None:
-        print("hyperattn bench model: error: needs a CUDA device (or an explicit --device for a smoke run)",
-              file=sys.stderr)
-        return 2
-    hyper_config = config_from_args(args)
-    for setting in args.layers:
-        layer_setting(setting, args.num_layers)  # bad settings fail before the model is built
-    config = model_config(args.arch, args.num_layers, max(args.seq_lens))
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    rows = run_benchmark(config, args.seq_lens, args.layers, hyper_config, device, dtype, args.seed)
-    result = dict(benchmark="model", arch=args.arch, model=ARCHS[args.arch][1], num_layers=args.num_layers,
-                  dtype=str(dtype).removeprefix("torch."), config=asdict(hyper_config), seed=args.seed,
-                  **environment(device, args.command_line), results=rows)
-    write_json(result, args.json)  # first, so that no later failure loses the measurements
-    print(format_table(result))
-    if args.plot:
-        plot(result, args.plot)
-    return 0

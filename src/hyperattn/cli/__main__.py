@@ -1,0 +1,5 @@
+import sys
+
+from hyperattn.cli import main
+
+sys.exit(main())

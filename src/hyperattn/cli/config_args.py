@@ -1,0 +1,48 @@
+"""The HyperAttention flags, one per field of ``HyperAttentionConfig``, and the config they give."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import fields
+
+from hyperattn.config import IMPLEMENTATIONS, SAMPLING_METHODS, HyperAttentionConfig
+from hyperattn.eval.models import PAPER_CONFIG
+
+CHOICES = {"sampling": SAMPLING_METHODS, "impl": IMPLEMENTATIONS}
+
+
+def flag(name: str) -> str:
+    """``--block-size`` for the field ``block_size``."""
+    return "--" + name.replace("_", "-")
+
+
+def _flags(config: HyperAttentionConfig, base: HyperAttentionConfig) -> str:
+    """The flags that turn ``base`` into ``config``."""
+    return " ".join(f"{flag(field.name)} {getattr(config, field.name)}" for field in fields(config)
+                    if getattr(config, field.name) != getattr(base, field.name))
+
+
+def add_config_args(parser: argparse.ArgumentParser, defaults: HyperAttentionConfig = HyperAttentionConfig()) -> None:
+    """A flag per config field, defaulting to its value in ``defaults``; ``--impl`` defaults to
+    ``reference`` with ``--exact-window`` above 0 (the only executor with windows) and to the
+    library's otherwise."""
+    changes = _flags(defaults, HyperAttentionConfig())
+    with_changes = f", with {changes}" if changes else ""
+    group = parser.add_argument_group(f"HyperAttention (defaults: the library's{with_changes}; "
+                                      f"the paper's algorithm: {_flags(PAPER_CONFIG, defaults)})")
+    for field in fields(HyperAttentionConfig):
+        default, text = getattr(defaults, field.name), field.metadata["help"]
+        if field.name == "impl":
+            default, text = None, f"{text} (default: {default}, reference with --exact-window > 0)"
+        else:
+            text += " (default: %(default)s)"
+        group.add_argument(flag(field.name), type=type(field.default), choices=CHOICES.get(field.name),
+                           default=default, help=text)
+
+
+def config_from_args(args: argparse.Namespace) -> HyperAttentionConfig:
+    """The config of the flags of ``add_config_args``."""
+    values = {field.name: getattr(args, field.name) for field in fields(HyperAttentionConfig)}
+    if values["impl"] is None:
+        values["impl"] = "reference" if values["exact_window"] else HyperAttentionConfig.impl
+    return HyperAttentionConfig(**values)
