@@ -16,15 +16,23 @@ import triton.language as tl
 
 from hyperattn.executors.triton.common import (
     LOG2E,
+    block_and_sample_rows,
+    block_query_tile,
+    causal_key_split,
+    columns,
+    head_base,
     live_key_ranks,
     load_block_key_tile,
+    load_key_rows,
     load_key_tile,
     load_rows,
-    load_sample_rows,
-    load_sorted_rows,
     load_sampled_key_tile,
+    load_sorted_rows,
+    program_coords,
     query_block_range,
     query_rank_blocks,
+    sorted_query_rows,
+    write_key_grads,
     write_rows,
 )
 
@@ -168,44 +176,26 @@ def hyper_bwd_dq_kernel(
     DO, DQ share the strides ``stride_o*`` (contiguous (B, Hq, Nq, *) buffers); Lse, Delta
     share ``stride_l*``."""
     tl.static_assert(BLOCK_KEYS % BLOCK_N == 0 and SAMPLES % BLOCK_N == 0)
-    pid = tl.program_id(0)
-    zh = pid // num_tiles
-    tile = pid % num_tiles
-    blk = tile // tiles_per_block
-    z = zh // num_q_heads
-    h = zh % num_q_heads
+    tile, zh, z, h, batch, r = program_coords(num_tiles, num_q_heads, rects)
     hk = h // group
-    batch = z // rects
-    r = z % rects
-
-    q_lo, q_hi = query_block_range(blk, block_size, n_q, n_k)
-    row0 = q_lo + (tile % tiles_per_block) * BLOCK_M
+    blk, row0, q_hi = block_query_tile(tile, tiles_per_block, block_size, n_q, n_k, BLOCK_M)
     if row0 < q_hi:
         offs_m = row0 + tl.arange(0, BLOCK_M)
         rmask = offs_m < q_hi
-        offs_d = tl.arange(0, D_PAD)
-        offs_dv = tl.arange(0, DV_PAD)
-        d_mask = offs_d < HEAD_DIM
-        dv_mask = offs_dv < HEAD_DIM_V
-
-        zh64 = zh.to(tl.int64)
-        zk64 = (z * (num_q_heads // group) + hk).to(tl.int64)
-        q_local = tl.load(QPerm + zh64 * n_q + offs_m, mask=rmask, other=0)
-        q_rows = (q_start + r * rect_stride + q_local).to(tl.int64)
-        q_base = Q + batch.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
-        q, do, lse2, delta, l_rows = _load_query_rows(q_base, DO, Lse, Delta, batch, h, q_rows, rmask, stride_qn,
-                                                      stride_ob, stride_oh, stride_on, stride_lb, stride_lh,
-                                                      offs_d, offs_dv, d_mask, dv_mask)
-        k_base = K + batch.to(tl.int64) * stride_kb + hk.to(tl.int64) * stride_kh
-        v_base = V + batch.to(tl.int64) * stride_vb + hk.to(tl.int64) * stride_vh
+        offs_d, offs_dv, d_mask, dv_mask = columns(HEAD_DIM, HEAD_DIM_V, D_PAD, DV_PAD)
+        q_rows = sorted_query_rows(QPerm, zh, offs_m, rmask, n_q, q_start + r * rect_stride)
+        q, do, lse2, delta, l_rows = _load_query_rows(head_base(Q, batch, h, stride_qb, stride_qh), DO, Lse, Delta,
+                                                      batch, h, q_rows, rmask, stride_qn, stride_ob, stride_oh,
+                                                      stride_on, stride_lb, stride_lh, offs_d, offs_dv, d_mask,
+                                                      dv_mask)
+        k_base = head_base(K, batch, hk, stride_kb, stride_kh)
+        v_base = head_base(V, batch, hk, stride_vb, stride_vh)
         key_row0 = k_start + r * rect_stride
         dq = tl.zeros([BLOCK_M, D_PAD], tl.float32)
 
-        k_lo = blk * block_size
-        n_live = live_key_ranks(n_k, sinks, key_row0)
-        block_rows = load_sorted_rows(KPerm, zk64 * n_k, k_lo, block_size, n_live, BLOCK_KEYS)
-        # both index sets load before the block loop: the samples' do not wait for its drain
-        sample_rows, sample_bias2 = load_sample_rows(SIdx, SBlk, SLogW, zk64 * num_samples, num_samples, blk, SAMPLES)
+        k_lo, n_live, block_rows, sample_rows, sample_bias2 = block_and_sample_rows(
+            KPerm, SIdx, SBlk, SLogW, z * (num_q_heads // group) + hk, blk, block_size, n_k, num_samples, sinks,
+            key_row0, BLOCK_KEYS, SAMPLES)
         dq = _block_keys_dq(q, do, lse2, delta, dq, block_rows, k_base, v_base, key_row0, k_lo, block_size,
                             n_live, stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, scale_log2, BLOCK_N)
         dq = _sampled_keys_dq(q, do, lse2, delta, dq, sample_rows, sample_bias2, num_samples, k_base, v_base,
@@ -233,7 +223,7 @@ def _key_grads_over_queries(k, v, bias2, s_blk, dk, dv, rank_lo, rank_hi, QPerm,
     for g in range(0, group):
         h = hk * group + g
         zh64 = (z * num_q_heads + h).to(tl.int64)
-        q_base = Q + batch.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
+        q_base = head_base(Q, batch, h, stride_qb, stride_qh)
         for chunk_lo in range(rank_lo, rank_hi, QUERY_CHUNK):
             chunk_rows = load_sorted_rows(QPerm, zh64 * n_q, chunk_lo, QUERY_CHUNK, rank_hi, QUERY_CHUNK)
             for row0 in range(chunk_lo, tl.minimum(chunk_lo + QUERY_CHUNK, rank_hi), BLOCK_M):
@@ -277,30 +267,17 @@ def hyper_bwd_dkdv_kernel(
     kv head and every query of the block. DK, DV: contiguous fp32 (B, Hkv, kv_seq_len, *).
     ``QUERY_CHUNK``: a power of two, a multiple of BLOCK_M (``tiles.query_chunk``)."""
     tl.static_assert(QUERY_CHUNK % BLOCK_M == 0)
-    pid = tl.program_id(0)
-    zk = pid // num_tiles
-    tile = pid % num_tiles
+    tile, zk, z, hk, batch, r = program_coords(num_tiles, num_kv_heads, rects)
     blk = tile // key_tiles_per_block
-    z = zk // num_kv_heads
-    hk = zk % num_kv_heads
-    batch = z // rects
-    r = z % rects
     num_q_heads = num_kv_heads * group
 
     offs_n = (tile % key_tiles_per_block) * BLOCK_N + tl.arange(0, BLOCK_N)
     ranks = blk * block_size + offs_n
     kmask = (offs_n < block_size) & (ranks < n_k)
-    offs_d = tl.arange(0, D_PAD)
-    offs_dv = tl.arange(0, DV_PAD)
-    d_mask = offs_d < HEAD_DIM
-    dv_mask = offs_dv < HEAD_DIM_V
-
-    k_local = tl.load(KPerm + zk.to(tl.int64) * n_k + ranks, mask=kmask, other=0)
-    k_rows = (k_start + r * rect_stride + k_local).to(tl.int64)
-    k = load_rows(K + batch.to(tl.int64) * stride_kb + hk.to(tl.int64) * stride_kh, k_rows, stride_kn, offs_d,
-                  kmask, d_mask)
-    v = load_rows(V + batch.to(tl.int64) * stride_vb + hk.to(tl.int64) * stride_vh, k_rows, stride_vn, offs_dv,
-                  kmask, dv_mask)
+    offs_d, offs_dv, d_mask, dv_mask = columns(HEAD_DIM, HEAD_DIM_V, D_PAD, DV_PAD)
+    k_rows = sorted_query_rows(KPerm, zk, ranks, kmask, n_k, k_start + r * rect_stride)
+    k, v = load_key_rows(K, V, batch, hk, k_rows, kmask, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh,
+                         stride_vn, offs_d, offs_dv, d_mask, dv_mask)
     dk = tl.zeros([BLOCK_N, D_PAD], tl.float32)
     dv = tl.zeros([BLOCK_N, DV_PAD], tl.float32)
 
@@ -313,10 +290,8 @@ def hyper_bwd_dkdv_kernel(
                                      hk, group, num_q_heads, q_start, r, rect_stride, n_q, n_k, block_size, stride_qb,
                                      stride_qh, stride_qn, stride_ob, stride_oh, stride_on, stride_lb, stride_lh,
                                      offs_d, offs_dv, d_mask, dv_mask, scale_log2, QUERY_CHUNK, BLOCK_M)
-
-    kv_rows = (batch.to(tl.int64) * num_kv_heads + hk) * kv_seq_len + k_rows
-    write_rows(DKAcc, DK, kv_rows, HEAD_DIM, offs_d, kmask, d_mask, dk * scale, WRITE)
-    write_rows(DVAcc, DV, kv_rows, HEAD_DIM_V, offs_dv, kmask, dv_mask, dv, WRITE)
+    write_key_grads(DKAcc, DK, DVAcc, DV, dk * scale, dv, batch, hk, num_kv_heads, kv_seq_len, k_rows, kmask, offs_d,
+                    offs_dv, d_mask, dv_mask, HEAD_DIM, HEAD_DIM_V, WRITE)
 
 
 @triton.jit
@@ -370,36 +345,21 @@ def dense_bwd_dq_kernel(
     D_PAD: tl.constexpr, DV_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """dQ of one tile of consecutive queries of an exact (optionally causal) part."""
-    pid = tl.program_id(0)
-    zh = pid // num_tiles
-    tile = pid % num_tiles
-    z = zh // num_q_heads
-    h = zh % num_q_heads
+    tile, _, _, h, batch, r = program_coords(num_tiles, num_q_heads, rects)
     hk = h // group
-    batch = z // rects
-    r = z % rects
-
     offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
     rmask = offs_m < n_q
-    offs_d = tl.arange(0, D_PAD)
-    offs_dv = tl.arange(0, DV_PAD)
-    d_mask = offs_d < HEAD_DIM
-    dv_mask = offs_dv < HEAD_DIM_V
+    offs_d, offs_dv, d_mask, dv_mask = columns(HEAD_DIM, HEAD_DIM_V, D_PAD, DV_PAD)
     q_rows = (q_start + r * rect_stride + offs_m).to(tl.int64)
-    q_base = Q + batch.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
-    q, do, lse2, delta, l_rows = _load_query_rows(q_base, DO, Lse, Delta, batch, h, q_rows, rmask, stride_qn,
-                                                  stride_ob, stride_oh, stride_on, stride_lb, stride_lh,
-                                                  offs_d, offs_dv, d_mask, dv_mask)
-    k_base = K + batch.to(tl.int64) * stride_kb + hk.to(tl.int64) * stride_kh
-    v_base = V + batch.to(tl.int64) * stride_vb + hk.to(tl.int64) * stride_vh
+    q, do, lse2, delta, l_rows = _load_query_rows(head_base(Q, batch, h, stride_qb, stride_qh), DO, Lse, Delta, batch,
+                                                  h, q_rows, rmask, stride_qn, stride_ob, stride_oh, stride_on,
+                                                  stride_lb, stride_lh, offs_d, offs_dv, d_mask, dv_mask)
+    k_base = head_base(K, batch, hk, stride_kb, stride_kh)
+    v_base = head_base(V, batch, hk, stride_vb, stride_vh)
     key_row0 = k_start + r * key_rect_stride
     dq = tl.zeros([BLOCK_M, D_PAD], tl.float32)
 
-    k_hi = n_k
-    k_full = n_k
-    if CAUSAL:  # keys [0, k_full) are visible to every row of the tile: no mask there
-        k_hi = tl.minimum(n_k, n_k - n_q + (tile + 1) * BLOCK_M)
-        k_full = (n_k - n_q + tile * BLOCK_M + 1) // BLOCK_N * BLOCK_N
+    k_full, k_hi = causal_key_split(tile, n_q, n_k, CAUSAL, BLOCK_M, BLOCK_N)
     dq = _dense_dq_range(q, do, lse2, delta, dq, k_base, v_base, key_row0, stride_kn, stride_vn, offs_m, rmask,
                          offs_d, offs_dv, d_mask, dv_mask, 0, k_full, n_q, n_k, scale_log2, False, BLOCK_N)
     dq = _dense_dq_range(q, do, lse2, delta, dq, k_base, v_base, key_row0, stride_kn, stride_vn, offs_m, rmask,
@@ -424,25 +384,13 @@ def dense_bwd_dkdv_kernel(
     D_PAD: tl.constexpr, DV_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """dK, dV of one tile of consecutive keys of an exact part, over the kv head's query heads."""
-    pid = tl.program_id(0)
-    zk = pid // num_tiles
-    tile = pid % num_tiles
-    z = zk // num_kv_heads
-    hk = zk % num_kv_heads
-    batch = z // rects
-    r = z % rects
-
+    tile, _, _, hk, batch, r = program_coords(num_tiles, num_kv_heads, rects)
     offs_n = tile * BLOCK_N + tl.arange(0, BLOCK_N)
     kmask = offs_n < n_k
-    offs_d = tl.arange(0, D_PAD)
-    offs_dv = tl.arange(0, DV_PAD)
-    d_mask = offs_d < HEAD_DIM
-    dv_mask = offs_dv < HEAD_DIM_V
+    offs_d, offs_dv, d_mask, dv_mask = columns(HEAD_DIM, HEAD_DIM_V, D_PAD, DV_PAD)
     k_rows = (k_start + r * key_rect_stride + offs_n).to(tl.int64)
-    k = load_rows(K + batch.to(tl.int64) * stride_kb + hk.to(tl.int64) * stride_kh, k_rows, stride_kn, offs_d,
-                  kmask, d_mask)
-    v = load_rows(V + batch.to(tl.int64) * stride_vb + hk.to(tl.int64) * stride_vh, k_rows, stride_vn, offs_dv,
-                  kmask, dv_mask)
+    k, v = load_key_rows(K, V, batch, hk, k_rows, kmask, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh,
+                         stride_vn, offs_d, offs_dv, d_mask, dv_mask)
     dk = tl.zeros([BLOCK_N, D_PAD], tl.float32)
     dv = tl.zeros([BLOCK_N, DV_PAD], tl.float32)
 
@@ -454,7 +402,7 @@ def dense_bwd_dkdv_kernel(
         q_full = tl.minimum((q_full + BLOCK_M - 1) // BLOCK_M * BLOCK_M, n_q)
     for g in range(0, group):
         h = hk * group + g
-        q_base = Q + batch.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
+        q_base = head_base(Q, batch, h, stride_qb, stride_qh)
         dk, dv = _dense_dkdv_range(q_base, DO, Lse, Delta, k, v, dk, dv, batch, h, r, q_start, rect_stride,
                                    stride_qn, stride_ob, stride_oh, stride_on, stride_lb, stride_lh,
                                    offs_n, kmask, offs_d, offs_dv, d_mask, dv_mask, q_lo, q_full, n_q, n_k,
@@ -463,10 +411,8 @@ def dense_bwd_dkdv_kernel(
                                    stride_qn, stride_ob, stride_oh, stride_on, stride_lb, stride_lh,
                                    offs_n, kmask, offs_d, offs_dv, d_mask, dv_mask, q_full, n_q, n_q, n_k,
                                    scale_log2, False, BLOCK_M)
-
-    kv_rows = (batch.to(tl.int64) * num_kv_heads + hk) * kv_seq_len + k_rows
-    write_rows(DKAcc, DK, kv_rows, HEAD_DIM, offs_d, kmask, d_mask, dk * scale, WRITE)
-    write_rows(DVAcc, DV, kv_rows, HEAD_DIM_V, offs_dv, kmask, dv_mask, dv, WRITE)
+    write_key_grads(DKAcc, DK, DVAcc, DV, dk * scale, dv, batch, hk, num_kv_heads, kv_seq_len, k_rows, kmask, offs_d,
+                    offs_dv, d_mask, dv_mask, HEAD_DIM, HEAD_DIM_V, WRITE)
 
 
 @triton.jit
@@ -491,31 +437,21 @@ def hyper_bwd_samples_kernel(
     DKAcc/DVAcc (B, Hkv, kv_seq_len, *) by atomics. ``QUERY_CHUNK``: a power of two, a
     multiple of BLOCK_M (``tiles.query_chunk``)."""
     tl.static_assert(QUERY_CHUNK % BLOCK_M == 0)
-    pid = tl.program_id(0)
-    zk = pid // (sample_chunks * segments)
-    chunk = (pid // segments) % sample_chunks
-    segment = pid % segments
-    z = zk // num_kv_heads
-    hk = zk % num_kv_heads
-    batch = z // rects
-    r = z % rects
+    work, zk, z, hk, batch, r = program_coords(sample_chunks * segments, num_kv_heads, rects)
+    chunk = work // segments
+    segment = work % segments
     num_q_heads = num_kv_heads * group
 
     offs_n = chunk * BLOCK_N + tl.arange(0, BLOCK_N)
     smask = offs_n < num_samples
-    offs_d = tl.arange(0, D_PAD)
-    offs_dv = tl.arange(0, DV_PAD)
-    d_mask = offs_d < HEAD_DIM
-    dv_mask = offs_dv < HEAD_DIM_V
+    offs_d, offs_dv, d_mask, dv_mask = columns(HEAD_DIM, HEAD_DIM_V, D_PAD, DV_PAD)
     zk64 = zk.to(tl.int64)
     s_local = tl.load(SIdx + zk64 * num_samples + offs_n, mask=smask, other=0)
     s_blk = tl.load(SBlk + zk64 * num_samples + offs_n, mask=smask, other=-1).to(tl.int32)
     bias2 = tl.load(SLogW + zk64 * num_samples + offs_n, mask=smask, other=float("-inf")) * LOG2E
     k_rows = (k_start + r * rect_stride + s_local).to(tl.int64)
-    k = load_rows(K + batch.to(tl.int64) * stride_kb + hk.to(tl.int64) * stride_kh, k_rows, stride_kn, offs_d,
-                  smask, d_mask)
-    v = load_rows(V + batch.to(tl.int64) * stride_vb + hk.to(tl.int64) * stride_vh, k_rows, stride_vn, offs_dv,
-                  smask, dv_mask)
+    k, v = load_key_rows(K, V, batch, hk, k_rows, smask, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh,
+                         stride_vn, offs_d, offs_dv, d_mask, dv_mask)
     dk = tl.zeros([BLOCK_N, D_PAD], tl.float32)
     dv = tl.zeros([BLOCK_N, DV_PAD], tl.float32)
 
@@ -525,7 +461,5 @@ def hyper_bwd_samples_kernel(
                                      batch, hk, group, num_q_heads, q_start, r, rect_stride, n_q, n_k, block_size,
                                      stride_qb, stride_qh, stride_qn, stride_ob, stride_oh, stride_on, stride_lb,
                                      stride_lh, offs_d, offs_dv, d_mask, dv_mask, scale_log2, QUERY_CHUNK, BLOCK_M)
-
-    kv_rows = (batch.to(tl.int64) * num_kv_heads + hk) * kv_seq_len + k_rows
-    write_rows(DVAcc, DVAcc, kv_rows, HEAD_DIM_V, offs_dv, smask, dv_mask, dv, "add")
-    write_rows(DKAcc, DKAcc, kv_rows, HEAD_DIM, offs_d, smask, d_mask, dk * scale, "add")
+    write_key_grads(DKAcc, DKAcc, DVAcc, DVAcc, dk * scale, dv, batch, hk, num_kv_heads, kv_seq_len, k_rows, smask,
+                    offs_d, offs_dv, d_mask, dv_mask, HEAD_DIM, HEAD_DIM_V, "add")

@@ -137,3 +137,92 @@ def write_rows(Acc, Final, rows, row_stride, cols, row_mask, col_mask, value, WR
             tl.store(Final + offsets, total.to(Final.dtype.element_ty), mask=mask)
         else:
             tl.store(Acc + offsets, total, mask=mask)
+
+
+@triton.jit
+def program_coords(num_tiles, num_heads, rects):
+    """This program's work: (tile, zh, z, head, batch, r). Programs run tile-fastest over the
+    (problem, head) pairs ``zh = z * num_heads + head``; problem ``z = batch * rects + r`` is
+    rectangle r of batch row ``batch``."""
+    pid = tl.program_id(0)
+    zh = pid // num_tiles
+    tile = pid % num_tiles
+    z = zh // num_heads
+    head = zh % num_heads
+    return tile, zh, z, head, z // rects, z % rects
+
+
+@triton.jit
+def head_base(X, batch, head, stride_b, stride_h):
+    """Pointer to row 0 of (batch, head) of a (B, H, N, ...) tensor, 64-bit offsets."""
+    return X + batch.to(tl.int64) * stride_b + head.to(tl.int64) * stride_h
+
+
+@triton.jit
+def columns(HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr):
+    """Column offsets of q/k (D_PAD,) and of v/out (DV_PAD,), and which are real columns."""
+    offs_d = tl.arange(0, D_PAD)
+    offs_dv = tl.arange(0, DV_PAD)
+    return offs_d, offs_dv, offs_d < HEAD_DIM, offs_dv < HEAD_DIM_V
+
+
+@triton.jit
+def block_query_tile(tile, tiles_per_block, block_size, n_q, n_k, BLOCK_M: tl.constexpr):
+    """(key block, first sorted query rank of the tile, end of the block's ranks) of a hyper
+    part's query tile ``tile``; the tile holds queries when its first rank is below the end."""
+    blk = tile // tiles_per_block
+    q_lo, q_hi = query_block_range(blk, block_size, n_q, n_k)
+    return blk, q_lo + (tile % tiles_per_block) * BLOCK_M, q_hi
+
+
+@triton.jit
+def sorted_query_rows(QPerm, zh, ranks, rmask, n_q, row0):
+    """int64 rows (from ``row0``, the problem's first query row) of the sorted query ranks
+    ``ranks`` of (problem, head) ``zh``."""
+    return (row0 + tl.load(QPerm + zh.to(tl.int64) * n_q + ranks, mask=rmask, other=0)).to(tl.int64)
+
+
+@triton.jit
+def block_and_sample_rows(KPerm, SIdx, SBlk, SLogW, zk, blk, block_size, n_k, num_samples, sinks, key_row0,
+                          BLOCK_KEYS: tl.constexpr, SAMPLES: tl.constexpr):
+    """What a query tile of key block ``blk`` of (problem, kv head) ``zk`` reads of the plan, in
+    registers: (first sorted key rank of the block, live ranks (below the sinks), the block's key
+    rows, the samples' rows and log2 weights). Both index sets load before the block loop, so
+    the samples' do not wait for its drain."""
+    zk64 = zk.to(tl.int64)
+    k_lo = blk * block_size
+    n_live = live_key_ranks(n_k, sinks, key_row0)
+    block_rows = load_sorted_rows(KPerm, zk64 * n_k, k_lo, block_size, n_live, BLOCK_KEYS)
+    sample_rows, sample_bias2 = load_sample_rows(SIdx, SBlk, SLogW, zk64 * num_samples, num_samples, blk, SAMPLES)
+    return k_lo, n_live, block_rows, sample_rows, sample_bias2
+
+
+@triton.jit
+def causal_key_split(tile, n_q, n_k, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """(k_full, k_hi) of an exact part's query tile: keys [0, k_full) are visible to every query
+    of the tile (no mask), [k_full, k_hi) to some (bottom-right causal); without CAUSAL, all."""
+    k_hi = n_k
+    k_full = n_k
+    if CAUSAL:
+        k_hi = tl.minimum(n_k, n_k - n_q + (tile + 1) * BLOCK_M)
+        k_full = (n_k - n_q + tile * BLOCK_M + 1) // BLOCK_N * BLOCK_N
+    return k_full, k_hi
+
+
+@triton.jit
+def load_key_rows(K, V, batch, hk, k_rows, kmask, stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn,
+                  offs_d, offs_dv, d_mask, dv_mask):
+    """k (R, D) and v (R, Dv) of key rows ``k_rows`` (int64 (R,)) of kv head ``hk``; 0 where masked."""
+    k = load_rows(head_base(K, batch, hk, stride_kb, stride_kh), k_rows, stride_kn, offs_d, kmask, d_mask)
+    v = load_rows(head_base(V, batch, hk, stride_vb, stride_vh), k_rows, stride_vn, offs_dv, kmask, dv_mask)
+    return k, v
+
+
+@triton.jit
+def write_key_grads(DKAcc, DK, DVAcc, DV, dk, dv, batch, hk, num_kv_heads, kv_seq_len, k_rows, kmask, offs_d, offs_dv,
+                    d_mask, dv_mask, HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, WRITE: tl.constexpr):
+    """``write_rows`` of a key tile's dk and dv (already scaled) into contiguous (B, Hkv, kv_seq_len, *)
+    gradients."""
+    kv_rows = (batch.to(tl.int64) * num_kv_heads + hk) * kv_seq_len + k_rows
+    write_rows(DKAcc, DK, kv_rows, HEAD_DIM, offs_d, kmask, d_mask, dk, WRITE)
+    write_rows(DVAcc, DV, kv_rows, HEAD_DIM_V, offs_dv, kmask, dv_mask, dv, WRITE)

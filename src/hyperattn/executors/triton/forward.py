@@ -16,14 +16,17 @@ import triton.language as tl
 from hyperattn.executors.triton.common import (
     LOG2E,
     LN2,
-    live_key_ranks,
+    block_and_sample_rows,
+    block_query_tile,
+    causal_key_split,
+    columns,
+    head_base,
     load_block_key_tile,
     load_key_tile,
     load_rows,
-    load_sample_rows,
-    load_sorted_rows,
     load_sampled_key_tile,
-    query_block_range,
+    program_coords,
+    sorted_query_rows,
 )
 
 
@@ -66,6 +69,23 @@ def _written_lse2(Lse, lse_rows, rmask, MERGE: tl.constexpr):
     if MERGE:
         return tl.load(Lse + lse_rows, mask=rmask, other=float("-inf")) * LOG2E
     return tl.full(rmask.shape, float("-inf"), tl.float32)
+
+
+@triton.jit
+def _open_query_tile(Q, K, V, Lse, batch, h, hk, q_rows, rmask, stride_qb, stride_qh, stride_qn, stride_kb, stride_kh,
+                     stride_vb, stride_vh, stride_lb, stride_lh, offs_d, d_mask, MERGE: tl.constexpr,
+                     BLOCK_M: tl.constexpr, DV_PAD: tl.constexpr):
+    """What a forward program holds before its key loops, for query rows ``q_rows`` of head ``h``
+    (kv head ``hk``): q (BM, D), the rows' offsets in Lse and their lse so far (``_written_lse2``),
+    the k and v bases, and the online softmax's empty state (m, l, acc)."""
+    q = load_rows(head_base(Q, batch, h, stride_qb, stride_qh), q_rows, stride_qn, offs_d, rmask, d_mask)
+    lse_rows = batch.to(tl.int64) * stride_lb + h.to(tl.int64) * stride_lh + q_rows
+    prev2 = _written_lse2(Lse, lse_rows, rmask, MERGE)
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, DV_PAD], tl.float32)
+    return (q, lse_rows, prev2, head_base(K, batch, hk, stride_kb, stride_kh), head_base(V, batch, hk, stride_vb,
+            stride_vh), m_i, l_i, acc)
 
 
 @triton.jit
@@ -208,48 +228,22 @@ def hyper_fwd_kernel(
     (0 where exact_keys is 0, which compiles that loop out). ``BLOCK_KEYS``, ``SAMPLES``: powers
     of two, at least block_size and num_samples and at least BLOCK_N (``tiles.index_widths``)."""
     tl.static_assert(BLOCK_KEYS % BLOCK_N == 0 and SAMPLES % BLOCK_N == 0)
-    pid = tl.program_id(0)
-    zh = pid // num_tiles
-    tile = pid % num_tiles
-    blk = tile // tiles_per_block
-    z = zh // num_q_heads
-    h = zh % num_q_heads
+    tile, zh, z, h, batch, r = program_coords(num_tiles, num_q_heads, rects)
     hk = h // group
-    batch = z // rects
-    r = z % rects
-
-    # Sorted query ranks of this key block: p with (p * n_k // n_q) // block_size == blk.
-    q_lo, q_hi = query_block_range(blk, block_size, n_q, n_k)
-    row0 = q_lo + (tile % tiles_per_block) * BLOCK_M
+    blk, row0, q_hi = block_query_tile(tile, tiles_per_block, block_size, n_q, n_k, BLOCK_M)
     if row0 < q_hi:
         offs_m = row0 + tl.arange(0, BLOCK_M)
         rmask = offs_m < q_hi
-        offs_d = tl.arange(0, D_PAD)
-        offs_dv = tl.arange(0, DV_PAD)
-        d_mask = offs_d < HEAD_DIM
-        dv_mask = offs_dv < HEAD_DIM_V
-
-        zh64 = zh.to(tl.int64)
-        zk64 = (z * (num_q_heads // group) + hk).to(tl.int64)
-        q_local = tl.load(QPerm + zh64 * n_q + offs_m, mask=rmask, other=0)
-        q_rows = (q_start + r * rect_stride + q_local).to(tl.int64)
-        q_base = Q + batch.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
-        q = load_rows(q_base, q_rows, stride_qn, offs_d, rmask, d_mask)
-        lse_rows = batch.to(tl.int64) * stride_lb + h.to(tl.int64) * stride_lh + q_rows
-        prev2 = _written_lse2(Lse, lse_rows, rmask, MERGE)
-        k_base = K + batch.to(tl.int64) * stride_kb + hk.to(tl.int64) * stride_kh
-        v_base = V + batch.to(tl.int64) * stride_vb + hk.to(tl.int64) * stride_vh
+        offs_d, offs_dv, d_mask, dv_mask = columns(HEAD_DIM, HEAD_DIM_V, D_PAD, DV_PAD)
+        q_rows = sorted_query_rows(QPerm, zh, offs_m, rmask, n_q, q_start + r * rect_stride)
+        q, lse_rows, prev2, k_base, v_base, m_i, l_i, acc = _open_query_tile(
+            Q, K, V, Lse, batch, h, hk, q_rows, rmask, stride_qb, stride_qh, stride_qn, stride_kb, stride_kh,
+            stride_vb, stride_vh, stride_lb, stride_lh, offs_d, d_mask, MERGE, BLOCK_M, DV_PAD)
         key_row0 = k_start + r * rect_stride
 
-        m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-        l_i = tl.zeros([BLOCK_M], tl.float32)
-        acc = tl.zeros([BLOCK_M, DV_PAD], tl.float32)
-
-        k_lo = blk * block_size
-        n_live = live_key_ranks(n_k, sinks, key_row0)
-        block_rows = load_sorted_rows(KPerm, zk64 * n_k, k_lo, block_size, n_live, BLOCK_KEYS)
-        # both index sets load before the block loop: the samples' do not wait for its drain
-        sample_rows, sample_bias2 = load_sample_rows(SIdx, SBlk, SLogW, zk64 * num_samples, num_samples, blk, SAMPLES)
+        k_lo, n_live, block_rows, sample_rows, sample_bias2 = block_and_sample_rows(
+            KPerm, SIdx, SBlk, SLogW, z * (num_q_heads // group) + hk, blk, block_size, n_k, num_samples, sinks,
+            key_row0, BLOCK_KEYS, SAMPLES)
         m_i, l_i, acc = _block_keys_fwd(q, block_rows, k_base, v_base, key_row0, k_lo, block_size, n_live, stride_kn,
                                         stride_vn, offs_d, offs_dv, d_mask, dv_mask, m_i, l_i, acc, scale_log2,
                                         BLOCK_N)
@@ -297,40 +291,19 @@ def dense_fwd_kernel(
     """Exact attention of one tile of consecutive queries of one (problem, head); causal is
     bottom-right aligned (query i sees keys j <= n_k - n_q + i). Problem r reads query rows
     from ``q_start + r * rect_stride`` and key rows from ``k_start + r * key_rect_stride``."""
-    pid = tl.program_id(0)
-    zh = pid // num_tiles
-    tile = pid % num_tiles
-    z = zh // num_q_heads
-    h = zh % num_q_heads
+    tile, _, _, h, batch, r = program_coords(num_tiles, num_q_heads, rects)
     hk = h // group
-    batch = z // rects
-    r = z % rects
-
     offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
     rmask = offs_m < n_q
-    offs_d = tl.arange(0, D_PAD)
-    offs_dv = tl.arange(0, DV_PAD)
-    d_mask = offs_d < HEAD_DIM
-    dv_mask = offs_dv < HEAD_DIM_V
+    offs_d, offs_dv, d_mask, dv_mask = columns(HEAD_DIM, HEAD_DIM_V, D_PAD, DV_PAD)
 
     q_rows = (q_start + r * rect_stride + offs_m).to(tl.int64)
-    q_base = Q + batch.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
-    q = load_rows(q_base, q_rows, stride_qn, offs_d, rmask, d_mask)
-    lse_rows = batch.to(tl.int64) * stride_lb + h.to(tl.int64) * stride_lh + q_rows
-    prev2 = _written_lse2(Lse, lse_rows, rmask, MERGE)
-    k_base = K + batch.to(tl.int64) * stride_kb + hk.to(tl.int64) * stride_kh
-    v_base = V + batch.to(tl.int64) * stride_vb + hk.to(tl.int64) * stride_vh
+    q, lse_rows, prev2, k_base, v_base, m_i, l_i, acc = _open_query_tile(
+        Q, K, V, Lse, batch, h, hk, q_rows, rmask, stride_qb, stride_qh, stride_qn, stride_kb, stride_kh,
+        stride_vb, stride_vh, stride_lb, stride_lh, offs_d, d_mask, MERGE, BLOCK_M, DV_PAD)
     key_row0 = k_start + r * key_rect_stride
 
-    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, DV_PAD], tl.float32)
-
-    k_hi = n_k
-    k_full = n_k
-    if CAUSAL:  # keys [0, k_full) are visible to every row of the tile: no mask there
-        k_hi = tl.minimum(n_k, n_k - n_q + (tile + 1) * BLOCK_M)
-        k_full = (n_k - n_q + tile * BLOCK_M + 1) // BLOCK_N * BLOCK_N
+    k_full, k_hi = causal_key_split(tile, n_q, n_k, CAUSAL, BLOCK_M, BLOCK_N)
     m_i, l_i, acc = _dense_fwd_range(q, k_base, v_base, key_row0, stride_kn, stride_vn, offs_m, offs_d, offs_dv,
                                      d_mask, dv_mask, 0, k_full, n_q, n_k, m_i, l_i, acc, scale_log2,
                                      False, BLOCK_N)
