@@ -346,6 +346,39 @@ def test_bad_input_is_named(mutate, kwargs, error, match):
             exact_attention(q, k, v, **kwargs)
 
 
+def test_a_transposed_layout_gets_a_hint():
+    """(batch, seq_len, heads, head_dim) tensors, as a model's projections give them before the
+    transpose: the error, or a warning where the call would run, names the fix."""
+    q, k, v = (x.transpose(1, 2) for x in random_qkv(hq=4, hkv=4, nq=40, nk=30, d=8))
+    with pytest.raises(ValueError, match=r"transpose\(1, 2\)"):
+        hyper_attention(q, k, v, causal=True)
+    q, k, v = (torch.zeros(1, 600, 2, 4) for _ in range(3))  # 600 "heads" of 2 positions
+    with pytest.warns(UserWarning, match=r"600 heads.*transpose\(1, 2\)"):
+        hyper_attention(q, k, v)
+
+
+@pytest.mark.parametrize("causal,nq,nk,cfg,return_lse,path,executor", [
+    (True, 40, 40, SMALL, False, "approximate", "reference"),
+    (True, 8, 40, SMALL, False, "exact", "sdpa"),
+    (True, 8, 40, SMALL, True, "exact", "reference"),
+    (False, 40, 40, HyperAttentionConfig(min_seq_len=8), False, "exact", "sdpa"),  # within exact_up_to
+    (False, 0, 40, SMALL, False, "empty", None),
+])
+def test_explain_names_the_path_a_call_takes(causal, nq, nk, cfg, return_lse, path, executor, caplog):
+    import logging
+
+    from hyperattn import explain
+
+    q, k, v = random_qkv(hq=2, hkv=1, nq=nq, nk=nk, d=8)
+    route = explain(q, k, v, causal=causal, config=cfg, return_lse=return_lse)
+    assert (route.path, route.executor) == (path, executor)
+    assert (route.schedule is not None) == (path == "approximate" and causal)
+    assert path in str(route)
+    with caplog.at_level(logging.DEBUG, logger="hyperattn"):
+        hyper_attention(q, k, v, causal=causal, config=cfg, seed=0, return_lse=return_lse)
+    assert str(route) in caplog.text
+
+
 def test_module_wraps_the_function():
     q, k, v = random_qkv(nq=40)
     layer = HyperAttention(SMALL)

@@ -1,9 +1,10 @@
 """hyperattn: HyperAttention (Han et al., ICLR 2024), near-linear-time attention for long contexts."""
 
-from hyperattn.api import exact_attention, hyper_attention
+from hyperattn.api import Explanation, exact_attention, explain, hyper_attention
 from hyperattn.config import HyperAttentionConfig
 from hyperattn.modules import HyperAttention
 
 __version__ = "0.1.0"
 
-__all__ = ["HyperAttention", "HyperAttentionConfig", "exact_attention", "hyper_attention", "__version__"]
+__all__ = ["Explanation", "HyperAttention", "HyperAttentionConfig", "exact_attention", "explain", "hyper_attention",
+           "__version__"]

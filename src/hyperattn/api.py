@@ -1,8 +1,11 @@
-"""Public entry points: ``hyper_attention`` and ``exact_attention``."""
+"""Public entry points: ``hyper_attention``, ``exact_attention`` and ``explain``."""
 
 from __future__ import annotations
 
+import logging
 import os
+import warnings
+from dataclasses import dataclass
 
 import torch
 from torch.nn.attention.bias import causal_lower_right
@@ -10,9 +13,21 @@ from torch.nn.attention.bias import causal_lower_right
 from hyperattn.config import HyperAttentionConfig, check_scale
 from hyperattn.executors import compute_dtype, reference_attention
 from hyperattn.executors.triton import TRITON_DTYPES, has_triton
-from hyperattn.plan import lsh_buckets, plan_hyper_attention
+from hyperattn.plan import causal_schedule, lsh_buckets, plan_hyper_attention
 
 _SEED_MIN, _SEED_MAX = -(1 << 63), (1 << 64) - 1
+logger = logging.getLogger("hyperattn")
+# More query heads than this, over fewer positions than heads, is a layout mistake far more
+# often than a model (the largest public models have at most 128 query heads).
+_MOST_PLAUSIBLE_HEADS = 512
+
+
+def _layout_hint(q, k) -> str:
+    """A hint for errors where q and k look laid out (batch, seq_len, heads, head_dim)."""
+    if q.dim() == 4 and k.dim() == 4 and q.shape[1] > q.shape[2] and k.shape[1] > k.shape[2]:
+        return ("; q and k look laid out (batch, seq_len, heads, head_dim): hyper_attention takes (batch, heads, "
+                "seq_len, head_dim), so pass q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)")
+    return ""
 
 
 def _check_inputs(q, k, v, causal) -> None:
@@ -44,13 +59,17 @@ def _check_inputs(q, k, v, causal) -> None:
         raise ValueError("head_dim of q and k must be >= 1, got 0")
     if hk == 0 and hq > 0 or hk > 0 and hq % hk != 0:
         raise ValueError(
-            f"q's heads must be a multiple of k's and v's heads (grouped-query attention), got {hq} and {hk}"
+            f"q's heads (dim 1) must be a multiple of k's and v's heads (grouped-query attention), got {hq} and "
+            f"{hk}{_layout_hint(q, k)}"
         )
     if causal and nq > nk:
         raise ValueError(
-            f"causal attention needs q's seq_len <= k's seq_len (queries are aligned to the last keys), "
-            f"got {nq} > {nk}"
+            f"causal attention needs q's seq_len (dim 2) <= k's seq_len (queries are aligned to the last keys), "
+            f"got {nq} > {nk}{_layout_hint(q, k)}"
         )
+    if hq > _MOST_PLAUSIBLE_HEADS and nq < hq:
+        warnings.warn(f"q has {hq} heads (dim 1) and {nq} positions (dim 2){_layout_hint(q, k) or ''}; attention "
+                      "runs over dim 2", stacklevel=3)
 
 
 def _empty_result(q, v, return_lse):
@@ -128,6 +147,73 @@ def _plan(q, k, v, causal: bool, config: HyperAttentionConfig, seed: int, use_tr
 _reference_attention_eager = torch.compiler.disable(reference_attention)
 
 
+@dataclass(frozen=True)
+class Explanation:
+    """How ``hyper_attention`` runs a call (``explain``).
+
+    ``path``: "empty" (no queries or keys), "exact" or "approximate". ``executor``: what computes
+    it: "sdpa" (PyTorch's fused attention), "triton" (the fused kernels) or "reference" (the
+    PyTorch reference executor); None for empty calls. ``reason``: why, in words. ``schedule``:
+    the causal recursion of an approximate causal call (``hyperattn.plan.CausalSchedule``)."""
+
+    path: str
+    executor: str | None
+    reason: str
+    schedule: object = None
+
+    def __str__(self) -> str:
+        lines = [f"{self.path} attention" + (f" by {self.executor}" if self.executor else "") + f": {self.reason}"]
+        s = self.schedule
+        if s is not None:
+            lines.append(f"causal schedule: {s.num_leaves} exact diagonal leaves of {s.leaf_len} queries, "
+                         f"{s.num_levels} levels of approximated rectangles, {s.head_len} exact head rows, "
+                         f"{s.prefix_keys} prefix keys")
+        return "\n".join(lines)
+
+
+def _explain(q, k, causal: bool, config: HyperAttentionConfig, return_lse: bool) -> Explanation:
+    """The route of a checked call (``hyper_attention`` follows it)."""
+    nq, nk = q.shape[2], k.shape[2]
+    use_triton = _use_triton(q, config.impl)
+    if config.exact_window:
+        if not causal:
+            raise ValueError("config.exact_window applies to causal attention; got causal=False")
+        if use_triton:
+            raise ValueError("config.exact_window runs in the reference executor only so far; "
+                             "pass HyperAttentionConfig(impl='reference', ...)")
+    if q.numel() == 0 or nk == 0:
+        return Explanation("empty", None, f"{nq} queries, {nk} keys")
+    kernel = "triton" if use_triton else "reference"
+    if config.runs_exact(nq, nk, causal):
+        if nq <= max(config.min_seq_len, config.exact_tail):
+            why = f"{nq} queries <= max(min_seq_len={config.min_seq_len}, exact_tail={config.exact_tail})"
+        else:
+            why = (f"{nq} x {nk} {'causal ' if causal else ''}attention costs no more than causal attention over "
+                   f"exact_up_to={config.exact_up_to} tokens")
+        return Explanation("exact", kernel if return_lse else "sdpa", why + ("; with lse" if return_lse else ""))
+    device = "fp16/bf16 CUDA tensors" if use_triton else f"{q.dtype} on {q.device}"
+    why = f"{nq} queries over {nk} keys above the exactness limits; {device}, impl={config.impl!r}"
+    return Explanation("approximate", kernel, why, causal_schedule(nq, nk, config.min_seq_len) if causal else None)
+
+
+def explain(q, k, v, causal: bool = False, config: HyperAttentionConfig | None = None, return_lse: bool = False
+            ) -> Explanation:
+    """How ``hyper_attention(q, k, v, causal=causal, config=config, return_lse=return_lse)`` would
+    run: exact or approximate, by which executor, and why (``print`` it). Checks the inputs as
+    the call does; computes nothing. The same route is logged at DEBUG level by the
+    ``"hyperattn"`` logger on every eager call (not inside ``torch.compile``)."""
+    _check_inputs(q, k, v, causal)
+    return _explain(q, k, causal, _check_config(config), return_lse)
+
+
+def _check_config(config) -> HyperAttentionConfig:
+    if config is None:
+        return HyperAttentionConfig()
+    if not isinstance(config, HyperAttentionConfig):
+        raise TypeError(f"config must be a HyperAttentionConfig or None, got {type(config).__name__}")
+    return config
+
+
 def exact_attention(q, k, v, causal: bool = False, scale: float | None = None, return_lse: bool = False):
     """Exact softmax attention with grouped kv heads and bottom-right causal alignment.
 
@@ -188,21 +274,15 @@ def hyper_attention(
     """
     _check_inputs(q, k, v, causal)
     scale = check_scale(scale, q.shape[-1])
-    if config is None:
-        config = HyperAttentionConfig()
-    elif not isinstance(config, HyperAttentionConfig):
-        raise TypeError(f"config must be a HyperAttentionConfig or None, got {type(config).__name__}")
+    config = _check_config(config)
     seed = _resolve_seed(seed)
-    use_triton = _use_triton(q, config.impl)
-    if config.exact_window:
-        if not causal:
-            raise ValueError("config.exact_window applies to causal attention; got causal=False")
-        if use_triton:
-            raise ValueError("config.exact_window runs in the reference executor only so far; "
-                             "pass HyperAttentionConfig(impl='reference', ...)")
-    if q.numel() == 0 or k.shape[2] == 0:
+    route = _explain(q, k, causal, config, return_lse)
+    if not torch.compiler.is_compiling() and logger.isEnabledFor(logging.DEBUG):  # Dynamo cannot trace loggers
+        logger.debug("hyper_attention %s: %s", tuple(q.shape), route)
+    if route.path == "empty":
         return _empty_result(q, v, return_lse)
-    if config.runs_exact(q.shape[2], k.shape[2], causal):
+    use_triton = route.executor == "triton"
+    if route.path == "exact":
         return _exact(q, k, v, scale, causal, return_lse, use_triton)
     plan = _plan(q, k, v, causal, config, seed, use_triton)
     return _finish(q, *_execute(q, k, v, plan, scale, causal, use_triton, config.exact_tail), return_lse)
