@@ -57,7 +57,7 @@ def test_causal_owners_are_the_leaves_and_the_head_or_else_the_prefix():
 
 def test_owners_that_leave_rows_uncovered_are_an_error():
     rects = Rectangles(count=1, queries=Rows(start=0, stride=0, length=4), keys=Rows(start=0, stride=0, length=4))
-    with pytest.raises(AssertionError, match="key rows"):
+    with pytest.raises(AssertionError, match="4 of 6 key rows"):
         assign_owners([Part(None, rects)], 4, 6)
 
 

@@ -5,6 +5,8 @@ gradient rows it writes last; the executors turn parts into launches.
 
 from __future__ import annotations
 
+import bisect
+import functools
 from dataclasses import KW_ONLY, dataclass, replace
 
 from hyperattn.plan import AttentionPlan, CausalPlan
@@ -94,29 +96,54 @@ def _single(n_q: int, n_k: int, q_start: int = 0, k_start: int = 0) -> Rectangle
                       keys=Rows(start=k_start, stride=0, length=n_k))
 
 
-def _overlaps(spans: list[tuple[int, int]], owned: list[tuple[int, int]]) -> bool:
-    return any(lo < stop and start < hi for lo, hi in spans for start, stop in owned)
+class _Spans:
+    """Disjoint [start, stop) row spans, sorted, with an overlap test in O(log n) a span."""
+
+    def __init__(self):
+        self.starts: list[int] = []
+        self.stops: list[int] = []
+
+    def overlaps(self, start: int, stop: int) -> bool:
+        i = bisect.bisect_right(self.starts, start)  # the last span starting at or before start, and the next
+        return (i > 0 and self.stops[i - 1] > start) or (i < len(self.starts) and self.starts[i] < stop)
+
+    def add(self, spans: list[tuple[int, int]]) -> None:
+        for start, stop in spans:
+            i = bisect.bisect_right(self.starts, start)
+            self.starts.insert(i, start)
+            self.stops.insert(i, stop)
+
+    def total(self) -> int:
+        return sum(stop - start for start, stop in zip(self.starts, self.stops))
 
 
 def assign_owners(parts: list[Part], num_queries: int, num_keys: int) -> list[Part]:
     """``parts`` with ownership derived: in list order, a part owns its query (key) rows when it
     writes them (dq; dk/dv without sharing them among its problems) and no earlier owner holds
     any of them. The owners must then cover every row exactly once (checked)."""
-    owned_queries: list[tuple[int, int]] = []
-    owned_keys: list[tuple[int, int]] = []
-    result = []
-    for part in parts:
-        query_spans = part.rects.queries.spans(part.count)
-        key_spans = part.rects.keys.spans(part.count)
-        owns_queries = part.writes_dq and not _overlaps(query_spans, owned_queries)
-        owns_keys = not part.shares_key_rows and not _overlaps(key_spans, owned_keys)
-        owned_queries += query_spans if owns_queries else []
-        owned_keys += key_spans if owns_keys else []
-        result.append(replace(part, owns_queries=owns_queries, owns_keys=owns_keys))
+    geometry = tuple((part.rects, part.writes_dq, part.shares_key_rows) for part in parts)
+    owners = _owners(geometry, num_queries, num_keys)
+    return [replace(part, owns_queries=queries, owns_keys=keys) for part, (queries, keys) in zip(parts, owners)]
+
+
+@functools.lru_cache(maxsize=1024)  # a launch list's geometry recurs at every call of one shape
+def _owners(geometry: tuple, num_queries: int, num_keys: int) -> tuple[tuple[bool, bool], ...]:
+    owned_queries, owned_keys = _Spans(), _Spans()
+    owners = []
+    for rects, writes_dq, shares_key_rows in geometry:
+        query_spans = rects.queries.spans(rects.count)
+        key_spans = rects.keys.spans(rects.count)
+        owns_queries = writes_dq and not any(owned_queries.overlaps(*span) for span in query_spans)
+        owns_keys = not shares_key_rows and not any(owned_keys.overlaps(*span) for span in key_spans)
+        if owns_queries:
+            owned_queries.add(query_spans)
+        if owns_keys:
+            owned_keys.add(key_spans)
+        owners.append((owns_queries, owns_keys))
     for name, owned, total in (("query", owned_queries, num_queries), ("key", owned_keys, num_keys)):
-        if sum(stop - start for start, stop in owned) != total:
-            raise AssertionError(f"the launch list's owners cover {sorted(owned)} of {total} {name} rows")
-    return result
+        if owned.total() != total:
+            raise AssertionError(f"the launch list's owners cover {owned.total()} of {total} {name} rows")
+    return tuple(owners)
 
 
 def _chunks(n: int, chunk_len: int) -> list[tuple[int, int, int]]:
