@@ -16,7 +16,7 @@ from hyperattn.plan.launch import Part, assign_owners, parts_of  # noqa: E402
 from hyperattn.plan import plan_hyper_attention  # noqa: E402
 from hyperattn import HyperAttentionConfig  # noqa: E402
 
-from tests.executors.test_triton import DEVICE, DTYPE, rel_error  # noqa: E402
+from tests.executors.triton.test_executor import DEVICE, DTYPE, rel_error  # noqa: E402
 
 
 def _scores(q, k, scale):

@@ -1,4 +1,4 @@
-"""Fused kernels against the reference executor on the same plan (Triton's interpreter on CPU)."""
+"""The fused executor against the reference executor on the same plan (Triton's interpreter on CPU)."""
 
 import dataclasses
 import math
@@ -8,17 +8,12 @@ import torch
 
 pytest.importorskip("triton")
 
-import triton  # noqa: E402
-import triton.language as tl  # noqa: E402
-
 from hyperattn import HyperAttentionConfig, hyper_attention  # noqa: E402
 from hyperattn.executors import reference_attention  # noqa: E402
 from hyperattn.executors.triton import tiles  # noqa: E402
-from hyperattn.executors.triton.common import query_rank_blocks  # noqa: E402
 from hyperattn.executors.triton.executor import attention_backward, attention_forward  # noqa: E402
-from hyperattn.executors.triton.op import attention_fwd_op, triton_attention  # noqa: E402
-from hyperattn.plan import flatten_plan, plan_hyper_attention, unflatten_plan  # noqa: E402
-from hyperattn.plan import launch  # noqa: E402
+from hyperattn.executors.triton.op import triton_attention  # noqa: E402
+from hyperattn.plan import launch, plan_hyper_attention  # noqa: E402
 from hyperattn.plan.launch import parts_of  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -190,25 +185,6 @@ def test_unequal_query_and_key_tiles_match_reference(name, tiles, monkeypatch):
     check_backward(name)
 
 
-def test_launch_config_override_names_families(monkeypatch):
-    from hyperattn.executors.triton.tiles import launch_config as _launch_config
-
-    monkeypatch.setenv("HYPERATTN_TRITON_CONFIG", "dense_dkdv=64,128,8,2")
-    assert _launch_config("dense_dkdv", 64, 64) == dict(BLOCK_M=64, BLOCK_N=128, num_warps=8, num_stages=2)
-    assert _launch_config("hyper_dkdv", 64, 64) != dict(BLOCK_M=64, BLOCK_N=128, num_warps=8, num_stages=2)
-    for bad in ("dense_dq=1,2,3", "backward=64,64,4,3"):
-        monkeypatch.setenv("HYPERATTN_TRITON_CONFIG", bad)
-        with pytest.raises(ValueError, match="HYPERATTN_TRITON_CONFIG"):
-            _launch_config("hyper_fwd", 64, 64)
-    # tiles at which Triton 3.6 miscompiled the query-side hyper kernels on an H200
-    for family, tiles in (("hyper_fwd", "128,32,4,3"), ("hyper_dq", "256,64,8,3")):
-        monkeypatch.setenv("HYPERATTN_TRITON_CONFIG", f"{family}={tiles}")
-        with pytest.raises(ValueError, match="BLOCK_M <= 2 \\* BLOCK_N"):
-            _launch_config(family, 64, 64)
-    monkeypatch.setenv("HYPERATTN_TRITON_CONFIG", "hyper_dkdv=128,32,4,3")
-    assert _launch_config("hyper_dkdv", 64, 64)["BLOCK_N"] == 32
-
-
 @pytest.mark.parametrize("causal", [False, True])
 def test_api_triton_path_matches_reference_path(causal):
     gen = torch.Generator().manual_seed(3)
@@ -229,57 +205,6 @@ def test_triton_impl_rejects_float32():
         hyper_attention(q, q, q, config=HyperAttentionConfig(exact_up_to=0, min_seq_len=8, impl="triton"))
 
 
-@pytest.mark.parametrize("name", ["noncausal-sinks", "tail-causal-sinks-gqa", "causal-prefill-no-head",
-                                  "causal-prefill-short-prefix", "exact-causal"])
-def test_plans_survive_the_custom_op_boundary(name):
-    """What the op receives (``flatten_plan``) gives back the same launch list."""
-    q, k, v, plan, causal, _ = make_case(name)
-    back = unflatten_plan(*flatten_plan(plan))
-    assert type(back) is type(plan)
-    for part, other in zip(parts_of(plan, q.shape[2], k.shape[2], causal),
-                           parts_of(back, q.shape[2], k.shape[2], causal), strict=True):
-        assert all(getattr(part, f.name) == getattr(other, f.name) for f in dataclasses.fields(part) if f.name != "plan")
-        if part.plan is not None:
-            assert (other.plan.block_size, other.plan.sinks) == (part.plan.block_size, part.plan.sinks)
-            assert all(torch.equal(getattr(part.plan, f), getattr(other.plan, f))
-                       for f in ("q_perm", "k_perm", "sample_idx", "sample_block", "sample_log_weight"))
-
-
-def test_custom_op_passes_opcheck():
-    q, k, v, plan, causal, _ = make_case("noncausal-gqa-odd")
-    plan_tensors, plan_ints = flatten_plan(plan)
-    q, k, v = (x.requires_grad_() for x in (q, k, v))
-    torch.library.opcheck(attention_fwd_op, (q, k, v, plan_tensors, plan_ints, 0.25, causal, 5),
-                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
-
-
-def test_torch_compile_runs_around_the_op():
-    q, k, v, plan, causal, _ = make_case("causal-gqa")
-
-    class Model(torch.nn.Module):
-        def forward(self, q, k, v):
-            out, lse = triton_attention(q * 1.0, k, v, plan, 0.2, causal)
-            return out.float().sum() + lse.sum()
-
-    compiled = torch.compile(Model(), backend="aot_eager", fullgraph=True)
-    torch.testing.assert_close(compiled(q, k, v), Model()(q, k, v))
-
-
-@pytest.mark.parametrize("d,projs", [(64, 7), (128, 16), (24, 3)])
-def test_hashing_kernel_matches_lsh_buckets(d, projs):
-    from hyperattn.executors.triton.hashing import lsh_buckets_triton
-    from hyperattn.plan import lsh_buckets, lsh_directions
-
-    gen = torch.Generator().manual_seed(d)
-    x = torch.randn(2, 4, 300, d, generator=gen).to(DTYPE)
-    dirs = lsh_directions(2, d, projs, gen)
-    want = lsh_buckets(x.float(), dirs)
-    got = lsh_buckets_triton(x.to(DEVICE), dirs.to(DEVICE)).cpu()
-    assert got.dtype == want.dtype  # bucket_dtype(projs)
-    # only rows with a projection within fp16 rounding of a hyperplane may differ
-    assert (got != want).float().mean() < 0.02
-
-
 def test_exact_tail_through_the_kernels_matches_the_reference():
     q, k, v, _, _, _ = make_case("causal-odd-prefill")
     q, k, v = (x.requires_grad_() for x in (q, k, v))
@@ -291,43 +216,3 @@ def test_exact_tail_through_the_kernels_matches_the_reference():
     assert rel_error(out, want) < 2e-3 and (lse.double() - want_lse).abs().max() < 1e-3
     out.float().sum().backward()
     assert all(torch.isfinite(x.grad).all() for x in (q, k, v))
-
-
-def test_exact_tiles_fit_small_parts():
-    """The exact tail's 64 queries and the sinks' 16 keys get tiles of their own size, on at most 4 warps."""
-    cfg = dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3)
-    assert tiles.fit_tiles(cfg, 64, 16) == dict(BLOCK_M=64, BLOCK_N=16, num_warps=4, num_stages=3)
-    assert tiles.fit_tiles(cfg, 5, 4096) == dict(BLOCK_M=16, BLOCK_N=64, num_warps=4, num_stages=3)
-    assert tiles.fit_tiles(cfg, 4096, 100) is cfg
-
-
-@triton.jit
-def query_rank_blocks_kernel(Ranks, Blocks, count, block_size, n_q, n_k, WIDTH: tl.constexpr):
-    offs = tl.program_id(0) * WIDTH + tl.arange(0, WIDTH)
-    mask = offs < count
-    ranks = tl.load(Ranks + offs, mask=mask, other=0)
-    tl.store(Blocks + offs, query_rank_blocks(ranks, block_size, n_q, n_k), mask=mask)
-
-
-@pytest.mark.parametrize("n_q,n_k,block_size,rank", [
-    (96, 96, 16, None), (150, 40, 16, None), (37, 83, 7, None), (2**21, 2**21, 256, None),
-    (2**21 + 3, 2**20 - 7, 1, None), (3 * 2**22, 2**23 + 1, 3, None),
-    (10**6, 7 * 10**5, 1, 90),  # the fp64 estimate is one too small here
-    (397140465, 1512116527, 1, 200521823),  # and one too large here
-])
-def test_query_rank_blocks_is_exact(n_q, n_k, block_size, rank):
-    """The block of each sorted query rank, at every rank of short problems and, of long ones, at
-    random ranks and on both sides of block boundaries, and where the fp64 estimate is off."""
-    if n_q < 1000:
-        ranks = torch.arange(n_q)
-    else:
-        gen = torch.Generator().manual_seed(n_q)
-        blocks = torch.randint(1, n_k // block_size, (300,), generator=gen)
-        first = (blocks * block_size * n_q + n_k - 1) // n_k  # query_block_range's lower end
-        ranks = torch.cat([torch.randint(0, n_q, (300,), generator=gen), first - 1, first, first + 1,
-                           torch.tensor([n_q - 1, rank or 0])])
-    want = ranks * n_k // n_q // block_size
-    got = torch.full_like(ranks, -1)
-    ranks, got = ranks.to(torch.int32).to(DEVICE), got.to(DEVICE)
-    query_rank_blocks_kernel[(triton.cdiv(len(ranks), 256),)](ranks, got, len(ranks), block_size, n_q, n_k, WIDTH=256)
-    assert torch.equal(got.cpu(), want)
