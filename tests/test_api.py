@@ -157,6 +157,48 @@ def test_future_keys_and_values_do_not_leak(sampling, extra, nq, nk):
         assert not torch.allclose(out2[:, :, t + 1:], out[:, :, t + 1:])
 
 
+def perturbed_after(x, position, seed):
+    """x with every row after ``position`` (dim 2) replaced by fresh values."""
+    y = x.clone()
+    y[:, :, position + 1:] = torch.randn(y[:, :, position + 1:].shape, generator=torch.Generator().manual_seed(seed),
+                                         dtype=y.dtype) * 3
+    return y
+
+
+@pytest.mark.parametrize("extra", [dict(**PAPER), dict(exact_sinks=3, exact_tail=5), dict(sampling="value_norm")])
+@pytest.mark.parametrize("nq,nk", [(96, 96), (83, 83), (70, 101)])
+def test_bucket_blocks_are_strictly_causal(extra, nq, nk):
+    """With query_blocks='bucket', output i depends on no input after i, queries included: changing
+    every q, k and v row after a position leaves the outputs up to it as they were, up to the last
+    bit of float64 products (the reference batches them in a padded layout whose shape follows the
+    data); the paper's rank rule does not (a query's block depends on the later queries of its
+    rectangle)."""
+    base = dict(block_size=4, sample_size=4, lsh_num_projs=3, exact_up_to=0, min_seq_len=8, **extra)
+    q, k, v = random_qkv(hq=2, hkv=1, nq=nq, nk=nk, seed=5)
+    changed = {}
+    for rule in ("bucket", "rank"):
+        cfg = HyperAttentionConfig(query_blocks=rule, **base)
+        out = hyper_attention(q, k, v, causal=True, config=cfg, seed=3)
+        changed[rule] = 0
+        for t in range(9, nq - 6, 8):
+            key_pos = nk - nq + t
+            q2 = perturbed_after(q, t, seed=t)
+            k2, v2 = perturbed_after(k, key_pos, seed=t + 1), perturbed_after(v, key_pos, seed=t + 2)
+            out2 = hyper_attention(q2, k2, v2, causal=True, config=cfg, seed=3)
+            changed[rule] += int(((out2[:, :, :t + 1] - out[:, :, :t + 1]).abs() > 1e-14).any(-1).sum())
+            assert not torch.allclose(out2[:, :, t + 1:], out[:, :, t + 1:])
+    assert changed["bucket"] == 0
+    if extra == PAPER:
+        assert changed["rank"] > 0, "the test would not see a leak"
+
+
+def test_bucket_blocks_need_the_reference_executor():
+    q = torch.randn(1, 1, 100, 16, dtype=torch.float16)
+    cfg = HyperAttentionConfig(query_blocks="bucket", exact_up_to=0, min_seq_len=8, exact_tail=0, impl="triton")
+    with pytest.raises(ValueError, match="query_blocks='bucket' runs in the reference executor"):
+        hyper_attention(q, q, q, causal=True, config=cfg)
+
+
 def test_chunked_prefill_rows_match_full_causal_when_exact():
     q, k, v = random_qkv(hq=2, hkv=2, nq=90)
     cfg = HyperAttentionConfig(block_size=90, sample_size=0, exact_up_to=0, min_seq_len=8)

@@ -175,12 +175,12 @@ def _explain(q, k, causal: bool, config: HyperAttentionConfig, return_lse: bool)
     """The route of a checked call (``hyper_attention`` follows it)."""
     nq, nk = q.shape[2], k.shape[2]
     use_triton = _use_triton(q, config.impl)
-    if config.exact_window:
-        if not causal:
-            raise ValueError("config.exact_window applies to causal attention; got causal=False")
-        if use_triton:
-            raise ValueError("config.exact_window runs in the reference executor only so far; "
-                             "pass HyperAttentionConfig(impl='reference', ...)")
+    if config.exact_window and not causal:
+        raise ValueError("config.exact_window applies to causal attention; got causal=False")
+    for option, value in (("exact_window", config.exact_window), ("query_blocks", config.query_blocks != "rank")):
+        if value and use_triton:
+            raise ValueError(f"config.{option}={getattr(config, option)!r} runs in the reference executor only so "
+                             f"far; pass HyperAttentionConfig(impl='reference', ...)")
     if q.numel() == 0 or nk == 0:
         return Explanation("empty", None, f"{nq} queries, {nk} keys")
     kernel = "triton" if use_triton else "reference"

@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass, field
 
 SAMPLING_METHODS = ("uniform", "value_norm")
+QUERY_BLOCK_RULES = ("rank", "bucket")
 IMPLEMENTATIONS = ("auto", "reference", "triton")
 MAX_LSH_NUM_PROJS = 16
 
@@ -54,6 +55,12 @@ class HyperAttentionConfig:
             HyperAttention's kernels and launches are slower than cuDNN below about 16k causal
             tokens (BENCHMARKS.md), so the default 16384 keeps every call at least as fast as
             exact attention; ``0`` restores the paper's rule (only ``min_seq_len``). ``>= 0``.
+        query_blocks: which key block each query attends to exactly. ``"rank"`` (the paper's): the
+            block at the query's rank in bucket order, so every block gets as many queries; in a
+            causal call a query's block then depends on the later queries of its rectangle.
+            ``"bucket"``: the block where the keys of the query's own bucket sit (the middle of
+            them), which depends on the query and earlier keys alone: a causal call is then
+            strictly causal (output i depends on nothing after i). Reference executor only so far.
         exact_tail: the last ``exact_tail`` queries attend exactly to every key they see
             (causal or not), in place of their approximated rows. A prompt's question usually
             sits at its end, and decoding is exact anyway. ``>= 0``; a call with at most
@@ -84,6 +91,10 @@ class HyperAttentionConfig:
     exact_up_to: int = field(default=16384, metadata={
         "help": "attention costing no more than causal attention over this many tokens runs exactly, by "
                 "PyTorch's fused attention; 0: only min_seq_len decides, as in the paper"})
+    query_blocks: str = field(default="rank", metadata={
+        "help": "which key block a query attends to: rank (the paper's: by its rank among the queries; in "
+                "causal calls it depends on later queries) or bucket (where the keys of its own bucket sit: "
+                "strictly causal; reference executor only)"})
 
     def __post_init__(self) -> None:
         _check_int("block_size", self.block_size, 1)
@@ -98,6 +109,9 @@ class HyperAttentionConfig:
             raise ValueError(
                 f"HyperAttentionConfig.sampling must be one of {SAMPLING_METHODS}, got {self.sampling!r}"
             )
+        if not isinstance(self.query_blocks, str) or self.query_blocks not in QUERY_BLOCK_RULES:
+            raise ValueError(f"HyperAttentionConfig.query_blocks must be one of {QUERY_BLOCK_RULES}, "
+                             f"got {self.query_blocks!r}")
         if not isinstance(self.impl, str) or self.impl not in IMPLEMENTATIONS:
             raise ValueError(f"HyperAttentionConfig.impl must be one of {IMPLEMENTATIONS}, got {self.impl!r}")
 

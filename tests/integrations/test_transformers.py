@@ -145,3 +145,22 @@ def test_static_cache_slots_and_mask_shapes():
     window[0, 0, 5, 0] = False  # a sliding window cuts the first key for the last query
     with pytest.raises(ValueError, match="sliding window"):
         _sequences(window, num_queries, slots)
+
+
+def test_bucket_blocks_keep_a_patched_model_causal():
+    """Tokens after position p change no logit up to p with query_blocks='bucket' (float64, up to
+    the last bits of the reference's batched products); under the paper's rank rule they do."""
+    model = tiny_model("llama").double()
+    ids = tokens(150)
+    p = 90
+    later = ids.clone()
+    later[:, p + 1:] = tokens(150 - p - 1, seed=1)
+    leaks = {}
+    for rule in ("bucket", "rank"):
+        config = HyperAttentionConfig(block_size=8, sample_size=8, exact_up_to=0, min_seq_len=16, exact_sinks=4,
+                                      exact_tail=0, query_blocks=rule)
+        integration.patch_model(model, "all", config, seed=0)
+        with torch.no_grad():
+            leaks[rule] = (model(ids).logits[:, :p + 1] - model(later).logits[:, :p + 1]).abs().max().item()
+    assert leaks["bucket"] < 1e-10
+    assert leaks["rank"] > 1e-6

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields
 
-from hyperattn.config import IMPLEMENTATIONS, SAMPLING_METHODS, HyperAttentionConfig
+from hyperattn.config import IMPLEMENTATIONS, QUERY_BLOCK_RULES, SAMPLING_METHODS, HyperAttentionConfig
 from hyperattn.eval.models import PAPER_CONFIG
 
-CHOICES = {"sampling": SAMPLING_METHODS, "impl": IMPLEMENTATIONS}
+CHOICES = {"sampling": SAMPLING_METHODS, "impl": IMPLEMENTATIONS, "query_blocks": QUERY_BLOCK_RULES}
 
 
 def flag(name: str) -> str:
@@ -24,8 +24,8 @@ def _flags(config: HyperAttentionConfig, base: HyperAttentionConfig) -> str:
 
 def add_config_args(parser: argparse.ArgumentParser, defaults: HyperAttentionConfig = HyperAttentionConfig()) -> None:
     """A flag per config field, defaulting to its value in ``defaults``; ``--impl`` defaults to
-    ``reference`` with ``--exact-window`` above 0 (the only executor with windows) and to the
-    library's otherwise."""
+    ``reference`` with options only the reference executor runs (``--exact-window`` above 0,
+    ``--query-blocks bucket``) and to the library's otherwise."""
     changes = _flags(defaults, HyperAttentionConfig())
     with_changes = f", with {changes}" if changes else ""
     group = parser.add_argument_group(f"HyperAttention (defaults: the library's{with_changes}; "
@@ -33,7 +33,8 @@ def add_config_args(parser: argparse.ArgumentParser, defaults: HyperAttentionCon
     for field in fields(HyperAttentionConfig):
         default, text = getattr(defaults, field.name), field.metadata["help"]
         if field.name == "impl":
-            default, text = None, f"{text} (default: {default}, reference with --exact-window > 0)"
+            default, text = None, (f"{text} (default: {default}; reference with --exact-window > 0 or "
+                                   "--query-blocks bucket)")
         else:
             text += " (default: %(default)s)"
         group.add_argument(flag(field.name), type=type(field.default), choices=CHOICES.get(field.name),
@@ -44,5 +45,6 @@ def config_from_args(args: argparse.Namespace) -> HyperAttentionConfig:
     """The config of the flags of ``add_config_args``."""
     values = {field.name: getattr(args, field.name) for field in fields(HyperAttentionConfig)}
     if values["impl"] is None:
-        values["impl"] = "reference" if values["exact_window"] else HyperAttentionConfig.impl
+        reference_only = values["exact_window"] or values["query_blocks"] != "rank"
+        values["impl"] = "reference" if reference_only else HyperAttentionConfig.impl
     return HyperAttentionConfig(**values)

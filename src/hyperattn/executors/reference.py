@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from hyperattn.merge import masked_softmax_lse, merge_attention
-from hyperattn.plan import AttentionPlan, CausalPlan, Rectangles, inverse_permutation, query_block_layout
+from hyperattn.plan import AttentionPlan, CausalPlan, Rectangles, inverse_permutation, num_key_blocks, query_block_layout
 
 # Largest score tensor materialized at once by exact_attention_reference (elements).
 EXACT_CHUNK_ELEMENTS = 1 << 22
@@ -49,6 +49,14 @@ def _grouped(x: torch.Tensor, num_kv_heads: int) -> torch.Tensor:
     """(Z, Hq, N, D) -> (Z, Hkv, G, N, D), a view."""
     z, h, n, d = x.shape
     return x.view(z, num_kv_heads, h // num_kv_heads, n, d)
+
+
+def _take(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``values`` at ``index`` along the last dim: values (N,), shared by every (problem, head), or
+    (Z, H, N); index (M,) or (Z, H, M)."""
+    if values.dim() == 1:
+        return values[index]
+    return values[..., index] if index.dim() == 1 else values.gather(-1, index)
 
 
 def _gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -98,7 +106,7 @@ def hyper_attention_reference(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Non-causal HyperAttention over the pattern of ``plan``.
 
-    Each query attends exactly to the key block at its sorted rank, plus the sampled keys
+    Each query attends exactly to its key block (``AttentionPlan.query_blocks``), plus the sampled keys
     outside that block with their importance weights; the two parts are merged by lse.
     ``skip`` drops the (query, key) pairs that an exact part computes instead.
     q (Z, Hq, Nq, D), k (Z, Hkv, Nk, D), v (Z, Hkv, Nk, Dv) -> out (Z, Hq, Nq, Dv), lse (Z, Hq, Nq).
@@ -109,11 +117,12 @@ def hyper_attention_reference(
     hkv, nk, dv = k.shape[1], k.shape[2], v.shape[-1]
     groups = hq // hkv
     block = plan.block_size
-    layout = query_block_layout(nq, nk, block, q.device)
-    num_blocks, max_rows = layout.slot_rank.shape
+    num_blocks = num_key_blocks(nk, block)
+    layout = query_block_layout(plan.query_blocks(), num_blocks)
+    max_rows = layout.slot_rank.shape[-1]
 
     # Block-diagonal part, in sorted order, queries padded to (num_blocks, max_rows).
-    slot_query = plan.q_perm[..., layout.slot_rank.clamp(min=0).flatten()]
+    slot_query = _take(plan.q_perm, layout.slot_rank.clamp(min=0).flatten(-2))
     q_blocks = _gather_rows(q, slot_query).view(z, hkv, groups, num_blocks, max_rows, d)
     key_ranks = torch.arange(num_blocks * block, device=q.device)
     key_valid = (key_ranks < nk).view(num_blocks, 1, block)
@@ -131,7 +140,7 @@ def hyper_attention_reference(
     out_blocks = (probs @ v_blocks).reshape(z, hq, num_blocks * max_rows, dv)
 
     query_rank = inverse_permutation(plan.q_perm)
-    query_slot = layout.rank_slot[query_rank]
+    query_slot = _take(layout.rank_slot, query_rank)
     out = _gather_rows(out_blocks, query_slot)
     lse = lse_blocks.reshape(z, hq, num_blocks * max_rows).gather(-1, query_slot)
     if plan.sample_idx.shape[-1] == 0:
@@ -142,7 +151,7 @@ def hyper_attention_reference(
     v_samples = _gather_rows(v, plan.sample_idx).unsqueeze(2)
     scores = torch.einsum("zhgqd,zhgsd->zhgqs", _grouped(q, hkv), k_samples) * scale
     scores = scores + plan.sample_log_weight.to(dtype)[:, :, None, None, :]
-    query_block = _grouped(layout.rank_block[query_rank].unsqueeze(-1), hkv)
+    query_block = _grouped(_take(layout.rank_block, query_rank).unsqueeze(-1), hkv)
     skipped = query_block == plan.sample_block[:, :, None, None, :]  # own block
     if skip is not None:
         query_pos = _grouped(skip.query_pos.expand(z, hq, nq).unsqueeze(-1), hkv)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from hyperattn.config import HyperAttentionConfig
-from hyperattn.plan.blocks import num_key_blocks, query_block_layout, query_block_of_rank
+from hyperattn.plan.blocks import bucket_query_blocks, num_key_blocks, query_block_layout, query_block_of_rank
 from hyperattn.plan.lsh import (gray_code_rank, inverse_permutation, lsh_buckets, lsh_directions, ranks_in_sort, sort_lsh,
                                 sort_lsh_permutation)
 from hyperattn.plan.sampling import sample_keys, value_sq_norms
@@ -28,9 +28,9 @@ class AttentionPlan:
 
     - ``q_perm``: int64 (Z, Hq, Nq), original query index at each sorted rank.
     - ``k_perm``: int64 (Z, Hkv, Nk), original key index at each sorted rank.
-      Sorted query rank ``p`` attends exactly to sorted keys of block
-      ``query_block_of_rank(Nq, Nk, block_size)[p]``, i.e. ranks
-      ``[i * block_size, (i + 1) * block_size)``.
+      Sorted query rank ``p`` attends exactly to the sorted keys of block ``i``, ranks
+      ``[i * block_size, (i + 1) * block_size)``: ``i = q_block[..., p]`` or, where ``q_block``
+      is None, ``query_block_of_rank(Nq, Nk, block_size)[p]`` (``hyperattn.plan.blocks``).
     - ``sample_idx``: int64 (Z, Hkv, m), original indices of the sampled keys (shared by the
       query heads of a kv head).
     - ``sample_block``: int64 (Z, Hkv, m), key block of each sampled key; a query skips the
@@ -41,6 +41,9 @@ class AttentionPlan:
       attends exactly to keys ``j < sinks``, which the block and sample parts then skip
       (``make_plan`` sorts them last and gives their samples log-weight -inf). Causal calls
       keep it 0 in their per-level plans (``CausalPlan.sinks`` holds theirs).
+    - ``q_block``: int64 (Z, Hq, Nq), the key block of each sorted query rank under the
+      ``"bucket"`` rule (``HyperAttentionConfig.query_blocks``), non-decreasing; None: the
+      ``"rank"`` rule.
     """
 
     q_perm: torch.Tensor
@@ -50,6 +53,14 @@ class AttentionPlan:
     sample_log_weight: torch.Tensor
     block_size: int
     sinks: int = 0
+    q_block: torch.Tensor | None = None
+
+    def query_blocks(self) -> torch.Tensor:
+        """int64 key block of each sorted query rank: (Z, Hq, Nq), or (Nq,) under the rank rule."""
+        if self.q_block is not None:
+            return self.q_block
+        return query_block_of_rank(self.q_perm.shape[-1], self.k_perm.shape[-1], self.block_size,
+                                   self.q_perm.device)
 
 
 def make_plan(
@@ -86,8 +97,13 @@ def make_plan(
 
     if sinks:
         with_sinks(k_buckets)[..., :sinks] = torch.iinfo(k_buckets.dtype).max
-    q_perm = sort_lsh_permutation(q_buckets.contiguous())  # plans are contiguous: kernels index them flat
+    q_sorted, q_perm = sort_lsh(q_buckets.contiguous())  # plans are contiguous: kernels index them flat
     k_sorted, k_perm = sort_lsh(k_buckets)
+    q_block = None
+    if config.query_blocks == "bucket":
+        num_live = torch.full((z, 1, 1), num_keys, dtype=torch.int64, device=k_buckets.device)
+        with_sinks(num_live).sub_(sinks)
+        q_block = bucket_query_blocks(q_sorted, k_sorted, num_live, config.block_size)
     if config.sampling == "value_norm" and v_sq_norms is None:
         raise ValueError("make_plan: sampling='value_norm' needs v_sq_norms")
     sample_idx, sample_log_weight = sample_keys(
@@ -98,7 +114,8 @@ def make_plan(
     if sinks and sample_idx.numel():
         with_sinks(sample_log_weight).masked_fill_(with_sinks(sample_idx) < sinks, -torch.inf)
     sample_block = ranks_in_sort(k_buckets, k_sorted, k_perm, sample_idx) // config.block_size
-    return AttentionPlan(q_perm, k_perm, sample_idx, sample_block, sample_log_weight, config.block_size)
+    return AttentionPlan(q_perm, k_perm, sample_idx, sample_block, sample_log_weight, config.block_size,
+                         q_block=q_block)
 
 
 @dataclass(frozen=True)
@@ -130,6 +147,9 @@ def flatten_plan(plan: AttentionPlan | CausalPlan | None) -> tuple[list[torch.Te
     plan's levels in order, then its prefix plan), and a few ints that say what they are."""
     if plan is None:
         return [], [_NO_PLAN]
+    plans = [plan] if isinstance(plan, AttentionPlan) else [*plan.level_plans, plan.prefix_plan]
+    if any(p is not None and p.q_block is not None for p in plans):
+        raise ValueError("plans of the 'bucket' query-block rule run in the reference executor only so far")
     if isinstance(plan, AttentionPlan):
         return [getattr(plan, name) for name in PLAN_TENSORS], [_NON_CAUSAL, plan.block_size, plan.sinks]
     s = plan.schedule

@@ -1,9 +1,14 @@
-"""Block layout: which sorted queries share which key block.
+"""Block layout: which sorted queries attend to which key block.
 
-The rule, written here once: sorted query rank ``p`` of Nq attends to key block
-``(p * Nk // Nq) // block_size``. The kernels evaluate the same rule on the device
-(``query_block_range`` and ``query_rank_blocks`` in ``hyperattn.executors.triton.common``,
-tested against these functions)."""
+Two rules (``HyperAttentionConfig.query_blocks``), written here once:
+
+- ``"rank"`` (the paper's): sorted query rank ``p`` of Nq attends to key block
+  ``(p * Nk // Nq) // block_size``. The kernels evaluate it on the device (``query_block_range``
+  and ``query_rank_blocks`` in ``hyperattn.executors.triton.common``, tested against these
+  functions). A query's rank depends on the other queries of its problem.
+- ``"bucket"``: a query attends to the key block where the keys of its own bucket sit
+  (``bucket_query_blocks``); the plan carries the result (``AttentionPlan.q_block``).
+"""
 
 from __future__ import annotations
 
@@ -42,11 +47,11 @@ def query_block_of_rank(num_queries: int, num_keys: int, block_size: int, device
 
 @dataclass(frozen=True)
 class QueryBlockLayout:
-    """Sorted queries laid out as (num_blocks, max_block_len) with padding.
+    """Sorted queries laid out by key block, padded to the fullest block: (..., num_blocks, max_block_len).
 
-    ``slot_rank``: int64 (num_blocks, max_block_len), the sorted rank in each slot, -1 for padding.
-    ``rank_slot``: int64 (Nq,), the flat slot of each sorted rank.
-    ``rank_block``: int64 (Nq,), the key block of each sorted rank.
+    ``slot_rank``: int64 (..., num_blocks, max_block_len), the sorted rank in each slot, -1 for padding.
+    ``rank_slot``: int64 (..., Nq), the flat slot of each sorted rank.
+    ``rank_block``: int64 (..., Nq), the key block of each sorted rank.
     """
 
     slot_rank: torch.Tensor
@@ -54,14 +59,35 @@ class QueryBlockLayout:
     rank_block: torch.Tensor
 
 
-def query_block_layout(num_queries: int, num_keys: int, block_size: int, device=None) -> QueryBlockLayout:
-    rank_block = query_block_of_rank(num_queries, num_keys, block_size, device)
-    num_blocks = num_key_blocks(num_keys, block_size)
-    counts = torch.bincount(rank_block, minlength=num_blocks)
-    starts = torch.cumsum(counts, 0) - counts
-    max_len = int(counts.max())
-    ranks = torch.arange(num_queries, device=device, dtype=torch.int64)
-    rank_slot = rank_block * max_len + (ranks - starts[rank_block])
-    slot_rank = torch.full((num_blocks * max_len,), -1, device=device, dtype=torch.int64)
-    slot_rank[rank_slot] = ranks
-    return QueryBlockLayout(slot_rank.view(num_blocks, max_len), rank_slot, rank_block)
+def query_block_layout(rank_block: torch.Tensor, num_blocks: int) -> QueryBlockLayout:
+    """The layout of queries whose sorted ranks attend to key blocks ``rank_block`` (..., Nq), int64,
+    non-decreasing along the last dim (``query_block_of_rank``, or a plan's ``q_block``)."""
+    nq = rank_block.shape[-1]
+    counts = torch.zeros(*rank_block.shape[:-1], num_blocks, dtype=torch.int64, device=rank_block.device)
+    counts.scatter_add_(-1, rank_block, torch.ones_like(rank_block))
+    starts = torch.cumsum(counts, -1) - counts
+    max_len = max(int(counts.max()), 1)
+    ranks = torch.arange(nq, device=rank_block.device).expand_as(rank_block)
+    rank_slot = rank_block * max_len + (ranks - starts.gather(-1, rank_block))
+    slot_rank = torch.full((*rank_block.shape[:-1], num_blocks * max_len), -1, dtype=torch.int64,
+                           device=rank_block.device)
+    slot_rank.scatter_(-1, rank_slot, ranks)
+    return QueryBlockLayout(slot_rank.unflatten(-1, (num_blocks, max_len)), rank_slot, rank_block)
+
+
+def bucket_query_blocks(q_sorted_buckets: torch.Tensor, k_sorted_buckets: torch.Tensor, num_live_keys: torch.Tensor,
+                        block_size: int) -> torch.Tensor:
+    """Key block of each sorted query under the ``"bucket"`` rule: the block holding the middle of the
+    sorted keys of the query's own bucket (or, where its bucket has no key, of the first key after
+    it), among the live keys. It depends on the query and the keys alone.
+
+    q_sorted_buckets (Z, Hq, Nq) and k_sorted_buckets (Z, Hkv, Nk): buckets in sorted order (one
+    dtype); num_live_keys (Z, 1, 1): keys before the sinks, which ``make_plan`` sorts last.
+    Returns int64 (Z, Hq, Nq), non-decreasing along the last dim."""
+    z, hq, nq = q_sorted_buckets.shape
+    hkv = k_sorted_buckets.shape[1]
+    grouped = q_sorted_buckets.reshape(z, hkv, (hq // hkv) * nq)
+    lo = torch.searchsorted(k_sorted_buckets, grouped)
+    hi = torch.searchsorted(k_sorted_buckets, grouped, right=True)
+    middle = torch.minimum((lo + hi) // 2, num_live_keys - 1).clamp_(min=0)
+    return (middle // block_size).reshape(z, hq, nq)
