@@ -1,12 +1,15 @@
-"""``hyperattn eval ppl`` and ``hyperattn eval needle``."""
+"""``hyperattn eval ppl``, ``hyperattn eval needle`` and ``hyperattn eval attention``."""
 
 from __future__ import annotations
 
 import argparse
+import re
 
-from hyperattn.cli.arg_types import float_list, int_list, positive_int, seed, seed_list, str_list
+from hyperattn.cli.arg_types import float_list, int_list, numbers, positive_int, seed, seed_list, str_list
 from hyperattn.cli.common import add_pretrained_args, load_pretrained, write_result
 from hyperattn.cli.config_args import add_config_args, config_from_args
+from hyperattn.eval.attention import evaluate_attention, plot_attention_errors
+from hyperattn.eval.attention import format_summary as format_attention_summary
 from hyperattn.eval.models import EVAL_CONFIG
 from hyperattn.eval.needle import evaluate_needle, format_grid, plot_needle
 from hyperattn.eval.perplexity import evaluate_perplexity, format_summary, plot_perplexity
@@ -40,6 +43,43 @@ def add_eval_parser(commands) -> None:
     add_config_args(needle, EVAL_CONFIG)
     needle.set_defaults(run=eval_needle)
 
+    attention = evals.add_parser(
+        "attention", help="output error of HyperAttention per layer and head, beside top-k and streaming",
+        description="Captures the attention inputs (q, k, v after RoPE and norms) of a pretrained causal LM on "
+        "windows of a long text, then measures per layer and query head the relative error ||out - exact|| / "
+        "||exact|| of HyperAttention's output against exact causal attention, beside two references with the same "
+        "key budget per query: top-k (each query attends only to its BUDGET highest-scoring keys, those that keep "
+        "the most attention mass) and streaming (the first STREAMING_SINKS keys and a local window). Errors are "
+        "given over the positions HyperAttention approximates (after its first diagonal leaf) and over all "
+        "positions.")
+    add_pretrained_args(attention)
+    attention.add_argument("--seq-len", type=positive_int, default=8192)
+    attention.add_argument("--layers", type=layer_selection, default="all",
+                           help="all, last:K, first:K or comma-separated layer indices (default: all)")
+    attention.add_argument("--windows", type=positive_int, default=1,
+                           help="consecutive windows from the start of the text")
+    attention.add_argument("--seeds", type=seed_list, default=[0], help="comma-separated seeds of HyperAttention")
+    attention.add_argument("--budget", type=positive_int,
+                           help="keys per query of the references (default: block_size + sample_size + exact_sinks)")
+    attention.add_argument("--streaming-sinks", type=numbers(int, 0), default=16,
+                           help="first keys of the streaming reference; the rest of the budget is its local window "
+                           "(default: %(default)s)")
+    attention.add_argument("--include-sliding", action="store_true",
+                           help="also measure sliding-window layers, as full causal attention (default: skipped)")
+    add_config_args(attention, EVAL_CONFIG)
+    attention.set_defaults(run=eval_attention)
+
+
+def layer_selection(text: str) -> str | list[int]:
+    """``all``, ``last:K`` and ``first:K`` as they are; comma-separated indices as a list."""
+    if text == "all" or re.fullmatch(r"(last|first):\d+", text):
+        return text
+    try:
+        return [int(part) for part in text.split(",") if part]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected all, last:K, first:K or comma-separated layer indices, got {text!r}") from None
+
 
 def eval_ppl(args: argparse.Namespace) -> int:
     config = config_from_args(args)
@@ -62,5 +102,18 @@ def eval_needle(args: argparse.Namespace) -> int:
     print(format_grid(result))
     if args.plot:
         plot_needle(result, args.plot, f"needle in {args.text}, {args.model}")
+    write_result(result, args.json)
+    return 0
+
+
+def eval_attention(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    model, tokenizer, text, run = load_pretrained(args)
+    result = {**run, **evaluate_attention(model, tokenizer, text, args.seq_len, args.layers, args.windows, args.seeds,
+                                          config, args.budget, args.streaming_sinks, args.include_sliding)}
+    print(f"{args.model} on {args.text}, {args.seq_len} tokens, {args.windows} window(s), seeds {args.seeds}")
+    print(format_attention_summary(result))
+    if args.plot:
+        plot_attention_errors(result, args.plot, f"{args.model}, {args.text}, {args.seq_len} tokens")
     write_result(result, args.json)
     return 0
