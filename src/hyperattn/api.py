@@ -13,7 +13,7 @@ from torch.nn.attention.bias import causal_lower_right
 from hyperattn.config import HyperAttentionConfig, check_scale
 from hyperattn.executors import compute_dtype, reference_attention
 from hyperattn.executors.triton import TRITON_DTYPES, has_triton
-from hyperattn.plan import causal_schedule, lsh_buckets, plan_hyper_attention
+from hyperattn.plan import CausalSchedule, causal_schedule, lsh_buckets, plan_hyper_attention
 
 _SEED_MIN, _SEED_MAX = -(1 << 63), (1 << 64) - 1
 logger = logging.getLogger("hyperattn")
@@ -159,7 +159,7 @@ class Explanation:
     path: str
     executor: str | None
     reason: str
-    schedule: object = None
+    schedule: CausalSchedule | None = None
 
     def __str__(self) -> str:
         lines = [f"{self.path} attention" + (f" by {self.executor}" if self.executor else "") + f": {self.reason}"]

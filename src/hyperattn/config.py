@@ -27,8 +27,8 @@ class HyperAttentionConfig:
     paper's algorithm is ``HyperAttentionConfig(exact_sinks=0, exact_tail=0, exact_up_to=0)``.
 
     Args:
-        block_size: keys per LSH block (``b``); each query attends exactly to the
-            key block at its rank in bucket order. ``>= 1``.
+        block_size: keys per LSH block (``b``); each query attends exactly to one key
+            block (``query_blocks`` says which). ``>= 1``.
         sample_size: keys sampled per (batch, kv head) for the residual (``m``).
             ``0`` disables sampling.
         lsh_num_projs: random hyperplanes of the angular LSH (``r``); ``2**r`` buckets,
@@ -68,7 +68,7 @@ class HyperAttentionConfig:
     """
 
     block_size: int = field(default=256, metadata={
-        "help": "keys per LSH block; each query attends exactly to the key block at its rank in bucket order"})
+        "help": "keys per LSH block; each query attends exactly to one key block, chosen by the query_blocks rule"})
     sample_size: int = field(default=256, metadata={
         "help": "keys sampled per (batch, kv head) for the residual; 0 disables sampling"})
     lsh_num_projs: int = field(default=7, metadata={

@@ -27,7 +27,8 @@ def test_layout_slots_round_trip(nq, nk, b):
     assert torch.equal(layout.rank_slot // width, layout.rank_block)
 
 
-@pytest.mark.parametrize("nq,nk,b", [(100, 100, 8), (37, 100, 8), (100, 37, 8), (1, 5, 2), (7, 3, 16), (4096, 6000, 256)])
+@pytest.mark.parametrize("nq,nk,b", [(100, 100, 8), (37, 100, 8), (100, 37, 8), (1, 5, 2), (7, 3, 16),
+                                     (4096, 6000, 256)])
 def test_block_ranges_and_their_largest_size_follow_the_rank_rule(nq, nk, b):
     from hyperattn.plan.blocks import max_queries_per_block, query_block_range
 

@@ -1,4 +1,4 @@
-"""Command line: ``hyperattn demo | eval ppl | eval needle | bench attention | bench model``.
+"""Command line: ``hyperattn demo | eval ppl | needle | attention | ruler | bench attention | model``.
 
 Each command parses its flags, builds a ``HyperAttentionConfig``, calls the library and
 prints or writes what it returns.

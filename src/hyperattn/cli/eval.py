@@ -8,6 +8,7 @@ import re
 from hyperattn.cli.arg_types import float_list, int_list, numbers, positive_int, seed, seed_list, str_list
 from hyperattn.cli.common import add_pretrained_args, load_pretrained, write_result
 from hyperattn.cli.config_args import add_config_args, config_from_args
+from hyperattn.cli.ruler import add_ruler_parser
 from hyperattn.eval.attention import evaluate_attention, plot_attention_errors
 from hyperattn.eval.attention import format_summary as format_attention_summary
 from hyperattn.eval.models import EVAL_CONFIG
@@ -42,6 +43,7 @@ def add_eval_parser(commands) -> None:
     needle.add_argument("--seed", type=seed, default=0)
     add_config_args(needle, EVAL_CONFIG)
     needle.set_defaults(run=eval_needle)
+    add_ruler_parser(evals)
 
     attention = evals.add_parser(
         "attention", help="output error of HyperAttention per layer and head, beside top-k and streaming",

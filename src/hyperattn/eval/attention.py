@@ -112,8 +112,7 @@ def first_approximated(seq_len: int, config: HyperAttentionConfig) -> int:
     if config.runs_exact(seq_len, seq_len, True):
         raise ValueError(f"the config runs attention over {seq_len} tokens exactly (min_seq_len={config.min_seq_len}, "
                          f"exact_up_to={config.exact_up_to}): there is nothing to measure")
-    schedule = causal_schedule(seq_len, seq_len, config.min_seq_len)
-    return schedule.head_len + schedule.leaf_len
+    return causal_schedule(seq_len, seq_len, config.min_seq_len).first_approximated
 
 
 def reference_masks(scores: torch.Tensor, positions: torch.Tensor, budget: int, sinks: int):

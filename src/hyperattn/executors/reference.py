@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import torch
 
 from hyperattn.merge import masked_softmax_lse, merge_attention
-from hyperattn.plan import AttentionPlan, CausalPlan, Rectangles, inverse_permutation, num_key_blocks, query_block_layout
+from hyperattn.plan import (AttentionPlan, CausalPlan, Rectangles, inverse_permutation, num_key_blocks,
+                            query_block_layout)
 
 # Largest score tensor materialized at once by exact_attention_reference (elements).
 EXACT_CHUNK_ELEMENTS = 1 << 22

@@ -13,9 +13,10 @@ from dataclasses import dataclass, replace
 import torch
 
 from hyperattn.config import HyperAttentionConfig
-from hyperattn.plan.blocks import bucket_query_blocks, num_key_blocks, query_block_layout, query_block_of_rank
-from hyperattn.plan.lsh import (gray_code_rank, inverse_permutation, lsh_buckets, lsh_directions, ranks_in_sort, sort_lsh,
-                                sort_lsh_permutation)
+from hyperattn.plan.blocks import (bucket_query_blocks, num_key_blocks, query_block_layout,
+                                   query_block_of_rank)
+from hyperattn.plan.lsh import (gray_code_rank, inverse_permutation, lsh_buckets, lsh_directions, ranks_in_sort,
+                                sort_lsh, sort_lsh_permutation)
 from hyperattn.plan.sampling import sample_keys, value_sq_norms
 from hyperattn.plan.schedule import CausalSchedule, Rectangles, Rows, causal_schedule
 
@@ -127,8 +128,8 @@ class CausalPlan:
 
     ``sinks`` and ``window`` (``HyperAttentionConfig.exact_sinks`` / ``exact_window``): the
     query at position p also attends exactly to keys j < sinks and p - window <= j, which
-    the approximated parts then skip. ``plan_hyper_attention`` caps ``sinks`` at the keys
-    before the second diagonal leaf (``prefix_keys + leaf_len``)."""
+    the approximated parts then skip. ``plan_hyper_attention`` caps ``sinks`` at
+    ``CausalSchedule.max_sinks``."""
 
     schedule: CausalSchedule
     level_plans: list[AttentionPlan]
@@ -147,15 +148,17 @@ def flatten_plan(plan: AttentionPlan | CausalPlan | None) -> tuple[list[torch.Te
     plan's levels in order, then its prefix plan), and a few ints that say what they are."""
     if plan is None:
         return [], [_NO_PLAN]
-    plans = [plan] if isinstance(plan, AttentionPlan) else [*plan.level_plans, plan.prefix_plan]
-    if any(p is not None and p.q_block is not None for p in plans):
-        raise ValueError("plans of the 'bucket' query-block rule run in the reference executor only so far")
     if isinstance(plan, AttentionPlan):
-        return [getattr(plan, name) for name in PLAN_TENSORS], [_NON_CAUSAL, plan.block_size, plan.sinks]
+        plans = [plan]
+    else:
+        plans = [*plan.level_plans, *([plan.prefix_plan] if plan.prefix_plan is not None else [])]
+    if any(p.q_block is not None for p in plans):
+        raise ValueError("plans of the 'bucket' query-block rule run in the reference executor only so far")
+    tensors = [getattr(p, name) for p in plans for name in PLAN_TENSORS]
+    if isinstance(plan, AttentionPlan):
+        return tensors, [_NON_CAUSAL, plan.block_size, plan.sinks]
     s = plan.schedule
-    parts = [*plan.level_plans, *([plan.prefix_plan] if plan.prefix_plan is not None else [])]
-    tensors = [getattr(part, name) for part in parts for name in PLAN_TENSORS]
-    block_size = parts[0].block_size if parts else 0
+    block_size = plans[0].block_size if plans else 0
     return tensors, [_CAUSAL, s.num_queries, s.num_keys, s.head_len, s.leaf_len, s.num_levels, block_size,
                      plan.sinks, plan.window, int(plan.prefix_plan is not None)]
 
@@ -203,7 +206,7 @@ def plan_hyper_attention(
         plan = make_plan(q_buckets, k_buckets, config, generator, sq_norms, weight_dtype, sinks)
         return replace(plan, sinks=sinks)
     schedule = causal_schedule(q.shape[2], k.shape[2], config.min_seq_len)
-    sinks = min(config.exact_sinks, schedule.prefix_keys + schedule.leaf_len)
+    sinks = min(config.exact_sinks, schedule.max_sinks)
     prefix_sinks, main_sinks = schedule.split_sinks(sinks)
     level_plans = []
     for level in range(1, schedule.num_levels + 1):

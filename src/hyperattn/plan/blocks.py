@@ -4,8 +4,8 @@ Two rules (``HyperAttentionConfig.query_blocks``), written here once:
 
 - ``"rank"`` (the paper's): sorted query rank ``p`` of Nq attends to key block
   ``(p * Nk // Nq) // block_size``. The kernels evaluate it on the device (``query_block_range``
-  and ``query_rank_blocks`` in ``hyperattn.executors.triton.common``, tested against these
-  functions). A query's rank depends on the other queries of its problem.
+  and ``query_rank_blocks`` in ``hyperattn.executors.triton.common``; the tests check the
+  latter against this rule). A query's rank depends on the other queries of its problem.
 - ``"bucket"``: a query attends to the key block where the keys of its own bucket sit
   (``bucket_query_blocks``); the plan carries the result (``AttentionPlan.q_block``).
 """

@@ -82,6 +82,19 @@ class Part:
         return self.rects.keys.stride == 0 and self.count > 1
 
     @property
+    def shares_query_rows(self) -> bool:
+        """Whether several problems read (and add dq to) the same query rows."""
+        return self.rects.queries.stride == 0 and self.count > 1
+
+    @property
+    def query_start(self) -> int:
+        return self.rects.queries.start
+
+    @property
+    def key_start(self) -> int:
+        return self.rects.keys.start
+
+    @property
     def writes_dq(self) -> bool:
         return not self.key_grads_only
 
@@ -121,7 +134,8 @@ def assign_owners(parts: list[Part], num_queries: int, num_keys: int) -> list[Pa
     """``parts`` with ownership derived: in list order, a part owns its query (key) rows when it
     writes them (dq; dk/dv without sharing them among its problems) and no earlier owner holds
     any of them. The owners must then cover every row exactly once (checked)."""
-    geometry = tuple((part.rects, part.writes_dq, part.shares_key_rows) for part in parts)
+    geometry = tuple((part.rects, part.writes_dq and not part.shares_query_rows, part.shares_key_rows)
+                     for part in parts)
     owners = _owners(geometry, num_queries, num_keys)
     return [replace(part, owns_queries=queries, owns_keys=keys) for part, (queries, keys) in zip(parts, owners)]
 
@@ -139,6 +153,10 @@ def _owners(geometry: tuple, num_queries: int, num_keys: int) -> tuple[tuple[boo
             owned_queries.add(query_spans)
         if owns_keys:
             owned_keys.add(key_spans)
+        # the backward runs each part's dq and dk/dv together, owners last: an owner of query rows
+        # whose key rows another part owns would add to them after that part finished them
+        if owns_queries and not owns_keys:
+            raise AssertionError(f"a part owns its query rows {query_spans} but not its key rows {key_spans}")
         owners.append((owns_queries, owns_keys))
     for name, owned, total in (("query", owned_queries, num_queries), ("key", owned_keys, num_keys)):
         if owned.total() != total:
@@ -175,9 +193,9 @@ def parts_of(plan: AttentionPlan | CausalPlan | None, num_queries: int, num_keys
     s = plan.schedule
     if plan.window:
         raise ValueError("the fused kernels do not run an exact window yet (CausalPlan.window)")
-    if plan.sinks > s.prefix_keys + s.leaf_len:  # plan_hyper_attention caps them there
-        raise ValueError(f"the fused kernels run at most {s.prefix_keys + s.leaf_len} exact sinks here (the keys "
-                         f"before the second diagonal leaf), got {plan.sinks}")
+    if plan.sinks > s.max_sinks:  # plan_hyper_attention caps them there
+        raise ValueError(f"the fused kernels run at most {s.max_sinks} exact sinks here (the keys before the second "
+                         f"diagonal leaf), got {plan.sinks}")
     parts = [Part(None, s.leaves(), causal=True, diagonal=True)]
     if s.head_len > 0:
         parts.append(Part(None, s.head(), causal=True))
@@ -193,7 +211,7 @@ def parts_of(plan: AttentionPlan | CausalPlan | None, num_queries: int, num_keys
         parts.append(Part(plan.prefix_plan, s.prefix(), sinks=plan.sinks if plan.prefix_plan else 0,
                           exact_keys=prefix_sinks))
     if main_sinks:
-        parts += _sink_key_grads(s.head_len + s.leaf_len, s.main_len - s.leaf_len, s.prefix_keys, main_sinks)
+        parts += _sink_key_grads(s.first_approximated, num_queries - s.first_approximated, s.prefix_keys, main_sinks)
     if prefix_sinks:
         parts += _sink_key_grads(s.head_len, s.main_len, 0, prefix_sinks)
     return assign_owners(parts, num_queries, num_keys)

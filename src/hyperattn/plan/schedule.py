@@ -103,6 +103,16 @@ class CausalSchedule:
         """Keys every main query sees in full: the prefix and the head's keys."""
         return self.prefix_len + self.head_len
 
+    @property
+    def max_sinks(self) -> int:
+        """The most exact sinks a causal plan takes: the keys before the second diagonal leaf."""
+        return self.prefix_keys + self.leaf_len
+
+    @property
+    def first_approximated(self) -> int:
+        """The first query row that any approximated part reaches (the end of the first leaf)."""
+        return self.head_len + self.leaf_len
+
     def split_sinks(self, sinks: int) -> tuple[int, int]:
         """The first ``sinks`` keys as (those in the prefix, those in the main square: the first
         keys of rectangle 0 of every level)."""

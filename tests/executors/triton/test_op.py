@@ -22,7 +22,8 @@ def test_plans_survive_the_custom_op_boundary(name):
     assert type(back) is type(plan)
     for part, other in zip(parts_of(plan, q.shape[2], k.shape[2], causal),
                            parts_of(back, q.shape[2], k.shape[2], causal), strict=True):
-        assert all(getattr(part, f.name) == getattr(other, f.name) for f in dataclasses.fields(part) if f.name != "plan")
+        assert all(getattr(part, f.name) == getattr(other, f.name)
+                   for f in dataclasses.fields(part) if f.name != "plan")
         if part.plan is not None:
             assert (other.plan.block_size, other.plan.sinks) == (part.plan.block_size, part.plan.sinks)
             assert all(torch.equal(getattr(part.plan, f), getattr(other.plan, f))

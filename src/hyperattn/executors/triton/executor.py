@@ -38,7 +38,12 @@ def _sm_count(device: torch.device) -> int:
 def _rows(part: Part) -> tuple[int, int, int, int]:
     """(problems per batch row, first query row, first key row, query stride): the kernels' row
     arguments (exact kernels also take the key stride)."""
-    return part.count, part.rects.queries.start, part.rects.keys.start, part.rects.queries.stride
+    return part.count, part.query_start, part.key_start, part.rects.queries.stride
+
+
+def _exact_rows(part: Part) -> tuple[int, int, int, int, int]:
+    """``_rows`` and the key stride: the exact kernels' row arguments."""
+    return (*_rows(part), part.rects.keys.stride)
 
 
 def _tail_rows(x: torch.Tensor, tail: int, copies: int) -> torch.Tensor:
@@ -87,7 +92,7 @@ def _launch_forward(q, k, v, out, lse, part: Part, scale: float, merge: bool) ->
         cfg = fit_tiles(cfg, part.num_queries, part.num_keys)
         tiles = triton.cdiv(part.num_queries, cfg["BLOCK_M"])
         dense_fwd_kernel[(problems * tiles,)](
-            q, k, v, out, lse, scale_log2, *strides, part.num_queries, part.num_keys, tiles, *_rows(part), part.rects.keys.stride,
+            q, k, v, out, lse, scale_log2, *strides, part.num_queries, part.num_keys, tiles, *_exact_rows(part),
             *heads, CAUSAL=part.causal, MERGE=merge, **_dims(q, v), **cfg)
     else:
         p = part.plan
@@ -155,8 +160,8 @@ def _parts_forward(q, k, v, parts: list[Part], scale: float, poison: bool):
     leaf_out, leaf_lse = out, lse
     for part in parts:
         if _cudnn_runs(q, k, v, part, "forward"):
-            leaf_lo, leaf_hi = part.rects.queries.start, part.rects.queries.start + part.count * part.rects.queries.stride
-            leaf_out, leaf_lse = leaves_forward(q, k, v, part.rects.queries.start, part.rects.keys.start,
+            leaf_lo, leaf_hi = part.query_start, part.query_start + part.count * part.rects.queries.stride
+            leaf_out, leaf_lse = leaves_forward(q, k, v, part.query_start, part.key_start,
                                                 part.num_queries, part.count, scale)
         else:
             _launch_forward(q, k, v, acc, acc_lse, part, scale, merge=True)
@@ -186,11 +191,11 @@ def _launch_dense_backward(q, k, v, dout, lse, delta, dq_acc, dq, dk_acc, dk, dv
     k_tiles = triton.cdiv(part.num_keys, cfg_dkdv["BLOCK_N"])
     if not part.key_grads_only:
         dense_bwd_dq_kernel[(problems * num_q_heads * q_tiles,)](
-            q, k, v, dout, lse, delta, dq_acc, dq, scale, scale_log2, *strides, part.num_queries, part.num_keys, q_tiles,
-            *_rows(part), part.rects.keys.stride, num_q_heads, group, CAUSAL=part.causal, WRITE=dq_mode, **dims, **cfg_dq)
+            q, k, v, dout, lse, delta, dq_acc, dq, scale, scale_log2, *strides, part.num_queries, part.num_keys,
+            q_tiles, *_exact_rows(part), num_q_heads, group, CAUSAL=part.causal, WRITE=dq_mode, **dims, **cfg_dq)
     dense_bwd_dkdv_kernel[(problems * num_kv_heads * k_tiles,)](
         q, k, v, dout, lse, delta, dk_acc, dk, dv_acc, dv, scale, scale_log2, *strides, part.num_queries, part.num_keys,
-        k_tiles, *_rows(part), part.rects.keys.stride, num_kv_heads, group, kv_seq_len, CAUSAL=part.causal,
+        k_tiles, *_exact_rows(part), num_kv_heads, group, kv_seq_len, CAUSAL=part.causal,
         WRITE=dkdv_mode, **dims, **cfg_dkdv)  # "add" where problems share key rows (never their owners)
 
 
@@ -215,7 +220,7 @@ def _add_leaf_grads(grads, acc: dict, leaf_grads, b: int, kv_lo: int, kv_hi: int
     the fp32 accumulator where the levels added into one (``add_rows_kernel``), else as they are."""
     q_heads, kv_heads = slice(kv_lo * group, kv_hi * group), slice(kv_lo, kv_hi)
     for name, grad, leaf_grad, start, heads in zip(("dq", "dk", "dv"), grads, leaf_grads,
-                                                   (part.rects.queries.start, part.rects.keys.start, part.rects.keys.start),
+                                                   (part.query_start, part.key_start, part.key_start),
                                                    (q_heads, kv_heads, kv_heads)):
         rows = grad[b:b + 1, heads]  # contiguous, as the accumulator's: one batch row, consecutive heads
         if name not in acc:
@@ -314,19 +319,20 @@ def attention_backward(dout, dlse, q, k, v, out, lse, parts: list[Part], scale: 
         tiles_per_block, num_blocks, tiles = _hyper_tiles(part, cfg_dq["BLOCK_M"])
         hyper_bwd_dq_kernel[(problems * num_q_heads * tiles,)](
             q, k, v, dout, lse, delta, dq_acc, dq, p.q_perm, p.k_perm, p.sample_idx, p.sample_block,
-            p.sample_log_weight, scale, scale_log2, *strides, part.num_queries, part.num_keys, num_samples, p.block_size,
-            tiles_per_block, tiles, *_rows(part), num_q_heads, group, part.sinks, part.exact_keys, WRITE=dq_mode,
+            p.sample_log_weight, scale, scale_log2, *strides, part.num_queries, part.num_keys, num_samples,
+            p.block_size, tiles_per_block, tiles, *_rows(part), num_q_heads, group, part.sinks, part.exact_keys,
+            WRITE=dq_mode,
             **_query_side_widths(part, cfg_dq), **dims, **cfg_dq)
         key_tiles_per_block = triton.cdiv(p.block_size, cfg_dkdv["BLOCK_N"])
         key_tiles = key_tiles_per_block * num_blocks
         hyper_bwd_dkdv_kernel[(problems * num_kv_heads * key_tiles,)](
             q, k, v, dout, lse, delta, dk_acc, dk, dv_acc, dvv, p.q_perm, p.k_perm, scale, scale_log2, *strides,
-            part.num_queries, part.num_keys, p.block_size, key_tiles_per_block, key_tiles, *_rows(part), *kv_heads, part.sinks,
-            WRITE=dkdv_mode, **dims, **cfg_dkdv,
+            part.num_queries, part.num_keys, p.block_size, key_tiles_per_block, key_tiles, *_rows(part), *kv_heads,
+            part.sinks, WRITE=dkdv_mode, **dims, **cfg_dkdv,
             QUERY_CHUNK=query_chunk(part.queries_per_key_block, cfg_dkdv["BLOCK_M"]))
     if cudnn_part is not None:
         part = cudnn_part
-        for b, kv_lo, kv_hi, *leaf_grads in leaves_backward(dout, q, k, v, out, lse, part.rects.queries.start, part.rects.keys.start,
+        for b, kv_lo, kv_hi, *leaf_grads in leaves_backward(dout, q, k, v, out, lse, part.query_start, part.key_start,
                                                              part.num_queries, part.count, scale):
             _add_leaf_grads(grads, acc, leaf_grads, b, kv_lo, kv_hi, group, part)
             del leaf_grads  # so that one cuDNN call's gradients at most are live
