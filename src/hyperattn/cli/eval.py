@@ -83,39 +83,45 @@ def layer_selection(text: str) -> str | list[int]:
             f"expected all, last:K, first:K or comma-separated layer indices, got {text!r}") from None
 
 
-def eval_ppl(args: argparse.Namespace) -> int:
+def _evaluate(args: argparse.Namespace, evaluate, show, plot, title: str) -> int:
+    """Load the model and text, run ``evaluate(model, tokenizer, text, config)``, print ``show(result)``,
+    plot and write the result as asked."""
     config = config_from_args(args)
     model, tokenizer, text, run = load_pretrained(args)
-    result = {**run, **evaluate_perplexity(model, tokenizer, text, args.seq_len, args.layers, args.windows,
-                                           args.seeds, config)}
-    print(f"{args.model} on {args.text}, {args.seq_len} tokens, {args.windows} window(s), seeds {args.seeds}")
-    print(format_summary(result))
+    result = {**run, **evaluate(model, tokenizer, text, config)}
+    print(show(result))
     if args.plot:
-        plot_perplexity(result, args.plot, f"{args.model}, {args.text}, {args.seq_len} tokens")
+        plot(result, args.plot, title)
     write_result(result, args.json)
     return 0
+
+
+def _windows_header(args: argparse.Namespace) -> str:
+    return f"{args.model} on {args.text}, {args.seq_len} tokens, {args.windows} window(s), seeds {args.seeds}"
+
+
+def eval_ppl(args: argparse.Namespace) -> int:
+    return _evaluate(
+        args,
+        lambda model, tokenizer, text, config: evaluate_perplexity(model, tokenizer, text, args.seq_len, args.layers,
+                                                                   args.windows, args.seeds, config),
+        lambda result: f"{_windows_header(args)}\n{format_summary(result)}",
+        plot_perplexity, f"{args.model}, {args.text}, {args.seq_len} tokens")
 
 
 def eval_needle(args: argparse.Namespace) -> int:
-    config = config_from_args(args)
-    model, tokenizer, text, run = load_pretrained(args)
-    result = {**run, **evaluate_needle(model, tokenizer, text, args.lengths, args.depths, args.layers, config,
-                                       args.seed)}
-    print(format_grid(result))
-    if args.plot:
-        plot_needle(result, args.plot, f"needle in {args.text}, {args.model}")
-    write_result(result, args.json)
-    return 0
+    return _evaluate(
+        args,
+        lambda model, tokenizer, text, config: evaluate_needle(model, tokenizer, text, args.lengths, args.depths,
+                                                               args.layers, config, args.seed),
+        format_grid, plot_needle, f"needle in {args.text}, {args.model}")
 
 
 def eval_attention(args: argparse.Namespace) -> int:
-    config = config_from_args(args)
-    model, tokenizer, text, run = load_pretrained(args)
-    result = {**run, **evaluate_attention(model, tokenizer, text, args.seq_len, args.layers, args.windows, args.seeds,
-                                          config, args.budget, args.streaming_sinks, args.include_sliding)}
-    print(f"{args.model} on {args.text}, {args.seq_len} tokens, {args.windows} window(s), seeds {args.seeds}")
-    print(format_attention_summary(result))
-    if args.plot:
-        plot_attention_errors(result, args.plot, f"{args.model}, {args.text}, {args.seq_len} tokens")
-    write_result(result, args.json)
-    return 0
+    return _evaluate(
+        args,
+        lambda model, tokenizer, text, config: evaluate_attention(
+            model, tokenizer, text, args.seq_len, args.layers, args.windows, args.seeds, config, args.budget,
+            args.streaming_sinks, args.include_sliding),
+        lambda result: f"{_windows_header(args)}\n{format_attention_summary(result)}",
+        plot_attention_errors, f"{args.model}, {args.text}, {args.seq_len} tokens")
