@@ -43,9 +43,13 @@ fi
 IFS=';' read -ra gemma_configs <<< "${GEMMA_CONFIGS:---exact-sinks 0 --exact-tail 0;--exact-sinks 16 --exact-tail 64}"
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,temperature.gpu --format=csv,noheader
 if has check; then
-  for i in 1 2 3 4; do  # every case in bf16, in four processes whose compiles share the cores
+  # every case in bf16, in four processes whose compiles share the cores; all at once with the long fp16 runs on a
+  # card of more than 100 GiB (an H200), else two at a time and the fp16 runs after them
+  gib=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -1); gib=$((gib / 1024))
+  for i in 1 2 3 4; do
     python3 -m hyperattn.testing.gpu --long "" --long-backward "" --no-graph --dtypes bfloat16 --shard $i/4 \
       > "$out/check-bf16-$i.log" 2>&1 &
+    [ "$gib" -gt 100 ] || [ $i = 1 ] || [ $i = 3 ] || wait
   done
   python3 -m hyperattn.testing.gpu --long "${LONG-1048576:2,2097152:2}" --long-backward "${LONG_BWD-1114112:32}" \
     --no-graph --dtypes float16 \
