@@ -140,7 +140,8 @@ def test_the_window_is_causal_and_reference_only():
 # --- causality --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("sampling,extra", [("uniform", {}), ("value_norm", {}),
-                                            ("uniform", dict(exact_sinks=3, exact_window=5))])
+                                            ("uniform", dict(exact_sinks=3, exact_window=5)),
+                                            ("mass", dict(heavy_keys=3, probe_queries=4, exact_sinks=2))])
 @pytest.mark.parametrize("nq,nk", [(96, 96), (83, 83), (70, 101)])
 def test_future_keys_and_values_do_not_leak(sampling, extra, nq, nk):
     cfg = HyperAttentionConfig(block_size=4, sample_size=4, lsh_num_projs=3, exact_up_to=0, min_seq_len=8,
@@ -165,7 +166,8 @@ def perturbed_after(x, position, seed):
     return y
 
 
-@pytest.mark.parametrize("extra", [dict(**PAPER), dict(exact_sinks=3, exact_tail=5), dict(sampling="value_norm")])
+@pytest.mark.parametrize("extra", [dict(**PAPER), dict(exact_sinks=3, exact_tail=5), dict(sampling="value_norm"),
+                                   dict(sampling="mass", heavy_keys=3, probe_queries=4, exact_window=4)])
 @pytest.mark.parametrize("nq,nk", [(96, 96), (83, 83), (70, 101)])
 def test_bucket_blocks_are_strictly_causal(extra, nq, nk):
     """With query_blocks='bucket', output i depends on no input after i, queries included: changing
@@ -192,10 +194,14 @@ def test_bucket_blocks_are_strictly_causal(extra, nq, nk):
         assert changed["rank"] > 0, "the test would not see a leak"
 
 
-def test_bucket_blocks_need_the_reference_executor():
+@pytest.mark.parametrize("option,match", [(dict(query_blocks="bucket"), "query_blocks='bucket'"),
+                                          (dict(heavy_keys=8), "heavy_keys=8"),
+                                          (dict(sampling="mass"), "sampling='mass'")])
+def test_reference_only_options_name_the_reference_executor(option, match):
     q = torch.randn(1, 1, 100, 16, dtype=torch.float16)
-    cfg = HyperAttentionConfig(query_blocks="bucket", exact_up_to=0, min_seq_len=8, exact_tail=0, impl="triton")
-    with pytest.raises(ValueError, match="query_blocks='bucket' runs in the reference executor"):
+    cfg = HyperAttentionConfig(exact_up_to=0, min_seq_len=8, exact_tail=0, impl="triton", **option)
+    with pytest.raises(ValueError, match=f"{match} runs in the reference executor only so far; pass "
+                                         f"HyperAttentionConfig\\(impl='reference'"):
         hyper_attention(q, q, q, causal=True, config=cfg)
 
 
@@ -288,7 +294,9 @@ def test_exact_tail_longer_than_the_queries_is_exact():
 
 @pytest.mark.parametrize("causal,extra", [(False, PAPER), (True, PAPER), (True, dict(exact_sinks=2, exact_window=3)),
                                           (True, dict(exact_sinks=0, exact_tail=7)), (False, dict(exact_tail=3)),
-                                          (False, dict(exact_sinks=5, exact_tail=0))])
+                                          (False, dict(exact_sinks=5, exact_tail=0)),
+                                          (True, dict(heavy_keys=3, probe_queries=3)),
+                                          (False, dict(heavy_keys=3, exact_sinks=2))])
 @pytest.mark.parametrize("nq,nk", [(40, 40), (29, 45)])
 def test_gradcheck_with_the_approximation_active(causal, extra, nq, nk):
     q, k, v = random_qkv(hq=2, hkv=1, nq=nq, nk=nk, d=4, requires_grad=True, seed=5)
@@ -336,6 +344,39 @@ def test_clustered_inputs_beat_uniform_sampling_of_the_same_budget():
     hyper_errors = [rel_error(hyper_attention(q, k, v, scale=scale, config=cfg, seed=s), exact) for s in range(3)]
     uniform_errors = [rel_error(uniform_sampling_attention(q, k, v, 64, scale, s), exact) for s in range(3)]
     assert max(hyper_errors) < 0.5 * min(uniform_errors), (hyper_errors, uniform_errors)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_heavy_keys_covering_every_key_are_exact(causal):
+    q, k, v = random_qkv(hq=2, hkv=1, nq=96, d=8, seed=7)
+    cfg = HyperAttentionConfig(block_size=4, sample_size=0, heavy_keys=96, exact_up_to=0, min_seq_len=8,
+                               exact_sinks=0, exact_tail=0)
+    out = hyper_attention(q, k, v, causal=causal, config=cfg, seed=0)
+    torch.testing.assert_close(out, exact_attention(q, k, v, causal=causal), rtol=0, atol=1e-12)
+
+
+def vertical_qkv(seq_len, head_dim, columns, boost, seed):
+    """Gaussian q, k, v whose keys at ``columns`` align with a direction every query shares, so
+    every query puts much of its mass on them (the "vertical lines" of LM attention)."""
+    q, k, v = random_qkv(hq=1, hkv=1, nq=seq_len, d=head_dim, seed=seed)
+    shared = torch.randn(head_dim, generator=torch.Generator().manual_seed(seed + 1), dtype=q.dtype)
+    q = q + shared
+    k[:, :, columns] += boost * shared / shared.norm()
+    return q, k, v
+
+
+def test_heavy_keys_catch_the_columns_every_query_attends_to():
+    """A few keys that every query attends to heavily: the probes find them and every query then
+    attends to them exactly; uniform samples and LSH blocks of the same budget miss most."""
+    n, columns = 1024, torch.tensor([40, 300, 301, 555, 700, 701, 702, 900])
+    q, k, v = vertical_qkv(n, 16, columns, boost=6.0, seed=8)
+    exact = exact_attention(q, k, v, causal=True)
+    base = dict(block_size=16, min_seq_len=128, exact_up_to=0, exact_sinks=0, exact_tail=0)
+    plain = HyperAttentionConfig(sample_size=32, **base)
+    heavy = HyperAttentionConfig(sample_size=0, heavy_keys=32, **base)
+    plain_errors = [rel_error(hyper_attention(q, k, v, causal=True, config=plain, seed=s), exact) for s in range(3)]
+    heavy_errors = [rel_error(hyper_attention(q, k, v, causal=True, config=heavy, seed=s), exact) for s in range(3)]
+    assert max(heavy_errors) < 0.5 * min(plain_errors), (heavy_errors, plain_errors)
 
 
 # --- shapes and bad input ---------------------------------------------------------------

@@ -131,7 +131,7 @@ def _resolve_seed(seed) -> int:
 
 
 @torch.compiler.disable
-def _plan(q, k, v, causal: bool, config: HyperAttentionConfig, seed: int, use_triton: bool):
+def _plan(q, k, v, causal: bool, config: HyperAttentionConfig, seed: int, use_triton: bool, scale: float):
     """The plan of one call, drawn by a generator on q's device seeded with ``seed``. Under
     ``torch.compile`` it runs eagerly as one piece: Dynamo cannot trace generator draws, and
     would otherwise break the graph at each of them."""
@@ -139,7 +139,7 @@ def _plan(q, k, v, causal: bool, config: HyperAttentionConfig, seed: int, use_tr
     hash_rows = lsh_buckets
     if use_triton and q.is_cuda:
         from hyperattn.executors.triton.hashing import lsh_buckets_triton as hash_rows
-    return plan_hyper_attention(q, k, v, causal, config, generator, hash_rows)
+    return plan_hyper_attention(q, k, v, causal, config, generator, hash_rows, scale)
 
 
 # The reference executor's data-dependent shapes (block layouts) would break a compiled graph
@@ -177,10 +177,9 @@ def _explain(q, k, causal: bool, config: HyperAttentionConfig, return_lse: bool)
     use_triton = _use_triton(q, config.impl)
     if config.exact_window and not causal:
         raise ValueError("config.exact_window applies to causal attention; got causal=False")
-    for option, value in (("exact_window", config.exact_window), ("query_blocks", config.query_blocks != "rank")):
-        if value and use_triton:
-            raise ValueError(f"config.{option}={getattr(config, option)!r} runs in the reference executor only so "
-                             f"far; pass HyperAttentionConfig(impl='reference', ...)")
+    if use_triton and config.reference_only_options:
+        raise ValueError(f"config.{config.reference_only_options[0]} runs in the reference executor only so far; "
+                         f"pass HyperAttentionConfig(impl='reference', ...)")
     if q.numel() == 0 or nk == 0:
         return Explanation("empty", None, f"{nq} queries, {nk} keys")
     kernel = "triton" if use_triton else "reference"
@@ -284,7 +283,7 @@ def hyper_attention(
     use_triton = route.executor == "triton"
     if route.path == "exact":
         return _exact(q, k, v, scale, causal, return_lse, use_triton)
-    plan = _plan(q, k, v, causal, config, seed, use_triton)
+    plan = _plan(q, k, v, causal, config, seed, use_triton, scale)
     return _finish(q, *_execute(q, k, v, plan, scale, causal, use_triton, config.exact_tail), return_lse)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-SAMPLING_METHODS = ("uniform", "value_norm")
+SAMPLING_METHODS = ("uniform", "value_norm", "mass")
 QUERY_BLOCK_RULES = ("rank", "bucket")
 IMPLEMENTATIONS = ("auto", "reference", "triton")
 MAX_LSH_NUM_PROJS = 16
@@ -36,9 +36,12 @@ class HyperAttentionConfig:
         min_seq_len: attention over at most this many queries is computed exactly;
             in the causal case the recursion stops at diagonal blocks of at most
             this size. ``>= 1``.
-        sampling: ``"uniform"`` (each sampled term weighted by ``n_k / m``) or
+        sampling: ``"uniform"`` (each sampled term weighted by ``n_k / m``),
             ``"value_norm"`` (keys drawn with probability ``p_j`` proportional to
-            ``||v_j||^2``, each term weighted by ``1 / (m p_j)``).
+            ``||v_j||^2``, each term weighted by ``1 / (m p_j)``) or ``"mass"`` (``p_j``: half
+            the key's share of the attention mass estimated from probe queries, half uniform,
+            over the keys that are neither sinks nor heavy; weighted by ``1 / (m p_j)``; uniform
+            where no probe precedes a rectangle). Reference executor only so far.
         impl: ``"auto"`` (fused Triton kernels for fp16/bf16 CUDA tensors, the PyTorch
             reference otherwise), ``"reference"`` or ``"triton"`` (fp16/bf16 only; CUDA, or
             any device under ``TRITON_INTERPRET=1``).
@@ -61,6 +64,17 @@ class HyperAttentionConfig:
             ``"bucket"``: the block where the keys of the query's own bucket sit (the middle of
             them), which depends on the query and earlier keys alone: a causal call is then
             strictly causal (output i depends on nothing after i). Reference executor only so far.
+        heavy_keys: per approximated rectangle (a problem of the causal recursion, or the whole
+            non-causal call) and kv head, the ``heavy_keys`` keys of largest estimated attention
+            mass (sinks aside) are attended exactly by every query of the rectangle; the block
+            and sample parts skip them. The "vertical lines" of LM attention: a few keys that
+            most queries attend to, wherever they are. ``>= 0``; reference executor only so far.
+        probe_queries: the queries whose attention estimates the key masses of ``heavy_keys``
+            and ``"mass"`` sampling: the ``probe_queries`` queries just before each causal
+            rectangle (so a causal call stays causal; the prefix of chunked prefill takes the
+            head's last queries, and none where there is no head), or as many queries drawn at
+            random in a non-causal call. The estimate is each probe's softmax over the
+            rectangle's keys, summed over probes and the query heads of each kv head. ``>= 1``.
         exact_tail: the last ``exact_tail`` queries attend exactly to every key they see
             (causal or not), in place of their approximated rows. A prompt's question usually
             sits at its end, and decoding is exact anyway. ``>= 0``; a call with at most
@@ -91,6 +105,12 @@ class HyperAttentionConfig:
     exact_up_to: int = field(default=16384, metadata={
         "help": "attention costing no more than causal attention over this many tokens runs exactly, by "
                 "PyTorch's fused attention; 0: only min_seq_len decides, as in the paper"})
+    heavy_keys: int = field(default=0, metadata={
+        "help": "per approximated rectangle, this many keys with the largest estimated attention mass are "
+                "attended exactly by all its queries (reference executor only)"})
+    probe_queries: int = field(default=64, metadata={
+        "help": "queries whose attention estimates the key masses for heavy_keys and mass sampling: in a causal "
+                "call, the ones just before each rectangle"})
     query_blocks: str = field(default="rank", metadata={
         "help": "which key block a query attends to: rank (the paper's: by its rank among the queries; in "
                 "causal calls it depends on later queries) or bucket (where the keys of its own bucket sit: "
@@ -105,6 +125,8 @@ class HyperAttentionConfig:
         _check_int("exact_window", self.exact_window, 0)
         _check_int("exact_tail", self.exact_tail, 0)
         _check_int("exact_up_to", self.exact_up_to, 0)
+        _check_int("heavy_keys", self.heavy_keys, 0)
+        _check_int("probe_queries", self.probe_queries, 1)
         if not isinstance(self.sampling, str) or self.sampling not in SAMPLING_METHODS:
             raise ValueError(
                 f"HyperAttentionConfig.sampling must be one of {SAMPLING_METHODS}, got {self.sampling!r}"
@@ -114,6 +136,18 @@ class HyperAttentionConfig:
                              f"got {self.query_blocks!r}")
         if not isinstance(self.impl, str) or self.impl not in IMPLEMENTATIONS:
             raise ValueError(f"HyperAttentionConfig.impl must be one of {IMPLEMENTATIONS}, got {self.impl!r}")
+
+    @property
+    def reference_only_options(self) -> list[str]:
+        """The options set here that only the reference executor runs so far, as ``name=value``."""
+        chosen = [("exact_window", self.exact_window > 0), ("query_blocks", self.query_blocks != "rank"),
+                  ("heavy_keys", self.heavy_keys > 0), ("sampling", self.sampling == "mass")]
+        return [f"{name}={getattr(self, name)!r}" for name, is_set in chosen if is_set]
+
+    @property
+    def uses_probes(self) -> bool:
+        """Whether plans estimate key masses from probe queries (``heavy_keys`` or mass sampling)."""
+        return self.heavy_keys > 0 or self.sampling == "mass"
 
     def runs_exact(self, num_queries: int, num_keys: int, causal: bool) -> bool:
         """Whether attention of ``num_queries`` queries over ``num_keys`` keys is computed

@@ -17,17 +17,18 @@ def dense_pattern_attention(q, k, v, plan, scale):
     for z in range(z_count):
         for h in range(hq):
             g = h // (hq // hkv)
-            key_rank = {int(j): r for r, j in enumerate(plan.k_perm[z, g])}
+            heavy = set(plan.sample_idx[z, g, :plan.heavy].tolist())
             weights = torch.zeros(nq, nk, dtype=torch.float64)
             query_block = {}
             for rank, i in enumerate(plan.q_perm[z, h].tolist()):
                 block = (rank * nk // nq) // b
                 query_block[i] = block
                 for j in plan.k_perm[z, g, block * b:(block + 1) * b].tolist():
-                    weights[i, j] += 1
-            for j, logw in zip(plan.sample_idx[z, g].tolist(), plan.sample_log_weight[z, g].tolist()):
+                    weights[i, j] += j not in heavy
+            for j, block, logw in zip(plan.sample_idx[z, g].tolist(), plan.sample_block[z, g].tolist(),
+                                      plan.sample_log_weight[z, g].tolist()):
                 for i in range(nq):
-                    if query_block[i] != key_rank[j] // b:
+                    if query_block[i] != block:
                         weights[i, j] += torch.tensor(logw, dtype=torch.float64).exp()
             a = weights * torch.exp(scale * q[z, h].double() @ k[z, g].double().T)
             out[z, h] = (a @ v[z, g].double()) / a.sum(1, keepdim=True)
@@ -48,6 +49,9 @@ def make_test_plan(q, k, v, seed=0, **cfg):
         (dict(batch=1, hq=2, hkv=1, nq=71, nk=30, d=4), dict(block_size=8, sample_size=5, sampling="value_norm")),
         (dict(batch=1, hq=1, hkv=1, nq=1, nk=9, d=4), dict(block_size=2, sample_size=3)),
         (dict(batch=1, hq=2, hkv=1, nq=40, d=8), dict(block_size=16, sample_size=0)),
+        (dict(batch=2, hq=4, hkv=2, nq=45, nk=52, d=8), dict(block_size=8, sample_size=7, heavy_keys=6,
+                                                           sampling="mass", probe_queries=5)),
+        (dict(batch=1, hq=2, hkv=1, nq=40, d=8), dict(block_size=8, sample_size=0, heavy_keys=40)),
     ],
 )
 def test_reference_matches_dense_pattern(shape, cfg):
@@ -104,7 +108,9 @@ def test_exact_reference_matches_sdpa(causal, monkeypatch):
     torch.testing.assert_close(lse, torch.logsumexp(scores, -1), rtol=1e-12, atol=1e-12)
 
 
-def test_value_norm_gradcheck_with_a_fixed_plan():
+@pytest.mark.parametrize("cfg", [dict(sampling="value_norm"), dict(sampling="mass", heavy_keys=3, probe_queries=4)])
+def test_data_dependent_sampling_gradcheck_with_a_fixed_plan(cfg):
+    """The sampling probabilities follow the data, the gradients hold the plan fixed."""
     q, k, v = random_qkv(hq=2, hkv=1, nq=20, d=3, seed=9, requires_grad=True)
-    plan = make_test_plan(q, k, v, block_size=4, sample_size=5, sampling="value_norm")
+    plan = make_test_plan(q, k, v, block_size=4, sample_size=5, **cfg)
     assert torch.autograd.gradcheck(lambda *x: hyper_attention_reference(*x, plan, 0.7), (q, k, v))

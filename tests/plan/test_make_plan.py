@@ -1,7 +1,8 @@
+import pytest
 import torch
 
 from hyperattn import HyperAttentionConfig
-from hyperattn.plan import (inverse_permutation, lsh_buckets, lsh_directions, plan_hyper_attention,
+from hyperattn.plan import (inverse_permutation, lsh_buckets, lsh_directions, make_plan, plan_hyper_attention,
                             sort_lsh_permutation)
 from tests.conftest import random_qkv
 
@@ -51,3 +52,71 @@ def test_causal_sinks_sort_last_in_the_first_rectangle_of_each_level_and_in_the_
         level_buckets = rects.keys.take(k_buckets, rects.count)
         assert_sinks_sort_last(level_plan, level_buckets, 4, set(range(0, 2 * rects.count, rects.count)))
     assert_sinks_sort_last(plan.prefix_plan, k_buckets[:, :, :prefix], 36, {0, 1})
+
+
+def test_heavy_keys_are_the_keys_of_most_mass_and_lead_the_samples_at_weight_one():
+    """Heavy keys: the keys of largest mass (sinks aside), sorted between the other keys and the
+    sinks, first among the samples at log-weight 0 in block -1; draws of them or of sinks weigh
+    nothing, and mass sampling draws neither."""
+    gen = torch.Generator().manual_seed(5)
+    z, hkv, nk, heavy, sinks = 4, 2, 48, 6, 3
+    q_buckets = torch.randint(8, (z, 2 * hkv, 40), generator=gen, dtype=torch.uint8)
+    k_buckets = torch.randint(8, (z, hkv, nk), generator=gen, dtype=torch.uint8)
+    key_mass = torch.rand(z, hkv, nk, generator=gen)
+    key_mass[..., :sinks] = 10.0  # sinks of largest mass: never heavy
+    for sampling in ("uniform", "mass"):
+        config = HyperAttentionConfig(block_size=8, sample_size=64, heavy_keys=heavy, sampling=sampling,
+                                      exact_up_to=0)
+        plan = make_plan(q_buckets, k_buckets, config, torch.Generator().manual_seed(1), sinks=sinks, sink_stride=2,
+                         key_mass=key_mass)
+        assert plan.heavy == heavy and plan.sample_idx.shape[-1] == heavy + 64
+        for p in range(z):
+            n_sinks = sinks if p % 2 == 0 else 0
+            for h in range(hkv):
+                mass = key_mass[p, h].clone()
+                mass[:n_sinks] = -1
+                expected = mass.topk(heavy).indices.sort().values
+                assert torch.equal(plan.sample_idx[p, h, :heavy], expected)
+                assert (plan.sample_log_weight[p, h, :heavy] == 0).all() and (plan.sample_block[p, h, :heavy] == -1).all()
+                perm = plan.k_perm[p, h]
+                assert sorted(perm[nk - n_sinks - heavy:nk - n_sinks].tolist()) == expected.tolist()
+                assert sorted(perm[nk - n_sinks:].tolist()) == list(range(n_sinks))
+                draws, weights = plan.sample_idx[p, h, heavy:], plan.sample_log_weight[p, h, heavy:]
+                excluded = torch.isin(draws, expected) | (draws < n_sinks)
+                assert torch.isneginf(weights[excluded]).all() and torch.isfinite(weights[~excluded]).all()
+                if sampling == "mass":
+                    assert not excluded.any()
+        if sampling == "uniform":
+            assert torch.isneginf(plan.sample_log_weight[..., heavy:]).any(), "no excluded draw: weights unchecked"
+
+
+@pytest.mark.parametrize("causal,nq,nk", [(False, 64, 64), (True, 96, 96), (True, 80, 112)])
+def test_probes_come_before_the_rectangles_they_choose_keys_for(causal, nq, nk):
+    """Changing the queries of a causal rectangle, or any row after its first query, leaves its
+    heavy keys as they were: probes are the queries just before it."""
+    q, k, v = random_qkv(hq=2, hkv=1, nq=nq, nk=nk, d=8, seed=6)
+    config = HyperAttentionConfig(block_size=4, sample_size=8, heavy_keys=5, probe_queries=4, min_seq_len=8,
+                                  sampling="mass", exact_sinks=2, exact_up_to=0)
+    plan = plan_hyper_attention(q, k, v, causal, config, torch.Generator().manual_seed(3))
+    if not causal:
+        assert plan.heavy == 5
+        return
+    s = plan.schedule
+    changed = 0
+    for level, level_plan in enumerate(plan.level_plans, start=1):
+        rects = s.level(level)
+        first_query = rects.queries.start + (rects.count - 1) * rects.queries.stride  # the last rectangle's
+        q2 = q.clone()
+        q2[:, :, first_query:] += 1
+        k2 = k.clone()
+        k2[:, :, first_query + s.prefix_len:] += 1
+        plan2 = plan_hyper_attention(q2, k2, v, True, config, torch.Generator().manual_seed(3))
+        heavy = level_plan.sample_idx[..., :5]
+        assert torch.equal(plan2.level_plans[level - 1].sample_idx[-1, :, :5], heavy[-1])
+        q3 = q.clone()  # the probes themselves: the choice follows them
+        q3[:, :, first_query - 4:first_query] = torch.randn(q3[:, :, first_query - 4:first_query].shape,
+                                                            generator=torch.Generator().manual_seed(level),
+                                                            dtype=q.dtype) * 20
+        plan3 = plan_hyper_attention(q3, k, v, True, config, torch.Generator().manual_seed(3))
+        changed += not torch.equal(plan3.level_plans[level - 1].sample_idx[-1, :, :5], heavy[-1])
+    assert changed > 0, "the heavy keys follow no probe: the test would not see a leak"

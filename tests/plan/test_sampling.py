@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from hyperattn.plan import sample_keys, value_sq_norms
+from hyperattn.plan import probe_key_mass, sample_keys, value_sq_norms
 
 
 def test_uniform_shapes_and_weights():
@@ -51,3 +51,29 @@ def test_sampled_term_is_unbiased(method):
     estimates = torch.stack(estimates)
     stderr = estimates.std(0) / math.sqrt(len(estimates))
     assert torch.all((estimates.mean(0) - target).abs() < 4 * stderr), (estimates.mean(0), target, stderr)
+
+
+def test_probe_key_mass_sums_each_probes_softmax_over_the_keys_it_sees():
+    gen = torch.Generator().manual_seed(2)
+    probes = torch.randn(2, 4, 3, 5, generator=gen, dtype=torch.float64)  # 2 query heads per kv head
+    keys = torch.randn(2, 2, 7, 5, generator=gen, dtype=torch.float64)
+    visible = torch.rand(2, 1, 3, 7, generator=gen) > 0.3
+    visible[1, 0, 2] = False  # a probe that sees nothing adds nothing
+    mass = probe_key_mass(probes, keys, 0.7, visible)
+    expected = torch.zeros(2, 2, 7, dtype=torch.float64)
+    for z in range(2):
+        for h in range(4):
+            for p in range(3):
+                seen = visible[z, 0, p]
+                if seen.any():
+                    scores = (keys[z, h // 2] @ probes[z, h, p]) * 0.7
+                    expected[z, h // 2, seen] += torch.softmax(scores[seen], 0)
+    torch.testing.assert_close(mass, expected)
+
+
+def test_masses_of_zero_are_never_drawn_and_weights_match():
+    masses = torch.rand(1, 1, 30, dtype=torch.float64)
+    masses[0, 0, :10] = 0
+    idx, logw = sample_keys((1, 1), 30, 400, torch.Generator().manual_seed(3), masses=masses, dtype=torch.float64)
+    assert idx.min() >= 10
+    assert torch.allclose(logw, -torch.log(400 * (masses / masses.sum()).gather(-1, idx)))

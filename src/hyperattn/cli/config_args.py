@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import fields
+from dataclasses import fields, replace
 
 from hyperattn.config import IMPLEMENTATIONS, QUERY_BLOCK_RULES, SAMPLING_METHODS, HyperAttentionConfig
 from hyperattn.eval.models import PAPER_CONFIG
@@ -24,8 +24,8 @@ def _flags(config: HyperAttentionConfig, base: HyperAttentionConfig) -> str:
 
 def add_config_args(parser: argparse.ArgumentParser, defaults: HyperAttentionConfig = HyperAttentionConfig()) -> None:
     """A flag per config field, defaulting to its value in ``defaults``; ``--impl`` defaults to
-    ``reference`` with options only the reference executor runs (``--exact-window`` above 0,
-    ``--query-blocks bucket``) and to the library's otherwise."""
+    ``reference`` with options only the reference executor runs
+    (``HyperAttentionConfig.reference_only_options``) and to the library's otherwise."""
     changes = _flags(defaults, HyperAttentionConfig())
     with_changes = f", with {changes}" if changes else ""
     group = parser.add_argument_group(f"HyperAttention (defaults: the library's{with_changes}; "
@@ -33,8 +33,8 @@ def add_config_args(parser: argparse.ArgumentParser, defaults: HyperAttentionCon
     for field in fields(HyperAttentionConfig):
         default, text = getattr(defaults, field.name), field.metadata["help"]
         if field.name == "impl":
-            default, text = None, (f"{text} (default: {default}; reference with --exact-window > 0 or "
-                                   "--query-blocks bucket)")
+            default, text = None, (f"{text} (default: {default}; reference with options only it runs: "
+                                   "--exact-window > 0, --query-blocks bucket, --heavy-keys > 0, --sampling mass)")
         else:
             text += " (default: %(default)s)"
         group.add_argument(flag(field.name), type=type(field.default), choices=CHOICES.get(field.name),
@@ -45,6 +45,6 @@ def config_from_args(args: argparse.Namespace) -> HyperAttentionConfig:
     """The config of the flags of ``add_config_args``."""
     values = {field.name: getattr(args, field.name) for field in fields(HyperAttentionConfig)}
     if values["impl"] is None:
-        reference_only = values["exact_window"] or values["query_blocks"] != "rank"
-        values["impl"] = "reference" if reference_only else HyperAttentionConfig.impl
+        config = HyperAttentionConfig(**{**values, "impl": HyperAttentionConfig.impl})
+        return replace(config, impl="reference") if config.reference_only_options else config
     return HyperAttentionConfig(**values)

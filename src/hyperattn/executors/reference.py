@@ -132,6 +132,10 @@ def hyper_attention_reference(
     v_blocks = _gather_rows(v, slot_key).view(z, hkv, 1, num_blocks, block, dv)
     scores = torch.einsum("zhgbqd,zhgbkd->zhgbqk", q_blocks, k_blocks) * scale
     scores = scores.masked_fill(~key_valid, -torch.inf)
+    if plan.heavy:  # heavy keys: attended through the sample part, at weight one, by every query
+        is_heavy = torch.zeros(z, hkv, nk, dtype=torch.bool, device=q.device)
+        is_heavy.scatter_(-1, plan.sample_idx[..., :plan.heavy], True)
+        scores = scores.masked_fill(is_heavy.gather(-1, slot_key).view(z, hkv, 1, num_blocks, 1, block), -torch.inf)
     if skip is not None:
         query_pos = skip.query_pos.expand(z, hq, nq).gather(-1, slot_query)
         key_pos = skip.key_pos.expand(z, hkv, nk).gather(-1, slot_key)

@@ -17,7 +17,10 @@ from hyperattn.plan.blocks import (bucket_query_blocks, num_key_blocks, query_bl
                                    query_block_of_rank)
 from hyperattn.plan.lsh import (gray_code_rank, inverse_permutation, lsh_buckets, lsh_directions, ranks_in_sort,
                                 sort_lsh, sort_lsh_permutation)
-from hyperattn.plan.sampling import sample_keys, value_sq_norms
+from hyperattn.plan.sampling import probe_key_mass, sample_keys, value_sq_norms
+
+# Share of uniform draws in mass sampling: p_j = (1 - s) * estimated mass share + s / Nk.
+MASS_UNIFORM_SHARE = 0.5
 from hyperattn.plan.schedule import CausalSchedule, Rectangles, Rows, causal_schedule
 
 
@@ -45,6 +48,10 @@ class AttentionPlan:
     - ``q_block``: int64 (Z, Hq, Nq), the key block of each sorted query rank under the
       ``"bucket"`` rule (``HyperAttentionConfig.query_blocks``), non-decreasing; None: the
       ``"rank"`` rule.
+    - ``heavy`` (``HyperAttentionConfig.heavy_keys``): the first ``heavy`` samples of each
+      (problem, kv head) are its heavy keys, attended exactly by every query (log-weight 0,
+      ``sample_block`` -1); the block part skips them (``make_plan`` sorts them after the
+      other keys).
     """
 
     q_perm: torch.Tensor
@@ -55,6 +62,7 @@ class AttentionPlan:
     block_size: int
     sinks: int = 0
     q_block: torch.Tensor | None = None
+    heavy: int = 0
 
     def query_blocks(self) -> torch.Tensor:
         """int64 key block of each sorted query rank: (Z, Hq, Nq), or (Nq,) under the rank rule."""
@@ -73,6 +81,7 @@ def make_plan(
     weight_dtype: torch.dtype = torch.float32,
     sinks: int = 0,
     sink_stride: int = 1,
+    key_mass: torch.Tensor | None = None,
 ) -> AttentionPlan:
     """Sort and sample for Z problems, given the LSH buckets of their rows.
 
@@ -87,36 +96,64 @@ def make_plan(
             after every other key of their problem (bucket: the dtype's largest value, which
             ``lsh_buckets`` leaves free) and their samples get log-weight -inf, so the fused
             kernels skip them by rank and weight, with no test in their key loops.
+        key_mass: (Z, Hkv, Nk) estimated attention mass of each key (``probe_key_mass``), or
+            None. With ``config.heavy_keys`` the keys of largest mass (sinks aside) are heavy
+            keys: they sort between the other keys and the sinks (bucket: the dtype's largest
+            value less one), lead the samples at log-weight 0 with block -1 (every query
+            attends to them), and draws of them weigh nothing. With ``sampling="mass"`` the
+            draws follow the mass of the other keys, mixed with a uniform share.
     """
     z, num_kv_heads, num_keys = k_buckets.shape
     sinks = min(sinks, num_keys)
-    # one contiguous copy to mark the sinks in (the caller's buckets stay as they are)
-    k_buckets = k_buckets.clone(memory_format=torch.contiguous_format) if sinks else k_buckets.contiguous()
+    device = k_buckets.device
+    heavy = key_mass is not None and config.heavy_keys > 0
+    # one contiguous copy to mark the sinks and heavy keys in (the caller's buckets stay as they are)
+    k_buckets = k_buckets.clone(memory_format=torch.contiguous_format) if sinks or heavy else k_buckets.contiguous()
 
     def with_sinks(x):  # (Z, Hkv, L) -> a view of problems 0, sink_stride, 2 * sink_stride, ...
         return x.view(-1, sink_stride, *x.shape[1:])[:, 0]
 
+    live = None  # keys neither sinks nor heavy, where heavy keys or mass sampling need them
+    if heavy or (config.sampling == "mass" and key_mass is not None):
+        live = torch.ones(k_buckets.shape, dtype=torch.bool, device=device)
+        with_sinks(live)[..., :sinks] = False
+    heavy_idx, num_heavy = None, 0
+    if heavy:
+        num_heavy = min(config.heavy_keys, num_keys - sinks)
+        heavy_idx = key_mass.masked_fill(~live, -1.0).topk(num_heavy, dim=-1).indices.sort(-1).values
+        live.scatter_(-1, heavy_idx, False)
+        k_buckets.scatter_(-1, heavy_idx, torch.iinfo(k_buckets.dtype).max - 1)
     if sinks:
         with_sinks(k_buckets)[..., :sinks] = torch.iinfo(k_buckets.dtype).max
     q_sorted, q_perm = sort_lsh(q_buckets.contiguous())  # plans are contiguous: kernels index them flat
     k_sorted, k_perm = sort_lsh(k_buckets)
     q_block = None
     if config.query_blocks == "bucket":
-        num_live = torch.full((z, 1, 1), num_keys, dtype=torch.int64, device=k_buckets.device)
+        num_live = torch.full((z, 1, 1), num_keys - num_heavy, dtype=torch.int64, device=device)
         with_sinks(num_live).sub_(sinks)
         q_block = bucket_query_blocks(q_sorted, k_sorted, num_live, config.block_size)
-    if config.sampling == "value_norm" and v_sq_norms is None:
-        raise ValueError("make_plan: sampling='value_norm' needs v_sq_norms")
-    sample_idx, sample_log_weight = sample_keys(
-        (z, num_kv_heads), num_keys, config.sample_size, generator,
-        sq_norms=v_sq_norms.contiguous() if config.sampling == "value_norm" else None,
-        device=k_buckets.device, dtype=weight_dtype,
-    )
-    if sinks and sample_idx.numel():
+    masses = None
+    if config.sampling == "value_norm":
+        if v_sq_norms is None:
+            raise ValueError("make_plan: sampling='value_norm' needs v_sq_norms")
+        masses = v_sq_norms.contiguous()
+    elif live is not None and config.sampling == "mass":  # over the live keys: estimated mass and uniform
+        mass = key_mass.double() * live
+        masses = ((1 - MASS_UNIFORM_SHARE) * mass / mass.sum(-1, keepdim=True).clamp_min(1e-300)
+                  + MASS_UNIFORM_SHARE * live / live.sum(-1, keepdim=True).clamp_min(1))
+    sample_idx, sample_log_weight = sample_keys((z, num_kv_heads), num_keys, config.sample_size, generator,
+                                                masses=masses, device=device, dtype=weight_dtype)
+    if live is not None:
+        sample_log_weight.masked_fill_(~live.gather(-1, sample_idx), -torch.inf)
+    elif sinks and sample_idx.numel():
         with_sinks(sample_log_weight).masked_fill_(with_sinks(sample_idx) < sinks, -torch.inf)
     sample_block = ranks_in_sort(k_buckets, k_sorted, k_perm, sample_idx) // config.block_size
+    if heavy:  # heavy keys lead the samples, at weight one, in no query's block
+        sample_idx = torch.cat((heavy_idx, sample_idx), -1)
+        sample_block = torch.cat((torch.full_like(heavy_idx, -1), sample_block), -1)
+        sample_log_weight = torch.cat((sample_log_weight.new_zeros(heavy_idx.shape), sample_log_weight), -1)
     return AttentionPlan(q_perm, k_perm, sample_idx, sample_block, sample_log_weight, config.block_size,
-                         q_block=q_block)
+                         q_block=q_block, heavy=num_heavy)
 
 
 @dataclass(frozen=True)
@@ -154,6 +191,8 @@ def flatten_plan(plan: AttentionPlan | CausalPlan | None) -> tuple[list[torch.Te
         plans = [*plan.level_plans, *([plan.prefix_plan] if plan.prefix_plan is not None else [])]
     if any(p.q_block is not None for p in plans):
         raise ValueError("plans of the 'bucket' query-block rule run in the reference executor only so far")
+    if any(p.heavy for p in plans):
+        raise ValueError("plans with heavy keys run in the reference executor only so far")
     tensors = [getattr(p, name) for p in plans for name in PLAN_TENSORS]
     if isinstance(plan, AttentionPlan):
         return tensors, [_NON_CAUSAL, plan.block_size, plan.sinks]
@@ -179,6 +218,23 @@ def unflatten_plan(tensors: list[torch.Tensor], ints: list[int]) -> AttentionPla
     return CausalPlan(CausalSchedule(*schedule_ints), plans, prefix_plan, sinks, window)
 
 
+def _probe_mass(q, k, schedule: CausalSchedule, rects: Rectangles, config: HyperAttentionConfig, scale: float,
+                sinks: int) -> torch.Tensor | None:
+    """Estimated attention mass of each key of each rectangle (``probe_key_mass``), from the
+    ``config.probe_queries`` queries just before the rectangle's first query (causal: they come
+    before every query that uses the estimate). None where no query precedes the rectangle."""
+    num_probes = min(config.probe_queries, rects.queries.start)
+    if num_probes == 0:
+        return None
+    probe_rows = Rows(start=rects.queries.start - num_probes, stride=rects.queries.stride, length=num_probes)
+    positions = torch.arange(k.shape[2], device=q.device).view(1, 1, -1)
+    probe_pos = probe_rows.take(positions[:, :, schedule.prefix_len:], rects.count)  # (count, 1, P)
+    key_pos = rects.keys.take(positions, rects.count)  # (count, 1, Nk)
+    visible = (key_pos[:, :, None, :] <= probe_pos[..., None]) & (key_pos[:, :, None, :] >= sinks)
+    visible = visible.repeat(q.shape[0], 1, 1, 1)  # batch-major, as the problems
+    return probe_key_mass(probe_rows.take(q, rects.count), rects.keys.take(k, rects.count), scale, visible)
+
+
 def plan_hyper_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -187,6 +243,7 @@ def plan_hyper_attention(
     config: HyperAttentionConfig,
     generator: torch.Generator,
     hash_rows: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = lsh_buckets,
+    scale: float | None = None,
 ) -> AttentionPlan | CausalPlan:
     """Every random and data-dependent choice of one HyperAttention call.
 
@@ -201,9 +258,16 @@ def plan_hyper_attention(
     k_buckets = hash_rows(k, directions)
     sq_norms = value_sq_norms(v) if config.sampling == "value_norm" else None
     weight_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
     if not causal:
         sinks = min(config.exact_sinks, k.shape[2])
-        plan = make_plan(q_buckets, k_buckets, config, generator, sq_norms, weight_dtype, sinks)
+        key_mass = None
+        if config.uses_probes:
+            rows = torch.randint(q.shape[2], (config.probe_queries,), generator=generator,
+                                 device=generator.device).to(q.device)
+            visible = (torch.arange(k.shape[2], device=q.device) >= sinks).expand(1, 1, config.probe_queries, -1)
+            key_mass = probe_key_mass(q[:, :, rows], k, scale, visible)
+        plan = make_plan(q_buckets, k_buckets, config, generator, sq_norms, weight_dtype, sinks, key_mass=key_mass)
         return replace(plan, sinks=sinks)
     schedule = causal_schedule(q.shape[2], k.shape[2], config.min_seq_len)
     sinks = min(config.exact_sinks, schedule.max_sinks)
@@ -212,14 +276,16 @@ def plan_hyper_attention(
     for level in range(1, schedule.num_levels + 1):
         rects = schedule.level(level)
         level_norms = None if sq_norms is None else rects.keys.take(sq_norms, rects.count)
+        key_mass = _probe_mass(q, k, schedule, rects, config, scale, sinks) if config.uses_probes else None
         level_plans.append(make_plan(*rects.take(q_buckets, k_buckets), config, generator, level_norms, weight_dtype,
-                                     main_sinks, rects.count))
+                                     main_sinks, rects.count, key_mass=key_mass))
     prefix_plan = None
     if schedule.prefix_keys > config.block_size:
         prefix = schedule.prefix()
         prefix_norms = None if sq_norms is None else prefix.keys.take(sq_norms, 1)
+        key_mass = _probe_mass(q, k, schedule, prefix, config, scale, sinks) if config.uses_probes else None
         prefix_plan = make_plan(*prefix.take(q_buckets, k_buckets), config, generator, prefix_norms, weight_dtype,
-                                prefix_sinks)
+                                prefix_sinks, key_mass=key_mass)
     return CausalPlan(schedule, level_plans, prefix_plan, sinks, config.exact_window)
 
 
@@ -239,6 +305,7 @@ __all__ = [
     "make_plan",
     "num_key_blocks",
     "plan_hyper_attention",
+    "probe_key_mass",
     "query_block_layout",
     "query_block_of_rank",
     "ranks_in_sort",

@@ -12,12 +12,28 @@ def value_sq_norms(v: torch.Tensor) -> torch.Tensor:
     return v.detach().to(torch.float64).pow(2).sum(-1)
 
 
+def probe_key_mass(probes: torch.Tensor, keys: torch.Tensor, scale: float, visible: torch.Tensor) -> torch.Tensor:
+    """Estimated attention mass of each key: the softmax of each probe query over the keys it sees,
+    summed over the probes and over the query heads of each kv head.
+
+    probes (Z, Hq, P, D), keys (Z, Hkv, Nk, D), visible bool broadcastable to (Z, 1, P, Nk).
+    Returns float32 (Z, Hkv, Nk) (float64 for float64 inputs); a probe that sees no key adds nothing."""
+    dtype = torch.float64 if probes.dtype == torch.float64 else torch.float32
+    z, hq, p, d = probes.shape
+    hkv = keys.shape[1]
+    grouped = probes.detach().to(dtype).reshape(z, hkv, (hq // hkv) * p, d)
+    scores = (grouped @ keys.detach().to(dtype).transpose(-1, -2)) * scale  # (Z, Hkv, G * P, Nk)
+    scores = scores.view(z, hkv, hq // hkv, p, -1).masked_fill(~visible.unsqueeze(2), -torch.inf)
+    probs = torch.softmax(scores, dim=-1).nan_to_num_(0.0)
+    return probs.sum((2, 3))
+
+
 def sample_keys(
     shape: tuple[int, int],
     num_keys: int,
     sample_size: int,
     generator: torch.Generator,
-    sq_norms: torch.Tensor | None = None,
+    masses: torch.Tensor | None = None,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -25,10 +41,11 @@ def sample_keys(
 
     Args:
         shape: (Z, Hkv).
-        sq_norms: None for uniform sampling (each key with probability 1/Nk, log-weight
-            ``log(Nk / m)``); else (Z, Hkv, Nk) squared value norms for ``value_norm``
-            sampling (key j with probability ``p_j = ||v_j||^2 / ||V||_F^2``, uniform where
-            all values are zero; log-weight ``-log(m p_j)``).
+        masses: None for uniform sampling (each key with probability 1/Nk, log-weight
+            ``log(Nk / m)``); else (Z, Hkv, Nk) non-negative masses: key j is drawn with
+            probability ``p_j = masses_j / sum(masses)`` (uniform where all are zero) and its
+            term weighted by ``1 / (m p_j)`` (log-weight ``-log(m p_j)``). ``value_norm``
+            sampling passes squared value norms, ``mass`` sampling estimated attention masses.
         generator: decides the draws, made on its device and moved to ``device``.
     Returns:
         indices int64 (Z, Hkv, m) and log-weights (Z, Hkv, m) of ``dtype``. Both are
@@ -38,13 +55,13 @@ def sample_keys(
     if sample_size == 0:
         return (torch.empty(full_shape, dtype=torch.int64, device=device),
                 torch.empty(full_shape, dtype=dtype, device=device))
-    if sq_norms is None:
+    if masses is None:
         indices = torch.randint(num_keys, full_shape, generator=generator, device=generator.device).to(device)
         log_weights = torch.full(full_shape, math.log(num_keys / sample_size), dtype=dtype, device=device)
         return indices, log_weights
     uniforms = torch.rand(full_shape, generator=generator, dtype=torch.float64, device=generator.device).to(device)
-    totals = sq_norms.sum(-1, keepdim=True)
-    masses = torch.where(totals > 0, sq_norms, torch.ones_like(sq_norms))
+    totals = masses.sum(-1, keepdim=True)
+    masses = torch.where(totals > 0, masses, torch.ones_like(masses))
     cdf = torch.cumsum(masses, -1)
     # first key whose cumulative mass exceeds u * total: never a key of zero mass
     indices = torch.searchsorted(cdf, uniforms * cdf[..., -1:], right=True).clamp_(max=num_keys - 1)
