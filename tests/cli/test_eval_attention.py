@@ -25,6 +25,24 @@ def test_eval_attention_prints_a_table_and_writes_json_and_plot(tmp_path, capsys
     assert png.stat().st_size > 0
 
 
+def test_compare_flags_measure_more_configs(tmp_path, capsys):
+    path = tmp_path / "attention.json"
+    assert main(["eval", "attention", "--model", "smollm2", "--text", "paul-graham", "--seq-len", "512",
+                 "--layers", "-1", "--min-seq-len", "128", "--block-size", "32", "--sample-size", "32",
+                 "--compare", "heavy:heavy_keys=32,sample_size=0", "--compare", "window:exact-window=64",
+                 "--device", "cpu", "--json", str(path)]) == 0
+    assert "other configs" in capsys.readouterr().out
+    compare = json.loads(path.read_text())["compare"]
+    assert compare["heavy"]["config"]["heavy_keys"] == 32 and compare["heavy"]["config"]["block_size"] == 32
+    assert compare["heavy"]["config"]["impl"] == "reference" and compare["window"]["config"]["exact_window"] == 64
+
+
+@pytest.mark.parametrize("compare", ["heavy", "heavy:", "heavy:nope=3", "heavy:block_size=x"])
+def test_bad_compare_flags_are_rejected_by_the_parser(compare):
+    with pytest.raises(SystemExit):
+        main(["eval", "attention", "--compare", compare])
+
+
 @pytest.mark.parametrize("layers", ["last", "0,x"])
 def test_bad_layers_are_rejected_by_the_parser(layers):
     with pytest.raises(SystemExit):

@@ -1,5 +1,7 @@
 """``hyperattn.eval.attention`` on the real SmolLM2 (fetched from PyPI once, cached) at 512 tokens."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -123,6 +125,23 @@ def test_evaluate_attention_rows_summary_and_table(smollm2):
     assert [s["layer"] for s in result["layer_summary"]] == [28, 29]
     table = format_summary(result)
     assert "top-k" in table and len(table.splitlines()) == 2 + 2 + 1
+
+
+def test_compared_configs_share_inputs_positions_and_references(smollm2):
+    model, tokenizer = smollm2
+    heavy = replace(SMALL, heavy_keys=32, sample_size=0)
+    result = evaluate_attention(model, tokenizer, load_text("paul-graham"), SEQ_LEN, layers="last:1", seeds=[0],
+                                config=SMALL, compare={"same": SMALL, "heavy": heavy})
+    same, other = result["compare"]["same"], result["compare"]["heavy"]
+    assert same["rows"] == result["rows"]  # same config and seeds: the same bits
+    assert other["config"]["heavy_keys"] == 32 and len(other["rows"]) == len(result["rows"])
+    assert [r["topk"] for r in other["rows"]] == [r["topk"] for r in result["rows"]]
+    assert [r["hyper"] for r in other["rows"]] != [r["hyper"] for r in result["rows"]]
+    table = format_summary(result)
+    assert "other configs" in table and table.splitlines()[-1].lstrip().startswith("heavy")
+    with pytest.raises(ValueError, match="label 'config'"):
+        evaluate_attention(model, tokenizer, load_text("paul-graham"), SEQ_LEN, layers="last:1", config=SMALL,
+                           compare={"config": SMALL})
 
 
 def test_nothing_to_measure_and_bad_budgets_are_errors(smollm2):

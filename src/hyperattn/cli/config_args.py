@@ -41,10 +41,49 @@ def add_config_args(parser: argparse.ArgumentParser, defaults: HyperAttentionCon
                            default=default, help=text)
 
 
+def _with_impl(values: dict, impl_given: bool) -> HyperAttentionConfig:
+    """The config of field ``values``; without a given impl, ``reference`` where an option
+    needs it and the library's default otherwise."""
+    if impl_given:
+        return HyperAttentionConfig(**values)
+    config = HyperAttentionConfig(**{**values, "impl": HyperAttentionConfig.impl})
+    return replace(config, impl="reference") if config.reference_only_options else config
+
+
 def config_from_args(args: argparse.Namespace) -> HyperAttentionConfig:
     """The config of the flags of ``add_config_args``."""
     values = {field.name: getattr(args, field.name) for field in fields(HyperAttentionConfig)}
-    if values["impl"] is None:
-        config = HyperAttentionConfig(**{**values, "impl": HyperAttentionConfig.impl})
-        return replace(config, impl="reference") if config.reference_only_options else config
-    return HyperAttentionConfig(**values)
+    return _with_impl(values, values["impl"] is not None)
+
+
+def labelled_overrides(text: str) -> tuple[str, dict]:
+    """Parse ``LABEL:field=value,field=value`` (field names as in ``HyperAttentionConfig``, values
+    of the field's type) into (label, {field: value}); argparse ``type``."""
+    label, sep, body = text.partition(":")
+    if not sep or not label or not body:
+        raise argparse.ArgumentTypeError(f"expected LABEL:field=value,..., got {text!r}")
+    types = {field.name: type(field.default) for field in fields(HyperAttentionConfig)}
+    overrides = {}
+    for item in body.split(","):
+        name, eq, value = item.partition("=")
+        name = name.strip().replace("-", "_")
+        if not eq or name not in types:
+            raise argparse.ArgumentTypeError(f"{item!r} in {text!r}: expected field=value with a field of "
+                                              f"HyperAttentionConfig ({', '.join(types)})")
+        try:
+            overrides[name] = types[name](value.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{item!r}: {name} takes a {types[name].__name__}") from None
+    return label, overrides
+
+
+def compared_configs(args: argparse.Namespace) -> dict[str, HyperAttentionConfig]:
+    """{label: config} of the ``--compare`` flags: each the flags' config with its overrides."""
+    base = {field.name: getattr(args, field.name) for field in fields(HyperAttentionConfig)}
+    configs = {}
+    for label, overrides in args.compare or []:
+        if label in configs:
+            raise ValueError(f"--compare: the label {label!r} is given twice")
+        values = {**base, **overrides}
+        configs[label] = _with_impl(values, values["impl"] is not None)
+    return configs

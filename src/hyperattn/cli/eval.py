@@ -7,7 +7,7 @@ import re
 
 from hyperattn.cli.arg_types import float_list, int_list, numbers, positive_int, seed, seed_list, str_list
 from hyperattn.cli.common import add_pretrained_args, load_pretrained, write_result
-from hyperattn.cli.config_args import add_config_args, config_from_args
+from hyperattn.cli.config_args import add_config_args, compared_configs, config_from_args, labelled_overrides
 from hyperattn.cli.ruler import add_ruler_parser
 from hyperattn.eval.attention import evaluate_attention, plot_attention_errors
 from hyperattn.eval.attention import format_summary as format_attention_summary
@@ -68,6 +68,9 @@ def add_eval_parser(commands) -> None:
                            "(default: %(default)s)")
     attention.add_argument("--include-sliding", action="store_true",
                            help="also measure sliding-window layers, as full causal attention (default: skipped)")
+    attention.add_argument("--compare", type=labelled_overrides, action="append", metavar="LABEL:FIELD=VALUE,...",
+                           help="another config measured on the same inputs and references: the flags' config with "
+                                "these fields changed, e.g. heavy:heavy_keys=448,block_size=64 (repeatable)")
     add_config_args(attention, EVAL_CONFIG)
     attention.set_defaults(run=eval_attention)
 
@@ -122,6 +125,6 @@ def eval_attention(args: argparse.Namespace) -> int:
         args,
         lambda model, tokenizer, text, config: evaluate_attention(
             model, tokenizer, text, args.seq_len, args.layers, args.windows, args.seeds, config, args.budget,
-            args.streaming_sinks, args.include_sliding),
+            args.streaming_sinks, args.include_sliding, compared_configs(args)),
         lambda result: f"{_windows_header(args)}\n{format_attention_summary(result)}",
         plot_attention_errors, f"{args.model}, {args.text}, {args.seq_len} tokens")

@@ -37,6 +37,8 @@ MEASURES = ("hyper", "topk", "streaming", "hyper_all", "topk_all", "streaming_al
 # Score-matrix entries of one chunk of queries (all heads): 2**25 fp32 entries are 128 MiB,
 # and a chunk holds a few tensors of that size.
 CHUNK_ELEMENTS = 1 << 25
+# The label of the evaluated config among the compared ones.
+BASE_LABEL = "config"
 
 
 @dataclass(frozen=True)
@@ -164,21 +166,25 @@ def relative_errors(captured: CapturedAttention, outputs: list[torch.Tensor], bu
     return approximated.cpu(), everywhere.cpu()
 
 
-def layer_rows(layer: int, window: int, captured: CapturedAttention, config: HyperAttentionConfig, seeds: list[int],
-               budget: int, sinks: int, start: int) -> list[dict]:
-    """One row per (seed, query head) of one captured layer: the errors of HyperAttention
-    and of the references (``relative_errors``)."""
+def layer_rows(layer: int, window: int, captured: CapturedAttention, config: HyperAttentionConfig | dict,
+               seeds: list[int], budget: int, sinks: int, start: int) -> list[dict]:
+    """One row per (config, seed, query head) of one captured layer: the errors of HyperAttention
+    and of the references (``relative_errors``, computed once for every config). ``config``:
+    one config, or {label: config} (rows then name their ``config``)."""
+    configs = config if isinstance(config, dict) else {None: config}
+    runs = [(label, seed) for label in configs for seed in seeds]
     outputs = [hyper_attention(captured.q, captured.k, captured.v, causal=True, scale=captured.scaling,
-                               config=config, seed=seed + layer) for seed in seeds]
+                               config=configs[label], seed=seed + layer) for label, seed in runs]
     approximated, everywhere = relative_errors(captured, outputs, budget, sinks, start)
     rows = []
-    for s, seed in enumerate(seeds):
+    for r, (label, seed) in enumerate(runs):
         for head in range(captured.q.shape[1]):
             errors = {}
             for suffix, table in (("", approximated), ("_all", everywhere)):
-                errors.update({f"hyper{suffix}": table[s, head].item(), f"topk{suffix}": table[-2, head].item(),
+                errors.update({f"hyper{suffix}": table[r, head].item(), f"topk{suffix}": table[-2, head].item(),
                                f"streaming{suffix}": table[-1, head].item()})
-            rows.append(dict(layer=layer, head=head, window=window, seed=seed, **errors))
+            labels = {} if label is None else {"config": label}
+            rows.append(dict(layer=layer, head=head, window=window, seed=seed, **labels, **errors))
     return rows
 
 
@@ -195,18 +201,22 @@ def summarize(rows: list[dict]) -> dict:
 
 def evaluate_attention(model, tokenizer, text: str, seq_len: int, layers="all", num_windows: int = 1,
                        seeds: list[int] = (0,), config: HyperAttentionConfig | None = None, budget: int | None = None,
-                       streaming_sinks: int = 16, include_sliding: bool = False) -> dict:
+                       streaming_sinks: int = 16, include_sliding: bool = False,
+                       compare: dict[str, HyperAttentionConfig] | None = None) -> dict:
     """Errors of HyperAttention and of the top-k and streaming references per layer, head,
     window and seed, on ``num_windows`` consecutive windows of ``seq_len`` tokens of ``text``.
 
     ``budget``: keys per query of the references (default ``default_budget(config)``), of
     which ``streaming_sinks`` are the streaming reference's sinks. ``layers``: as
     ``select_layers``; sliding-window layers are skipped unless ``include_sliding`` (then
-    measured as full causal attention, which HyperAttention computes there).
+    measured as full causal attention, which HyperAttention computes there). ``compare``:
+    more configs {label: config} measured on the same inputs, positions and references (the
+    positions ``config`` approximates).
 
     Returns {seq_len, config, budget, streaming_sinks, seeds, num_windows, layers, include_sliding,
-    first_approximated, seconds, "rows": one per (layer, head, window, seed), "layer_summary": one
-    ``summarize`` per layer, "summary": ``summarize`` of all rows}."""
+    first_approximated, seconds, "rows": one per (layer, head, window, seed) of ``config``,
+    "layer_summary": one ``summarize`` per layer, "summary": ``summarize`` of all rows}, and with
+    ``compare``: "compare": {label: {"config", "summary", "rows"}}."""
     config = config or EVAL_CONFIG
     check_length(model, seq_len)
     budget = default_budget(config) if budget is None else budget
@@ -218,19 +228,30 @@ def evaluate_attention(model, tokenizer, text: str, seq_len: int, layers="all", 
     chosen = captured_layers(model, layers, include_sliding)
     if not chosen:
         raise ValueError(f"layers={layers!r} selects no layer (sliding-window layers need include_sliding)")
+    compare = dict(compare or {})
+    if BASE_LABEL in compare:
+        raise ValueError(f"compare: the label {BASE_LABEL!r} names the evaluated config; choose another")
+    configs = {BASE_LABEL: config, **compare}
     windows = token_windows(tokenizer, text, seq_len, num_windows)
     started = time.perf_counter()
     rows = []
     for window in range(num_windows):
         captured = capture_attention(model, windows[window], chosen)
         for layer in tqdm(chosen, desc=f"attention error, window {window}", unit="layer"):
-            rows += layer_rows(layer, window, captured.pop(layer), config, list(seeds), budget, streaming_sinks,
+            rows += layer_rows(layer, window, captured.pop(layer), configs, list(seeds), budget, streaming_sinks,
                                start)
+    by_config = {label: [{k: v for k, v in r.items() if k != "config"} for r in rows if r["config"] == label]
+                 for label in configs}
+    rows = by_config.pop(BASE_LABEL)
     layer_summary = [dict(layer=layer, **summarize([r for r in rows if r["layer"] == layer])) for layer in chosen]
-    return dict(seq_len=seq_len, config=asdict(config), budget=budget, streaming_sinks=streaming_sinks,
-                seeds=list(seeds), num_windows=num_windows, layers=chosen, include_sliding=include_sliding,
-                first_approximated=start, seconds=time.perf_counter() - started, rows=rows,
-                layer_summary=layer_summary, summary=summarize(rows))
+    result = dict(seq_len=seq_len, config=asdict(config), budget=budget, streaming_sinks=streaming_sinks,
+                  seeds=list(seeds), num_windows=num_windows, layers=chosen, include_sliding=include_sliding,
+                  first_approximated=start, seconds=time.perf_counter() - started, rows=rows,
+                  layer_summary=layer_summary, summary=summarize(rows))
+    if compare:
+        result["compare"] = {label: dict(config=asdict(compare[label]), summary=summarize(label_rows), rows=label_rows)
+                             for label, label_rows in by_config.items()}
+    return result
 
 
 def format_summary(result: dict) -> str:
@@ -241,10 +262,18 @@ def format_summary(result: dict) -> str:
     lines = [f"relative error of the output over positions {result['first_approximated']}..{result['seq_len'] - 1} "
              f"(| over all positions); references with {result['budget']} keys per query", header]
     for label, s in [(r["layer"], r) for r in result["layer_summary"]] + [("all", result["summary"])]:
-        lines.append(f"{label:>6} {s['hyper']:7.3f} {s['hyper_min']:7.3f} {s['hyper_max']:7.3f} {s['topk']:7.3f} "
-                     f"{s['streaming']:7.3f} {s['hyper_over_topk']:7.2f} | {s['hyper_all']:10.3f} {s['topk_all']:7.3f} "
-                     f"{s['streaming_all']:7.3f}")
+        lines.append(_summary_line(f"{label:>6}", s))
+    if "compare" in result:
+        width = max(len(label) for label in result["compare"])
+        lines += ["", "other configs, all layers:", f"{'config':>{width}}" + header[6:]]
+        lines += [_summary_line(f"{label:>{width}}", c["summary"]) for label, c in result["compare"].items()]
     return "\n".join(lines)
+
+
+def _summary_line(label: str, s: dict) -> str:
+    return (f"{label} {s['hyper']:7.3f} {s['hyper_min']:7.3f} {s['hyper_max']:7.3f} {s['topk']:7.3f} "
+            f"{s['streaming']:7.3f} {s['hyper_over_topk']:7.2f} | {s['hyper_all']:10.3f} {s['topk_all']:7.3f} "
+            f"{s['streaming_all']:7.3f}")
 
 
 def plot_attention_errors(result: dict, path: str, title: str) -> None:
