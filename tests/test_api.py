@@ -195,8 +195,7 @@ def test_bucket_blocks_are_strictly_causal(extra, nq, nk):
 
 
 @pytest.mark.parametrize("option,match", [(dict(query_blocks="bucket"), "query_blocks='bucket'"),
-                                          (dict(heavy_keys=8), "heavy_keys=8"),
-                                          (dict(sampling="mass"), "sampling='mass'")])
+                                          (dict(exact_window=8), "exact_window=8")])
 def test_reference_only_options_name_the_reference_executor(option, match):
     q = torch.randn(1, 1, 100, 16, dtype=torch.float16)
     cfg = HyperAttentionConfig(exact_up_to=0, min_seq_len=8, exact_tail=0, impl="triton", **option)

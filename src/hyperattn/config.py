@@ -41,7 +41,7 @@ class HyperAttentionConfig:
             ``||v_j||^2``, each term weighted by ``1 / (m p_j)``) or ``"mass"`` (``p_j``: half
             the key's share of the attention mass estimated from probe queries, half uniform,
             over the keys that are neither sinks nor heavy; weighted by ``1 / (m p_j)``; uniform
-            where no probe precedes a rectangle). Reference executor only so far.
+            where no probe precedes a rectangle).
         impl: ``"auto"`` (fused Triton kernels for fp16/bf16 CUDA tensors, the PyTorch
             reference otherwise), ``"reference"`` or ``"triton"`` (fp16/bf16 only; CUDA, or
             any device under ``TRITON_INTERPRET=1``).
@@ -68,7 +68,7 @@ class HyperAttentionConfig:
             non-causal call) and kv head, the ``heavy_keys`` keys of largest estimated attention
             mass (sinks aside) are attended exactly by every query of the rectangle; the block
             and sample parts skip them. The "vertical lines" of LM attention: a few keys that
-            most queries attend to, wherever they are. ``>= 0``; reference executor only so far.
+            most queries attend to, wherever they are. ``>= 0``.
         probe_queries: the queries whose attention estimates the key masses of ``heavy_keys``
             and ``"mass"`` sampling: the ``probe_queries`` queries just before each causal
             rectangle (so a causal call stays causal; the prefix of chunked prefill takes the
@@ -107,7 +107,7 @@ class HyperAttentionConfig:
                 "PyTorch's fused attention; 0: only min_seq_len decides, as in the paper"})
     heavy_keys: int = field(default=0, metadata={
         "help": "per approximated rectangle, this many keys with the largest estimated attention mass are "
-                "attended exactly by all its queries (reference executor only)"})
+                "attended exactly by all its queries"})
     probe_queries: int = field(default=64, metadata={
         "help": "queries whose attention estimates the key masses for heavy_keys and mass sampling: in a causal "
                 "call, the ones just before each rectangle"})
@@ -140,8 +140,7 @@ class HyperAttentionConfig:
     @property
     def reference_only_options(self) -> list[str]:
         """The options set here that only the reference executor runs so far, as ``name=value``."""
-        chosen = [("exact_window", self.exact_window > 0), ("query_blocks", self.query_blocks != "rank"),
-                  ("heavy_keys", self.heavy_keys > 0), ("sampling", self.sampling == "mass")]
+        chosen = [("exact_window", self.exact_window > 0), ("query_blocks", self.query_blocks != "rank")]
         return [f"{name}={getattr(self, name)!r}" for name, is_set in chosen if is_set]
 
     @property

@@ -77,3 +77,15 @@ def test_masses_of_zero_are_never_drawn_and_weights_match():
     idx, logw = sample_keys((1, 1), 30, 400, torch.Generator().manual_seed(3), masses=masses, dtype=torch.float64)
     assert idx.min() >= 10
     assert torch.allclose(logw, -torch.log(400 * (masses / masses.sum()).gather(-1, idx)))
+
+
+def test_probe_key_mass_in_chunks_equals_one_pass(monkeypatch):
+    import hyperattn.plan.sampling as sampling
+
+    gen = torch.Generator().manual_seed(4)
+    probes = torch.randn(2, 2, 5, 4, generator=gen, dtype=torch.float64)
+    keys = torch.randn(2, 1, 23, 4, generator=gen, dtype=torch.float64)
+    visible = torch.rand(2, 1, 5, 23, generator=gen) > 0.5
+    whole = probe_key_mass(probes, keys, 0.5, visible)
+    monkeypatch.setattr(sampling, "PROBE_CHUNK_ELEMENTS", 2 * 2 * 5 * 4)  # chunks of 4 keys
+    torch.testing.assert_close(sampling.probe_key_mass(probes, keys, 0.5, visible), whole)

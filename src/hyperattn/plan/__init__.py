@@ -182,7 +182,8 @@ _NO_PLAN, _NON_CAUSAL, _CAUSAL = 0, 1, 2
 def flatten_plan(plan: AttentionPlan | CausalPlan | None) -> tuple[list[torch.Tensor], list[int]]:
     """A plan as (tensors, ints), the form in which it crosses a custom op's boundary
     (``unflatten_plan`` inverts it): the ``PLAN_TENSORS`` of each ``AttentionPlan`` (a causal
-    plan's levels in order, then its prefix plan), and a few ints that say what they are."""
+    plan's levels in order, then its prefix plan), and a few ints that say what they are
+    (last: each plan's ``heavy``)."""
     if plan is None:
         return [], [_NO_PLAN]
     if isinstance(plan, AttentionPlan):
@@ -191,15 +192,14 @@ def flatten_plan(plan: AttentionPlan | CausalPlan | None) -> tuple[list[torch.Te
         plans = [*plan.level_plans, *([plan.prefix_plan] if plan.prefix_plan is not None else [])]
     if any(p.q_block is not None for p in plans):
         raise ValueError("plans of the 'bucket' query-block rule run in the reference executor only so far")
-    if any(p.heavy for p in plans):
-        raise ValueError("plans with heavy keys run in the reference executor only so far")
     tensors = [getattr(p, name) for p in plans for name in PLAN_TENSORS]
+    heavy = [p.heavy for p in plans]
     if isinstance(plan, AttentionPlan):
-        return tensors, [_NON_CAUSAL, plan.block_size, plan.sinks]
+        return tensors, [_NON_CAUSAL, plan.block_size, plan.sinks, *heavy]
     s = plan.schedule
     block_size = plans[0].block_size if plans else 0
     return tensors, [_CAUSAL, s.num_queries, s.num_keys, s.head_len, s.leaf_len, s.num_levels, block_size,
-                     plan.sinks, plan.window, int(plan.prefix_plan is not None)]
+                     plan.sinks, plan.window, int(plan.prefix_plan is not None), *heavy]
 
 
 def unflatten_plan(tensors: list[torch.Tensor], ints: list[int]) -> AttentionPlan | CausalPlan | None:
@@ -209,11 +209,13 @@ def unflatten_plan(tensors: list[torch.Tensor], ints: list[int]) -> AttentionPla
     if kind == _NO_PLAN:
         return None
     if kind == _NON_CAUSAL:
-        block_size, sinks = fields
-        return AttentionPlan(*tensors, block_size=block_size, sinks=sinks)
-    *schedule_ints, block_size, sinks, window, has_prefix_plan = fields
-    plans = [AttentionPlan(*tensors[i:i + per_plan], block_size=block_size)
-             for i in range(0, len(tensors), per_plan)]
+        block_size, sinks, heavy = fields
+        return AttentionPlan(*tensors, block_size=block_size, sinks=sinks, heavy=heavy)
+    num_plans = len(tensors) // per_plan
+    heavy = fields[len(fields) - num_plans:]
+    *schedule_ints, block_size, sinks, window, has_prefix_plan = fields[:len(fields) - num_plans]
+    plans = [AttentionPlan(*tensors[i * per_plan:(i + 1) * per_plan], block_size=block_size, heavy=heavy[i])
+             for i in range(num_plans)]
     prefix_plan = plans.pop() if has_prefix_plan else None
     return CausalPlan(CausalSchedule(*schedule_ints), plans, prefix_plan, sinks, window)
 

@@ -12,20 +12,32 @@ def value_sq_norms(v: torch.Tensor) -> torch.Tensor:
     return v.detach().to(torch.float64).pow(2).sum(-1)
 
 
+# Scores of probe_key_mass materialized at once (elements): its keys are taken in chunks.
+PROBE_CHUNK_ELEMENTS = 1 << 26
+
+
 def probe_key_mass(probes: torch.Tensor, keys: torch.Tensor, scale: float, visible: torch.Tensor) -> torch.Tensor:
     """Estimated attention mass of each key: the softmax of each probe query over the keys it sees,
     summed over the probes and over the query heads of each kv head.
 
     probes (Z, Hq, P, D), keys (Z, Hkv, Nk, D), visible bool broadcastable to (Z, 1, P, Nk).
-    Returns float32 (Z, Hkv, Nk) (float64 for float64 inputs); a probe that sees no key adds nothing."""
+    Returns float32 (Z, Hkv, Nk) (float64 for float64 inputs); a probe that sees no key adds
+    nothing. Keys are taken in chunks of at most ``PROBE_CHUNK_ELEMENTS`` scores (two passes:
+    each probe's log-sum-exp, then the masses)."""
     dtype = torch.float64 if probes.dtype == torch.float64 else torch.float32
     z, hq, p, d = probes.shape
-    hkv = keys.shape[1]
+    hkv, nk = keys.shape[1], keys.shape[2]
     grouped = probes.detach().to(dtype).reshape(z, hkv, (hq // hkv) * p, d)
-    scores = (grouped @ keys.detach().to(dtype).transpose(-1, -2)) * scale  # (Z, Hkv, G * P, Nk)
-    scores = scores.view(z, hkv, hq // hkv, p, -1).masked_fill(~visible.unsqueeze(2), -torch.inf)
-    probs = torch.softmax(scores, dim=-1).nan_to_num_(0.0)
-    return probs.sum((2, 3))
+    visible = visible.unsqueeze(2)  # (Z, 1, 1, P, Nk): broadcast over the group
+    chunk = max(1, PROBE_CHUNK_ELEMENTS // max(1, z * hq * p))
+
+    def scores(lo: int) -> torch.Tensor:  # (Z, Hkv, G, P, chunk), -inf where not visible
+        block = grouped @ keys[:, :, lo:lo + chunk].detach().to(dtype).transpose(-1, -2) * scale
+        return block.view(z, hkv, hq // hkv, p, -1).masked_fill(~visible[..., lo:lo + chunk], -torch.inf)
+
+    lse = torch.stack([torch.logsumexp(scores(lo), -1) for lo in range(0, nk, chunk)], -1).logsumexp(-1)
+    lse = lse.masked_fill(torch.isneginf(lse), torch.inf)[..., None]  # probes that see nothing: mass 0
+    return torch.cat([torch.exp(scores(lo) - lse).sum((2, 3)) for lo in range(0, nk, chunk)], -1)
 
 
 def sample_keys(

@@ -58,6 +58,16 @@ OPTION_CASES = {
     "noncausal-sinks-fill-blocks": ((2, 1, 48, 40, 16, 16, 8, 10, 8, False), 20, 0),  # sinks fill 2.5 key blocks
 }
 CASES.update({name: shape for name, (shape, _, _) in OPTION_CASES.items()})
+# Heavy keys (they sort between the other keys and the sinks, lead the samples) and mass sampling:
+# name: (shape as in CASES, config fields)
+HEAVY_CASES = {
+    "heavy-causal-sinks-mass": ((2, 1, 96, 96, 16, 16, 8, 10, 8, True),
+                                dict(exact_sinks=3, heavy_keys=5, probe_queries=4, sampling="mass")),
+    "heavy-causal-gqa-prefill": ((4, 2, 64, 90, 32, 32, 8, 6, 8, True), dict(heavy_keys=7, probe_queries=3)),
+    "heavy-noncausal-no-samples": ((2, 1, 70, 45, 16, 16, 8, 0, 8, False),
+                                   dict(exact_sinks=2, heavy_keys=20, sampling="mass")),
+}
+CASES.update({name: shape for name, (shape, _) in HEAVY_CASES.items()})
 BATCH = {"tail-causal-sinks-gqa": 2, "noncausal-sinks": 2}  # batch 1 elsewhere
 OPTIONS = {name: (sinks, 0) for name, (*_, sinks) in SINK_CASES.items()}
 OPTIONS.update({name: (sinks, tail) for name, (_, sinks, tail) in OPTION_CASES.items()})
@@ -79,7 +89,7 @@ def make_case(name, seed=0, dtype=DTYPE):
                for h, n, w in ((hq, nq, d), (hkv, nk, d), (hkv, nk, dv)))
     sinks, tail = OPTIONS.get(name, (0, 0))
     cfg = HyperAttentionConfig(block_size=block, sample_size=samples, exact_up_to=0, min_seq_len=min_len,
-                               exact_sinks=sinks)
+                               **{"exact_sinks": sinks, **HEAVY_CASES.get(name, (None, {}))[1]})
     plan = None if nq <= min_len else plan_hyper_attention(q, k, v, causal, cfg, torch.Generator().manual_seed(seed))
     return q, k, v, plan, causal, tail
 
@@ -110,7 +120,7 @@ def check_forward(name):
 @pytest.mark.parametrize("name", ["causal-gqa", "causal-odd-prefill", "causal-prefill-no-head",
                                   "causal-prefill-short-prefix", "noncausal-gqa-odd", "exact-causal", "d64",
                                   "multi-tile-blocks", "many-queries-per-block", "no-samples",
-                                  *SINK_CASES, *OPTION_CASES])
+                                  *SINK_CASES, *OPTION_CASES, *HEAVY_CASES])
 def test_backward_matches_reference(name):
     check_backward(name)
 

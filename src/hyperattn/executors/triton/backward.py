@@ -164,7 +164,7 @@ def hyper_bwd_dq_kernel(
     stride_lb, stride_lh,
     n_q, n_k, num_samples, block_size, tiles_per_block, num_tiles,
     rects, q_start, k_start, rect_stride,
-    num_q_heads, group, sinks, exact_keys,
+    num_q_heads, group, sinks, exact_keys, heavy,
     WRITE: tl.constexpr, EXACT_BLOCK_N: tl.constexpr, BLOCK_KEYS: tl.constexpr, SAMPLES: tl.constexpr,
     HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
     D_PAD: tl.constexpr, DV_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -195,7 +195,7 @@ def hyper_bwd_dq_kernel(
 
         k_lo, n_live, block_rows, sample_rows, sample_bias2 = block_and_sample_rows(
             KPerm, SIdx, SBlk, SLogW, z * (num_q_heads // group) + hk, blk, block_size, n_k, num_samples, sinks,
-            key_row0, BLOCK_KEYS, SAMPLES)
+            key_row0, heavy, BLOCK_KEYS, SAMPLES)
         dq = _block_keys_dq(q, do, lse2, delta, dq, block_rows, k_base, v_base, key_row0, k_lo, block_size,
                             n_live, stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, scale_log2, BLOCK_N)
         dq = _sampled_keys_dq(q, do, lse2, delta, dq, sample_rows, sample_bias2, num_samples, k_base, v_base,
@@ -258,7 +258,7 @@ def hyper_bwd_dkdv_kernel(
     stride_lb, stride_lh,
     n_q, n_k, block_size, key_tiles_per_block, num_tiles,
     rects, q_start, k_start, rect_stride,
-    num_kv_heads, group, kv_seq_len, sinks,
+    num_kv_heads, group, kv_seq_len, sinks, heavy,
     WRITE: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
     D_PAD: tl.constexpr, DV_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     QUERY_CHUNK: tl.constexpr,
@@ -284,7 +284,7 @@ def hyper_bwd_dkdv_kernel(
     # the plan sorts the sinks after every other key: they get no gradient here (their rows
     # are still written where this part owns them); like ranks past the block, their log2
     # bias is -inf (one add per score, no (BM, BN) mask)
-    bias2 = tl.where(kmask & (ranks < live_key_ranks(n_k, sinks, k_start + r * rect_stride)), 0.0, float("-inf"))
+    bias2 = tl.where(kmask & (ranks < live_key_ranks(n_k, sinks, k_start + r * rect_stride, heavy)), 0.0, float("-inf"))
     q_lo, q_hi = query_block_range(blk, block_size, n_q, n_k)
     dk, dv = _key_grads_over_queries(k, v, bias2, None, dk, dv, q_lo, q_hi, QPerm, Q, DO, Lse, Delta, z, batch,
                                      hk, group, num_q_heads, q_start, r, rect_stride, n_q, n_k, block_size, stride_qb,

@@ -34,10 +34,11 @@ def load_key_tile(k_base, v_base, key_row0, start, offs_m, n_q, n_k, stride_kn, 
 
 
 @triton.jit
-def live_key_ranks(n_k, sinks, key_row0):
-    """Sorted key ranks below which a problem's keys are not sinks: ``make_plan`` sorts the
-    problem's key rows below ``sinks`` (its rows start at ``key_row0``) after every other key."""
-    return n_k - tl.minimum(tl.maximum(sinks - key_row0, 0), n_k)
+def live_key_ranks(n_k, sinks, key_row0, heavy):
+    """Sorted key ranks below which a problem's keys are neither sinks nor heavy keys: ``make_plan``
+    sorts the problem's ``heavy`` heavy keys, then its key rows below ``sinks`` (its rows start at
+    ``key_row0``), after every other key."""
+    return n_k - tl.minimum(tl.maximum(sinks - key_row0, 0), n_k) - heavy
 
 
 @triton.jit
@@ -183,15 +184,15 @@ def sorted_query_rows(QPerm, zh, ranks, rmask, n_q, row0):
 
 
 @triton.jit
-def block_and_sample_rows(KPerm, SIdx, SBlk, SLogW, zk, blk, block_size, n_k, num_samples, sinks, key_row0,
+def block_and_sample_rows(KPerm, SIdx, SBlk, SLogW, zk, blk, block_size, n_k, num_samples, sinks, key_row0, heavy,
                           BLOCK_KEYS: tl.constexpr, SAMPLES: tl.constexpr):
     """What a query tile of key block ``blk`` of (problem, kv head) ``zk`` reads of the plan, in
-    registers: (first sorted key rank of the block, live ranks (below the sinks), the block's key
+    registers: (first sorted key rank of the block, live ranks (below the heavy keys and sinks), the block's key
     rows, the samples' rows and log2 weights). Both index sets load before the block loop, so
     the samples' do not wait for its drain."""
     zk64 = zk.to(tl.int64)
     k_lo = blk * block_size
-    n_live = live_key_ranks(n_k, sinks, key_row0)
+    n_live = live_key_ranks(n_k, sinks, key_row0, heavy)
     block_rows = load_sorted_rows(KPerm, zk64 * n_k, k_lo, block_size, n_live, BLOCK_KEYS)
     sample_rows, sample_bias2 = load_sample_rows(SIdx, SBlk, SLogW, zk64 * num_samples, num_samples, blk, SAMPLES)
     return k_lo, n_live, block_rows, sample_rows, sample_bias2

@@ -100,7 +100,7 @@ def _launch_forward(q, k, v, out, lse, part: Part, scale: float, merge: bool) ->
         hyper_fwd_kernel[(problems * tiles,)](
             q, k, v, out, lse, p.q_perm, p.k_perm, p.sample_idx, p.sample_block, p.sample_log_weight,
             scale_log2, *strides, part.num_queries, part.num_keys, p.sample_idx.shape[-1], p.block_size,
-            tiles_per_block, tiles, *_rows(part), *heads, part.sinks, part.exact_keys, MERGE=merge,
+            tiles_per_block, tiles, *_rows(part), *heads, part.sinks, part.exact_keys, p.heavy, MERGE=merge,
             **_query_side_widths(part, cfg), **_dims(q, v), **cfg)
 
 
@@ -321,14 +321,14 @@ def attention_backward(dout, dlse, q, k, v, out, lse, parts: list[Part], scale: 
             q, k, v, dout, lse, delta, dq_acc, dq, p.q_perm, p.k_perm, p.sample_idx, p.sample_block,
             p.sample_log_weight, scale, scale_log2, *strides, part.num_queries, part.num_keys, num_samples,
             p.block_size, tiles_per_block, tiles, *_rows(part), num_q_heads, group, part.sinks, part.exact_keys,
-            WRITE=dq_mode,
+            p.heavy, WRITE=dq_mode,
             **_query_side_widths(part, cfg_dq), **dims, **cfg_dq)
         key_tiles_per_block = triton.cdiv(p.block_size, cfg_dkdv["BLOCK_N"])
         key_tiles = key_tiles_per_block * num_blocks
         hyper_bwd_dkdv_kernel[(problems * num_kv_heads * key_tiles,)](
             q, k, v, dout, lse, delta, dk_acc, dk, dv_acc, dvv, p.q_perm, p.k_perm, scale, scale_log2, *strides,
             part.num_queries, part.num_keys, p.block_size, key_tiles_per_block, key_tiles, *_rows(part), *kv_heads,
-            part.sinks, WRITE=dkdv_mode, **dims, **cfg_dkdv,
+            part.sinks, p.heavy, WRITE=dkdv_mode, **dims, **cfg_dkdv,
             QUERY_CHUNK=query_chunk(part.queries_per_key_block, cfg_dkdv["BLOCK_M"]))
     if cudnn_part is not None:
         part = cudnn_part

@@ -212,7 +212,7 @@ def hyper_fwd_kernel(
     stride_lb, stride_lh,
     n_q, n_k, num_samples, block_size, tiles_per_block, num_tiles,
     rects, q_start, k_start, rect_stride,
-    num_q_heads, group, sinks, exact_keys,
+    num_q_heads, group, sinks, exact_keys, heavy,
     MERGE: tl.constexpr, EXACT_BLOCK_N: tl.constexpr, BLOCK_KEYS: tl.constexpr, SAMPLES: tl.constexpr,
     HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
     D_PAD: tl.constexpr, DV_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -243,7 +243,7 @@ def hyper_fwd_kernel(
 
         k_lo, n_live, block_rows, sample_rows, sample_bias2 = block_and_sample_rows(
             KPerm, SIdx, SBlk, SLogW, z * (num_q_heads // group) + hk, blk, block_size, n_k, num_samples, sinks,
-            key_row0, BLOCK_KEYS, SAMPLES)
+            key_row0, heavy, BLOCK_KEYS, SAMPLES)
         m_i, l_i, acc = _block_keys_fwd(q, block_rows, k_base, v_base, key_row0, k_lo, block_size, n_live, stride_kn,
                                         stride_vn, offs_d, offs_dv, d_mask, dv_mask, m_i, l_i, acc, scale_log2,
                                         BLOCK_N)
