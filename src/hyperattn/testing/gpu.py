@@ -60,6 +60,11 @@ CASES = [
     ("sinks prefill", 1, 4, 2, 6000, 16384, 128, 128, True, dict(min_seq_len=2048, exact_sinks=64)),
     ("tail only", 1, 8, 2, 20000, 32768, 64, 64, True, dict(exact_sinks=0, exact_tail=100)),  # 7 key chunks + rest
     ("non-causal sinks", 2, 4, 4, 9000, 20000, 128, 128, False, dict(exact_sinks=100, exact_tail=0)),
+    # heavy keys: sorted between the live keys and the sinks, run as samples of weight one
+    ("heavy keys", 1, 8, 2, 16384, 16384, 128, 128, True,
+     dict(heavy_keys=448, block_size=64, sample_size=0, min_seq_len=2048)),
+    ("heavy mass", 1, 4, 4, 12000, 12000, 64, 64, True, dict(heavy_keys=100, sampling="mass", exact_sinks=32)),
+    ("heavy non-causal", 1, 4, 2, 9000, 10000, 64, 64, False, dict(heavy_keys=200, sampling="mass")),
 ]
 
 # Cases whose cuDNN leaf backward runs one kv head (and its query heads) a call, as it does
