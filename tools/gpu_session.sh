@@ -13,7 +13,7 @@
 #   transformers >= 5.18 (the device's 5.17 loads Gemma-3 GGUF wrongly), gguf and regex, and .whl/stdlib-py311.txt
 #   (the CPU machine's stdlib text, so both machines read the same text). GEMMA_CONFIGS: extra flags per patched
 #   run, ';'-separated (default: the paper's, then the library's default, sinks 16 + tail 64).
-# options: tools/option_cost.py (the time of each accuracy option against the paper's config).
+# options: tools/option_cost.py with OPTION_ARGS (each accuracy option's time against cuDNN and the default).
 # memory: tools/memory_peak.py (head dim 128, causal forward+backward at MEMORY_LEN, default 1M tokens), then
 #   the benchmark's causal forward+backward at head dim 128 up to 1M tokens.
 # ab: forward profiles of the code in .ab/src (another commit: `git archive COMMIT src | tar -x -C .ab`,
@@ -71,7 +71,7 @@ if has memory; then
   python3 -m hyperattn.cli bench attention --head-dims 128 --causal causal --modes fwd_bwd --seq-lens 131072 \
     --long-seq-lens 524288,1048576 --json "$out/attention-d128-causal-fwd-bwd-long.json" 2>/dev/null | tail -8
 fi
-if has options; then python3 tools/option_cost.py --json "$out/option-cost-d64.json" 2>&1 | tee "$out/option-cost.txt" | tail -40; fi
+if has options; then python3 tools/option_cost.py $OPTION_ARGS --json "$out/option-cost.json" 2>&1 | tee "$out/option-cost.txt" | tail -40; fi
 if has profile; then python3 tools/profile_attention.py --top 12 > "$out/profile-131k.txt" 2>&1; grep -A13 "^causal" "$out/profile-131k.txt"; fi
 if has profile8k; then python3 tools/profile_attention.py --seq-len 8192 --forward-only --top 16 > "$out/profile-8k.txt" 2>&1; grep -A30 "^causal" "$out/profile-8k.txt"; fi
 if has abcheck; then
