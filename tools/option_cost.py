@@ -30,6 +30,9 @@ OPTIONS = {
     "heavy 448, block 64": dict(heavy_keys=448, block_size=64, **HEAVY_NO_SAMPLES),
     "heavy 384, block 128": dict(heavy_keys=384, block_size=128, **HEAVY_NO_SAMPLES),
     "heavy 256, block 256": dict(heavy_keys=256, block_size=256, **HEAVY_NO_SAMPLES),
+    "bucket": dict(query_blocks="bucket"),
+    "bucket, heavy 448, block 64": dict(query_blocks="bucket", heavy_keys=448, block_size=64, **HEAVY_NO_SAMPLES),
+    "bucket, heavy 384, block 128": dict(query_blocks="bucket", heavy_keys=384, block_size=128, **HEAVY_NO_SAMPLES),
 }
 
 

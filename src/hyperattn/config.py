@@ -63,7 +63,7 @@ class HyperAttentionConfig:
             causal call a query's block then depends on the later queries of its rectangle.
             ``"bucket"``: the block where the keys of the query's own bucket sit (the middle of
             them), which depends on the query and earlier keys alone: a causal call is then
-            strictly causal (output i depends on nothing after i). Reference executor only so far.
+            strictly causal (output i depends on nothing after i).
         heavy_keys: per approximated rectangle (a problem of the causal recursion, or the whole
             non-causal call) and kv head, the ``heavy_keys`` keys of largest estimated attention
             mass (sinks aside) are attended exactly by every query of the rectangle; the block
@@ -114,7 +114,7 @@ class HyperAttentionConfig:
     query_blocks: str = field(default="rank", metadata={
         "help": "which key block a query attends to: rank (the paper's: by its rank among the queries; in "
                 "causal calls it depends on later queries) or bucket (where the keys of its own bucket sit: "
-                "strictly causal; reference executor only)"})
+                "strictly causal)"})
 
     def __post_init__(self) -> None:
         _check_int("block_size", self.block_size, 1)
@@ -140,7 +140,7 @@ class HyperAttentionConfig:
     @property
     def reference_only_options(self) -> list[str]:
         """The options set here that only the reference executor runs so far, as ``name=value``."""
-        chosen = [("exact_window", self.exact_window > 0), ("query_blocks", self.query_blocks != "rank")]
+        chosen = [("exact_window", self.exact_window > 0)]
         return [f"{name}={getattr(self, name)!r}" for name, is_set in chosen if is_set]
 
     @property

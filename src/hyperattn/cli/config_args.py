@@ -34,7 +34,7 @@ def add_config_args(parser: argparse.ArgumentParser, defaults: HyperAttentionCon
         default, text = getattr(defaults, field.name), field.metadata["help"]
         if field.name == "impl":
             default, text = None, (f"{text} (default: {default}; reference with options only it runs: "
-                                   "--exact-window > 0, --query-blocks bucket)")
+                                   "--exact-window > 0)")
         else:
             text += " (default: %(default)s)"
         group.add_argument(flag(field.name), type=type(field.default), choices=CHOICES.get(field.name),

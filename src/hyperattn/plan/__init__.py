@@ -177,49 +177,52 @@ class CausalPlan:
 
 PLAN_TENSORS = ("q_perm", "k_perm", "sample_idx", "sample_block", "sample_log_weight")
 _NO_PLAN, _NON_CAUSAL, _CAUSAL = 0, 1, 2
+_CAUSAL_FIELDS = 10  # a causal plan's ints after the kind, before each plan's heavy
 
 
 def flatten_plan(plan: AttentionPlan | CausalPlan | None) -> tuple[list[torch.Tensor], list[int]]:
     """A plan as (tensors, ints), the form in which it crosses a custom op's boundary
     (``unflatten_plan`` inverts it): the ``PLAN_TENSORS`` of each ``AttentionPlan`` (a causal
-    plan's levels in order, then its prefix plan), and a few ints that say what they are
-    (last: each plan's ``heavy``)."""
+    plan's levels in order, then its prefix plan), each followed by its ``q_block`` under the
+    ``"bucket"`` rule, and a few ints that say what they are (last: whether the plans carry
+    ``q_block``, then each plan's ``heavy``)."""
     if plan is None:
         return [], [_NO_PLAN]
     if isinstance(plan, AttentionPlan):
         plans = [plan]
     else:
         plans = [*plan.level_plans, *([plan.prefix_plan] if plan.prefix_plan is not None else [])]
-    if any(p.q_block is not None for p in plans):
-        raise ValueError("plans of the 'bucket' query-block rule run in the reference executor only so far")
-    tensors = [getattr(p, name) for p in plans for name in PLAN_TENSORS]
+    bucket = int(any(p.q_block is not None for p in plans))
+    if bucket and not all(p.q_block is not None for p in plans):
+        raise ValueError("flatten_plan: a causal plan's levels must share one query-block rule")
+    tensors = [t for p in plans for t in (*(getattr(p, name) for name in PLAN_TENSORS),
+                                           *((p.q_block,) if bucket else ()))]
     heavy = [p.heavy for p in plans]
     if isinstance(plan, AttentionPlan):
-        return tensors, [_NON_CAUSAL, plan.block_size, plan.sinks, *heavy]
+        return tensors, [_NON_CAUSAL, plan.block_size, plan.sinks, bucket, *heavy]
     s = plan.schedule
     block_size = plans[0].block_size if plans else 0
     return tensors, [_CAUSAL, s.num_queries, s.num_keys, s.head_len, s.leaf_len, s.num_levels, block_size,
-                     plan.sinks, plan.window, int(plan.prefix_plan is not None), *heavy]
+                     plan.sinks, plan.window, int(plan.prefix_plan is not None), bucket, *heavy]
 
 
 def unflatten_plan(tensors: list[torch.Tensor], ints: list[int]) -> AttentionPlan | CausalPlan | None:
     """The plan that ``flatten_plan`` gave as (tensors, ints)."""
     kind, *fields = ints
-    per_plan = len(PLAN_TENSORS)
     if kind == _NO_PLAN:
         return None
     if kind == _NON_CAUSAL:
-        block_size, sinks, heavy = fields
-        return AttentionPlan(*tensors, block_size=block_size, sinks=sinks, heavy=heavy)
-    num_plans = len(tensors) // per_plan
-    heavy = fields[len(fields) - num_plans:]
-    *schedule_ints, block_size, sinks, window, has_prefix_plan = fields[:len(fields) - num_plans]
-    plans = [AttentionPlan(*tensors[i * per_plan:(i + 1) * per_plan], block_size=block_size, heavy=heavy[i])
-             for i in range(num_plans)]
+        block_size, sinks, bucket, heavy = fields
+        return AttentionPlan(*tensors[:len(PLAN_TENSORS)], block_size=block_size, sinks=sinks,
+                             q_block=tensors[-1] if bucket else None, heavy=heavy)
+    *schedule_ints, block_size, sinks, window, has_prefix_plan, bucket = fields[:_CAUSAL_FIELDS]
+    heavy = fields[_CAUSAL_FIELDS:]
+    per_plan = len(PLAN_TENSORS) + bucket
+    plans = [AttentionPlan(*tensors[i * per_plan:i * per_plan + len(PLAN_TENSORS)], block_size=block_size,
+                           q_block=tensors[i * per_plan + len(PLAN_TENSORS)] if bucket else None, heavy=heavy[i])
+             for i in range(len(heavy))]
     prefix_plan = plans.pop() if has_prefix_plan else None
     return CausalPlan(CausalSchedule(*schedule_ints), plans, prefix_plan, sinks, window)
-
-
 def _probe_mass(q, k, schedule: CausalSchedule, rects: Rectangles, config: HyperAttentionConfig, scale: float,
                 sinks: int) -> torch.Tensor | None:
     """Estimated attention mass of each key of each rectangle (``probe_key_mass``), from the

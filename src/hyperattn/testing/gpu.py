@@ -65,6 +65,12 @@ CASES = [
      dict(heavy_keys=448, block_size=64, sample_size=0, min_seq_len=2048)),
     ("heavy mass", 1, 4, 4, 12000, 12000, 64, 64, True, dict(heavy_keys=100, sampling="mass", exact_sinks=32)),
     ("heavy non-causal", 1, 4, 2, 9000, 10000, 64, 64, False, dict(heavy_keys=200, sampling="mass")),
+    # the bucket rule: tiles of consecutive sorted queries, each row attending to its own key block
+    ("bucket causal", 1, 8, 2, 16384, 16384, 128, 128, True, dict(query_blocks="bucket")),
+    ("bucket heavy", 1, 4, 4, 12000, 12000, 64, 64, True,
+     dict(query_blocks="bucket", heavy_keys=448, block_size=64, sample_size=0, min_seq_len=2048)),
+    ("bucket non-causal", 2, 4, 2, 9000, 10000, 64, 64, False,
+     dict(query_blocks="bucket", heavy_keys=100, sampling="mass", exact_sinks=16)),
 ]
 
 # Cases whose cuDNN leaf backward runs one kv head (and its query heads) a call, as it does

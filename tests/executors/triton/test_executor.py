@@ -58,16 +58,23 @@ OPTION_CASES = {
     "noncausal-sinks-fill-blocks": ((2, 1, 48, 40, 16, 16, 8, 10, 8, False), 20, 0),  # sinks fill 2.5 key blocks
 }
 CASES.update({name: shape for name, (shape, _, _) in OPTION_CASES.items()})
-# Heavy keys (they sort between the other keys and the sinks, lead the samples) and mass sampling:
+# Heavy keys (they sort between the other keys and the sinks, lead the samples), mass sampling and the
+# bucket rule (tiles of consecutive sorted queries, each row attending to its own block):
 # name: (shape as in CASES, config fields)
-HEAVY_CASES = {
+CONFIG_CASES = {
     "heavy-causal-sinks-mass": ((2, 1, 96, 96, 16, 16, 8, 10, 8, True),
                                 dict(exact_sinks=3, heavy_keys=5, probe_queries=4, sampling="mass")),
     "heavy-causal-gqa-prefill": ((4, 2, 64, 90, 32, 32, 8, 6, 8, True), dict(heavy_keys=7, probe_queries=3)),
     "heavy-noncausal-no-samples": ((2, 1, 70, 45, 16, 16, 8, 0, 8, False),
                                    dict(exact_sinks=2, heavy_keys=20, sampling="mass")),
+    "bucket-causal-gqa": ((4, 2, 96, 96, 32, 32, 16, 20, 16, True), dict(query_blocks="bucket")),
+    "bucket-causal-prefill-heavy": ((2, 1, 64, 90, 16, 16, 8, 10, 8, True),
+                                    dict(query_blocks="bucket", exact_sinks=3, heavy_keys=5, probe_queries=4,
+                                         sampling="mass")),
+    "bucket-noncausal-many-queries": ((2, 1, 150, 40, 16, 16, 16, 10, 8, False),
+                                      dict(query_blocks="bucket", exact_sinks=2, heavy_keys=3)),
 }
-CASES.update({name: shape for name, (shape, _) in HEAVY_CASES.items()})
+CASES.update({name: shape for name, (shape, _) in CONFIG_CASES.items()})
 BATCH = {"tail-causal-sinks-gqa": 2, "noncausal-sinks": 2}  # batch 1 elsewhere
 OPTIONS = {name: (sinks, 0) for name, (*_, sinks) in SINK_CASES.items()}
 OPTIONS.update({name: (sinks, tail) for name, (_, sinks, tail) in OPTION_CASES.items()})
@@ -89,7 +96,7 @@ def make_case(name, seed=0, dtype=DTYPE):
                for h, n, w in ((hq, nq, d), (hkv, nk, d), (hkv, nk, dv)))
     sinks, tail = OPTIONS.get(name, (0, 0))
     cfg = HyperAttentionConfig(block_size=block, sample_size=samples, exact_up_to=0, min_seq_len=min_len,
-                               **{"exact_sinks": sinks, **HEAVY_CASES.get(name, (None, {}))[1]})
+                               **{"exact_sinks": sinks, **CONFIG_CASES.get(name, (None, {}))[1]})
     plan = None if nq <= min_len else plan_hyper_attention(q, k, v, causal, cfg, torch.Generator().manual_seed(seed))
     return q, k, v, plan, causal, tail
 
@@ -120,7 +127,7 @@ def check_forward(name):
 @pytest.mark.parametrize("name", ["causal-gqa", "causal-odd-prefill", "causal-prefill-no-head",
                                   "causal-prefill-short-prefix", "noncausal-gqa-odd", "exact-causal", "d64",
                                   "multi-tile-blocks", "many-queries-per-block", "no-samples",
-                                  *SINK_CASES, *OPTION_CASES, *HEAVY_CASES])
+                                  *SINK_CASES, *OPTION_CASES, *CONFIG_CASES])
 def test_backward_matches_reference(name):
     check_backward(name)
 
@@ -226,3 +233,21 @@ def test_exact_tail_through_the_kernels_matches_the_reference():
     assert rel_error(out, want) < 2e-3 and (lse.double() - want_lse).abs().max() < 1e-3
     out.float().sum().backward()
     assert all(torch.isfinite(x.grad).all() for x in (q, k, v))
+
+
+def test_bucket_rule_through_the_kernels_is_strictly_causal():
+    """Under the bucket rule, the fused kernels' output rows up to t are bit-identical when every
+    q, k and v row after t changes (same seed): a row's result depends on its own block and the
+    shared samples, not on which other rows share its tile."""
+    gen = torch.Generator().manual_seed(8)
+    q, k, v = (torch.randn(1, h, 96, 16, generator=gen).to(DEVICE, DTYPE) for h in (2, 1, 1))
+    cfg = HyperAttentionConfig(block_size=8, sample_size=6, lsh_num_projs=3, exact_up_to=0, min_seq_len=16,
+                               exact_sinks=2, heavy_keys=3, probe_queries=4, sampling="mass", query_blocks="bucket",
+                               impl="triton")
+    out = hyper_attention(q, k, v, causal=True, config=cfg, seed=3)
+    for t in (40, 71):
+        q2, k2, v2 = (torch.cat((x[:, :, :t + 1], torch.randn(x[:, :, t + 1:].shape, generator=gen).to(DEVICE, DTYPE)),
+                                2) for x in (q, k, v))
+        out2 = hyper_attention(q2, k2, v2, causal=True, config=cfg, seed=3)
+        assert torch.equal(out2[:, :, :t + 1], out[:, :, :t + 1])
+        assert not torch.equal(out2[:, :, t + 1:], out[:, :, t + 1:])

@@ -14,7 +14,8 @@ from tests.executors.triton.test_executor import make_case  # noqa: E402
 
 
 @pytest.mark.parametrize("name", ["noncausal-sinks", "tail-causal-sinks-gqa", "causal-prefill-no-head",
-                                  "causal-prefill-short-prefix", "exact-causal"])
+                                  "causal-prefill-short-prefix", "exact-causal", "bucket-causal-prefill-heavy",
+                                  "bucket-noncausal-many-queries"])
 def test_plans_survive_the_custom_op_boundary(name):
     """What the op receives (``flatten_plan``) gives back the same launch list."""
     q, k, v, plan, causal, _ = make_case(name)
@@ -25,9 +26,12 @@ def test_plans_survive_the_custom_op_boundary(name):
         assert all(getattr(part, f.name) == getattr(other, f.name)
                    for f in dataclasses.fields(part) if f.name != "plan")
         if part.plan is not None:
-            assert (other.plan.block_size, other.plan.sinks) == (part.plan.block_size, part.plan.sinks)
+            assert ((other.plan.block_size, other.plan.sinks, other.plan.heavy)
+                    == (part.plan.block_size, part.plan.sinks, part.plan.heavy))
             assert all(torch.equal(getattr(part.plan, f), getattr(other.plan, f))
                        for f in ("q_perm", "k_perm", "sample_idx", "sample_block", "sample_log_weight"))
+            assert (other.plan.q_block is None) == (part.plan.q_block is None)
+            assert part.plan.q_block is None or torch.equal(part.plan.q_block, other.plan.q_block)
 
 
 def test_custom_op_passes_opcheck():

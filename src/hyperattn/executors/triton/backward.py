@@ -16,6 +16,7 @@ import triton.language as tl
 
 from hyperattn.executors.triton.common import (
     LOG2E,
+    NO_BLOCK,
     block_and_sample_rows,
     block_query_tile,
     causal_key_split,
@@ -25,9 +26,13 @@ from hyperattn.executors.triton.common import (
     load_block_key_tile,
     load_key_rows,
     load_key_tile,
+    load_query_blocks,
     load_rows,
+    load_sample_blocks,
+    load_sample_rows,
     load_sampled_key_tile,
     load_sorted_rows,
+    next_query_block,
     program_coords,
     query_block_range,
     query_rank_blocks,
@@ -111,22 +116,23 @@ def _score_grads(q, k, v, do, lse2, delta, bias2, visible, scale_log2):
 
 @triton.jit
 def _block_keys_dq_range(q, do, lse2, delta, dq, block_rows, k_base, v_base, key_row0, k_lo, block_size, n_live,
-                         stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, scale_log2, lo, hi,
+                         stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, scale_log2, lo, hi, rows_in,
                          MASKED: tl.constexpr, BLOCK_N: tl.constexpr):
     """dq (unscaled) of the query tile over the key block's tiles starting at [lo, hi); ``MASKED``:
-    keys outside the block or from ``n_live`` on get a -inf bias (else every key counts)."""
+    keys outside the block or from ``n_live`` on get a -inf bias (else every key counts);
+    ``rows_in`` (BM, 1) bool: the rows that attend to the block (None: all)."""
     for start in range(lo, hi, BLOCK_N):
         k, v, kmask = load_block_key_tile(block_rows, k_base, v_base, key_row0, k_lo, start, block_size, n_live,
                                           stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, BLOCK_N)
         bias2 = tl.where(kmask, 0.0, float("-inf")) if MASKED else None
-        p, ds = _score_grads(q, k, v, do, lse2, delta, bias2, None, scale_log2)
+        p, ds = _score_grads(q, k, v, do, lse2, delta, bias2, rows_in, scale_log2)
         dq += tl.dot(ds.to(k.dtype), k)
     return dq
 
 
 @triton.jit
 def _block_keys_dq(q, do, lse2, delta, dq, block_rows, k_base, v_base, key_row0, k_lo, block_size, n_live,
-                   stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, scale_log2, BLOCK_N: tl.constexpr):
+                   stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, scale_log2, rows_in, BLOCK_N: tl.constexpr):
     """dq (unscaled) of the query tile over sorted key ranks [k_lo, k_lo + block_size) below
     ``n_live`` (their rows: ``block_rows``): unmasked tiles first, then the one that ends the keys.
     Rows past the tile's end add nothing (``_score_grads``)."""
@@ -134,20 +140,25 @@ def _block_keys_dq(q, do, lse2, delta, dq, block_rows, k_base, v_base, key_row0,
     full_end = num_keys // BLOCK_N * BLOCK_N
     dq = _block_keys_dq_range(q, do, lse2, delta, dq, block_rows, k_base, v_base, key_row0, k_lo, block_size, n_live,
                               stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, scale_log2, 0, full_end,
-                              False, BLOCK_N)
+                              rows_in, False, BLOCK_N)
     return _block_keys_dq_range(q, do, lse2, delta, dq, block_rows, k_base, v_base, key_row0, k_lo, block_size,
                                 n_live, stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, scale_log2, full_end,
-                                num_keys, True, BLOCK_N)
+                                num_keys, rows_in, True, BLOCK_N)
 
 
 @triton.jit
 def _sampled_keys_dq(q, do, lse2, delta, dq, sample_rows, sample_bias2, num_samples, k_base, v_base, key_row0,
-                     stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, scale_log2, BLOCK_N: tl.constexpr):
-    """dq (unscaled) of the query tile over the sampled keys (``load_sample_rows``)."""
+                     stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, scale_log2, q_blk, sample_blocks,
+                     BLOCK_N: tl.constexpr):
+    """dq (unscaled) of the query tile over the sampled keys (``load_sample_rows``); with
+    ``q_blk`` (the bucket rule) a row skips the samples of its own block (``sample_blocks``)."""
     for start in range(0, num_samples, BLOCK_N):
         k, v, live, bias2 = load_sampled_key_tile(sample_rows, sample_bias2, start, k_base, v_base, key_row0,
                                                   stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, BLOCK_N)
-        p, ds = _score_grads(q, k, v, do, lse2, delta, bias2, None, scale_log2)  # skipped: bias2 -inf, p 0
+        visible = None
+        if q_blk is not None:
+            visible = q_blk[:, None] != tl.gather(sample_blocks, start + tl.arange(0, BLOCK_N), 0)[None, :]
+        p, ds = _score_grads(q, k, v, do, lse2, delta, bias2, visible, scale_log2)  # skipped: bias2 -inf, p 0
         dq += tl.dot(ds.to(k.dtype), k)
     return dq
 
@@ -155,7 +166,7 @@ def _sampled_keys_dq(q, do, lse2, delta, dq, sample_rows, sample_bias2, num_samp
 @triton.jit
 def hyper_bwd_dq_kernel(
     Q, K, V, DO, Lse, Delta, DQAcc, DQ,
-    QPerm, KPerm, SIdx, SBlk, SLogW,
+    QPerm, KPerm, SIdx, SBlk, SLogW, QBlk,
     scale, scale_log2,
     stride_qb, stride_qh, stride_qn,
     stride_kb, stride_kh, stride_kn,
@@ -178,7 +189,11 @@ def hyper_bwd_dq_kernel(
     tl.static_assert(BLOCK_KEYS % BLOCK_N == 0 and SAMPLES % BLOCK_N == 0)
     tile, zh, z, h, batch, r = program_coords(num_tiles, num_q_heads, rects)
     hk = h // group
-    blk, row0, q_hi = block_query_tile(tile, tiles_per_block, block_size, n_q, n_k, BLOCK_M)
+    if QBlk is None:
+        blk, row0, q_hi = block_query_tile(tile, tiles_per_block, block_size, n_q, n_k, BLOCK_M)
+    else:
+        row0 = tile * BLOCK_M
+        q_hi = n_q
     if row0 < q_hi:
         offs_m = row0 + tl.arange(0, BLOCK_M)
         rmask = offs_m < q_hi
@@ -191,15 +206,35 @@ def hyper_bwd_dq_kernel(
         k_base = head_base(K, batch, hk, stride_kb, stride_kh)
         v_base = head_base(V, batch, hk, stride_vb, stride_vh)
         key_row0 = k_start + r * rect_stride
+        zk = z * (num_q_heads // group) + hk
         dq = tl.zeros([BLOCK_M, D_PAD], tl.float32)
-
-        k_lo, n_live, block_rows, sample_rows, sample_bias2 = block_and_sample_rows(
-            KPerm, SIdx, SBlk, SLogW, z * (num_q_heads // group) + hk, blk, block_size, n_k, num_samples, sinks,
-            key_row0, heavy, BLOCK_KEYS, SAMPLES)
-        dq = _block_keys_dq(q, do, lse2, delta, dq, block_rows, k_base, v_base, key_row0, k_lo, block_size,
-                            n_live, stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, scale_log2, BLOCK_N)
-        dq = _sampled_keys_dq(q, do, lse2, delta, dq, sample_rows, sample_bias2, num_samples, k_base, v_base,
-                              key_row0, stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, scale_log2, BLOCK_N)
+        if QBlk is None:  # the rank rule: one key block per tile
+            k_lo, n_live, block_rows, sample_rows, sample_bias2 = block_and_sample_rows(
+                KPerm, SIdx, SBlk, SLogW, zk, blk, block_size, n_k, num_samples, sinks, key_row0, heavy, BLOCK_KEYS,
+                SAMPLES)
+            dq = _block_keys_dq(q, do, lse2, delta, dq, block_rows, k_base, v_base, key_row0, k_lo, block_size,
+                                n_live, stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, scale_log2, None,
+                                BLOCK_N)
+            dq = _sampled_keys_dq(q, do, lse2, delta, dq, sample_rows, sample_bias2, num_samples, k_base, v_base,
+                                  key_row0, stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, scale_log2, None,
+                                  None, BLOCK_N)
+        else:  # the bucket rule: each row's own block, the tile's blocks in turn
+            q_blk = load_query_blocks(QBlk, zh, offs_m, rmask, n_q)
+            n_live = live_key_ranks(n_k, sinks, key_row0, heavy)
+            zk64 = zk.to(tl.int64)
+            sample_rows, sample_bias2 = load_sample_rows(SIdx, SBlk, SLogW, zk64 * num_samples, num_samples, -2,
+                                                         SAMPLES)
+            sample_blocks = load_sample_blocks(SBlk, zk64 * num_samples, num_samples, SAMPLES)
+            blk = next_query_block(q_blk, -1)
+            while blk < NO_BLOCK:
+                block_rows = load_sorted_rows(KPerm, zk64 * n_k, blk * block_size, block_size, n_live, BLOCK_KEYS)
+                dq = _block_keys_dq(q, do, lse2, delta, dq, block_rows, k_base, v_base, key_row0, blk * block_size,
+                                    block_size, n_live, stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask,
+                                    scale_log2, (q_blk == blk)[:, None], BLOCK_N)
+                blk = next_query_block(q_blk, blk)
+            dq = _sampled_keys_dq(q, do, lse2, delta, dq, sample_rows, sample_bias2, num_samples, k_base, v_base,
+                                  key_row0, stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, scale_log2, q_blk,
+                                  sample_blocks, BLOCK_N)
         if EXACT_BLOCK_N > 0:
             if r == 0:
                 dq = _dense_dq_range(q, do, lse2, delta, dq, k_base, v_base, key_row0, stride_kn, stride_vn, offs_m,
@@ -210,27 +245,40 @@ def hyper_bwd_dq_kernel(
 
 
 @triton.jit
-def _key_grads_over_queries(k, v, bias2, s_blk, dk, dv, rank_lo, rank_hi, QPerm, Q, DO, Lse, Delta, z, batch,
-                            hk, group, num_q_heads, q_start, r, rect_stride, n_q, n_k, block_size, stride_qb,
-                            stride_qh, stride_qn, stride_ob, stride_oh, stride_on, stride_lb, stride_lh, offs_d,
-                            offs_dv, d_mask, dv_mask, scale_log2, QUERY_CHUNK: tl.constexpr, BLOCK_M: tl.constexpr):
+def _key_grads_over_queries(k, v, bias2, s_blk, dk, dv, rank_lo, rank_hi, QPerm, QBlk, QOff, blk, num_blocks, Q, DO,
+                            Lse, Delta, z, batch, hk, group, num_q_heads, q_start, r, rect_stride, n_q, n_k,
+                            block_size, stride_qb, stride_qh, stride_qn, stride_ob, stride_oh, stride_on, stride_lb,
+                            stride_lh, offs_d, offs_dv, d_mask, dv_mask, scale_log2, QUERY_CHUNK: tl.constexpr,
+                            BLOCK_M: tl.constexpr):
     """dk, dv (unscaled) of a key tile (k, v, log2 biases ``bias2``) plus its gradients from the
     sorted queries of ranks [rank_lo, rank_hi) of every query head of kv head ``hk`` (rows:
-    ``q_start + r * rect_stride`` + QPerm of problem z). ``s_blk`` (BN,): sampled keys' blocks,
-    unseen by the queries of that block; None: every query sees every key (biases -inf aside).
+    ``q_start + r * rect_stride`` + QPerm of problem z); with QOff (the bucket rule: each query
+    head's first rank of each of the ``num_blocks`` key blocks, and its Nq last), the ranks of
+    key block ``blk`` in each head instead. ``s_blk`` (BN,): sampled keys' blocks, unseen by the
+    queries of that block (QBlk: the queries' blocks under the bucket rule; None: the rank
+    rule's); None: every query sees every key (biases -inf aside).
     The rows of QUERY_CHUNK sorted queries at a time sit in registers, so that the query tiles'
     loads depend on no load inside the inner loop (see ``load_sorted_rows``)."""
     for g in range(0, group):
         h = hk * group + g
-        zh64 = (z * num_q_heads + h).to(tl.int64)
+        zh = z * num_q_heads + h
+        zh64 = zh.to(tl.int64)
         q_base = head_base(Q, batch, h, stride_qb, stride_qh)
-        for chunk_lo in range(rank_lo, rank_hi, QUERY_CHUNK):
-            chunk_rows = load_sorted_rows(QPerm, zh64 * n_q, chunk_lo, QUERY_CHUNK, rank_hi, QUERY_CHUNK)
-            for row0 in range(chunk_lo, tl.minimum(chunk_lo + QUERY_CHUNK, rank_hi), BLOCK_M):
+        lo = rank_lo
+        hi = rank_hi
+        if QOff is not None:
+            lo = tl.load(QOff + zh64 * (num_blocks + 1) + blk)
+            hi = tl.load(QOff + zh64 * (num_blocks + 1) + blk + 1)
+        for chunk_lo in range(lo, hi, QUERY_CHUNK):
+            chunk_rows = load_sorted_rows(QPerm, zh64 * n_q, chunk_lo, QUERY_CHUNK, hi, QUERY_CHUNK)
+            for row0 in range(chunk_lo, tl.minimum(chunk_lo + QUERY_CHUNK, hi), BLOCK_M):
                 offs_m = row0 + tl.arange(0, BLOCK_M)
-                rmask = offs_m < rank_hi
+                rmask = offs_m < hi
                 if s_blk is not None:
-                    q_blk = query_rank_blocks(offs_m, block_size, n_q, n_k).to(tl.int32)
+                    if QBlk is None:
+                        q_blk = query_rank_blocks(offs_m, block_size, n_q, n_k).to(tl.int32)
+                    else:
+                        q_blk = load_query_blocks(QBlk, zh, offs_m, rmask, n_q)
                 q_rows = (q_start + r * rect_stride + tl.gather(chunk_rows, offs_m - chunk_lo, 0)).to(tl.int64)
                 q, do, lse2, delta, l_rows = _load_query_rows(q_base, DO, Lse, Delta, batch, h, q_rows, rmask,
                                                               stride_qn, stride_ob, stride_oh, stride_on, stride_lb,
@@ -238,7 +286,7 @@ def _key_grads_over_queries(k, v, bias2, s_blk, dk, dv, rank_lo, rank_hi, QPerm,
                 if s_blk is None:
                     p, ds = _score_grads(q, k, v, do, lse2, delta, bias2, None, scale_log2)
                 else:
-                    # rows past rank_hi add nothing (``_score_grads``)
+                    # rows past their range add nothing (``_score_grads``)
                     visible = q_blk[:, None] != s_blk[None, :]
                     p, ds = _score_grads(q, k, v, do, lse2, delta, bias2, visible, scale_log2)
                 dv += tl.dot(tl.trans(p).to(do.dtype), do)
@@ -249,7 +297,7 @@ def _key_grads_over_queries(k, v, bias2, s_blk, dk, dv, rank_lo, rank_hi, QPerm,
 @triton.jit
 def hyper_bwd_dkdv_kernel(
     Q, K, V, DO, Lse, Delta, DKAcc, DK, DVAcc, DV,
-    QPerm, KPerm,
+    QPerm, KPerm, QOff,
     scale, scale_log2,
     stride_qb, stride_qh, stride_qn,
     stride_kb, stride_kh, stride_kn,
@@ -258,13 +306,14 @@ def hyper_bwd_dkdv_kernel(
     stride_lb, stride_lh,
     n_q, n_k, block_size, key_tiles_per_block, num_tiles,
     rects, q_start, k_start, rect_stride,
-    num_kv_heads, group, kv_seq_len, sinks, heavy,
+    num_kv_heads, group, kv_seq_len, sinks, heavy, num_blocks,
     WRITE: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
     D_PAD: tl.constexpr, DV_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     QUERY_CHUNK: tl.constexpr,
 ):
     """dK, dV of one tile of one key block (block part only), over every query head of its
-    kv head and every query of the block. DK, DV: contiguous fp32 (B, Hkv, kv_seq_len, *).
+    kv head and every query of the block (with QOff, the bucket rule's: see
+    ``_key_grads_over_queries``). DK, DV: contiguous fp32 (B, Hkv, kv_seq_len, *).
     ``QUERY_CHUNK``: a power of two, a multiple of BLOCK_M (``tiles.query_chunk``)."""
     tl.static_assert(QUERY_CHUNK % BLOCK_M == 0)
     tile, zk, z, hk, batch, r = program_coords(num_tiles, num_kv_heads, rects)
@@ -286,7 +335,8 @@ def hyper_bwd_dkdv_kernel(
     # bias is -inf (one add per score, no (BM, BN) mask)
     bias2 = tl.where(kmask & (ranks < live_key_ranks(n_k, sinks, k_start + r * rect_stride, heavy)), 0.0, float("-inf"))
     q_lo, q_hi = query_block_range(blk, block_size, n_q, n_k)
-    dk, dv = _key_grads_over_queries(k, v, bias2, None, dk, dv, q_lo, q_hi, QPerm, Q, DO, Lse, Delta, z, batch,
+    dk, dv = _key_grads_over_queries(k, v, bias2, None, dk, dv, q_lo, q_hi, QPerm, None, QOff, blk, num_blocks, Q,
+                                     DO, Lse, Delta, z, batch,
                                      hk, group, num_q_heads, q_start, r, rect_stride, n_q, n_k, block_size, stride_qb,
                                      stride_qh, stride_qn, stride_ob, stride_oh, stride_on, stride_lb, stride_lh,
                                      offs_d, offs_dv, d_mask, dv_mask, scale_log2, QUERY_CHUNK, BLOCK_M)
@@ -418,7 +468,7 @@ def dense_bwd_dkdv_kernel(
 @triton.jit
 def hyper_bwd_samples_kernel(
     Q, K, V, DO, Lse, Delta, DKAcc, DVAcc,
-    QPerm, SIdx, SBlk, SLogW,
+    QPerm, SIdx, SBlk, SLogW, QBlk,
     scale, scale_log2,
     stride_qb, stride_qh, stride_qn,
     stride_kb, stride_kh, stride_kn,
@@ -457,7 +507,8 @@ def hyper_bwd_samples_kernel(
 
     rank_lo = segment * segment_len
     rank_hi = tl.minimum(rank_lo + segment_len, n_q)
-    dk, dv = _key_grads_over_queries(k, v, bias2, s_blk, dk, dv, rank_lo, rank_hi, QPerm, Q, DO, Lse, Delta, z,
+    dk, dv = _key_grads_over_queries(k, v, bias2, s_blk, dk, dv, rank_lo, rank_hi, QPerm, QBlk, None, 0, 0, Q, DO,
+                                     Lse, Delta, z,
                                      batch, hk, group, num_q_heads, q_start, r, rect_stride, n_q, n_k, block_size,
                                      stride_qb, stride_qh, stride_qn, stride_ob, stride_oh, stride_on, stride_lb,
                                      stride_lh, offs_d, offs_dv, d_mask, dv_mask, scale_log2, QUERY_CHUNK, BLOCK_M)

@@ -118,6 +118,30 @@ def query_rank_blocks(ranks, block_size, n_q, n_k):
     return tl.where(est * den > num, est - 1, est)
 
 
+NO_BLOCK = tl.constexpr(2**30)
+
+
+@triton.jit
+def load_query_blocks(QBlk, zh, ranks, rmask, n_q):
+    """int32 (R,): the key block of the sorted query ranks ``ranks`` of (problem, head) ``zh``
+    under the ``"bucket"`` rule (the plan's ``q_block``, laid out like QPerm); -1 where masked."""
+    return tl.load(QBlk + zh.to(tl.int64) * n_q + ranks, mask=rmask, other=-1).to(tl.int32)
+
+
+@triton.jit
+def next_query_block(q_blk, blk):
+    """The smallest key block in ``q_blk`` (R,) above ``blk``; ``NO_BLOCK`` when there is none.
+    A query tile of the bucket rule visits its blocks in this order, each once."""
+    return tl.min(tl.where(q_blk > blk, q_blk, NO_BLOCK), 0)
+
+
+@triton.jit
+def load_sample_blocks(SBlk, sample_offset, num_samples, SAMPLES: tl.constexpr):
+    """int32 (SAMPLES,): the key block of each sampled key (-1 for heavy keys and past ``num_samples``)."""
+    offs = tl.arange(0, SAMPLES)
+    return tl.load(SBlk + sample_offset + offs, mask=offs < num_samples, other=-1).to(tl.int32)
+
+
 @triton.jit
 def write_rows(Acc, Final, rows, row_stride, cols, row_mask, col_mask, value, WRITE: tl.constexpr):
     """Write a gradient tile.

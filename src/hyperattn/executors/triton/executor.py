@@ -65,10 +65,20 @@ def _strides(*tensors) -> list[int]:
 
 
 def _hyper_tiles(part: Part, block_m: int) -> tuple[int, int, int]:
-    """(query tiles per key block, key blocks, tiles) of a hyper part."""
+    """(query tiles per key block, key blocks, tiles) of a hyper part; under the bucket rule
+    (``AttentionPlan.q_block``) the tiles are consecutive sorted queries, whatever their blocks."""
     num_blocks = num_key_blocks(part.num_keys, part.plan.block_size)
+    if part.plan.q_block is not None:
+        return 0, num_blocks, triton.cdiv(part.num_queries, block_m)
     tiles_per_block = -(-part.queries_per_key_block // block_m)
     return tiles_per_block, num_blocks, tiles_per_block * num_blocks
+
+
+def _block_query_offsets(q_block: torch.Tensor, num_blocks: int) -> torch.Tensor:
+    """int32 (Z, Hq, num_blocks + 1): the first sorted query rank of each key block under the
+    bucket rule (``q_block`` (Z, Hq, Nq) is non-decreasing), then Nq."""
+    blocks = torch.arange(num_blocks + 1, device=q_block.device).expand(*q_block.shape[:-1], -1).contiguous()
+    return torch.searchsorted(q_block, blocks, out_int32=True)
 
 
 def _query_side_widths(part: Part, cfg: dict) -> dict:
@@ -98,7 +108,7 @@ def _launch_forward(q, k, v, out, lse, part: Part, scale: float, merge: bool) ->
         p = part.plan
         tiles_per_block, _, tiles = _hyper_tiles(part, cfg["BLOCK_M"])
         hyper_fwd_kernel[(problems * tiles,)](
-            q, k, v, out, lse, p.q_perm, p.k_perm, p.sample_idx, p.sample_block, p.sample_log_weight,
+            q, k, v, out, lse, p.q_perm, p.k_perm, p.sample_idx, p.sample_block, p.sample_log_weight, p.q_block,
             scale_log2, *strides, part.num_queries, part.num_keys, p.sample_idx.shape[-1], p.block_size,
             tiles_per_block, tiles, *_rows(part), *heads, part.sinks, part.exact_keys, p.heavy, MERGE=merge,
             **_query_side_widths(part, cfg), **_dims(q, v), **cfg)
@@ -304,7 +314,7 @@ def attention_backward(dout, dlse, q, k, v, out, lse, parts: list[Part], scale: 
             segments = triton.cdiv(part.num_queries, segment_len)
             hyper_bwd_samples_kernel[(problems * num_kv_heads * sample_chunks * segments,)](
                 q, k, v, dout, lse, delta, accumulator("dk", dk), accumulator("dv", dvv),
-                p.q_perm, p.sample_idx, p.sample_block, p.sample_log_weight,
+                p.q_perm, p.sample_idx, p.sample_block, p.sample_log_weight, p.q_block,
                 scale, scale_log2, *strides, part.num_queries, part.num_keys, num_samples, p.block_size, sample_chunks,
                 segments, segment_len, *_rows(part), *kv_heads, **dims, **cfg,
                 QUERY_CHUNK=query_chunk(segment_len, block_m))
@@ -319,16 +329,17 @@ def attention_backward(dout, dlse, q, k, v, out, lse, parts: list[Part], scale: 
         tiles_per_block, num_blocks, tiles = _hyper_tiles(part, cfg_dq["BLOCK_M"])
         hyper_bwd_dq_kernel[(problems * num_q_heads * tiles,)](
             q, k, v, dout, lse, delta, dq_acc, dq, p.q_perm, p.k_perm, p.sample_idx, p.sample_block,
-            p.sample_log_weight, scale, scale_log2, *strides, part.num_queries, part.num_keys, num_samples,
+            p.sample_log_weight, p.q_block, scale, scale_log2, *strides, part.num_queries, part.num_keys, num_samples,
             p.block_size, tiles_per_block, tiles, *_rows(part), num_q_heads, group, part.sinks, part.exact_keys,
             p.heavy, WRITE=dq_mode,
             **_query_side_widths(part, cfg_dq), **dims, **cfg_dq)
         key_tiles_per_block = triton.cdiv(p.block_size, cfg_dkdv["BLOCK_N"])
         key_tiles = key_tiles_per_block * num_blocks
         hyper_bwd_dkdv_kernel[(problems * num_kv_heads * key_tiles,)](
-            q, k, v, dout, lse, delta, dk_acc, dk, dv_acc, dvv, p.q_perm, p.k_perm, scale, scale_log2, *strides,
+            q, k, v, dout, lse, delta, dk_acc, dk, dv_acc, dvv, p.q_perm, p.k_perm,
+            None if p.q_block is None else _block_query_offsets(p.q_block, num_blocks), scale, scale_log2, *strides,
             part.num_queries, part.num_keys, p.block_size, key_tiles_per_block, key_tiles, *_rows(part), *kv_heads,
-            part.sinks, p.heavy, WRITE=dkdv_mode, **dims, **cfg_dkdv,
+            part.sinks, p.heavy, num_blocks, WRITE=dkdv_mode, **dims, **cfg_dkdv,
             QUERY_CHUNK=query_chunk(part.queries_per_key_block, cfg_dkdv["BLOCK_M"]))
     if cudnn_part is not None:
         part = cudnn_part

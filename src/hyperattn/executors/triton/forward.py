@@ -16,6 +16,7 @@ import triton.language as tl
 from hyperattn.executors.triton.common import (
     LOG2E,
     LN2,
+    NO_BLOCK,
     block_and_sample_rows,
     block_query_tile,
     causal_key_split,
@@ -23,8 +24,14 @@ from hyperattn.executors.triton.common import (
     head_base,
     load_block_key_tile,
     load_key_tile,
+    load_query_blocks,
     load_rows,
+    load_sample_blocks,
+    load_sample_rows,
     load_sampled_key_tile,
+    load_sorted_rows,
+    live_key_ranks,
+    next_query_block,
     program_coords,
     sorted_query_rows,
 )
@@ -175,27 +182,36 @@ def merge_copies_kernel(
 
 @triton.jit
 def _block_keys_fwd(q, block_rows, k_base, v_base, key_row0, k_lo, block_size, n_live, stride_kn, stride_vn, offs_d,
-                    offs_dv, d_mask, dv_mask, m_i, l_i, acc, scale_log2, BLOCK_N: tl.constexpr):
+                    offs_dv, d_mask, dv_mask, m_i, l_i, acc, scale_log2, rows_in, BLOCK_N: tl.constexpr):
     """Online softmax of the query tile over sorted key ranks [k_lo, k_lo + block_size) below
-    ``n_live`` (their rows: ``block_rows``)."""
+    ``n_live`` (their rows: ``block_rows``); ``rows_in`` (BM,) bool: the rows that attend to
+    this block (None: all)."""
     for start in range(0, block_size, BLOCK_N):
         k, v, kmask = load_block_key_tile(block_rows, k_base, v_base, key_row0, k_lo, start, block_size, n_live,
                                           stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, BLOCK_N)
-        s = tl.where(kmask[None, :], tl.dot(q, tl.trans(k)) * scale_log2, float("-inf"))
+        visible = kmask[None, :]
+        if rows_in is not None:
+            visible = visible & rows_in[:, None]
+        s = tl.where(visible, tl.dot(q, tl.trans(k)) * scale_log2, float("-inf"))
         m_i, l_i, acc = _softmax_step(s, v, m_i, l_i, acc)
     return m_i, l_i, acc
 
 
 @triton.jit
 def _sampled_keys_fwd(q, sample_rows, sample_bias2, num_samples, k_base, v_base, key_row0, stride_kn, stride_vn,
-                      offs_d, offs_dv, d_mask, dv_mask, m_i, l_i, acc, scale_log2, BLOCK_N: tl.constexpr):
+                      offs_d, offs_dv, d_mask, dv_mask, m_i, l_i, acc, scale_log2, q_blk, sample_blocks,
+                      BLOCK_N: tl.constexpr):
     """Online softmax of the query tile over the sampled keys (``load_sample_rows``: rows and
-    log2 weights, -inf for those it skips)."""
+    log2 weights, -inf for those it skips); with ``q_blk`` (BM,) (the bucket rule), a row also
+    skips the samples of its own block (``sample_blocks``: ``load_sample_blocks``)."""
     for start in range(0, num_samples, BLOCK_N):
         k, v, live, bias2 = load_sampled_key_tile(sample_rows, sample_bias2, start, k_base, v_base, key_row0,
                                                   stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, BLOCK_N)
         # a skipped sample loads as zeros: its score is 0 * scale_log2 + (-inf)
         s = tl.dot(q, tl.trans(k)) * scale_log2 + bias2[None, :]
+        if q_blk is not None:
+            s_blk = tl.gather(sample_blocks, start + tl.arange(0, BLOCK_N), 0)
+            s = tl.where(q_blk[:, None] != s_blk[None, :], s, float("-inf"))
         m_i, l_i, acc = _softmax_step(s, v, m_i, l_i, acc)
     return m_i, l_i, acc
 
@@ -203,7 +219,7 @@ def _sampled_keys_fwd(q, sample_rows, sample_bias2, num_samples, k_base, v_base,
 @triton.jit
 def hyper_fwd_kernel(
     Q, K, V, Out, Lse,
-    QPerm, KPerm, SIdx, SBlk, SLogW,
+    QPerm, KPerm, SIdx, SBlk, SLogW, QBlk,
     scale_log2,
     stride_qb, stride_qh, stride_qn,
     stride_kb, stride_kh, stride_kn,
@@ -217,7 +233,9 @@ def hyper_fwd_kernel(
     HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
     D_PAD: tl.constexpr, DV_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    """One program: one tile of the sorted queries of one key block, one (problem, head).
+    """One program: one tile of the sorted queries of one key block, one (problem, head); with
+    QBlk (the plan's ``q_block``, the bucket rule), one tile of consecutive sorted queries, each
+    row attending to its own key block.
 
     Attends to the key block (through KPerm) and to the sampled keys outside it (through
     SIdx, with log-weights SLogW), in one online softmax. Key rows below ``sinks`` take no part:
@@ -230,7 +248,11 @@ def hyper_fwd_kernel(
     tl.static_assert(BLOCK_KEYS % BLOCK_N == 0 and SAMPLES % BLOCK_N == 0)
     tile, zh, z, h, batch, r = program_coords(num_tiles, num_q_heads, rects)
     hk = h // group
-    blk, row0, q_hi = block_query_tile(tile, tiles_per_block, block_size, n_q, n_k, BLOCK_M)
+    if QBlk is None:
+        blk, row0, q_hi = block_query_tile(tile, tiles_per_block, block_size, n_q, n_k, BLOCK_M)
+    else:
+        row0 = tile * BLOCK_M
+        q_hi = n_q
     if row0 < q_hi:
         offs_m = row0 + tl.arange(0, BLOCK_M)
         rmask = offs_m < q_hi
@@ -240,16 +262,35 @@ def hyper_fwd_kernel(
             Q, K, V, Lse, batch, h, hk, q_rows, rmask, stride_qb, stride_qh, stride_qn, stride_kb, stride_kh,
             stride_vb, stride_vh, stride_lb, stride_lh, offs_d, d_mask, MERGE, BLOCK_M, DV_PAD)
         key_row0 = k_start + r * rect_stride
+        zk = z * (num_q_heads // group) + hk
 
-        k_lo, n_live, block_rows, sample_rows, sample_bias2 = block_and_sample_rows(
-            KPerm, SIdx, SBlk, SLogW, z * (num_q_heads // group) + hk, blk, block_size, n_k, num_samples, sinks,
-            key_row0, heavy, BLOCK_KEYS, SAMPLES)
-        m_i, l_i, acc = _block_keys_fwd(q, block_rows, k_base, v_base, key_row0, k_lo, block_size, n_live, stride_kn,
-                                        stride_vn, offs_d, offs_dv, d_mask, dv_mask, m_i, l_i, acc, scale_log2,
-                                        BLOCK_N)
-        m_i, l_i, acc = _sampled_keys_fwd(q, sample_rows, sample_bias2, num_samples, k_base, v_base, key_row0,
-                                          stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, m_i, l_i, acc,
-                                          scale_log2, BLOCK_N)
+        if QBlk is None:  # the rank rule: one key block per tile
+            k_lo, n_live, block_rows, sample_rows, sample_bias2 = block_and_sample_rows(
+                KPerm, SIdx, SBlk, SLogW, zk, blk, block_size, n_k, num_samples, sinks, key_row0, heavy, BLOCK_KEYS,
+                SAMPLES)
+            m_i, l_i, acc = _block_keys_fwd(q, block_rows, k_base, v_base, key_row0, k_lo, block_size, n_live,
+                                            stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, m_i, l_i, acc,
+                                            scale_log2, None, BLOCK_N)
+            m_i, l_i, acc = _sampled_keys_fwd(q, sample_rows, sample_bias2, num_samples, k_base, v_base, key_row0,
+                                              stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, m_i, l_i, acc,
+                                              scale_log2, None, None, BLOCK_N)
+        else:  # the bucket rule: each row's own block, the tile's blocks in turn
+            q_blk = load_query_blocks(QBlk, zh, offs_m, rmask, n_q)
+            n_live = live_key_ranks(n_k, sinks, key_row0, heavy)
+            zk64 = zk.to(tl.int64)
+            sample_rows, sample_bias2 = load_sample_rows(SIdx, SBlk, SLogW, zk64 * num_samples, num_samples, -2,
+                                                         SAMPLES)
+            sample_blocks = load_sample_blocks(SBlk, zk64 * num_samples, num_samples, SAMPLES)
+            blk = next_query_block(q_blk, -1)
+            while blk < NO_BLOCK:
+                block_rows = load_sorted_rows(KPerm, zk64 * n_k, blk * block_size, block_size, n_live, BLOCK_KEYS)
+                m_i, l_i, acc = _block_keys_fwd(q, block_rows, k_base, v_base, key_row0, blk * block_size, block_size,
+                                                n_live, stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, m_i,
+                                                l_i, acc, scale_log2, q_blk == blk, BLOCK_N)
+                blk = next_query_block(q_blk, blk)
+            m_i, l_i, acc = _sampled_keys_fwd(q, sample_rows, sample_bias2, num_samples, k_base, v_base, key_row0,
+                                              stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, m_i, l_i, acc,
+                                              scale_log2, q_blk, sample_blocks, BLOCK_N)
         if EXACT_BLOCK_N > 0:
             if r == 0:
                 m_i, l_i, acc = _dense_fwd_range(q, k_base, v_base, key_row0, stride_kn, stride_vn, offs_m, offs_d,
