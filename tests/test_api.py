@@ -127,14 +127,11 @@ def test_window_keeps_the_keys_before_a_leaf_exact():
     assert window < 0.5 * plain
 
 
-def test_the_window_is_causal_and_reference_only():
+def test_the_window_is_causal_only():
     q, k, v = random_qkv(nq=40, d=4)
     with pytest.raises(ValueError, match="applies to causal attention"):
         hyper_attention(q, k, v, causal=False,
                         config=HyperAttentionConfig(exact_up_to=0, min_seq_len=8, exact_window=2))
-    with pytest.raises(ValueError, match="reference executor only"):
-        hyper_attention(q.half(), k.half(), v.half(), causal=True,
-                        config=HyperAttentionConfig(exact_up_to=0, min_seq_len=8, exact_window=4, impl="triton"))
 
 
 # --- causality --------------------------------------------------------------------------
@@ -192,15 +189,6 @@ def test_bucket_blocks_are_strictly_causal(extra, nq, nk):
     assert changed["bucket"] == 0
     if extra == PAPER:
         assert changed["rank"] > 0, "the test would not see a leak"
-
-
-@pytest.mark.parametrize("option,match", [(dict(exact_window=8), "exact_window=8")])
-def test_reference_only_options_name_the_reference_executor(option, match):
-    q = torch.randn(1, 1, 100, 16, dtype=torch.float16)
-    cfg = HyperAttentionConfig(exact_up_to=0, min_seq_len=8, exact_tail=0, impl="triton", **option)
-    with pytest.raises(ValueError, match=f"{match} runs in the reference executor only so far; pass "
-                                         f"HyperAttentionConfig\\(impl='reference'"):
-        hyper_attention(q, q, q, causal=True, config=cfg)
 
 
 def test_chunked_prefill_rows_match_full_causal_when_exact():

@@ -33,6 +33,9 @@ OPTIONS = {
     "bucket": dict(query_blocks="bucket"),
     "bucket, heavy 448, block 64": dict(query_blocks="bucket", heavy_keys=448, block_size=64, **HEAVY_NO_SAMPLES),
     "bucket, heavy 384, block 128": dict(query_blocks="bucket", heavy_keys=384, block_size=128, **HEAVY_NO_SAMPLES),
+    "bucket, heavy 448, block 64, window 1024": dict(query_blocks="bucket", heavy_keys=448, block_size=64,
+                                                     exact_window=1024, **HEAVY_NO_SAMPLES),
+    "window 1024": dict(exact_window=1024),
 }
 
 

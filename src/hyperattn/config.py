@@ -51,7 +51,7 @@ class HyperAttentionConfig:
             (at least ``min_seq_len / 2`` keys).
         exact_window: causal only: every query attends exactly to the ``exact_window`` keys
             before it, also where they lie outside its diagonal block; the approximated
-            parts skip them. ``>= 0``; not in the fused kernels yet.
+            parts skip them. ``>= 0``.
         exact_up_to: attention whose exact form costs at most as much as causal attention
             over ``exact_up_to`` tokens (at most ``exact_up_to * (exact_up_to + 1) / 2``
             query-key pairs) is computed exactly, by PyTorch's fused attention. On H100/H200
@@ -99,7 +99,7 @@ class HyperAttentionConfig:
     exact_sinks: int = field(default=16, metadata={
         "help": "every query attends exactly to this many first keys (attention sinks)"})
     exact_window: int = field(default=0, metadata={
-        "help": "causal only: every query attends exactly to this many keys before it (reference executor only)"})
+        "help": "causal only: every query attends exactly to this many keys before it"})
     exact_tail: int = field(default=64, metadata={
         "help": "this many last queries attend exactly to every key they see"})
     exact_up_to: int = field(default=16384, metadata={
@@ -136,12 +136,6 @@ class HyperAttentionConfig:
                              f"got {self.query_blocks!r}")
         if not isinstance(self.impl, str) or self.impl not in IMPLEMENTATIONS:
             raise ValueError(f"HyperAttentionConfig.impl must be one of {IMPLEMENTATIONS}, got {self.impl!r}")
-
-    @property
-    def reference_only_options(self) -> list[str]:
-        """The options set here that only the reference executor runs so far, as ``name=value``."""
-        chosen = [("exact_window", self.exact_window > 0)]
-        return [f"{name}={getattr(self, name)!r}" for name, is_set in chosen if is_set]
 
     @property
     def uses_probes(self) -> bool:

@@ -42,21 +42,10 @@ def test_config_from_args_round_trips_every_field(command):
     assert config_from_args(build_parser().parse_args([*command, *argv])) == config
 
 
-def test_exact_window_flag_selects_the_reference_executor():
+def test_exact_window_flag_keeps_the_default_executor():
     args = build_parser().parse_args(["eval", "ppl", "--exact-sinks", "4", "--exact-window", "64"])
     config = config_from_args(args)
-    assert (config.exact_sinks, config.exact_window, config.impl) == (4, 64, "reference")
-    assert config_from_args(build_parser().parse_args(["eval", "ppl", "--exact-sinks", "4"])).impl == "auto"
-    explicit = build_parser().parse_args(["eval", "ppl", "--exact-window", "64", "--impl", "auto"])
-    assert config_from_args(explicit).impl == "auto"
-
-
-@pytest.mark.parametrize("argv,exact_up_to", [
-    (["demo"], 0), (["eval", "ppl"], 0), (["eval", "needle"], 0),  # quality: the approximation at every length
-    (["bench", "attention"], 16384), (["bench", "model"], 16384),  # speed: the library's default
-])
-def test_exact_up_to_defaults(argv, exact_up_to):
-    assert config_from_args(build_parser().parse_args(argv)).exact_up_to == exact_up_to
+    assert (config.exact_sinks, config.exact_window, config.impl) == (4, 64, "auto")
 
 
 def test_bad_choices_are_rejected_by_the_parser():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import fields, replace
+from dataclasses import fields
 
 from hyperattn.config import IMPLEMENTATIONS, QUERY_BLOCK_RULES, SAMPLING_METHODS, HyperAttentionConfig
 from hyperattn.eval.models import PAPER_CONFIG
@@ -23,37 +23,22 @@ def _flags(config: HyperAttentionConfig, base: HyperAttentionConfig) -> str:
 
 
 def add_config_args(parser: argparse.ArgumentParser, defaults: HyperAttentionConfig = HyperAttentionConfig()) -> None:
-    """A flag per config field, defaulting to its value in ``defaults``; ``--impl`` defaults to
-    ``reference`` with options only the reference executor runs
-    (``HyperAttentionConfig.reference_only_options``) and to the library's otherwise."""
+    """A flag per config field, defaulting to its value in ``defaults``."""
     changes = _flags(defaults, HyperAttentionConfig())
     with_changes = f", with {changes}" if changes else ""
     group = parser.add_argument_group(f"HyperAttention (defaults: the library's{with_changes}; "
                                       f"the paper's algorithm: {_flags(PAPER_CONFIG, defaults)})")
     for field in fields(HyperAttentionConfig):
         default, text = getattr(defaults, field.name), field.metadata["help"]
-        if field.name == "impl":
-            default, text = None, (f"{text} (default: {default}; reference with options only it runs: "
-                                   "--exact-window > 0)")
-        else:
-            text += " (default: %(default)s)"
+        text += " (default: %(default)s)"
         group.add_argument(flag(field.name), type=type(field.default), choices=CHOICES.get(field.name),
                            default=default, help=text)
-
-
-def _with_impl(values: dict, impl_given: bool) -> HyperAttentionConfig:
-    """The config of field ``values``; without a given impl, ``reference`` where an option
-    needs it and the library's default otherwise."""
-    if impl_given:
-        return HyperAttentionConfig(**values)
-    config = HyperAttentionConfig(**{**values, "impl": HyperAttentionConfig.impl})
-    return replace(config, impl="reference") if config.reference_only_options else config
 
 
 def config_from_args(args: argparse.Namespace) -> HyperAttentionConfig:
     """The config of the flags of ``add_config_args``."""
     values = {field.name: getattr(args, field.name) for field in fields(HyperAttentionConfig)}
-    return _with_impl(values, values["impl"] is not None)
+    return HyperAttentionConfig(**values)
 
 
 def labelled_overrides(text: str) -> tuple[str, dict]:
@@ -85,5 +70,5 @@ def compared_configs(args: argparse.Namespace) -> dict[str, HyperAttentionConfig
         if label in configs:
             raise ValueError(f"--compare: the label {label!r} is given twice")
         values = {**base, **overrides}
-        configs[label] = _with_impl(values, values["impl"] is not None)
+        configs[label] = HyperAttentionConfig(**values)
     return configs

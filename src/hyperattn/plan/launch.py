@@ -11,7 +11,7 @@ from dataclasses import KW_ONLY, dataclass, replace
 
 from hyperattn.plan import AttentionPlan, CausalPlan
 from hyperattn.plan.blocks import max_queries_per_block
-from hyperattn.plan.schedule import Rectangles, Rows
+from hyperattn.plan.schedule import CausalSchedule, Rectangles, Rows
 
 # Queries per problem of the exact parts that attend many queries to a few keys (the sinks'
 # key gradients) and keys per problem of those that attend a few queries to many keys (the
@@ -36,6 +36,10 @@ class Part:
     ``key_grads_only`` (exact parts): the key gradients of such exact keys; it takes no part
     in the forward and adds no dq. ``diagonal``: the causal diagonal leaves, which cuDNN may run.
 
+    ``band`` (the exact window, ``CausalPlan.window``): query row i's window starts at key row
+    ``i + window_edge``; 1: the part skips the keys from there on (they belong to the window),
+    2 (exact parts): it attends to those keys only (``window_parts``); 0: no window.
+
     ``owns_queries`` / ``owns_keys`` are derived by ``assign_owners``, never set by hand: in the
     backward, the owner of a row runs after every other part that touches it and writes its
     final gradient.
@@ -49,6 +53,8 @@ class Part:
     exact_keys: int = 0
     key_grads_only: bool = False
     diagonal: bool = False
+    band: int = 0
+    window_edge: int = 0
     owns_queries: bool = False
     owns_keys: bool = False
 
@@ -58,6 +64,8 @@ class Part:
         if self.plan is None and (self.sinks or self.exact_keys):
             raise ValueError("Part.sinks and Part.exact_keys belong to hyper parts (an exact part attends to every "
                              "key it reads)")
+        if self.band not in (0, 1, 2) or (self.plan is not None and self.band == 2):
+            raise ValueError(f"Part.band is 0, 1 or (exact parts) 2, got {self.band}")
         if self.key_grads_only and (self.plan is not None or self.owns_queries):
             raise ValueError("a key_grads_only Part is exact and writes no dq (a hyper part's exact_keys does)")
         if self.owns_keys and self.shares_key_rows:
@@ -191,8 +199,6 @@ def parts_of(plan: AttentionPlan | CausalPlan | None, num_queries: int, num_keys
                      *_sink_key_grads(0, num_queries, 0, plan.sinks)]
         return assign_owners(parts, num_queries, num_keys)
     s = plan.schedule
-    if plan.window:
-        raise ValueError("the fused kernels do not run an exact window yet (CausalPlan.window)")
     if plan.sinks > s.max_sinks:  # plan_hyper_attention caps them there
         raise ValueError(f"the fused kernels run at most {s.max_sinks} exact sinks here (the keys before the second "
                          f"diagonal leaf), got {plan.sinks}")
@@ -205,16 +211,47 @@ def parts_of(plan: AttentionPlan | CausalPlan | None, num_queries: int, num_keys
     prefix_sinks, main_sinks = s.split_sinks(plan.sinks)
     if plan.prefix_plan is None:
         prefix_sinks = 0
-    parts += [Part(level_plan, s.level(level), sinks=plan.sinks, exact_keys=main_sinks)
+    window = dict(band=1, window_edge=s.prefix_len - plan.window) if plan.window else {}
+    parts += [Part(level_plan, s.level(level), sinks=plan.sinks, exact_keys=main_sinks, **window)
               for level, level_plan in enumerate(plan.level_plans, start=1)]
     if s.prefix_keys > 0:  # exact (plan None) when the prefix fits in one block
         parts.append(Part(plan.prefix_plan, s.prefix(), sinks=plan.sinks if plan.prefix_plan else 0,
-                          exact_keys=prefix_sinks))
+                          exact_keys=prefix_sinks, **window))
+    if plan.window:
+        parts += window_parts(s, plan.window, plan.sinks)
     if main_sinks:
         parts += _sink_key_grads(s.first_approximated, num_queries - s.first_approximated, s.prefix_keys, main_sinks)
     if prefix_sinks:
         parts += _sink_key_grads(s.head_len, s.main_len, 0, prefix_sinks)
     return assign_owners(parts, num_queries, num_keys)
+
+
+def window_parts(s: CausalSchedule, window: int, sinks: int) -> list[Part]:
+    """Exact parts of the window keys that the approximated parts skip: the first
+    ``min(window, leaf_len)`` queries of each diagonal leaf against the ``window`` keys before
+    the leaf (those from key row ``sinks`` on: other parts attend to the sinks), each query to
+    the keys of its own window (``band`` 2). Leaves whose window keys start at a row below
+    ``max(sinks, 0)`` get a part each, the others one part together."""
+    leaves = s.leaves()
+    num_queries = min(window, s.leaf_len)
+    band = dict(band=2, window_edge=s.prefix_len - window)
+
+    def key_start(leaf: int) -> int:
+        return leaves.keys.start + leaf * leaves.keys.stride - window
+
+    regular = next((leaf for leaf in range(leaves.count) if key_start(leaf) >= sinks), leaves.count)
+    parts = []
+    for leaf in range(regular):  # windows cut by the sinks or the first key
+        start, stop = max(sinks, key_start(leaf)), key_start(leaf) + window
+        if stop > start:
+            parts.append(Part(None, _single(num_queries, stop - start, leaves.queries.start + leaf * s.leaf_len,
+                                            start), **band))
+    if regular < leaves.count:
+        parts.append(Part(None, Rectangles(
+            count=leaves.count - regular,
+            queries=Rows(start=leaves.queries.start + regular * s.leaf_len, stride=s.leaf_len, length=num_queries),
+            keys=Rows(start=key_start(regular), stride=s.leaf_len, length=window)), **band))
+    return parts
 
 
 def tail_parts(tail: int, num_keys: int, causal: bool) -> tuple[list[Part], int]:

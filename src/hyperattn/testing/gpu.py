@@ -71,6 +71,10 @@ CASES = [
      dict(query_blocks="bucket", heavy_keys=448, block_size=64, sample_size=0, min_seq_len=2048)),
     ("bucket non-causal", 2, 4, 2, 9000, 10000, 64, 64, False,
      dict(query_blocks="bucket", heavy_keys=100, sampling="mass", exact_sinks=16)),
+    # the exact window: the approximated parts skip each query's window, exact parts attend to it
+    ("window", 1, 8, 2, 16384, 16384, 64, 64, True, dict(exact_window=1024, min_seq_len=2048)),
+    ("window wide prefill", 1, 4, 2, 6000, 16384, 128, 128, True,
+     dict(exact_window=3000, query_blocks="bucket", heavy_keys=448, block_size=64, sample_size=0, min_seq_len=2048)),
 ]
 
 # Cases whose cuDNN leaf backward runs one kv head (and its query heads) a call, as it does

@@ -58,8 +58,8 @@ OPTION_CASES = {
     "noncausal-sinks-fill-blocks": ((2, 1, 48, 40, 16, 16, 8, 10, 8, False), 20, 0),  # sinks fill 2.5 key blocks
 }
 CASES.update({name: shape for name, (shape, _, _) in OPTION_CASES.items()})
-# Heavy keys (they sort between the other keys and the sinks, lead the samples), mass sampling and the
-# bucket rule (tiles of consecutive sorted queries, each row attending to its own block):
+# Heavy keys (they sort between the other keys and the sinks, lead the samples), mass sampling, the
+# bucket rule (tiles of consecutive sorted queries, each row attending to its own block) and the exact window:
 # name: (shape as in CASES, config fields)
 CONFIG_CASES = {
     "heavy-causal-sinks-mass": ((2, 1, 96, 96, 16, 16, 8, 10, 8, True),
@@ -73,6 +73,13 @@ CONFIG_CASES = {
                                          sampling="mass")),
     "bucket-noncausal-many-queries": ((2, 1, 150, 40, 16, 16, 16, 10, 8, False),
                                       dict(query_blocks="bucket", exact_sinks=2, heavy_keys=3)),
+    # the exact window: approximated parts skip each query's window keys, exact parts attend to them
+    "window-causal": ((2, 1, 96, 96, 16, 16, 8, 10, 8, True), dict(exact_window=5)),
+    "window-wide-sinks-prefill": ((2, 1, 64, 90, 16, 16, 8, 10, 8, True), dict(exact_window=13, exact_sinks=3)),
+    "window-exact-prefix-bucket-heavy": ((2, 2, 64, 70, 16, 16, 8, 6, 8, True),
+                                         dict(exact_window=7, query_blocks="bucket", heavy_keys=3, probe_queries=4,
+                                              sampling="mass")),
+    "window-head-gqa-sinks": ((4, 2, 77, 77, 16, 16, 8, 10, 8, True), dict(exact_window=11, exact_sinks=4)),
 }
 CASES.update({name: shape for name, (shape, _) in CONFIG_CASES.items()})
 BATCH = {"tail-causal-sinks-gqa": 2, "noncausal-sinks": 2}  # batch 1 elsewhere

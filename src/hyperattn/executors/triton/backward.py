@@ -17,6 +17,7 @@ import triton.language as tl
 from hyperattn.executors.triton.common import (
     LOG2E,
     NO_BLOCK,
+    band_mask,
     block_and_sample_rows,
     block_query_tile,
     causal_key_split,
@@ -37,6 +38,7 @@ from hyperattn.executors.triton.common import (
     query_block_range,
     query_rank_blocks,
     sorted_query_rows,
+    window_key_limits,
     write_key_grads,
     write_rows,
 )
@@ -117,22 +119,31 @@ def _score_grads(q, k, v, do, lse2, delta, bias2, visible, scale_log2):
 @triton.jit
 def _block_keys_dq_range(q, do, lse2, delta, dq, block_rows, k_base, v_base, key_row0, k_lo, block_size, n_live,
                          stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, scale_log2, lo, hi, rows_in,
-                         MASKED: tl.constexpr, BLOCK_N: tl.constexpr):
+                         key_limits, MASKED: tl.constexpr, BLOCK_N: tl.constexpr):
     """dq (unscaled) of the query tile over the key block's tiles starting at [lo, hi); ``MASKED``:
     keys outside the block or from ``n_live`` on get a -inf bias (else every key counts);
-    ``rows_in`` (BM, 1) bool: the rows that attend to the block (None: all)."""
+    ``rows_in`` (BM, 1) bool: the rows that attend to the block (None: all); ``key_limits`` (BM,):
+    each row sees only key rows below its limit (``window_key_limits``; None: all)."""
     for start in range(lo, hi, BLOCK_N):
-        k, v, kmask = load_block_key_tile(block_rows, k_base, v_base, key_row0, k_lo, start, block_size, n_live,
-                                          stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, BLOCK_N)
+        k, v, kmask, k_rows = load_block_key_tile(block_rows, k_base, v_base, key_row0, k_lo, start, block_size,
+                                                  n_live, stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask,
+                                                  BLOCK_N)
         bias2 = tl.where(kmask, 0.0, float("-inf")) if MASKED else None
-        p, ds = _score_grads(q, k, v, do, lse2, delta, bias2, rows_in, scale_log2)
+        visible = rows_in
+        if key_limits is not None:
+            if rows_in is None:
+                visible = band_mask(k_rows, key_limits, 1)
+            else:
+                visible = rows_in & band_mask(k_rows, key_limits, 1)
+        p, ds = _score_grads(q, k, v, do, lse2, delta, bias2, visible, scale_log2)
         dq += tl.dot(ds.to(k.dtype), k)
     return dq
 
 
 @triton.jit
 def _block_keys_dq(q, do, lse2, delta, dq, block_rows, k_base, v_base, key_row0, k_lo, block_size, n_live,
-                   stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, scale_log2, rows_in, BLOCK_N: tl.constexpr):
+                   stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, scale_log2, rows_in, key_limits,
+                   BLOCK_N: tl.constexpr):
     """dq (unscaled) of the query tile over sorted key ranks [k_lo, k_lo + block_size) below
     ``n_live`` (their rows: ``block_rows``): unmasked tiles first, then the one that ends the keys.
     Rows past the tile's end add nothing (``_score_grads``)."""
@@ -140,24 +151,31 @@ def _block_keys_dq(q, do, lse2, delta, dq, block_rows, k_base, v_base, key_row0,
     full_end = num_keys // BLOCK_N * BLOCK_N
     dq = _block_keys_dq_range(q, do, lse2, delta, dq, block_rows, k_base, v_base, key_row0, k_lo, block_size, n_live,
                               stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, scale_log2, 0, full_end,
-                              rows_in, False, BLOCK_N)
+                              rows_in, key_limits, False, BLOCK_N)
     return _block_keys_dq_range(q, do, lse2, delta, dq, block_rows, k_base, v_base, key_row0, k_lo, block_size,
                                 n_live, stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, scale_log2, full_end,
-                                num_keys, rows_in, True, BLOCK_N)
+                                num_keys, rows_in, key_limits, True, BLOCK_N)
 
 
 @triton.jit
 def _sampled_keys_dq(q, do, lse2, delta, dq, sample_rows, sample_bias2, num_samples, k_base, v_base, key_row0,
                      stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, scale_log2, q_blk, sample_blocks,
-                     BLOCK_N: tl.constexpr):
+                     key_limits, BLOCK_N: tl.constexpr):
     """dq (unscaled) of the query tile over the sampled keys (``load_sample_rows``); with
-    ``q_blk`` (the bucket rule) a row skips the samples of its own block (``sample_blocks``)."""
+    ``q_blk`` (the bucket rule) a row skips the samples of its own block (``sample_blocks``), and
+    with ``key_limits`` those in its exact window (``window_key_limits``)."""
     for start in range(0, num_samples, BLOCK_N):
-        k, v, live, bias2 = load_sampled_key_tile(sample_rows, sample_bias2, start, k_base, v_base, key_row0,
-                                                  stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, BLOCK_N)
+        k, v, live, bias2, k_rows = load_sampled_key_tile(sample_rows, sample_bias2, start, k_base, v_base, key_row0,
+                                                          stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask,
+                                                          BLOCK_N)
         visible = None
         if q_blk is not None:
             visible = q_blk[:, None] != tl.gather(sample_blocks, start + tl.arange(0, BLOCK_N), 0)[None, :]
+        if key_limits is not None:
+            if visible is None:
+                visible = band_mask(k_rows, key_limits, 1)
+            else:
+                visible = visible & band_mask(k_rows, key_limits, 1)
         p, ds = _score_grads(q, k, v, do, lse2, delta, bias2, visible, scale_log2)  # skipped: bias2 -inf, p 0
         dq += tl.dot(ds.to(k.dtype), k)
     return dq
@@ -175,8 +193,8 @@ def hyper_bwd_dq_kernel(
     stride_lb, stride_lh,
     n_q, n_k, num_samples, block_size, tiles_per_block, num_tiles,
     rects, q_start, k_start, rect_stride,
-    num_q_heads, group, sinks, exact_keys, heavy,
-    WRITE: tl.constexpr, EXACT_BLOCK_N: tl.constexpr, BLOCK_KEYS: tl.constexpr, SAMPLES: tl.constexpr,
+    num_q_heads, group, sinks, exact_keys, heavy, window_edge,
+    WRITE: tl.constexpr, WINDOW: tl.constexpr, EXACT_BLOCK_N: tl.constexpr, BLOCK_KEYS: tl.constexpr, SAMPLES: tl.constexpr,
     HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
     D_PAD: tl.constexpr, DV_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
@@ -207,6 +225,7 @@ def hyper_bwd_dq_kernel(
         v_base = head_base(V, batch, hk, stride_vb, stride_vh)
         key_row0 = k_start + r * rect_stride
         zk = z * (num_q_heads // group) + hk
+        key_limits = window_key_limits(q_rows, window_edge, WINDOW)
         dq = tl.zeros([BLOCK_M, D_PAD], tl.float32)
         if QBlk is None:  # the rank rule: one key block per tile
             k_lo, n_live, block_rows, sample_rows, sample_bias2 = block_and_sample_rows(
@@ -214,10 +233,10 @@ def hyper_bwd_dq_kernel(
                 SAMPLES)
             dq = _block_keys_dq(q, do, lse2, delta, dq, block_rows, k_base, v_base, key_row0, k_lo, block_size,
                                 n_live, stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, scale_log2, None,
-                                BLOCK_N)
+                                key_limits, BLOCK_N)
             dq = _sampled_keys_dq(q, do, lse2, delta, dq, sample_rows, sample_bias2, num_samples, k_base, v_base,
                                   key_row0, stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, scale_log2, None,
-                                  None, BLOCK_N)
+                                  None, key_limits, BLOCK_N)
         else:  # the bucket rule: each row's own block, the tile's blocks in turn
             q_blk = load_query_blocks(QBlk, zh, offs_m, rmask, n_q)
             n_live = live_key_ranks(n_k, sinks, key_row0, heavy)
@@ -230,16 +249,16 @@ def hyper_bwd_dq_kernel(
                 block_rows = load_sorted_rows(KPerm, zk64 * n_k, blk * block_size, block_size, n_live, BLOCK_KEYS)
                 dq = _block_keys_dq(q, do, lse2, delta, dq, block_rows, k_base, v_base, key_row0, blk * block_size,
                                     block_size, n_live, stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask,
-                                    scale_log2, (q_blk == blk)[:, None], BLOCK_N)
+                                    scale_log2, (q_blk == blk)[:, None], key_limits, BLOCK_N)
                 blk = next_query_block(q_blk, blk)
             dq = _sampled_keys_dq(q, do, lse2, delta, dq, sample_rows, sample_bias2, num_samples, k_base, v_base,
                                   key_row0, stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, scale_log2, q_blk,
-                                  sample_blocks, BLOCK_N)
+                                  sample_blocks, key_limits, BLOCK_N)
         if EXACT_BLOCK_N > 0:
             if r == 0:
                 dq = _dense_dq_range(q, do, lse2, delta, dq, k_base, v_base, key_row0, stride_kn, stride_vn, offs_m,
                                      rmask, offs_d, offs_dv, d_mask, dv_mask, 0, exact_keys, n_q, exact_keys,
-                                     scale_log2, False, EXACT_BLOCK_N)
+                                     scale_log2, 0, False, 0, EXACT_BLOCK_N)
 
         write_rows(DQAcc, DQ, l_rows, HEAD_DIM, offs_d, rmask, d_mask, dq * scale, WRITE)  # DQ is laid out like Lse
 
@@ -248,15 +267,16 @@ def hyper_bwd_dq_kernel(
 def _key_grads_over_queries(k, v, bias2, s_blk, dk, dv, rank_lo, rank_hi, QPerm, QBlk, QOff, blk, num_blocks, Q, DO,
                             Lse, Delta, z, batch, hk, group, num_q_heads, q_start, r, rect_stride, n_q, n_k,
                             block_size, stride_qb, stride_qh, stride_qn, stride_ob, stride_oh, stride_on, stride_lb,
-                            stride_lh, offs_d, offs_dv, d_mask, dv_mask, scale_log2, QUERY_CHUNK: tl.constexpr,
-                            BLOCK_M: tl.constexpr):
+                            stride_lh, offs_d, offs_dv, d_mask, dv_mask, scale_log2, k_rows, window_edge,
+                            WINDOW: tl.constexpr, QUERY_CHUNK: tl.constexpr, BLOCK_M: tl.constexpr):
     """dk, dv (unscaled) of a key tile (k, v, log2 biases ``bias2``) plus its gradients from the
     sorted queries of ranks [rank_lo, rank_hi) of every query head of kv head ``hk`` (rows:
     ``q_start + r * rect_stride`` + QPerm of problem z); with QOff (the bucket rule: each query
     head's first rank of each of the ``num_blocks`` key blocks, and its Nq last), the ranks of
     key block ``blk`` in each head instead. ``s_blk`` (BN,): sampled keys' blocks, unseen by the
     queries of that block (QBlk: the queries' blocks under the bucket rule; None: the rank
-    rule's); None: every query sees every key (biases -inf aside).
+    rule's); None: every query sees every key (biases -inf aside). ``WINDOW``: a query skips the key
+    rows ``k_rows`` (BN,) of its exact window (``window_key_limits``).
     The rows of QUERY_CHUNK sorted queries at a time sit in registers, so that the query tiles'
     loads depend on no load inside the inner loop (see ``load_sorted_rows``)."""
     for g in range(0, group):
@@ -283,12 +303,16 @@ def _key_grads_over_queries(k, v, bias2, s_blk, dk, dv, rank_lo, rank_hi, QPerm,
                 q, do, lse2, delta, l_rows = _load_query_rows(q_base, DO, Lse, Delta, batch, h, q_rows, rmask,
                                                               stride_qn, stride_ob, stride_oh, stride_on, stride_lb,
                                                               stride_lh, offs_d, offs_dv, d_mask, dv_mask)
-                if s_blk is None:
-                    p, ds = _score_grads(q, k, v, do, lse2, delta, bias2, None, scale_log2)
-                else:
-                    # rows past their range add nothing (``_score_grads``)
+                # rows past their range add nothing (``_score_grads``)
+                visible = None
+                if s_blk is not None:
                     visible = q_blk[:, None] != s_blk[None, :]
-                    p, ds = _score_grads(q, k, v, do, lse2, delta, bias2, visible, scale_log2)
+                if WINDOW:
+                    if visible is None:
+                        visible = band_mask(k_rows, q_rows + window_edge, 1)
+                    else:
+                        visible = visible & band_mask(k_rows, q_rows + window_edge, 1)
+                p, ds = _score_grads(q, k, v, do, lse2, delta, bias2, visible, scale_log2)
                 dv += tl.dot(tl.trans(p).to(do.dtype), do)
                 dk += tl.dot(tl.trans(ds).to(q.dtype), q)
     return dk, dv
@@ -306,8 +330,8 @@ def hyper_bwd_dkdv_kernel(
     stride_lb, stride_lh,
     n_q, n_k, block_size, key_tiles_per_block, num_tiles,
     rects, q_start, k_start, rect_stride,
-    num_kv_heads, group, kv_seq_len, sinks, heavy, num_blocks,
-    WRITE: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
+    num_kv_heads, group, kv_seq_len, sinks, heavy, num_blocks, window_edge,
+    WRITE: tl.constexpr, WINDOW: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
     D_PAD: tl.constexpr, DV_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     QUERY_CHUNK: tl.constexpr,
 ):
@@ -339,19 +363,20 @@ def hyper_bwd_dkdv_kernel(
                                      DO, Lse, Delta, z, batch,
                                      hk, group, num_q_heads, q_start, r, rect_stride, n_q, n_k, block_size, stride_qb,
                                      stride_qh, stride_qn, stride_ob, stride_oh, stride_on, stride_lb, stride_lh,
-                                     offs_d, offs_dv, d_mask, dv_mask, scale_log2, QUERY_CHUNK, BLOCK_M)
+                                     offs_d, offs_dv, d_mask, dv_mask, scale_log2, k_rows, window_edge, WINDOW,
+                                     QUERY_CHUNK, BLOCK_M)
     write_key_grads(DKAcc, DK, DVAcc, DV, dk * scale, dv, batch, hk, num_kv_heads, kv_seq_len, k_rows, kmask, offs_d,
                     offs_dv, d_mask, dv_mask, HEAD_DIM, HEAD_DIM_V, WRITE)
 
 
 @triton.jit
 def _dense_dq_range(q, do, lse2, delta, dq, k_base, v_base, key_row0, stride_kn, stride_vn, offs_m, rmask,
-                    offs_d, offs_dv, d_mask, dv_mask, lo, hi, n_q, n_k, scale_log2,
-                    CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr):
-    """dq (unscaled) of the query tile over consecutive keys [lo, hi)."""
+                    offs_d, offs_dv, d_mask, dv_mask, lo, hi, n_q, n_k, scale_log2, edge0,
+                    CAUSAL: tl.constexpr, BAND: tl.constexpr, BLOCK_N: tl.constexpr):
+    """dq (unscaled) of the query tile over consecutive keys [lo, hi) (masks: ``load_key_tile``)."""
     for start in range(lo, hi, BLOCK_N):
         k, v, visible = load_key_tile(k_base, v_base, key_row0, start, offs_m, n_q, n_k, stride_kn, stride_vn, offs_d,
-                                      offs_dv, d_mask, dv_mask, CAUSAL, BLOCK_N)
+                                      offs_dv, d_mask, dv_mask, edge0, CAUSAL, BAND, BLOCK_N)
         p, ds = _score_grads(q, k, v, do, lse2, delta, None, rmask[:, None] & visible, scale_log2)
         dq += tl.dot(ds.to(k.dtype), k)
     return dq
@@ -360,9 +385,10 @@ def _dense_dq_range(q, do, lse2, delta, dq, k_base, v_base, key_row0, stride_kn,
 @triton.jit
 def _dense_dkdv_range(q_base, DO, Lse, Delta, k, v, dk, dv, batch, h, r, q_start, rect_stride,
                       stride_qn, stride_ob, stride_oh, stride_on, stride_lb, stride_lh,
-                      offs_n, kmask, offs_d, offs_dv, d_mask, dv_mask, lo, hi, n_q, n_k, scale_log2,
-                      CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr):
-    """dk (unscaled), dv of the key tile from consecutive queries [lo, hi) of head ``h``."""
+                      offs_n, kmask, offs_d, offs_dv, d_mask, dv_mask, lo, hi, n_q, n_k, scale_log2, k_rows,
+                      window_edge, CAUSAL: tl.constexpr, BAND: tl.constexpr, BLOCK_M: tl.constexpr):
+    """dk (unscaled), dv of the key tile (rows ``k_rows``) from consecutive queries [lo, hi) of head
+    ``h`` (masks: ``load_key_tile``)."""
     for row0 in range(lo, hi, BLOCK_M):
         offs_m = row0 + tl.arange(0, BLOCK_M)
         rmask = offs_m < n_q
@@ -373,6 +399,8 @@ def _dense_dkdv_range(q_base, DO, Lse, Delta, k, v, dk, dv, batch, h, r, q_start
         visible = rmask[:, None] & kmask[None, :]
         if CAUSAL:
             visible = visible & (offs_n[None, :] <= (n_k - n_q + offs_m)[:, None])
+        if BAND != 0:
+            visible = visible & band_mask(k_rows, q_rows + window_edge, BAND)
         p, ds = _score_grads(q, k, v, do, lse2, delta, None, visible, scale_log2)
         dv += tl.dot(tl.trans(p).to(do.dtype), do)
         dk += tl.dot(tl.trans(ds).to(q.dtype), q)
@@ -390,8 +418,8 @@ def dense_bwd_dq_kernel(
     stride_lb, stride_lh,
     n_q, n_k, num_tiles,
     rects, q_start, k_start, rect_stride, key_rect_stride,
-    num_q_heads, group,
-    CAUSAL: tl.constexpr, WRITE: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
+    num_q_heads, group, window_edge,
+    CAUSAL: tl.constexpr, BAND: tl.constexpr, WRITE: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
     D_PAD: tl.constexpr, DV_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """dQ of one tile of consecutive queries of an exact (optionally causal) part."""
@@ -410,10 +438,13 @@ def dense_bwd_dq_kernel(
     dq = tl.zeros([BLOCK_M, D_PAD], tl.float32)
 
     k_full, k_hi = causal_key_split(tile, n_q, n_k, CAUSAL, BLOCK_M, BLOCK_N)
+    edge0 = q_start + r * rect_stride + window_edge
     dq = _dense_dq_range(q, do, lse2, delta, dq, k_base, v_base, key_row0, stride_kn, stride_vn, offs_m, rmask,
-                         offs_d, offs_dv, d_mask, dv_mask, 0, k_full, n_q, n_k, scale_log2, False, BLOCK_N)
+                         offs_d, offs_dv, d_mask, dv_mask, 0, k_full, n_q, n_k, scale_log2, edge0, False,
+                         BAND, BLOCK_N)
     dq = _dense_dq_range(q, do, lse2, delta, dq, k_base, v_base, key_row0, stride_kn, stride_vn, offs_m, rmask,
-                         offs_d, offs_dv, d_mask, dv_mask, k_full, k_hi, n_q, n_k, scale_log2, CAUSAL, BLOCK_N)
+                         offs_d, offs_dv, d_mask, dv_mask, k_full, k_hi, n_q, n_k, scale_log2, edge0, CAUSAL,
+                         BAND, BLOCK_N)
 
     write_rows(DQAcc, DQ, l_rows, HEAD_DIM, offs_d, rmask, d_mask, dq * scale, WRITE)  # DQ is laid out like Lse
 
@@ -429,8 +460,8 @@ def dense_bwd_dkdv_kernel(
     stride_lb, stride_lh,
     n_q, n_k, num_tiles,
     rects, q_start, k_start, rect_stride, key_rect_stride,
-    num_kv_heads, group, kv_seq_len,
-    CAUSAL: tl.constexpr, WRITE: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
+    num_kv_heads, group, kv_seq_len, window_edge,
+    CAUSAL: tl.constexpr, BAND: tl.constexpr, WRITE: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
     D_PAD: tl.constexpr, DV_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """dK, dV of one tile of consecutive keys of an exact part, over the kv head's query heads."""
@@ -456,11 +487,11 @@ def dense_bwd_dkdv_kernel(
         dk, dv = _dense_dkdv_range(q_base, DO, Lse, Delta, k, v, dk, dv, batch, h, r, q_start, rect_stride,
                                    stride_qn, stride_ob, stride_oh, stride_on, stride_lb, stride_lh,
                                    offs_n, kmask, offs_d, offs_dv, d_mask, dv_mask, q_lo, q_full, n_q, n_k,
-                                   scale_log2, CAUSAL, BLOCK_M)
+                                   scale_log2, k_rows, window_edge, CAUSAL, BAND, BLOCK_M)
         dk, dv = _dense_dkdv_range(q_base, DO, Lse, Delta, k, v, dk, dv, batch, h, r, q_start, rect_stride,
                                    stride_qn, stride_ob, stride_oh, stride_on, stride_lb, stride_lh,
                                    offs_n, kmask, offs_d, offs_dv, d_mask, dv_mask, q_full, n_q, n_q, n_k,
-                                   scale_log2, False, BLOCK_M)
+                                   scale_log2, k_rows, window_edge, False, BAND, BLOCK_M)
     write_key_grads(DKAcc, DK, DVAcc, DV, dk * scale, dv, batch, hk, num_kv_heads, kv_seq_len, k_rows, kmask, offs_d,
                     offs_dv, d_mask, dv_mask, HEAD_DIM, HEAD_DIM_V, WRITE)
 
@@ -477,8 +508,8 @@ def hyper_bwd_samples_kernel(
     stride_lb, stride_lh,
     n_q, n_k, num_samples, block_size, sample_chunks, segments, segment_len,
     rects, q_start, k_start, rect_stride,
-    num_kv_heads, group, kv_seq_len,
-    HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
+    num_kv_heads, group, kv_seq_len, window_edge,
+    WINDOW: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
     D_PAD: tl.constexpr, DV_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     QUERY_CHUNK: tl.constexpr,
 ):
@@ -511,6 +542,7 @@ def hyper_bwd_samples_kernel(
                                      Lse, Delta, z,
                                      batch, hk, group, num_q_heads, q_start, r, rect_stride, n_q, n_k, block_size,
                                      stride_qb, stride_qh, stride_qn, stride_ob, stride_oh, stride_on, stride_lb,
-                                     stride_lh, offs_d, offs_dv, d_mask, dv_mask, scale_log2, QUERY_CHUNK, BLOCK_M)
+                                     stride_lh, offs_d, offs_dv, d_mask, dv_mask, scale_log2, k_rows, window_edge,
+                                     WINDOW, QUERY_CHUNK, BLOCK_M)
     write_key_grads(DKAcc, DKAcc, DVAcc, DVAcc, dk * scale, dv, batch, hk, num_kv_heads, kv_seq_len, k_rows, smask,
                     offs_d, offs_dv, d_mask, dv_mask, HEAD_DIM, HEAD_DIM_V, "add")

@@ -18,10 +18,12 @@ def load_rows(base, rows, row_stride, cols, row_mask, col_mask):
 
 @triton.jit
 def load_key_tile(k_base, v_base, key_row0, start, offs_m, n_q, n_k, stride_kn, stride_vn, offs_d, offs_dv, d_mask,
-                  dv_mask, CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr):
+                  dv_mask, edge0, CAUSAL: tl.constexpr, BAND: tl.constexpr, BLOCK_N: tl.constexpr):
     """k (BN, D) and v (BN, Dv) of the consecutive keys from ``start``, and which of them each
     query of ``offs_m`` sees (BM, BN): none past ``n_k``; with ``CAUSAL`` none after the query
-    (bottom-right: query i sees keys j <= n_k - n_q + i)."""
+    (bottom-right: query i sees keys j <= n_k - n_q + i). ``BAND`` (the exact window,
+    ``window_key_limits``): 1, only key rows below ``edge0 + i`` (the keys before query i's
+    window); 2, only key rows from ``edge0 + i`` on (its window)."""
     offs_n = start + tl.arange(0, BLOCK_N)
     kmask = offs_n < n_k
     k_rows = (key_row0 + offs_n).to(tl.int64)
@@ -30,7 +32,31 @@ def load_key_tile(k_base, v_base, key_row0, start, offs_m, n_q, n_k, stride_kn, 
     visible = kmask[None, :]
     if CAUSAL:
         visible = visible & (offs_n[None, :] <= (n_k - n_q + offs_m)[:, None])
+    if BAND != 0:
+        visible = visible & band_mask(k_rows, edge0 + offs_m, BAND)
     return k, v, visible
+
+
+@triton.jit
+def band_mask(k_rows, limits, BAND: tl.constexpr):
+    """(R, BN) bool: which key rows ``k_rows`` (BN,) rows with window limits ``limits`` (R,)
+    (``window_key_limits``) see under ``BAND``: 1, those below the limit (outside the window);
+    2, those from the limit on (inside)."""
+    if BAND == 1:
+        return k_rows[None, :] < limits[:, None]
+    else:
+        return k_rows[None, :] >= limits[:, None]
+
+
+@triton.jit
+def window_key_limits(q_rows, window_edge, WINDOW: tl.constexpr):
+    """int64 (R,): the first key row inside the exact window of each query row ``q_rows``
+    (``q_rows + window_edge``, with ``window_edge = Nk - Nq - window``: query row i sits at key
+    position Nk - Nq + i); None without ``WINDOW``."""
+    if WINDOW:
+        return q_rows.to(tl.int64) + window_edge
+    else:
+        return None
 
 
 @triton.jit
@@ -58,14 +84,15 @@ def load_sorted_rows(Perm, perm_offset, lo, count, hi, WIDTH: tl.constexpr):
 @triton.jit
 def load_block_key_tile(block_rows, k_base, v_base, key_row0, k_lo, start, block_size, n_live, stride_kn, stride_vn,
                         offs_d, offs_dv, d_mask, dv_mask, BLOCK_N: tl.constexpr):
-    """k (BN, D), v (BN, Dv) and which are keys (BN,) of sorted ranks ``k_lo + start + [0, BN)`` of
-    a key block, whose rows ``load_sorted_rows`` gave: ranks inside the block and below ``n_live``."""
+    """k (BN, D), v (BN, Dv), which are keys (BN,) and their rows (int64 (BN,)) of sorted ranks
+    ``k_lo + start + [0, BN)`` of a key block, whose rows ``load_sorted_rows`` gave: ranks inside
+    the block and below ``n_live``."""
     offs_n = start + tl.arange(0, BLOCK_N)
     kmask = (offs_n < block_size) & (k_lo + offs_n < n_live)
     k_rows = (key_row0 + tl.gather(block_rows, offs_n, 0)).to(tl.int64)
     k = load_rows(k_base, k_rows, stride_kn, offs_d, kmask, d_mask)
     v = load_rows(v_base, k_rows, stride_vn, offs_dv, kmask, dv_mask)
-    return k, v, kmask
+    return k, v, kmask, k_rows
 
 
 @triton.jit
@@ -84,15 +111,15 @@ def load_sample_rows(SIdx, SBlk, SLogW, sample_offset, num_samples, blk, SAMPLES
 @triton.jit
 def load_sampled_key_tile(sample_rows, sample_bias2, start, k_base, v_base, key_row0, stride_kn, stride_vn, offs_d,
                           offs_dv, d_mask, dv_mask, BLOCK_N: tl.constexpr):
-    """k (BN, D), v (BN, Dv), which count (BN,) and their log2 weights (BN,) of sampled keys
-    ``start + [0, BN)`` (``load_sample_rows`` gave their rows and weights)."""
+    """k (BN, D), v (BN, Dv), which count (BN,), their log2 weights (BN,) and rows (int64 (BN,)) of
+    sampled keys ``start + [0, BN)`` (``load_sample_rows`` gave their rows and weights)."""
     offs_n = start + tl.arange(0, BLOCK_N)
     bias2 = tl.gather(sample_bias2, offs_n, 0)
     live = bias2 > float("-inf")
     k_rows = (key_row0 + tl.gather(sample_rows, offs_n, 0)).to(tl.int64)
     k = load_rows(k_base, k_rows, stride_kn, offs_d, live, d_mask)
     v = load_rows(v_base, k_rows, stride_vn, offs_dv, live, dv_mask)
-    return k, v, live, bias2
+    return k, v, live, bias2, k_rows
 
 
 @triton.jit

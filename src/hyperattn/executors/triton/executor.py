@@ -103,14 +103,15 @@ def _launch_forward(q, k, v, out, lse, part: Part, scale: float, merge: bool) ->
         tiles = triton.cdiv(part.num_queries, cfg["BLOCK_M"])
         dense_fwd_kernel[(problems * tiles,)](
             q, k, v, out, lse, scale_log2, *strides, part.num_queries, part.num_keys, tiles, *_exact_rows(part),
-            *heads, CAUSAL=part.causal, MERGE=merge, **_dims(q, v), **cfg)
+            *heads, part.window_edge, CAUSAL=part.causal, BAND=part.band, MERGE=merge, **_dims(q, v), **cfg)
     else:
         p = part.plan
         tiles_per_block, _, tiles = _hyper_tiles(part, cfg["BLOCK_M"])
         hyper_fwd_kernel[(problems * tiles,)](
             q, k, v, out, lse, p.q_perm, p.k_perm, p.sample_idx, p.sample_block, p.sample_log_weight, p.q_block,
             scale_log2, *strides, part.num_queries, part.num_keys, p.sample_idx.shape[-1], p.block_size,
-            tiles_per_block, tiles, *_rows(part), *heads, part.sinks, part.exact_keys, p.heavy, MERGE=merge,
+            tiles_per_block, tiles, *_rows(part), *heads, part.sinks, part.exact_keys, p.heavy, part.window_edge,
+            MERGE=merge, WINDOW=part.band == 1,
             **_query_side_widths(part, cfg), **_dims(q, v), **cfg)
 
 
@@ -202,11 +203,12 @@ def _launch_dense_backward(q, k, v, dout, lse, delta, dq_acc, dq, dk_acc, dk, dv
     if not part.key_grads_only:
         dense_bwd_dq_kernel[(problems * num_q_heads * q_tiles,)](
             q, k, v, dout, lse, delta, dq_acc, dq, scale, scale_log2, *strides, part.num_queries, part.num_keys,
-            q_tiles, *_exact_rows(part), num_q_heads, group, CAUSAL=part.causal, WRITE=dq_mode, **dims, **cfg_dq)
+            q_tiles, *_exact_rows(part), num_q_heads, group, part.window_edge, CAUSAL=part.causal, BAND=part.band,
+            WRITE=dq_mode, **dims, **cfg_dq)
     dense_bwd_dkdv_kernel[(problems * num_kv_heads * k_tiles,)](
         q, k, v, dout, lse, delta, dk_acc, dk, dv_acc, dv, scale, scale_log2, *strides, part.num_queries, part.num_keys,
-        k_tiles, *_exact_rows(part), num_kv_heads, group, kv_seq_len, CAUSAL=part.causal,
-        WRITE=dkdv_mode, **dims, **cfg_dkdv)  # "add" where problems share key rows (never their owners)
+        k_tiles, *_exact_rows(part), num_kv_heads, group, kv_seq_len, part.window_edge, CAUSAL=part.causal,
+        BAND=part.band, WRITE=dkdv_mode, **dims, **cfg_dkdv)  # "add" where problems share key rows (never their owners)
 
 
 def _tail_backward(dout, q, k, v, lse, delta, tail: int, causal: bool, scale: float, cfgs: dict):
@@ -316,7 +318,7 @@ def attention_backward(dout, dlse, q, k, v, out, lse, parts: list[Part], scale: 
                 q, k, v, dout, lse, delta, accumulator("dk", dk), accumulator("dv", dvv),
                 p.q_perm, p.sample_idx, p.sample_block, p.sample_log_weight, p.q_block,
                 scale, scale_log2, *strides, part.num_queries, part.num_keys, num_samples, p.block_size, sample_chunks,
-                segments, segment_len, *_rows(part), *kv_heads, **dims, **cfg,
+                segments, segment_len, *_rows(part), *kv_heads, part.window_edge, WINDOW=part.band == 1, **dims, **cfg,
                 QUERY_CHUNK=query_chunk(segment_len, block_m))
         dq_mode, dkdv_mode = write_mode("dq", part.owns_queries), write_mode("dk", part.owns_keys)
         dq_acc = accumulator("dq", dq) if dq_mode != "store" and not part.key_grads_only else dq
@@ -331,7 +333,7 @@ def attention_backward(dout, dlse, q, k, v, out, lse, parts: list[Part], scale: 
             q, k, v, dout, lse, delta, dq_acc, dq, p.q_perm, p.k_perm, p.sample_idx, p.sample_block,
             p.sample_log_weight, p.q_block, scale, scale_log2, *strides, part.num_queries, part.num_keys, num_samples,
             p.block_size, tiles_per_block, tiles, *_rows(part), num_q_heads, group, part.sinks, part.exact_keys,
-            p.heavy, WRITE=dq_mode,
+            p.heavy, part.window_edge, WRITE=dq_mode, WINDOW=part.band == 1,
             **_query_side_widths(part, cfg_dq), **dims, **cfg_dq)
         key_tiles_per_block = triton.cdiv(p.block_size, cfg_dkdv["BLOCK_N"])
         key_tiles = key_tiles_per_block * num_blocks
@@ -339,7 +341,7 @@ def attention_backward(dout, dlse, q, k, v, out, lse, parts: list[Part], scale: 
             q, k, v, dout, lse, delta, dk_acc, dk, dv_acc, dvv, p.q_perm, p.k_perm,
             None if p.q_block is None else _block_query_offsets(p.q_block, num_blocks), scale, scale_log2, *strides,
             part.num_queries, part.num_keys, p.block_size, key_tiles_per_block, key_tiles, *_rows(part), *kv_heads,
-            part.sinks, p.heavy, num_blocks, WRITE=dkdv_mode, **dims, **cfg_dkdv,
+            part.sinks, p.heavy, num_blocks, part.window_edge, WRITE=dkdv_mode, WINDOW=part.band == 1, **dims, **cfg_dkdv,
             QUERY_CHUNK=query_chunk(part.queries_per_key_block, cfg_dkdv["BLOCK_M"]))
     if cudnn_part is not None:
         part = cudnn_part

@@ -17,6 +17,7 @@ from hyperattn.executors.triton.common import (
     LOG2E,
     LN2,
     NO_BLOCK,
+    band_mask,
     block_and_sample_rows,
     block_query_tile,
     causal_key_split,
@@ -34,6 +35,7 @@ from hyperattn.executors.triton.common import (
     next_query_block,
     program_coords,
     sorted_query_rows,
+    window_key_limits,
 )
 
 
@@ -182,16 +184,21 @@ def merge_copies_kernel(
 
 @triton.jit
 def _block_keys_fwd(q, block_rows, k_base, v_base, key_row0, k_lo, block_size, n_live, stride_kn, stride_vn, offs_d,
-                    offs_dv, d_mask, dv_mask, m_i, l_i, acc, scale_log2, rows_in, BLOCK_N: tl.constexpr):
+                    offs_dv, d_mask, dv_mask, m_i, l_i, acc, scale_log2, rows_in, key_limits,
+                    BLOCK_N: tl.constexpr):
     """Online softmax of the query tile over sorted key ranks [k_lo, k_lo + block_size) below
     ``n_live`` (their rows: ``block_rows``); ``rows_in`` (BM,) bool: the rows that attend to
-    this block (None: all)."""
+    this block (None: all); ``key_limits`` (BM,): each row sees only key rows below its limit
+    (``window_key_limits``; None: all)."""
     for start in range(0, block_size, BLOCK_N):
-        k, v, kmask = load_block_key_tile(block_rows, k_base, v_base, key_row0, k_lo, start, block_size, n_live,
-                                          stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, BLOCK_N)
+        k, v, kmask, k_rows = load_block_key_tile(block_rows, k_base, v_base, key_row0, k_lo, start, block_size,
+                                                  n_live, stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask,
+                                                  BLOCK_N)
         visible = kmask[None, :]
         if rows_in is not None:
             visible = visible & rows_in[:, None]
+        if key_limits is not None:
+            visible = visible & band_mask(k_rows, key_limits, 1)
         s = tl.where(visible, tl.dot(q, tl.trans(k)) * scale_log2, float("-inf"))
         m_i, l_i, acc = _softmax_step(s, v, m_i, l_i, acc)
     return m_i, l_i, acc
@@ -199,19 +206,23 @@ def _block_keys_fwd(q, block_rows, k_base, v_base, key_row0, k_lo, block_size, n
 
 @triton.jit
 def _sampled_keys_fwd(q, sample_rows, sample_bias2, num_samples, k_base, v_base, key_row0, stride_kn, stride_vn,
-                      offs_d, offs_dv, d_mask, dv_mask, m_i, l_i, acc, scale_log2, q_blk, sample_blocks,
+                      offs_d, offs_dv, d_mask, dv_mask, m_i, l_i, acc, scale_log2, q_blk, sample_blocks, key_limits,
                       BLOCK_N: tl.constexpr):
     """Online softmax of the query tile over the sampled keys (``load_sample_rows``: rows and
     log2 weights, -inf for those it skips); with ``q_blk`` (BM,) (the bucket rule), a row also
-    skips the samples of its own block (``sample_blocks``: ``load_sample_blocks``)."""
+    skips the samples of its own block (``sample_blocks``: ``load_sample_blocks``), and with
+    ``key_limits`` those in its exact window (``window_key_limits``)."""
     for start in range(0, num_samples, BLOCK_N):
-        k, v, live, bias2 = load_sampled_key_tile(sample_rows, sample_bias2, start, k_base, v_base, key_row0,
-                                                  stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, BLOCK_N)
+        k, v, live, bias2, k_rows = load_sampled_key_tile(sample_rows, sample_bias2, start, k_base, v_base, key_row0,
+                                                          stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask,
+                                                          BLOCK_N)
         # a skipped sample loads as zeros: its score is 0 * scale_log2 + (-inf)
         s = tl.dot(q, tl.trans(k)) * scale_log2 + bias2[None, :]
         if q_blk is not None:
             s_blk = tl.gather(sample_blocks, start + tl.arange(0, BLOCK_N), 0)
             s = tl.where(q_blk[:, None] != s_blk[None, :], s, float("-inf"))
+        if key_limits is not None:
+            s = tl.where(band_mask(k_rows, key_limits, 1), s, float("-inf"))
         m_i, l_i, acc = _softmax_step(s, v, m_i, l_i, acc)
     return m_i, l_i, acc
 
@@ -228,8 +239,8 @@ def hyper_fwd_kernel(
     stride_lb, stride_lh,
     n_q, n_k, num_samples, block_size, tiles_per_block, num_tiles,
     rects, q_start, k_start, rect_stride,
-    num_q_heads, group, sinks, exact_keys, heavy,
-    MERGE: tl.constexpr, EXACT_BLOCK_N: tl.constexpr, BLOCK_KEYS: tl.constexpr, SAMPLES: tl.constexpr,
+    num_q_heads, group, sinks, exact_keys, heavy, window_edge,
+    MERGE: tl.constexpr, WINDOW: tl.constexpr, EXACT_BLOCK_N: tl.constexpr, BLOCK_KEYS: tl.constexpr, SAMPLES: tl.constexpr,
     HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
     D_PAD: tl.constexpr, DV_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
@@ -263,6 +274,7 @@ def hyper_fwd_kernel(
             stride_vb, stride_vh, stride_lb, stride_lh, offs_d, d_mask, MERGE, BLOCK_M, DV_PAD)
         key_row0 = k_start + r * rect_stride
         zk = z * (num_q_heads // group) + hk
+        key_limits = window_key_limits(q_rows, window_edge, WINDOW)
 
         if QBlk is None:  # the rank rule: one key block per tile
             k_lo, n_live, block_rows, sample_rows, sample_bias2 = block_and_sample_rows(
@@ -270,10 +282,10 @@ def hyper_fwd_kernel(
                 SAMPLES)
             m_i, l_i, acc = _block_keys_fwd(q, block_rows, k_base, v_base, key_row0, k_lo, block_size, n_live,
                                             stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, m_i, l_i, acc,
-                                            scale_log2, None, BLOCK_N)
+                                            scale_log2, None, key_limits, BLOCK_N)
             m_i, l_i, acc = _sampled_keys_fwd(q, sample_rows, sample_bias2, num_samples, k_base, v_base, key_row0,
                                               stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, m_i, l_i, acc,
-                                              scale_log2, None, None, BLOCK_N)
+                                              scale_log2, None, None, key_limits, BLOCK_N)
         else:  # the bucket rule: each row's own block, the tile's blocks in turn
             q_blk = load_query_blocks(QBlk, zh, offs_m, rmask, n_q)
             n_live = live_key_ranks(n_k, sinks, key_row0, heavy)
@@ -286,16 +298,16 @@ def hyper_fwd_kernel(
                 block_rows = load_sorted_rows(KPerm, zk64 * n_k, blk * block_size, block_size, n_live, BLOCK_KEYS)
                 m_i, l_i, acc = _block_keys_fwd(q, block_rows, k_base, v_base, key_row0, blk * block_size, block_size,
                                                 n_live, stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, m_i,
-                                                l_i, acc, scale_log2, q_blk == blk, BLOCK_N)
+                                                l_i, acc, scale_log2, q_blk == blk, key_limits, BLOCK_N)
                 blk = next_query_block(q_blk, blk)
             m_i, l_i, acc = _sampled_keys_fwd(q, sample_rows, sample_bias2, num_samples, k_base, v_base, key_row0,
                                               stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, m_i, l_i, acc,
-                                              scale_log2, q_blk, sample_blocks, BLOCK_N)
+                                              scale_log2, q_blk, sample_blocks, key_limits, BLOCK_N)
         if EXACT_BLOCK_N > 0:
             if r == 0:
                 m_i, l_i, acc = _dense_fwd_range(q, k_base, v_base, key_row0, stride_kn, stride_vn, offs_m, offs_d,
                                                  offs_dv, d_mask, dv_mask, 0, exact_keys, n_q, exact_keys, m_i, l_i,
-                                                 acc, scale_log2, False, EXACT_BLOCK_N)
+                                                 acc, scale_log2, 0, False, 0, EXACT_BLOCK_N)
 
         o_rows = batch.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + q_rows * stride_on
         _finish_rows(Out, Lse, o_rows, lse_rows, offs_dv, rmask, acc, m_i, l_i, prev2, MERGE, HEAD_DIM_V)
@@ -303,12 +315,14 @@ def hyper_fwd_kernel(
 
 @triton.jit
 def _dense_fwd_range(q, k_base, v_base, key_row0, stride_kn, stride_vn, offs_m, offs_d, offs_dv, d_mask, dv_mask,
-                     lo, hi, n_q, n_k, m_i, l_i, acc, scale_log2, CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr):
+                     lo, hi, n_q, n_k, m_i, l_i, acc, scale_log2, edge0, CAUSAL: tl.constexpr,
+                     BAND: tl.constexpr, BLOCK_N: tl.constexpr):
     """Online softmax of the query tile over consecutive keys [lo, hi); ``CAUSAL`` masks
-    keys after each query (bottom-right)."""
+    keys after each query (bottom-right), ``BAND`` those outside or inside its window
+    (``load_key_tile``)."""
     for start in range(lo, hi, BLOCK_N):
         k, v, visible = load_key_tile(k_base, v_base, key_row0, start, offs_m, n_q, n_k, stride_kn, stride_vn, offs_d,
-                                      offs_dv, d_mask, dv_mask, CAUSAL, BLOCK_N)
+                                      offs_dv, d_mask, dv_mask, edge0, CAUSAL, BAND, BLOCK_N)
         s = tl.where(visible, tl.dot(q, tl.trans(k)) * scale_log2, float("-inf"))
         m_i, l_i, acc = _softmax_step(s, v, m_i, l_i, acc)
     return m_i, l_i, acc
@@ -325,13 +339,15 @@ def dense_fwd_kernel(
     stride_lb, stride_lh,
     n_q, n_k, num_tiles,
     rects, q_start, k_start, rect_stride, key_rect_stride,
-    num_q_heads, group,
-    CAUSAL: tl.constexpr, MERGE: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
+    num_q_heads, group, window_edge,
+    CAUSAL: tl.constexpr, BAND: tl.constexpr, MERGE: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr,
     D_PAD: tl.constexpr, DV_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """Exact attention of one tile of consecutive queries of one (problem, head); causal is
-    bottom-right aligned (query i sees keys j <= n_k - n_q + i). Problem r reads query rows
-    from ``q_start + r * rect_stride`` and key rows from ``k_start + r * key_rect_stride``."""
+    bottom-right aligned (query i sees keys j <= n_k - n_q + i); ``BAND``: only the keys outside
+    (1) or inside (2) each query's exact window
+    (``window_key_limits``: ``window_edge``). Problem r reads query rows from
+    ``q_start + r * rect_stride`` and key rows from ``k_start + r * key_rect_stride``."""
     tile, _, _, h, batch, r = program_coords(num_tiles, num_q_heads, rects)
     hk = h // group
     offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -344,13 +360,14 @@ def dense_fwd_kernel(
         stride_vb, stride_vh, stride_lb, stride_lh, offs_d, d_mask, MERGE, BLOCK_M, DV_PAD)
     key_row0 = k_start + r * key_rect_stride
 
+    edge0 = q_start + r * rect_stride + window_edge
     k_full, k_hi = causal_key_split(tile, n_q, n_k, CAUSAL, BLOCK_M, BLOCK_N)
     m_i, l_i, acc = _dense_fwd_range(q, k_base, v_base, key_row0, stride_kn, stride_vn, offs_m, offs_d, offs_dv,
-                                     d_mask, dv_mask, 0, k_full, n_q, n_k, m_i, l_i, acc, scale_log2,
-                                     False, BLOCK_N)
+                                     d_mask, dv_mask, 0, k_full, n_q, n_k, m_i, l_i, acc, scale_log2, edge0,
+                                     False, BAND, BLOCK_N)
     m_i, l_i, acc = _dense_fwd_range(q, k_base, v_base, key_row0, stride_kn, stride_vn, offs_m, offs_d, offs_dv,
-                                     d_mask, dv_mask, k_full, k_hi, n_q, n_k, m_i, l_i, acc, scale_log2,
-                                     CAUSAL, BLOCK_N)
+                                     d_mask, dv_mask, k_full, k_hi, n_q, n_k, m_i, l_i, acc, scale_log2, edge0,
+                                     CAUSAL, BAND, BLOCK_N)
 
     o_rows = batch.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + q_rows * stride_on
     _finish_rows(Out, Lse, o_rows, lse_rows, offs_dv, rmask, acc, m_i, l_i, prev2, MERGE, HEAD_DIM_V)
