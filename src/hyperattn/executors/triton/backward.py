@@ -38,7 +38,6 @@ from hyperattn.executors.triton.common import (
     query_block_range,
     query_rank_blocks,
     sorted_query_rows,
-    window_key_limits,
     write_key_grads,
     write_rows,
 )
@@ -123,7 +122,7 @@ def _block_keys_dq_range(q, do, lse2, delta, dq, block_rows, k_base, v_base, key
     """dq (unscaled) of the query tile over the key block's tiles starting at [lo, hi); ``MASKED``:
     keys outside the block or from ``n_live`` on get a -inf bias (else every key counts);
     ``rows_in`` (BM, 1) bool: the rows that attend to the block (None: all); ``key_limits`` (BM,):
-    each row sees only key rows below its limit (``window_key_limits``; None: all)."""
+    each row sees only key rows below its limit (None: all)."""
     for start in range(lo, hi, BLOCK_N):
         k, v, kmask, k_rows = load_block_key_tile(block_rows, k_base, v_base, key_row0, k_lo, start, block_size,
                                                   n_live, stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask,
@@ -163,7 +162,7 @@ def _sampled_keys_dq(q, do, lse2, delta, dq, sample_rows, sample_bias2, num_samp
                      key_limits, BLOCK_N: tl.constexpr):
     """dq (unscaled) of the query tile over the sampled keys (``load_sample_rows``); with
     ``q_blk`` (the bucket rule) a row skips the samples of its own block (``sample_blocks``), and
-    with ``key_limits`` those in its exact window (``window_key_limits``)."""
+    with ``key_limits`` those in its exact window (``Part.band``)."""
     for start in range(0, num_samples, BLOCK_N):
         k, v, live, bias2, k_rows = load_sampled_key_tile(sample_rows, sample_bias2, start, k_base, v_base, key_row0,
                                                           stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask,
@@ -225,7 +224,9 @@ def hyper_bwd_dq_kernel(
         v_base = head_base(V, batch, hk, stride_vb, stride_vh)
         key_row0 = k_start + r * rect_stride
         zk = z * (num_q_heads // group) + hk
-        key_limits = window_key_limits(q_rows, window_edge, WINDOW)
+        key_limits = None  # with WINDOW: the first key row of each query row's exact window
+        if WINDOW:
+            key_limits = q_rows + window_edge
         dq = tl.zeros([BLOCK_M, D_PAD], tl.float32)
         if QBlk is None:  # the rank rule: one key block per tile
             k_lo, n_live, block_rows, sample_rows, sample_bias2 = block_and_sample_rows(
@@ -276,7 +277,7 @@ def _key_grads_over_queries(k, v, bias2, s_blk, dk, dv, rank_lo, rank_hi, QPerm,
     key block ``blk`` in each head instead. ``s_blk`` (BN,): sampled keys' blocks, unseen by the
     queries of that block (QBlk: the queries' blocks under the bucket rule; None: the rank
     rule's); None: every query sees every key (biases -inf aside). ``WINDOW``: a query skips the key
-    rows ``k_rows`` (BN,) of its exact window (``window_key_limits``).
+    rows ``k_rows`` (BN,) of its exact window (``Part.band``).
     The rows of QUERY_CHUNK sorted queries at a time sit in registers, so that the query tiles'
     loads depend on no load inside the inner loop (see ``load_sorted_rows``)."""
     for g in range(0, group):

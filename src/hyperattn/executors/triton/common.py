@@ -22,7 +22,7 @@ def load_key_tile(k_base, v_base, key_row0, start, offs_m, n_q, n_k, stride_kn, 
     """k (BN, D) and v (BN, Dv) of the consecutive keys from ``start``, and which of them each
     query of ``offs_m`` sees (BM, BN): none past ``n_k``; with ``CAUSAL`` none after the query
     (bottom-right: query i sees keys j <= n_k - n_q + i). ``BAND`` (the exact window,
-    ``window_key_limits``): 1, only key rows below ``edge0 + i`` (the keys before query i's
+    ``Part.band``): 1, only key rows below ``edge0 + i`` (the keys before query i's
     window); 2, only key rows from ``edge0 + i`` on (its window)."""
     offs_n = start + tl.arange(0, BLOCK_N)
     kmask = offs_n < n_k
@@ -40,23 +40,12 @@ def load_key_tile(k_base, v_base, key_row0, start, offs_m, n_q, n_k, stride_kn, 
 @triton.jit
 def band_mask(k_rows, limits, BAND: tl.constexpr):
     """(R, BN) bool: which key rows ``k_rows`` (BN,) rows with window limits ``limits`` (R,)
-    (``window_key_limits``) see under ``BAND``: 1, those below the limit (outside the window);
+    (``Part.band``) see under ``BAND``: 1, those below the limit (outside the window);
     2, those from the limit on (inside)."""
     if BAND == 1:
         return k_rows[None, :] < limits[:, None]
     else:
         return k_rows[None, :] >= limits[:, None]
-
-
-@triton.jit
-def window_key_limits(q_rows, window_edge, WINDOW: tl.constexpr):
-    """int64 (R,): the first key row inside the exact window of each query row ``q_rows``
-    (``q_rows + window_edge``, with ``window_edge = Nk - Nq - window``: query row i sits at key
-    position Nk - Nq + i); None without ``WINDOW``."""
-    if WINDOW:
-        return q_rows.to(tl.int64) + window_edge
-    else:
-        return None
 
 
 @triton.jit

@@ -35,7 +35,6 @@ from hyperattn.executors.triton.common import (
     next_query_block,
     program_coords,
     sorted_query_rows,
-    window_key_limits,
 )
 
 
@@ -189,7 +188,7 @@ def _block_keys_fwd(q, block_rows, k_base, v_base, key_row0, k_lo, block_size, n
     """Online softmax of the query tile over sorted key ranks [k_lo, k_lo + block_size) below
     ``n_live`` (their rows: ``block_rows``); ``rows_in`` (BM,) bool: the rows that attend to
     this block (None: all); ``key_limits`` (BM,): each row sees only key rows below its limit
-    (``window_key_limits``; None: all)."""
+    (None: all)."""
     for start in range(0, block_size, BLOCK_N):
         k, v, kmask, k_rows = load_block_key_tile(block_rows, k_base, v_base, key_row0, k_lo, start, block_size,
                                                   n_live, stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask,
@@ -211,7 +210,7 @@ def _sampled_keys_fwd(q, sample_rows, sample_bias2, num_samples, k_base, v_base,
     """Online softmax of the query tile over the sampled keys (``load_sample_rows``: rows and
     log2 weights, -inf for those it skips); with ``q_blk`` (BM,) (the bucket rule), a row also
     skips the samples of its own block (``sample_blocks``: ``load_sample_blocks``), and with
-    ``key_limits`` those in its exact window (``window_key_limits``)."""
+    ``key_limits`` those in its exact window (``Part.band``)."""
     for start in range(0, num_samples, BLOCK_N):
         k, v, live, bias2, k_rows = load_sampled_key_tile(sample_rows, sample_bias2, start, k_base, v_base, key_row0,
                                                           stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask,
@@ -274,7 +273,9 @@ def hyper_fwd_kernel(
             stride_vb, stride_vh, stride_lb, stride_lh, offs_d, d_mask, MERGE, BLOCK_M, DV_PAD)
         key_row0 = k_start + r * rect_stride
         zk = z * (num_q_heads // group) + hk
-        key_limits = window_key_limits(q_rows, window_edge, WINDOW)
+        key_limits = None  # with WINDOW: the first key row of each query row's exact window
+        if WINDOW:
+            key_limits = q_rows + window_edge
 
         if QBlk is None:  # the rank rule: one key block per tile
             k_lo, n_live, block_rows, sample_rows, sample_bias2 = block_and_sample_rows(
