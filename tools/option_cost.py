@@ -25,17 +25,17 @@ HEAVY_NO_SAMPLES = dict(sample_size=0, sampling="mass")
 OPTIONS = {
     "paper": dict(exact_sinks=0, exact_tail=0),
     "default": dict(),
-    "mass sampling": dict(sampling="mass"),
-    "heavy 256": dict(heavy_keys=256, sampling="mass"),
-    "heavy 448 block 64": dict(heavy_keys=448, block_size=64, **HEAVY_NO_SAMPLES),
-    "heavy 384 block 128": dict(heavy_keys=384, block_size=128, **HEAVY_NO_SAMPLES),
-    "heavy 256 block 256": dict(heavy_keys=256, block_size=256, **HEAVY_NO_SAMPLES),
+    "mass": dict(sampling="mass"),
+    "heavy256": dict(heavy_keys=256, sampling="mass"),
+    "heavy448-b64": dict(heavy_keys=448, block_size=64, **HEAVY_NO_SAMPLES),
+    "heavy384-b128": dict(heavy_keys=384, block_size=128, **HEAVY_NO_SAMPLES),
+    "heavy256-b256": dict(heavy_keys=256, block_size=256, **HEAVY_NO_SAMPLES),
     "bucket": dict(query_blocks="bucket"),
-    "bucket heavy 448 block 64": dict(query_blocks="bucket", heavy_keys=448, block_size=64, **HEAVY_NO_SAMPLES),
-    "bucket heavy 384 block 128": dict(query_blocks="bucket", heavy_keys=384, block_size=128, **HEAVY_NO_SAMPLES),
-    "bucket heavy 448 block 64 window 1024": dict(query_blocks="bucket", heavy_keys=448, block_size=64,
+    "bucket-heavy448-b64": dict(query_blocks="bucket", heavy_keys=448, block_size=64, **HEAVY_NO_SAMPLES),
+    "bucket-heavy384-b128": dict(query_blocks="bucket", heavy_keys=384, block_size=128, **HEAVY_NO_SAMPLES),
+    "bucket-heavy448-b64-w1024": dict(query_blocks="bucket", heavy_keys=448, block_size=64,
                                                      exact_window=1024, **HEAVY_NO_SAMPLES),
-    "window 1024": dict(exact_window=1024),
+    "window1024": dict(exact_window=1024),
 }
 
 
