@@ -4,6 +4,7 @@
     python tools/kernel_resources.py --family hyper_dq --configs 128,64,4,3 128,64,8,3
     python tools/kernel_resources.py --head-dims 64,128 --family hyper_fwd --instructions
     python tools/kernel_resources.py --family hyper_samples --loops
+    python tools/kernel_resources.py --head-dims 64,128 --variant bucket     # or --variant window
 
 Compiles every kernel family (``hyperattn.executors.triton.tiles.KERNEL_FAMILIES``) for sm_90a
 with Triton's own compiler and ``ptxas -v`` (both ship with Triton), at the tile configs the
@@ -50,7 +51,7 @@ SMALL_INTS = {"tiles_per_block", "num_tiles", "rects", "group", "key_tiles_per_b
 FLOATS = {"scale", "scale_log2"}
 BF16, F32, I64 = "*bf16", "*fp32", "*i64"
 POINTERS = dict(Q=BF16, K=BF16, V=BF16, DO=BF16, Out=F32, Lse=F32, Delta=F32, DQAcc=F32, DQ=BF16, DKAcc=F32, DK=BF16,
-                DVAcc=F32, DV=BF16, QPerm=I64, KPerm=I64, SIdx=I64, SBlk=I64, SLogW=F32)
+                DVAcc=F32, DV=BF16, QPerm=I64, KPerm=I64, SIdx=I64, SBlk=I64, SLogW=F32, QBlk=I64, QOff="*i32")
 # family: (kernel, constexprs besides dims and tiles), as launched for the causal levels of the default
 FAMILIES = {
     "hyper_fwd": (forward.hyper_fwd_kernel, dict(MERGE=True, EXACT_BLOCK_N=16)),
@@ -64,8 +65,14 @@ FAMILIES = {
 assert set(FAMILIES) == set(KERNEL_FAMILIES), "a kernel family has no entry here"
 
 
-def compile_family(family: str, head_dim: int, block_m: int, block_n: int, warps: int, stages: int, arch: int):
-    """The compiled kernel (Triton's CompiledKernel) of ``family`` at these tiles."""
+VARIANTS = ("default", "bucket", "window")
+
+
+def compile_family(family: str, head_dim: int, block_m: int, block_n: int, warps: int, stages: int, arch: int,
+                   variant: str = "default"):
+    """The compiled kernel (Triton's CompiledKernel) of ``family`` at these tiles; ``variant``:
+    the default's launch, the bucket rule's (``query_blocks="bucket"``: the plan's query blocks
+    and block offsets as pointers) or the exact window's (band masks on)."""
     kernel, extra = FAMILIES[family]
     pad = max(16, triton.next_power_of_2(head_dim))
     constexprs = dict(extra, HEAD_DIM=head_dim, HEAD_DIM_V=head_dim, D_PAD=pad, DV_PAD=pad, BLOCK_M=block_m,
@@ -78,6 +85,13 @@ def compile_family(family: str, head_dim: int, block_m: int, block_n: int, warps
         constexprs.update(index_widths(256, 256, block_n))
     if "QUERY_CHUNK" in params:
         constexprs["QUERY_CHUNK"] = query_chunk(256 if family == "hyper_dkdv" else 1 << 20, block_m)
+    for name in ("QBlk", "QOff"):
+        if name in params and variant != "bucket":
+            constexprs[name] = None
+    if "WINDOW" in params:
+        constexprs["WINDOW"] = variant == "window"
+    if "BAND" in params:
+        constexprs["BAND"] = 1 if variant == "window" else 0
     signature, attrs = {}, {}
     for i, name in enumerate(params):
         if name in constexprs:
@@ -150,6 +164,8 @@ def main() -> None:
     parser.add_argument("--configs", nargs="*", default=None, metavar="BM,BN,W,S",
                         help="tile configs to compile (default: the ones the library launches)")
     parser.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 90 (default)")
+    parser.add_argument("--variant", choices=VARIANTS, default="default",
+                        help="the launch compiled: the default's, the bucket rule's or the exact window's")
     parser.add_argument("--instructions", action="store_true",
                         help="also count PTX instructions: " + ", ".join(INSTRUCTIONS))
     parser.add_argument("--loops", action="store_true", help="also list each loop body's SASS instructions by opcode")
@@ -165,7 +181,7 @@ def main() -> None:
                 cfg = launch_config(family, head_dim, head_dim)
                 configs = [(cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["num_warps"], cfg["num_stages"])]
             for config in configs:
-                compiled = compile_family(family, head_dim, *config, args.arch)
+                compiled = compile_family(family, head_dim, *config, args.arch, args.variant)
                 r = resources(compiled, args.arch)
                 counts = "".join(f" {n:>9}" for n in r["instructions"].values()) if args.instructions else ""
                 print(f"{family:>14} {head_dim:>4} {','.join(map(str, config)):>12} {r['registers']:>5} "
