@@ -13,7 +13,8 @@
 #   transformers >= 5.18 (the device's 5.17 loads Gemma-3 GGUF wrongly), gguf and regex, and .whl/stdlib-py311.txt
 #   (the CPU machine's stdlib text, so both machines read the same text). GEMMA_CONFIGS: extra flags per patched
 #   run, ';'-separated (default: the paper's, then the library's default, sinks 16 + tail 64).
-# options: tools/option_cost.py with OPTION_ARGS (each accuracy option's time against cuDNN and the default).
+# options: tools/option_cost.py with OPTION_ARGS (each accuracy option's time against cuDNN and the default);
+#   tools/frontier.py joins its JSON with `hyperattn eval attention` results (the accuracy-speed frontier).
 # memory: tools/memory_peak.py (head dim 128, causal forward+backward at MEMORY_LEN, default 1M tokens), then
 #   the benchmark's causal forward+backward at head dim 128 up to 1M tokens.
 # ab: forward profiles of the code in .ab/src (another commit: `git archive COMMIT src | tar -x -C .ab`,
