@@ -7,7 +7,6 @@ from hyperattn.plan import probe_key_mass, sample_keys, value_sq_norms
 
 
 def test_uniform_shapes_and_weights():
-    v = torch.randn(3, 2, 50, 4)
     idx, logw = sample_keys((3, 2), 50, 16, torch.Generator().manual_seed(0))
     assert idx.shape == logw.shape == (3, 2, 16) and idx.dtype == torch.int64
     assert idx.min() >= 0 and idx.max() < 50

@@ -239,6 +239,19 @@ def block_and_sample_rows(KPerm, SIdx, SBlk, SLogW, zk, blk, block_size, n_k, nu
 
 
 @triton.jit
+def bucket_tile_rows(QBlk, SIdx, SBlk, SLogW, zh, zk, offs_m, rmask, n_q, n_k, num_samples, sinks, key_row0, heavy,
+                     SAMPLES: tl.constexpr):
+    """What a query tile of the bucket rule reads of the plan, in registers: (its rows' key blocks
+    (``load_query_blocks``), the live key ranks, the samples' rows and log2 weights (none skipped
+    by block: each row skips its own, ``sample_blocks``), the samples' blocks)."""
+    zk64 = zk.to(tl.int64)
+    q_blk = load_query_blocks(QBlk, zh, offs_m, rmask, n_q)
+    sample_rows, sample_bias2 = load_sample_rows(SIdx, SBlk, SLogW, zk64 * num_samples, num_samples, -2, SAMPLES)
+    sample_blocks = load_sample_blocks(SBlk, zk64 * num_samples, num_samples, SAMPLES)
+    return q_blk, live_key_ranks(n_k, sinks, key_row0, heavy), sample_rows, sample_bias2, sample_blocks
+
+
+@triton.jit
 def causal_key_split(tile, n_q, n_k, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """(k_full, k_hi) of an exact part's query tile: keys [0, k_full) are visible to every query
     of the tile (no mask), [k_full, k_hi) to some (bottom-right causal); without CAUSAL, all."""

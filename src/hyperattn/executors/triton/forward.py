@@ -19,19 +19,16 @@ from hyperattn.executors.triton.common import (
     NO_BLOCK,
     band_mask,
     block_and_sample_rows,
+    bucket_tile_rows,
     block_query_tile,
     causal_key_split,
     columns,
     head_base,
     load_block_key_tile,
     load_key_tile,
-    load_query_blocks,
     load_rows,
-    load_sample_blocks,
-    load_sample_rows,
     load_sampled_key_tile,
     load_sorted_rows,
-    live_key_ranks,
     next_query_block,
     program_coords,
     sorted_query_rows,
@@ -288,15 +285,12 @@ def hyper_fwd_kernel(
                                               stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, m_i, l_i, acc,
                                               scale_log2, None, None, key_limits, BLOCK_N)
         else:  # the bucket rule: each row's own block, the tile's blocks in turn
-            q_blk = load_query_blocks(QBlk, zh, offs_m, rmask, n_q)
-            n_live = live_key_ranks(n_k, sinks, key_row0, heavy)
-            zk64 = zk.to(tl.int64)
-            sample_rows, sample_bias2 = load_sample_rows(SIdx, SBlk, SLogW, zk64 * num_samples, num_samples, -2,
-                                                         SAMPLES)
-            sample_blocks = load_sample_blocks(SBlk, zk64 * num_samples, num_samples, SAMPLES)
+            q_blk, n_live, sample_rows, sample_bias2, sample_blocks = bucket_tile_rows(
+                QBlk, SIdx, SBlk, SLogW, zh, zk, offs_m, rmask, n_q, n_k, num_samples, sinks, key_row0, heavy, SAMPLES)
             blk = next_query_block(q_blk, -1)
             while blk < NO_BLOCK:
-                block_rows = load_sorted_rows(KPerm, zk64 * n_k, blk * block_size, block_size, n_live, BLOCK_KEYS)
+                block_rows = load_sorted_rows(KPerm, zk.to(tl.int64) * n_k, blk * block_size, block_size, n_live,
+                                              BLOCK_KEYS)
                 m_i, l_i, acc = _block_keys_fwd(q, block_rows, k_base, v_base, key_row0, blk * block_size, block_size,
                                                 n_live, stride_kn, stride_vn, offs_d, offs_dv, d_mask, dv_mask, m_i,
                                                 l_i, acc, scale_log2, q_blk == blk, key_limits, BLOCK_N)
