@@ -85,6 +85,11 @@ class Part:
         return self.rects.keys.length
 
     @property
+    def skips_window(self) -> bool:
+        """Whether the part skips each query's exact-window keys (``band`` 1)."""
+        return self.band == 1
+
+    @property
     def shares_key_rows(self) -> bool:
         """Whether several problems read (and add gradients to) the same key rows."""
         return self.rects.keys.stride == 0 and self.count > 1

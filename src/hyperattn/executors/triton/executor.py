@@ -111,7 +111,7 @@ def _launch_forward(q, k, v, out, lse, part: Part, scale: float, merge: bool) ->
             q, k, v, out, lse, p.q_perm, p.k_perm, p.sample_idx, p.sample_block, p.sample_log_weight, p.q_block,
             scale_log2, *strides, part.num_queries, part.num_keys, p.sample_idx.shape[-1], p.block_size,
             tiles_per_block, tiles, *_rows(part), *heads, part.sinks, part.exact_keys, p.heavy, part.window_edge,
-            MERGE=merge, WINDOW=part.band == 1,
+            MERGE=merge, WINDOW=part.skips_window,
             **_query_side_widths(part, cfg), **_dims(q, v), **cfg)
 
 
@@ -318,7 +318,7 @@ def attention_backward(dout, dlse, q, k, v, out, lse, parts: list[Part], scale: 
                 q, k, v, dout, lse, delta, accumulator("dk", dk), accumulator("dv", dvv),
                 p.q_perm, p.sample_idx, p.sample_block, p.sample_log_weight, p.q_block,
                 scale, scale_log2, *strides, part.num_queries, part.num_keys, num_samples, p.block_size, sample_chunks,
-                segments, segment_len, *_rows(part), *kv_heads, part.window_edge, WINDOW=part.band == 1, **dims, **cfg,
+                segments, segment_len, *_rows(part), *kv_heads, part.window_edge, WINDOW=part.skips_window, **dims, **cfg,
                 QUERY_CHUNK=query_chunk(segment_len, block_m))
         dq_mode, dkdv_mode = write_mode("dq", part.owns_queries), write_mode("dk", part.owns_keys)
         dq_acc = accumulator("dq", dq) if dq_mode != "store" and not part.key_grads_only else dq
@@ -333,7 +333,7 @@ def attention_backward(dout, dlse, q, k, v, out, lse, parts: list[Part], scale: 
             q, k, v, dout, lse, delta, dq_acc, dq, p.q_perm, p.k_perm, p.sample_idx, p.sample_block,
             p.sample_log_weight, p.q_block, scale, scale_log2, *strides, part.num_queries, part.num_keys, num_samples,
             p.block_size, tiles_per_block, tiles, *_rows(part), num_q_heads, group, part.sinks, part.exact_keys,
-            p.heavy, part.window_edge, WRITE=dq_mode, WINDOW=part.band == 1,
+            p.heavy, part.window_edge, WRITE=dq_mode, WINDOW=part.skips_window,
             **_query_side_widths(part, cfg_dq), **dims, **cfg_dq)
         key_tiles_per_block = triton.cdiv(p.block_size, cfg_dkdv["BLOCK_N"])
         key_tiles = key_tiles_per_block * num_blocks
@@ -341,7 +341,7 @@ def attention_backward(dout, dlse, q, k, v, out, lse, parts: list[Part], scale: 
             q, k, v, dout, lse, delta, dk_acc, dk, dv_acc, dvv, p.q_perm, p.k_perm,
             None if p.q_block is None else _block_query_offsets(p.q_block, num_blocks), scale, scale_log2, *strides,
             part.num_queries, part.num_keys, p.block_size, key_tiles_per_block, key_tiles, *_rows(part), *kv_heads,
-            part.sinks, p.heavy, num_blocks, part.window_edge, WRITE=dkdv_mode, WINDOW=part.band == 1, **dims, **cfg_dkdv,
+            part.sinks, p.heavy, num_blocks, part.window_edge, WRITE=dkdv_mode, WINDOW=part.skips_window, **dims, **cfg_dkdv,
             QUERY_CHUNK=query_chunk(part.queries_per_key_block, cfg_dkdv["BLOCK_M"]))
     if cudnn_part is not None:
         part = cudnn_part
