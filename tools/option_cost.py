@@ -33,6 +33,7 @@ OPTIONS = {
     "bucket": dict(query_blocks="bucket"),
     "bucket-heavy448-b64": dict(query_blocks="bucket", heavy_keys=448, block_size=64, **HEAVY_NO_SAMPLES),
     "bucket-heavy384-b128": dict(query_blocks="bucket", heavy_keys=384, block_size=128, **HEAVY_NO_SAMPLES),
+    "bucket-heavy256-b64": dict(query_blocks="bucket", heavy_keys=256, block_size=64, **HEAVY_NO_SAMPLES),
     "bucket-heavy448-b64-w1024": dict(query_blocks="bucket", heavy_keys=448, block_size=64, exact_window=1024,
                                       **HEAVY_NO_SAMPLES),
     "window1024": dict(exact_window=1024),

@@ -12,6 +12,7 @@ step ``ab``). Needs a CUDA GPU.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections import defaultdict
 
 import torch
@@ -78,10 +79,19 @@ def main():
                         help="HyperAttentionConfig.exact_sinks (default %(default)s; the paper's: 0)")
     parser.add_argument("--exact-tail", type=int, default=HyperAttentionConfig.exact_tail,
                         help="HyperAttentionConfig.exact_tail (default %(default)s; the paper's: 0)")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="another HyperAttentionConfig field, e.g. --set heavy_keys=448 (repeatable)")
     args = parser.parse_args()
+    fields = {f.name: f.type for f in dataclasses.fields(HyperAttentionConfig)}
+    extra = {}
+    for item in args.set:
+        name, _, value = item.partition("=")
+        if name not in fields:
+            parser.error(f"--set {item!r}: no HyperAttentionConfig field {name!r}; fields: {sorted(fields)}")
+        extra[name] = int(value) if fields[name] in ("int", int) else value
     print(torch.cuda.get_device_name())
     for causal in (True,) if args.causal_only else (False, True):
-        config = HyperAttentionConfig(exact_up_to=0, exact_sinks=args.exact_sinks, exact_tail=args.exact_tail)
+        config = HyperAttentionConfig(exact_up_to=0, exact_sinks=args.exact_sinks, exact_tail=args.exact_tail, **extra)
         for backward in (False,) if args.forward_only else (False, True):
             profile_case(args.seq_len, args.heads, args.head_dim, causal, backward, args.top, config,
                          args.launches_over)

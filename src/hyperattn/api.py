@@ -136,10 +136,12 @@ def _plan(q, k, v, causal: bool, config: HyperAttentionConfig, seed: int, use_tr
     ``torch.compile`` it runs eagerly as one piece: Dynamo cannot trace generator draws, and
     would otherwise break the graph at each of them."""
     generator = torch.Generator(device=q.device).manual_seed(seed)
-    hash_rows = lsh_buckets
     if use_triton and q.is_cuda:
-        from hyperattn.executors.triton.hashing import lsh_buckets_triton as hash_rows
-    return plan_hyper_attention(q, k, v, causal, config, generator, hash_rows, scale)
+        from hyperattn.executors.triton.hashing import lsh_buckets_triton
+        from hyperattn.executors.triton.probes import probe_key_mass_triton
+        return plan_hyper_attention(q, k, v, causal, config, generator, lsh_buckets_triton, scale,
+                                    probe_key_mass_triton)
+    return plan_hyper_attention(q, k, v, causal, config, generator, lsh_buckets, scale)
 
 
 # The reference executor's data-dependent shapes (block layouts) would break a compiled graph

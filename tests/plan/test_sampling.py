@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from hyperattn.plan import probe_key_mass, sample_keys, value_sq_norms
+from hyperattn.plan import Rows, probe_key_mass, sample_keys, value_sq_norms
 
 
 def test_uniform_shapes_and_weights():
@@ -52,22 +52,33 @@ def test_sampled_term_is_unbiased(method):
     assert torch.all((estimates.mean(0) - target).abs() < 4 * stderr), (estimates.mean(0), target, stderr)
 
 
-def test_probe_key_mass_sums_each_probes_softmax_over_the_keys_it_sees():
-    gen = torch.Generator().manual_seed(2)
-    probes = torch.randn(2, 4, 3, 5, generator=gen, dtype=torch.float64)  # 2 query heads per kv head
-    keys = torch.randn(2, 2, 7, 5, generator=gen, dtype=torch.float64)
-    visible = torch.rand(2, 1, 3, 7, generator=gen) > 0.3
-    visible[1, 0, 2] = False  # a probe that sees nothing adds nothing
-    mass = probe_key_mass(probes, keys, 0.7, visible)
-    expected = torch.zeros(2, 2, 7, dtype=torch.float64)
-    for z in range(2):
+def _probe_case(seed, dtype=torch.float64):
+    """Probes of 2 rectangles (count 2, batch 2, 2 query heads per kv head) over strided key rows."""
+    gen = torch.Generator().manual_seed(seed)
+    k = torch.randn(2, 2, 40, 5, generator=gen, dtype=dtype)
+    probes = torch.randn(4, 4, 3, 5, generator=gen, dtype=dtype)
+    keys = Rows(start=4, stride=13, length=11)  # rectangle r reads key rows 4 + 13 r + [0, 11)
+    probe_pos = torch.tensor([[9, 14, 2], [30, 20, 16]])  # probe 2 of rectangle 0 sees no key
+    return probes, k, keys, probe_pos
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_probe_key_mass_sums_each_probes_softmax_over_the_keys_it_sees(causal):
+    probes, k, keys, probe_pos = _probe_case(2)
+    sinks = 6
+    mass = probe_key_mass(probes, k, keys, 2, 0.7, probe_pos if causal else None, sinks)
+    expected = torch.zeros(4, 2, 11, dtype=torch.float64)
+    for z in range(4):
+        batch, r = divmod(z, 2)
+        rows = torch.arange(11) + 4 + 13 * r
         for h in range(4):
             for p in range(3):
-                seen = visible[z, 0, p]
+                seen = (rows >= sinks) & ((rows <= probe_pos[r, p]) if causal else True)
                 if seen.any():
-                    scores = (keys[z, h // 2] @ probes[z, h, p]) * 0.7
+                    scores = (k[batch, h // 2, rows] @ probes[z, h, p]) * 0.7
                     expected[z, h // 2, seen] += torch.softmax(scores[seen], 0)
     torch.testing.assert_close(mass, expected)
+    assert (mass[0::2, :, :2] == 0).all() and (mass[0::2, :, 2:] > 0).any()  # rectangle 0's sinks: rows 4, 5
 
 
 def test_masses_of_zero_are_never_drawn_and_weights_match():
@@ -81,10 +92,7 @@ def test_masses_of_zero_are_never_drawn_and_weights_match():
 def test_probe_key_mass_in_chunks_equals_one_pass(monkeypatch):
     import hyperattn.plan.sampling as sampling
 
-    gen = torch.Generator().manual_seed(4)
-    probes = torch.randn(2, 2, 5, 4, generator=gen, dtype=torch.float64)
-    keys = torch.randn(2, 1, 23, 4, generator=gen, dtype=torch.float64)
-    visible = torch.rand(2, 1, 5, 23, generator=gen) > 0.5
-    whole = probe_key_mass(probes, keys, 0.5, visible)
-    monkeypatch.setattr(sampling, "PROBE_CHUNK_ELEMENTS", 2 * 2 * 5 * 4)  # chunks of 4 keys
-    torch.testing.assert_close(sampling.probe_key_mass(probes, keys, 0.5, visible), whole)
+    probes, k, keys, probe_pos = _probe_case(4)
+    whole = probe_key_mass(probes, k, keys, 2, 0.5, probe_pos, 3)
+    monkeypatch.setattr(sampling, "PROBE_CHUNK_ELEMENTS", 4 * 4 * 3 * 4)  # chunks of 4 keys
+    torch.testing.assert_close(sampling.probe_key_mass(probes, k, keys, 2, 0.5, probe_pos, 3), whole)

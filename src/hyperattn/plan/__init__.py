@@ -23,6 +23,9 @@ from hyperattn.plan.sampling import probe_key_mass, sample_keys, value_sq_norms
 MASS_UNIFORM_SHARE = 0.5
 from hyperattn.plan.schedule import CausalSchedule, Rectangles, Rows, causal_schedule
 
+# ``probe_key_mass``'s contract: (probes, k, keys, count, scale, probe_pos, sinks) -> key masses
+ProbeMass = Callable[[torch.Tensor, torch.Tensor, Rows, int, float, "torch.Tensor | None", int], torch.Tensor]
+
 
 @dataclass(frozen=True)
 class AttentionPlan:
@@ -224,7 +227,7 @@ def unflatten_plan(tensors: list[torch.Tensor], ints: list[int]) -> AttentionPla
     prefix_plan = plans.pop() if has_prefix_plan else None
     return CausalPlan(CausalSchedule(*schedule_ints), plans, prefix_plan, sinks, window)
 def _probe_mass(q, k, schedule: CausalSchedule, rects: Rectangles, config: HyperAttentionConfig, scale: float,
-                sinks: int) -> torch.Tensor | None:
+                sinks: int, probe_mass: ProbeMass) -> torch.Tensor | None:
     """Estimated attention mass of each key of each rectangle (``probe_key_mass``), from the
     ``config.probe_queries`` queries just before the rectangle's first query (causal: they come
     before every query that uses the estimate). None where no query precedes the rectangle."""
@@ -232,12 +235,8 @@ def _probe_mass(q, k, schedule: CausalSchedule, rects: Rectangles, config: Hyper
     if num_probes == 0:
         return None
     probe_rows = Rows(start=rects.queries.start - num_probes, stride=rects.queries.stride, length=num_probes)
-    positions = torch.arange(k.shape[2], device=q.device).view(1, 1, -1)
-    probe_pos = probe_rows.take(positions[:, :, schedule.prefix_len:], rects.count)  # (count, 1, P)
-    key_pos = rects.keys.take(positions, rects.count)  # (count, 1, Nk)
-    visible = (key_pos[:, :, None, :] <= probe_pos[..., None]) & (key_pos[:, :, None, :] >= sinks)
-    visible = visible.repeat(q.shape[0], 1, 1, 1)  # batch-major, as the problems
-    return probe_key_mass(probe_rows.take(q, rects.count), rects.keys.take(k, rects.count), scale, visible)
+    probe_pos = (probe_rows.index(rects.count, device=q.device) + schedule.prefix_len).view(rects.count, num_probes)
+    return probe_mass(probe_rows.take(q, rects.count), k, rects.keys, rects.count, scale, probe_pos, sinks)
 
 
 def plan_hyper_attention(
@@ -249,11 +248,13 @@ def plan_hyper_attention(
     generator: torch.Generator,
     hash_rows: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = lsh_buckets,
     scale: float | None = None,
+    probe_mass: ProbeMass = probe_key_mass,
 ) -> AttentionPlan | CausalPlan:
     """Every random and data-dependent choice of one HyperAttention call.
 
     Rows are hashed once (directions drawn first from ``generator``) by ``hash_rows``
-    (``lsh_buckets``, or an executor's kernel with its contract); each problem (the whole
+    (``lsh_buckets``, or an executor's kernel with its contract), and key masses estimated by
+    ``probe_mass`` (``probe_key_mass``, or a kernel with its contract); each problem (the whole
     input, or a rectangle of the causal schedule) sorts its own slice and draws its own
     samples, in the order levels 1..L, then the prefix.
     q (B, Hq, Nq, D), k (B, Hkv, Nk, D), v (B, Hkv, Nk, Dv); requires Nq > config.min_seq_len.
@@ -270,8 +271,8 @@ def plan_hyper_attention(
         if config.uses_probes:
             rows = torch.randint(q.shape[2], (config.probe_queries,), generator=generator,
                                  device=generator.device).to(q.device)
-            visible = (torch.arange(k.shape[2], device=q.device) >= sinks).expand(1, 1, config.probe_queries, -1)
-            key_mass = probe_key_mass(q[:, :, rows], k, scale, visible)
+            all_keys = Rows(start=0, stride=0, length=k.shape[2])
+            key_mass = probe_mass(q[:, :, rows], k, all_keys, 1, scale, None, sinks)
         plan = make_plan(q_buckets, k_buckets, config, generator, sq_norms, weight_dtype, sinks, key_mass=key_mass)
         return replace(plan, sinks=sinks)
     schedule = causal_schedule(q.shape[2], k.shape[2], config.min_seq_len)
@@ -281,14 +282,14 @@ def plan_hyper_attention(
     for level in range(1, schedule.num_levels + 1):
         rects = schedule.level(level)
         level_norms = None if sq_norms is None else rects.keys.take(sq_norms, rects.count)
-        key_mass = _probe_mass(q, k, schedule, rects, config, scale, sinks) if config.uses_probes else None
+        key_mass = _probe_mass(q, k, schedule, rects, config, scale, sinks, probe_mass) if config.uses_probes else None
         level_plans.append(make_plan(*rects.take(q_buckets, k_buckets), config, generator, level_norms, weight_dtype,
                                      main_sinks, rects.count, key_mass=key_mass))
     prefix_plan = None
     if schedule.prefix_keys > config.block_size:
         prefix = schedule.prefix()
         prefix_norms = None if sq_norms is None else prefix.keys.take(sq_norms, 1)
-        key_mass = _probe_mass(q, k, schedule, prefix, config, scale, sinks) if config.uses_probes else None
+        key_mass = _probe_mass(q, k, schedule, prefix, config, scale, sinks, probe_mass) if config.uses_probes else None
         prefix_plan = make_plan(*prefix.take(q_buckets, k_buckets), config, generator, prefix_norms, weight_dtype,
                                 prefix_sinks, key_mass=key_mass)
     return CausalPlan(schedule, level_plans, prefix_plan, sinks, config.exact_window)

@@ -6,6 +6,8 @@ import math
 
 import torch
 
+from hyperattn.plan.schedule import Rows
+
 
 def value_sq_norms(v: torch.Tensor) -> torch.Tensor:
     """Squared row norms of v (..., Nk, Dv) in float64, detached: (..., Nk)."""
@@ -16,23 +18,33 @@ def value_sq_norms(v: torch.Tensor) -> torch.Tensor:
 PROBE_CHUNK_ELEMENTS = 1 << 26
 
 
-def probe_key_mass(probes: torch.Tensor, keys: torch.Tensor, scale: float, visible: torch.Tensor) -> torch.Tensor:
-    """Estimated attention mass of each key: the softmax of each probe query over the keys it sees,
-    summed over the probes and over the query heads of each kv head.
+def probe_key_mass(probes: torch.Tensor, k: torch.Tensor, keys: Rows, count: int, scale: float,
+                   probe_pos: torch.Tensor | None, sinks: int) -> torch.Tensor:
+    """Estimated attention mass of each key of each problem: the softmax of each probe query over
+    the keys it sees, summed over the probes and over the query heads of each kv head.
 
-    probes (Z, Hq, P, D), keys (Z, Hkv, Nk, D), visible bool broadcastable to (Z, 1, P, Nk).
-    Returns float32 (Z, Hkv, Nk) (float64 for float64 inputs); a probe that sees no key adds
-    nothing. Keys are taken in chunks of at most ``PROBE_CHUNK_ELEMENTS`` scores (two passes:
-    each probe's log-sum-exp, then the masses)."""
+    Problem z (batch ``z // count``, rectangle ``r = z % count``) holds the probes
+    ``probes[z]`` (Hq, P, D) and the key rows ``keys.start + r * keys.stride + [0, keys.length)``
+    of k (B, Hkv, N, D). A probe sees the key rows from ``sinks`` on up to its position
+    (``probe_pos`` int64 (count, P), in key rows), or all of them where ``probe_pos`` is None.
+    Returns float32 (B * count, Hkv, keys.length) (float64 for float64 inputs); a probe that sees
+    no key adds nothing. Keys are taken in chunks of at most ``PROBE_CHUNK_ELEMENTS`` scores
+    (two passes: each probe's log-sum-exp, then the masses). The Triton executor computes the
+    same in two kernels (``hyperattn.executors.triton.probes``)."""
     dtype = torch.float64 if probes.dtype == torch.float64 else torch.float32
     z, hq, p, d = probes.shape
-    hkv, nk = keys.shape[1], keys.shape[2]
+    hkv, nk = k.shape[1], keys.length
     grouped = probes.detach().to(dtype).reshape(z, hkv, (hq // hkv) * p, d)
-    visible = visible.unsqueeze(2)  # (Z, 1, 1, P, Nk): broadcast over the group
+    key_keys = keys.take(k.detach(), count)  # (Z, Hkv, Nk, D)
+    key_pos = keys.index(count, device=k.device).view(count, 1, nk)
+    visible = key_pos >= sinks  # (count, 1 or P, Nk)
+    if probe_pos is not None:
+        visible = visible & (key_pos <= probe_pos.to(k.device)[..., None])
+    visible = visible.repeat(z // count, 1, 1)[:, None, None]  # (Z, 1, 1, P or 1, Nk): batch-major
     chunk = max(1, PROBE_CHUNK_ELEMENTS // max(1, z * hq * p))
 
     def scores(lo: int) -> torch.Tensor:  # (Z, Hkv, G, P, chunk), -inf where not visible
-        block = grouped @ keys[:, :, lo:lo + chunk].detach().to(dtype).transpose(-1, -2) * scale
+        block = grouped @ key_keys[:, :, lo:lo + chunk].to(dtype).transpose(-1, -2) * scale
         return block.view(z, hkv, hq // hkv, p, -1).masked_fill(~visible[..., lo:lo + chunk], -torch.inf)
 
     lse = torch.stack([torch.logsumexp(scores(lo), -1) for lo in range(0, nk, chunk)], -1).logsumexp(-1)

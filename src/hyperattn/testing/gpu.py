@@ -25,7 +25,8 @@ from hyperattn.executors import causal_hyper_attention_reference, cudnn, referen
 from hyperattn.executors.triton.executor import attention_backward, attention_forward
 from hyperattn.executors.triton.hashing import lsh_buckets_triton
 from hyperattn.executors.triton.op import triton_attention
-from hyperattn.plan import AttentionPlan, CausalPlan, plan_hyper_attention
+from hyperattn.executors.triton.probes import probe_key_mass_triton
+from hyperattn.plan import AttentionPlan, CausalPlan, Rows, causal_schedule, plan_hyper_attention, probe_key_mass
 from hyperattn.plan.launch import parts_of
 
 # Relative Frobenius error allowed against float64, per input dtype.
@@ -88,10 +89,11 @@ def _rel(x, ref):
 
 
 def _passes(errors: dict, unwritten: int, dtype) -> bool:
-    """Every element written, out and lse (where checked) within the forward tolerance, gradients
-    ("d...") within the backward's."""
+    """Every element written, out, lse and the probe masses (where checked) within the forward
+    tolerance, gradients ("d...") within the backward's."""
     tol = TOLERANCE[dtype]
     return (unwritten == 0 and errors["out"] <= tol["fwd"] and errors.get("lse", 0.0) <= 10 * tol["fwd"]
+            and errors.get("mass", 0.0) <= tol["fwd"]
             and all(value <= tol["bwd"] for key, value in errors.items() if key.startswith("d")))
 
 
@@ -109,7 +111,7 @@ def _check_case(batch, hq, hkv, nq, nk, d, dv, causal, overrides, dtype, device)
     if overrides is not None:
         cfg = HyperAttentionConfig(**overrides)
         plan = plan_hyper_attention(q, k, v, causal, cfg, torch.Generator().manual_seed(int(torch.seed() % 2**31)),
-                                    lsh_buckets_triton)
+                                    lsh_buckets_triton, probe_mass=probe_key_mass_triton)
         tail = cfg.exact_tail
     parts = parts_of(plan, nq, nk, causal)
     out, lse = attention_forward(q, k, v, parts, scale, tail, causal, poison=True)
@@ -132,9 +134,30 @@ def _check_case(batch, hq, hkv, nq, nk, d, dv, causal, overrides, dtype, device)
     out_grads = attention_backward(dout.to(dtype), None, q, k, v, out, lse, parts, scale, tail, causal, poison=True)
     unwritten += sum((~torch.isfinite(g)).sum().item() for g in out_grads)
     errors = {"out": _rel(out, ref_out), "lse": (lse.double() - ref_lse).abs().max().item()}
+    if overrides is not None and cfg.uses_probes:
+        errors["mass"] = _probe_mass_error(q, k, causal, cfg, scale)
     errors.update({label: _rel(g, r) for label, g, r in zip(("dq", "dk", "dv"), grads, ref_grads)})
     errors.update({label + "_o": _rel(g, r) for label, g, r in zip(("dq", "dk", "dv"), out_grads, ref_out_grads)})
     return _passes(errors, unwritten, dtype) and torch.equal(out, out2), unwritten, errors
+
+
+def _probe_mass_error(q, k, causal, config, scale) -> float:
+    """Relative error of the probe-mass kernels against ``probe_key_mass`` in float64 on the same
+    inputs: the first causal level's rectangles (probes just before each), or all keys."""
+    num_probes = config.probe_queries
+    if causal:
+        schedule = causal_schedule(q.shape[2], k.shape[2], config.min_seq_len)
+        rects = schedule.level(1)
+        count, keys = rects.count, rects.keys
+        probe_rows = Rows(start=rects.queries.start - num_probes, stride=rects.queries.stride, length=num_probes)
+        probes = probe_rows.take(q, count)
+        probe_pos = (probe_rows.index(count, device=q.device) + schedule.prefix_len).view(count, num_probes)
+    else:
+        count, keys, probe_pos = 1, Rows(start=0, stride=0, length=k.shape[2]), None
+        probes = q[:, :, torch.randint(q.shape[2], (num_probes,), device=q.device)]
+    args = (keys, count, scale, probe_pos, config.exact_sinks)
+    got = probe_key_mass_triton(probes, k, *args)
+    return _rel(got, probe_key_mass(probes.double(), k.double(), *args))
 
 
 def _sync(device) -> None:
