@@ -5,6 +5,7 @@
     python tools/kernel_resources.py --head-dims 64,128 --family hyper_fwd --instructions
     python tools/kernel_resources.py --family hyper_samples --loops
     python tools/kernel_resources.py --head-dims 64,128 --variant bucket     # or --variant window
+    python tools/kernel_resources.py --head-dims 128 --variant bucket --block-size 64 --samples 448
 
 Compiles every kernel family (``hyperattn.executors.triton.tiles.KERNEL_FAMILIES``) for sm_90a
 with Triton's own compiler and ``ptxas -v`` (both ship with Triton), at the tile configs the
@@ -69,10 +70,11 @@ VARIANTS = ("default", "bucket", "window")
 
 
 def compile_family(family: str, head_dim: int, block_m: int, block_n: int, warps: int, stages: int, arch: int,
-                   variant: str = "default"):
+                   variant: str = "default", block_size: int = 256, samples: int = 256):
     """The compiled kernel (Triton's CompiledKernel) of ``family`` at these tiles; ``variant``:
     the default's launch, the bucket rule's (``query_blocks="bucket"``: the plan's query blocks
-    and block offsets as pointers) or the exact window's (band masks on)."""
+    and block offsets as pointers) or the exact window's (band masks on); ``block_size`` and
+    ``samples`` (heavy keys included) set the register-held index widths."""
     kernel, extra = FAMILIES[family]
     pad = max(16, triton.next_power_of_2(head_dim))
     constexprs = dict(extra, HEAD_DIM=head_dim, HEAD_DIM_V=head_dim, D_PAD=pad, DV_PAD=pad, BLOCK_M=block_m,
@@ -80,9 +82,8 @@ def compile_family(family: str, head_dim: int, block_m: int, block_n: int, warps
     if "EXACT_BLOCK_N" in constexprs:
         constexprs["EXACT_BLOCK_N"] = min(16, block_n)
     params = list(inspect.signature(kernel.fn).parameters)
-    # register-held index widths at the default config (block 256, 256 samples, long inputs)
     if "BLOCK_KEYS" in params:
-        constexprs.update(index_widths(256, 256, block_n))
+        constexprs.update(index_widths(block_size, samples, block_n))
     if "QUERY_CHUNK" in params:
         constexprs["QUERY_CHUNK"] = query_chunk(256 if family == "hyper_dkdv" else 1 << 20, block_m)
     for name in ("QBlk", "QOff"):
@@ -166,6 +167,9 @@ def main() -> None:
     parser.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 90 (default)")
     parser.add_argument("--variant", choices=VARIANTS, default="default",
                         help="the launch compiled: the default's, the bucket rule's or the exact window's")
+    parser.add_argument("--block-size", type=int, default=256, help="the plan's block size (index widths)")
+    parser.add_argument("--samples", type=int, default=256,
+                        help="the plan's samples per (problem, kv head), heavy keys included (index widths)")
     parser.add_argument("--instructions", action="store_true",
                         help="also count PTX instructions: " + ", ".join(INSTRUCTIONS))
     parser.add_argument("--loops", action="store_true", help="also list each loop body's SASS instructions by opcode")
@@ -181,7 +185,7 @@ def main() -> None:
                 cfg = launch_config(family, head_dim, head_dim)
                 configs = [(cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["num_warps"], cfg["num_stages"])]
             for config in configs:
-                compiled = compile_family(family, head_dim, *config, args.arch, args.variant)
+                compiled = compile_family(family, head_dim, *config, args.arch, args.variant, args.block_size, args.samples)
                 r = resources(compiled, args.arch)
                 counts = "".join(f" {n:>9}" for n in r["instructions"].values()) if args.instructions else ""
                 print(f"{family:>14} {head_dim:>4} {','.join(map(str, config)):>12} {r['registers']:>5} "
