@@ -1,10 +1,12 @@
 """Where the time goes: CUDA kernel time per stage of one HyperAttention call.
 
     python tools/profile_attention.py --seq-len 131072 --heads 32 --head-dim 64
+    python tools/profile_attention.py --head-dim 128 --kv-heads 8 --causal-only --set heavy_keys=448
 
 Prints, for causal and non-causal, forward and forward+backward, the total CUDA time of
 each kernel (torch.profiler), largest first, and the host's self CPU time. The config is the
-library's default with ``exact_up_to=0`` (``--exact-sinks 0 --exact-tail 0``: the paper's). Use it to
+library's default with ``exact_up_to=0`` (``--exact-sinks 0 --exact-tail 0``: the paper's; ``--set
+FIELD=VALUE``: any other field). Use it to
 see which kernel a change should speed up, and to A/B two source trees (``tools/gpu_session.sh``,
 step ``ab``). Needs a CUDA GPU.
 """
@@ -21,9 +23,9 @@ from torch.profiler import ProfilerActivity, profile
 from hyperattn import HyperAttentionConfig, hyper_attention
 
 
-def profile_case(seq_len, heads, head_dim, causal, backward, top, config, launches_over=None):
-    q, k, v = (torch.randn(1, heads, seq_len, head_dim, device="cuda", dtype=torch.bfloat16,
-                           requires_grad=backward) for _ in range(3))
+def profile_case(seq_len, heads, head_dim, causal, backward, top, config, launches_over=None, kv_heads=None):
+    q, k, v = (torch.randn(1, h, seq_len, head_dim, device="cuda", dtype=torch.bfloat16, requires_grad=backward)
+               for h in (heads, kv_heads or heads, kv_heads or heads))
     grad = torch.randn_like(q)
 
     def step():
@@ -69,6 +71,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seq-len", type=int, default=131072)
     parser.add_argument("--heads", type=int, default=32)
+    parser.add_argument("--kv-heads", type=int, default=None, help="key/value heads (default: --heads)")
     parser.add_argument("--head-dim", type=int, default=64)
     parser.add_argument("--top", type=int, default=12)
     parser.add_argument("--forward-only", action="store_true")
@@ -94,7 +97,7 @@ def main():
         config = HyperAttentionConfig(exact_up_to=0, exact_sinks=args.exact_sinks, exact_tail=args.exact_tail, **extra)
         for backward in (False,) if args.forward_only else (False, True):
             profile_case(args.seq_len, args.heads, args.head_dim, causal, backward, args.top, config,
-                         args.launches_over)
+                         args.launches_over, args.kv_heads)
 
 
 if __name__ == "__main__":
