@@ -164,3 +164,48 @@ def test_bucket_blocks_keep_a_patched_model_causal():
             leaks[rule] = (model(ids).logits[:, :p + 1] - model(later).logits[:, :p + 1]).abs().max().item()
     assert leaks["bucket"] < 1e-10
     assert leaks["rank"] > 1e-6
+
+
+def test_head_plan_patches_heads_and_leaves_the_rest_exact(monkeypatch):
+    """A plan approximating two heads of layer 1 and none elsewhere: that layer runs one call of
+    attention_by_head with the plan's treatments; every other layer and head runs exact."""
+    from hyperattn.heads import HeadPlan
+
+    model = tiny_model("llama")
+    ids = tokens(150)
+    calls = []
+    original = integration.attention_by_head
+
+    def spy(q, k, v, treatments, **kwargs):
+        calls.append(tuple(treatments))
+        return original(q, k, v, treatments, **kwargs)
+
+    monkeypatch.setattr(integration, "attention_by_head", spy)
+    plan = HeadPlan(model="tiny llama", seq_len=150, configs={"approx": APPROX},
+                    layers={1: ("exact", "approx", "approx", "exact"), 3: ("exact",) * 4})
+    with torch.no_grad():
+        want = model(ids).logits
+        assert integration.patch_model(model, plan=plan, seed=0) == [1]  # layer 3 has no approximated head
+        got = model(ids).logits
+    assert calls == [(None, APPROX, APPROX, None)]
+    assert torch.isfinite(got).all() and not torch.allclose(got, want, atol=1e-4)
+    exact_plan = HeadPlan(model="tiny llama", seq_len=150, configs={}, layers={1: ("exact",) * 4})
+    with torch.no_grad():
+        assert integration.patch_model(model, plan=exact_plan) == []
+        torch.testing.assert_close(model(ids).logits, want)
+
+
+def test_head_plans_for_another_model_are_refused():
+    from hyperattn.heads import HeadPlan
+
+    model = tiny_model("llama")
+    wrong_heads = HeadPlan(model="x", seq_len=64, configs={"a": APPROX}, layers={0: ("a", "a")})
+    with pytest.raises(ValueError, match="2 heads; the model's layer has 4 query heads"):
+        integration.patch_model(model, plan=wrong_heads)
+    missing_layer = HeadPlan(model="x", seq_len=64, configs={"a": APPROX}, layers={7: ("a",) * 4})
+    with pytest.raises(ValueError, match="lists layer 7; the model has 4"):
+        integration.patch_model(model, plan=missing_layer)
+    with pytest.raises(ValueError, match="either plan or layers/config"):
+        integration.patch_model(model, "last:2", plan=wrong_heads)
+    with pytest.raises(TypeError, match="HeadPlan"):
+        integration.patch_model(model, plan={"layers": {}})

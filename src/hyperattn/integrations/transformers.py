@@ -2,6 +2,7 @@
 
     from hyperattn.integrations.transformers import patch_model
     patch_model(model, layers="last:15", config=HyperAttentionConfig(), seed=0)
+    patch_model(model, plan=HeadPlan.load("plan.json"))   # a treatment per query head
 
 ``register()`` adds the attention implementation ``"hyper"`` to transformers'
 ``AttentionInterface`` and the matching mask function (the SDPA one) to
@@ -29,9 +30,11 @@ import torch
 
 from hyperattn.api import hyper_attention
 from hyperattn.config import HyperAttentionConfig
+from hyperattn.heads import HeadPlan, attention_by_head
 
 IMPLEMENTATION = "hyper"
 _CONFIG_ATTR = "hyperattn_config"
+_HEADS_ATTR = "hyperattn_heads"
 _SEED_ATTR = "hyperattn_seed"
 
 
@@ -79,6 +82,7 @@ def patch_model(
     config: HyperAttentionConfig | None = None,
     seed: int | None = 0,
     include_sliding: bool = False,
+    plan: HeadPlan | None = None,
 ) -> list[int]:
     """Use HyperAttention in the chosen layers of a transformers model; returns their indices.
 
@@ -91,8 +95,17 @@ def patch_model(
         include_sliding: also patch sliding-window layers (Gemma-3's local layers,
             Mistral's); they then run HyperAttention only while the window covers the whole
             sequence and raise otherwise. By default they stay exact.
+        plan: a ``HeadPlan`` (``hyperattn.heads``): each listed layer's query heads take the
+            plan's treatment (exact or a named config), in one call of the layer
+            (``attention_by_head``); ``layers`` and ``config`` must then be left out. Returns the
+            layers with at least one approximated head.
     Calling it again re-patches: layers not chosen this time go back to exact attention.
     """
+    if plan is not None:
+        if not isinstance(plan, HeadPlan):
+            raise TypeError(f"plan must be a hyperattn.heads.HeadPlan, got {type(plan).__name__}")
+        if layers != "all" or config is not None:
+            raise ValueError("patch_model: pass either plan or layers/config; the plan chooses both per head")
     if config is None:
         config = HyperAttentionConfig()
     elif not isinstance(config, HyperAttentionConfig):
@@ -102,24 +115,45 @@ def patch_model(
     modules = attention_modules(model)
     if not modules:
         raise ValueError(f"found no attention modules (with layer_idx and q_proj) in {type(model).__name__}")
-    chosen = set(select_layers(layers, len(modules)))
+    treatments = {} if plan is None else _plan_treatments(plan, modules)
+    chosen = set(select_layers(layers, len(modules))) if plan is None else set(treatments)
     patched = []
     for index, module in enumerate(modules):
+        for attr in (_CONFIG_ATTR, _HEADS_ATTR, _SEED_ATTR):
+            if hasattr(module, attr):
+                delattr(module, attr)
         sliding = getattr(module, "sliding_window", None) is not None
         if index in chosen and (include_sliding or not sliding):
-            setattr(module, _CONFIG_ATTR, config)
+            if plan is None:
+                setattr(module, _CONFIG_ATTR, config)
+            else:
+                setattr(module, _HEADS_ATTR, treatments[index])
             setattr(module, _SEED_ATTR, None if seed is None else seed + index)
             patched.append(index)
-        else:
-            for attr in (_CONFIG_ATTR, _SEED_ATTR):
-                if hasattr(module, attr):
-                    delattr(module, attr)
     name = register()
     if hasattr(model, "set_attn_implementation"):
         model.set_attn_implementation(name)
     else:  # transformers < 4.56 has no setter
         model.config._attn_implementation = name
     return patched
+
+
+def _plan_treatments(plan: HeadPlan, modules: list[torch.nn.Module]) -> dict[int, tuple]:
+    """{layer: treatment per query head} of the plan's layers with an approximated head, checked
+    against the model: layers that exist, one treatment per query head."""
+    treatments = {}
+    for layer in sorted(plan.layers):
+        if layer >= len(modules):
+            raise ValueError(f"the head plan lists layer {layer}; the model has {len(modules)} attention layers")
+        heads = plan.treatments(layer)
+        module = modules[layer]
+        num_heads = module.q_proj.out_features // module.head_dim if hasattr(module, "head_dim") else len(heads)
+        if len(heads) != num_heads:
+            raise ValueError(f"the head plan gives layer {layer} {len(heads)} heads; the model's layer has "
+                             f"{num_heads} query heads (a plan for another model?)")
+        if any(t is not None for t in heads):
+            treatments[layer] = heads
+    return treatments
 
 
 def _sdpa(module, query, key, value, attention_mask, **kwargs):
@@ -177,10 +211,13 @@ def hyper_attention_forward(
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
     """transformers attention function: query (B, Hq, Sq, D), key/value (B, Hkv, Sk, D) ->
-    (out (B, Sq, Hq, Dv) contiguous, None). Unpatched modules and short calls run SDPA."""
+    (out (B, Sq, Hq, Dv) contiguous, None). Unpatched modules and short calls (every
+    approximated head's config would run exact) run SDPA."""
     config = getattr(module, _CONFIG_ATTR, None)
+    heads = getattr(module, _HEADS_ATTR, None)
     num_queries, num_keys = query.shape[2], key.shape[2]
-    if config is None or config.runs_exact(num_queries, num_keys, True):
+    configs = [config] if heads is None else [t for t in heads if t is not None]
+    if all(c is None or c.runs_exact(num_queries, num_keys, True) for c in configs):
         return _sdpa(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                      is_causal=is_causal, **kwargs)
     if dropout:
@@ -193,10 +230,15 @@ def hyper_attention_forward(
         raise ValueError(f"hyper attention is patched for causal language models; layer {module.layer_idx} "
                          "is not causal")
     seed = getattr(module, _SEED_ATTR, None)
+
+    def attend(q, k, v):
+        if heads is None:
+            return hyper_attention(q, k, v, causal=True, scale=scaling, config=config, seed=seed)
+        return attention_by_head(q, k, v, heads, causal=True, scale=scaling, seed=seed)
+
     sequences = None if attention_mask is None else _sequences(attention_mask, num_queries, num_keys)
     if sequences is None:
-        out = hyper_attention(query, key, value, causal=True, scale=scaling, config=config, seed=seed)
-        return out.transpose(1, 2).contiguous(), None
+        return attend(query, key, value).transpose(1, 2).contiguous(), None
 
     # Padded batch (or a partly filled static cache): one causal run per sequence over its
     # valid tokens; fully masked query rows give zeros.
@@ -204,8 +246,6 @@ def hyper_attention_forward(
     for row, (queries, keys) in enumerate(sequences):
         if queries.numel() == 0:
             continue
-        out[row, :, queries] = hyper_attention(
-            query[row:row + 1, :, queries], key[row:row + 1, :, keys], value[row:row + 1, :, keys],
-            causal=True, scale=scaling, config=config, seed=seed,
-        )[0]
+        out[row, :, queries] = attend(query[row:row + 1, :, queries], key[row:row + 1, :, keys],
+                                      value[row:row + 1, :, keys])[0]
     return out.transpose(1, 2).contiguous(), None
