@@ -1,4 +1,4 @@
-"""Command line: ``hyperattn demo | eval ppl | needle | attention | ruler | bench attention | model``.
+"""Command line: ``hyperattn demo | eval ppl | needle | attention | ruler | calibrate | bench attention | model``.
 
 Each command parses its flags, builds a ``HyperAttentionConfig``, calls the library and
 prints or writes what it returns.
@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from hyperattn.cli.bench import add_bench_parser
+from hyperattn.cli.calibrate import add_calibrate_parser
 from hyperattn.cli.demo import add_demo_parser
 from hyperattn.cli.eval import add_eval_parser
 from hyperattn.eval.assets import AssetError
@@ -21,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     add_demo_parser(commands)
     add_eval_parser(commands)
+    add_calibrate_parser(commands)
     add_bench_parser(commands)
     return parser
 

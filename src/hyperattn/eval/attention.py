@@ -132,30 +132,35 @@ def reference_masks(scores: torch.Tensor, positions: torch.Tensor, budget: int, 
 
 
 @torch.no_grad()
-def relative_errors(captured: CapturedAttention, outputs: list[torch.Tensor], budget: int, sinks: int, start: int,
-                    dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+def relative_errors(captured: CapturedAttention, outputs: list[torch.Tensor], budget: int | None, sinks: int,
+                    start: int, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
     """Relative Frobenius errors per query head against exact causal attention, computed in
     ``dtype`` over chunks of queries, of ``outputs`` (approximations (1, Hq, N, Dv)) and then
-    of the top-k and streaming references.
+    of the top-k and streaming references (none where ``budget`` is None).
 
-    Returns float64 CPU tensors (len(outputs) + 2, Hq): the errors over positions ``start``
-    to N, and over all positions."""
+    Returns float64 CPU tensors (len(outputs) + 2, Hq) (len(outputs) without references): the
+    errors over positions ``start`` to N, and over all positions."""
     q, k, v = (x[0].to(dtype) for x in (captured.q, captured.k, captured.v))
     num_heads, seq_len, num_kv = q.shape[0], q.shape[1], k.shape[0]
     q = q.unflatten(0, (num_kv, -1))  # (Hkv, G, N, D): the query heads of each kv head
     k, v = k[:, None], v[:, None]
     chunk = max(1, CHUNK_ELEMENTS // (num_heads * seq_len))
     # squared norms (exact output, then the error of each output and reference) per head, before and from start
-    sums = torch.zeros(len(outputs) + 3, num_heads, 2, dtype=torch.float64, device=q.device)
+    sums = torch.zeros(len(outputs) + (1 if budget is None else 3), num_heads, 2, dtype=torch.float64,
+                       device=q.device)
     for begin in range(0, seq_len, chunk):
         end = min(begin + chunk, seq_len)
         positions = torch.arange(begin, end, device=q.device)
         scores = (q[:, :, begin:end] @ k[:, :, :end].transpose(-1, -2)) * captured.scaling  # (Hkv, G, C, end)
-        exact, topk, streaming = (
+        if budget is None:
+            masks = [torch.arange(end, device=q.device) <= positions[:, None]]
+        else:
+            masks = reference_masks(scores, positions, budget, sinks)
+        exact, *references = (
             (torch.softmax(scores.masked_fill(~mask, -torch.inf), dim=-1) @ v[:, :, :end]).flatten(0, 1)
-            for mask in reference_masks(scores, positions, budget, sinks))  # each (Hq, C, Dv)
+            for mask in masks)  # each (Hq, C, Dv)
         terms = [exact] + [out[0, :, begin:end].to(dtype) - exact for out in outputs]
-        terms += [topk - exact, streaming - exact]
+        terms += [reference - exact for reference in references]
         split = min(max(start - begin, 0), end - begin)
         for index, term in enumerate(terms):
             squares = term.double().square().sum(-1)  # (Hq, C)

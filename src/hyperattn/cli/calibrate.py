@@ -1,0 +1,72 @@
+"""``hyperattn calibrate``."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict, fields
+
+from hyperattn.calibrate import calibrate, format_calibration, plot_calibration
+from hyperattn.cli.arg_types import numbers, positive_int, seed
+from hyperattn.cli.common import add_pretrained_args, load_pretrained, write_result
+from hyperattn.cli.config_args import add_config_args, config_from_args, labelled_overrides
+from hyperattn.cli.eval import layer_selection
+from hyperattn.config import HyperAttentionConfig
+from hyperattn.eval.models import EVAL_CONFIG
+from hyperattn.eval.perplexity import token_windows
+
+
+def add_calibrate_parser(commands) -> None:
+    parser = commands.add_parser(
+        "calibrate", help="a head plan: per query head, the cheapest candidate config within a perplexity budget",
+        description="Measures every query head's output error under each candidate config on the first SEQ_LEN "
+        "tokens of the text (one exact run, attention inputs captured), then bisects over the errors for the plan "
+        "that approximates the most heads, each by the first candidate it tolerates, while the perplexity of those "
+        "tokens stays within BUDGET of exact attention's. Writes the plan for patch_model(model, plan=...).")
+    add_pretrained_args(parser)
+    parser.add_argument("--seq-len", type=positive_int, default=8192)
+    parser.add_argument("--layers", type=layer_selection, default="all",
+                        help="layers that may be approximated: all, last:K, first:K or comma-separated indices")
+    parser.add_argument("--candidate", type=labelled_overrides, action="append", metavar="NAME:FIELD=VALUE,...",
+                        help="a candidate config, cheapest first: the flags' config with these fields changed "
+                             "(repeatable; default: the flags' config alone, named 'hyper')")
+    parser.add_argument("--budget", type=numbers(float, 0.0, what="number"), default=0.01,
+                        help="allowed relative perplexity increase (default: %(default)s, +1%%)")
+    parser.add_argument("--steps", type=positive_int, default=6, help="patched model runs of the bisection")
+    parser.add_argument("--seed", type=seed, default=0)
+    parser.add_argument("--include-sliding", action="store_true", help="sliding-window layers may be approximated")
+    parser.add_argument("--out", metavar="PATH", required=True, help="write the head plan (JSON) here")
+    add_config_args(parser, EVAL_CONFIG)
+    parser.set_defaults(run=run_calibrate)
+
+
+def candidates_from_args(args: argparse.Namespace) -> dict[str, HyperAttentionConfig]:
+    """{name: config} of the ``--candidate`` flags, in order (the flags' config alone without any)."""
+    base = config_from_args(args)
+    if not args.candidate:
+        return {"hyper": base}
+    candidates = {}
+    for name, overrides in args.candidate:
+        if name in candidates:
+            raise ValueError(f"--candidate: the name {name!r} is given twice")
+        candidates[name] = HyperAttentionConfig(**{**{f.name: getattr(base, f.name) for f in fields(base)},
+                                                   **overrides})
+    return candidates
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    candidates = candidates_from_args(args)  # before the model loads
+    model, tokenizer, text, run = load_pretrained(args)
+    input_ids = token_windows(tokenizer, text, args.seq_len, 1)[0]
+    result = calibrate(model, input_ids, candidates, args.budget, args.layers, args.seed, args.steps,
+                       args.include_sliding, model_name=args.model)
+    print(format_calibration(result))
+    if args.plot:
+        plot_calibration(result, args.plot, f"{args.model}, {args.text}, {args.seq_len} tokens")
+    result.plan.save(args.out)
+    print(f"wrote {args.out}")
+    write_result(dict(run, plan=result.plan.to_dict(), errors={name: {str(layer): heads for layer, heads in
+                                                                      per_layer.items()}
+                                                               for name, per_layer in result.errors.items()},
+                      steps=result.steps, candidates={name: asdict(c) for name, c in candidates.items()}),
+                 args.json)
+    return 0

@@ -1,0 +1,80 @@
+"""Calibrated head plans on a tiny random-weight model (CPU)."""
+
+import math
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from hyperattn import HyperAttentionConfig  # noqa: E402
+from hyperattn.calibrate import calibrate, format_calibration, plan_at  # noqa: E402
+from hyperattn.eval.perplexity import window_nll  # noqa: E402
+from hyperattn.integrations.transformers import patch_model  # noqa: E402
+from tests.integrations.test_transformers import tiny_model, tokens  # noqa: E402
+
+CHEAP = HyperAttentionConfig(block_size=8, sample_size=8, exact_up_to=0, min_seq_len=32, exact_sinks=4, exact_tail=0)
+DEARER = HyperAttentionConfig(block_size=16, sample_size=32, exact_up_to=0, min_seq_len=32, exact_sinks=4,
+                              exact_tail=0)
+
+
+def test_a_threshold_gives_each_head_its_first_tolerable_candidate():
+    errors = {"cheap": {0: [0.1, 0.5, 0.9], 3: [0.2, 0.2, 0.2]}, "dearer": {0: [0.05, 0.3, 0.8], 3: [0.1, 0.1, 0.1]}}
+    assert plan_at(errors, 0.3) == {0: ("cheap", "dearer", "exact"), 3: ("cheap", "cheap", "cheap")}
+    assert plan_at(errors, 0.01) == {0: ("exact",) * 3, 3: ("exact",) * 3}
+
+
+def perplexity(model, ids):
+    return math.exp(window_nll(model, ids).mean().item())
+
+
+def test_calibrated_plans_keep_the_budget_they_report():
+    """SmolLM2 on 384 tokens of Paul Graham's essays, its first and last layers: approximating
+    every head costs more than the budget (+0.25% against +0.22%), so the bisection keeps some
+    heads exact; the plan,
+    applied again, gives the perplexity it reports, and the model is left exact."""
+    from hyperattn.eval.assets import load_text
+    from hyperattn.eval.models import load_model
+    from hyperattn.eval.perplexity import token_windows
+
+    model, tokenizer = load_model("smollm2")
+    ids = token_windows(tokenizer, load_text("paul-graham"), 384, 1)[0]
+    cheap = HyperAttentionConfig(block_size=8, sample_size=8, min_seq_len=64, exact_up_to=0)
+    dearer = HyperAttentionConfig(block_size=32, sample_size=64, min_seq_len=64, exact_up_to=0)
+    with torch.no_grad():
+        exact_logits = model(ids[None]).logits
+    result = calibrate(model, ids, {"cheap": cheap, "dearer": dearer}, budget=0.0022, layers=[0, -1], steps=4,
+                       model_name="smollm2", progress=False)
+    plan, measured = result.plan, result.plan.measured
+    assert sorted(result.errors["cheap"]) == [0, 29] and len(result.errors["dearer"][29]) == 9
+    assert result.steps[0]["change"] > 0.0022 and result.steps[0]["heads"]["cheap"] == 18  # all at the cheapest: over
+    assert len(result.steps) >= 2 and measured["change"] <= 0.0022 and plan.model == "smollm2"
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids[None]).logits, exact_logits)  # the model is left exact
+        assert perplexity(model, ids) == pytest.approx(measured["exact_ppl"])
+        assert 0 < plan.head_counts()["exact"] < 18  # some heads approximated, some not
+        patch_model(model, plan=plan, seed=0)  # the plan, applied again, gives the perplexity it reports
+        assert perplexity(model, ids) == pytest.approx(measured["ppl"])
+    assert "heads approximated" in format_calibration(result)
+
+
+def test_an_ample_budget_approximates_every_head_with_the_first_candidate():
+    model = tiny_model("llama")
+    result = calibrate(model, tokens(200)[0], {"cheap": CHEAP, "dearer": DEARER}, budget=100.0, steps=3,
+                       progress=False)
+    assert len(result.steps) == 1  # the first step, every head at its cheapest, keeps the budget
+    assert result.plan.head_counts() == {"exact": 0, "cheap": 16, "dearer": 0}
+    assert result.plan.measured["threshold"] == max(e for heads in result.errors["cheap"].values() for e in heads)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(candidates={}), "at least one"),
+    (dict(candidates={"exact": CHEAP}), "reserved"),
+    (dict(budget=-0.1), "budget"),
+    (dict(steps=0), "steps"),
+    (dict(candidates={"long": HyperAttentionConfig(min_seq_len=4096, exact_up_to=0)}), "runs attention over 64"),
+])
+def test_bad_calibration_arguments_are_named(kwargs, message):
+    arguments = dict(candidates={"cheap": CHEAP}, budget=0.01, steps=2)
+    with pytest.raises(ValueError, match=message):
+        calibrate(tiny_model("llama"), tokens(64)[0], **{**arguments, **kwargs}, progress=False)
