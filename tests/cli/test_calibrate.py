@@ -25,6 +25,12 @@ def test_calibrate_writes_a_plan_the_integration_reads(tmp_path, capsys):
     result = json.loads(result_path.read_text())
     assert len(result["errors"]["dearer"]["29"]) == 9 and result["command"].startswith("hyperattn calibrate")
     assert png.stat().st_size > 0
+    # checked on another text
+    ppl_path = tmp_path / "ppl.json"
+    assert main(["eval", "ppl", "--model", "smollm2", "--text", "stdlib", "--seq-len", "256", "--layers", "last:0",
+                 "--plan", str(plan_path), "--device", "cpu", "--json", str(ppl_path)]) == 0
+    summary = {s["layers"]: s for s in json.loads(ppl_path.read_text())["summary"]}
+    assert summary["plan"]["num_patched"] == 1 and summary["plan"]["mean_ppl"] != summary["last:0"]["mean_ppl"]
 
 
 @pytest.mark.parametrize("argv", [

@@ -40,6 +40,24 @@ def test_exact_setting_matches_the_models_own_loss(tiny_llama, char_tokenizer):
     assert "vs exact" in format_summary(result)
 
 
+def test_a_head_plan_is_one_more_setting(tiny_llama, char_tokenizer, tmp_path):
+    from hyperattn.heads import HeadPlan
+
+    heads = tiny_llama.config.num_attention_heads
+    plan = HeadPlan(model="tiny", seq_len=200, configs={"a": APPROX}, layers={1: ("a",) + ("exact",) * (heads - 1)})
+    result = evaluate_perplexity(tiny_llama, char_tokenizer, TEXT, 200, ["last:0", "plan"], config=APPROX, plan=plan)
+    summary = {s["layers"]: s for s in result["summary"]}
+    assert summary["plan"]["num_patched"] == 1 and summary["plan"]["mean_ppl"] != summary["last:0"]["mean_ppl"]
+    table = format_summary(result)
+    assert "plan" in table.splitlines()[-1]
+    from hyperattn.eval.perplexity import plot_perplexity
+
+    plot_perplexity(result, str(tmp_path / "ppl.png"), "with a plan")
+    assert (tmp_path / "ppl.png").stat().st_size > 0
+    with pytest.raises(ValueError, match="go together"):
+        evaluate_perplexity(tiny_llama, char_tokenizer, TEXT, 200, ["last:0", "plan"], config=APPROX)
+
+
 def test_longer_than_the_context_is_an_error(tiny_llama, char_tokenizer):
     with pytest.raises(ValueError, match="context"):
         evaluate_perplexity(tiny_llama, char_tokenizer, TEXT, 2048, ["last:0"])

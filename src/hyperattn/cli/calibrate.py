@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import asdict, fields
 
-from hyperattn.calibrate import calibrate, format_calibration, plot_calibration
+from hyperattn.calibration import calibrate, format_calibration, plot_calibration
 from hyperattn.cli.arg_types import numbers, positive_int, seed
 from hyperattn.cli.common import add_pretrained_args, load_pretrained, write_result
 from hyperattn.cli.config_args import add_config_args, config_from_args, labelled_overrides

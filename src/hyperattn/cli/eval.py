@@ -13,7 +13,8 @@ from hyperattn.eval.attention import evaluate_attention, plot_attention_errors
 from hyperattn.eval.attention import format_summary as format_attention_summary
 from hyperattn.eval.models import EVAL_CONFIG
 from hyperattn.eval.needle import evaluate_needle, format_grid, plot_needle
-from hyperattn.eval.perplexity import evaluate_perplexity, format_summary, plot_perplexity
+from hyperattn.eval.perplexity import PLAN_SETTING, evaluate_perplexity, format_summary, plot_perplexity
+from hyperattn.heads import HeadPlan
 
 
 def add_eval_parser(commands) -> None:
@@ -29,6 +30,8 @@ def add_eval_parser(commands) -> None:
                      help="comma-separated settings; last:0 is exact attention")
     ppl.add_argument("--windows", type=positive_int, default=1, help="consecutive windows from the start of the text")
     ppl.add_argument("--seeds", type=seed_list, default=[0], help="comma-separated seeds")
+    ppl.add_argument("--plan", metavar="PATH",
+                     help="also a head plan (hyperattn calibrate): its layers and heads as planned, the rest exact")
     add_config_args(ppl, EVAL_CONFIG)
     ppl.set_defaults(run=eval_ppl)
 
@@ -104,10 +107,12 @@ def _windows_header(args: argparse.Namespace) -> str:
 
 
 def eval_ppl(args: argparse.Namespace) -> int:
+    plan = HeadPlan.load(args.plan) if args.plan else None  # before the model loads
+    layers = args.layers + ([PLAN_SETTING] if plan else [])
     return _evaluate(
         args,
-        lambda model, tokenizer, text, config: evaluate_perplexity(model, tokenizer, text, args.seq_len, args.layers,
-                                                                   args.windows, args.seeds, config),
+        lambda model, tokenizer, text, config: evaluate_perplexity(model, tokenizer, text, args.seq_len, layers,
+                                                                   args.windows, args.seeds, config, plan),
         lambda result: f"{_windows_header(args)}\n{format_summary(result)}",
         plot_perplexity, f"{args.model}, {args.text}, {args.seq_len} tokens")
 

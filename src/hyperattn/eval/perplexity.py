@@ -13,9 +13,11 @@ from tqdm import tqdm
 
 from hyperattn.config import HyperAttentionConfig
 from hyperattn.eval.models import EVAL_CONFIG, check_length, count_attention_layers
+from hyperattn.heads import HeadPlan
 from hyperattn.integrations.transformers import patch_model
 
 QUARTERS = 4
+PLAN_SETTING = "plan"  # the layer setting of a head plan
 
 
 def token_windows(tokenizer, text: str, seq_len: int, num_windows: int) -> torch.Tensor:
@@ -57,24 +59,34 @@ def summarize(nll: torch.Tensor) -> dict:
 
 
 def evaluate_perplexity(model, tokenizer, text: str, seq_len: int, layer_specs: list[str], num_windows: int = 1,
-                        seeds: list[int] = (0,), config: HyperAttentionConfig | None = None) -> dict:
-    """Perplexity per layer setting (``"last:0"`` = exact), window and seed.
+                        seeds: list[int] = (0,), config: HyperAttentionConfig | None = None,
+                        plan: HeadPlan | None = None) -> dict:
+    """Perplexity per layer setting (``"last:0"`` = exact; ``"plan"``: the head plan ``plan``),
+    window and seed.
 
     Returns {"runs": one row per (setting, seed, window), "summary": one row per setting
     with the mean, spread (min, max, std over seeds and windows) and mean quarter ppl}.
     """
     config = config or EVAL_CONFIG
+    if (PLAN_SETTING in layer_specs) != (plan is not None):
+        raise ValueError(f"layer setting {PLAN_SETTING!r} and a head plan go together (got plan={plan!r:.40})")
     check_length(model, seq_len)
     windows = token_windows(tokenizer, text, seq_len, num_windows)
     num_layers = count_attention_layers(model)
+
+    def patch(spec: str, seed: int = 0) -> list[int]:
+        if spec == PLAN_SETTING:
+            return patch_model(model, plan=plan, seed=seed)
+        return patch_model(model, spec, config, seed=seed)
+
     jobs = []
     for spec in layer_specs:
-        patched = len(patch_model(model, spec, config))  # sliding-window layers stay exact
+        patched = len(patch(spec))  # sliding-window layers stay exact
         for seed in (seeds if patched else seeds[:1]):  # exact attention has no randomness
             jobs += [(spec, patched, seed, w) for w in range(num_windows)]
     runs = []
     for spec, patched, seed, window in tqdm(jobs, desc="perplexity", unit="window"):
-        patch_model(model, spec, config, seed=seed)
+        patch(spec, seed)
         start = time.perf_counter()
         nll = window_nll(model, windows[window])
         runs.append(dict(layers=spec, num_patched=patched, seed=seed, window=window,
@@ -96,11 +108,12 @@ def evaluate_perplexity(model, tokenizer, text: str, seq_len: int, layer_specs: 
 
 def format_summary(result: dict) -> str:
     exact = next((s["mean_ppl"] for s in result["summary"] if s["num_patched"] == 0), None)
-    lines = [f"{'patched':>8} {'ppl':>8} {'min':>8} {'max':>8} {'vs exact':>9} "
+    lines = [f"{'layers':>8} {'patched':>8} {'ppl':>8} {'min':>8} {'max':>8} {'vs exact':>9} "
              + " ".join(f"{f'Q{q + 1}':>7}" for q in range(QUARTERS)) + f" {'s/window':>9}"]
     for s in result["summary"]:
         change = f"{100 * (s['mean_ppl'] / exact - 1):+.1f}%" if exact else "-"
-        lines.append(f"{s['num_patched']:>8} {s['mean_ppl']:8.2f} {s['min_ppl']:8.2f} {s['max_ppl']:8.2f} {change:>9} "
+        lines.append(f"{s['layers']:>8} {s['num_patched']:>8} {s['mean_ppl']:8.2f} {s['min_ppl']:8.2f} "
+                     f"{s['max_ppl']:8.2f} {change:>9} "
                      + " ".join(f"{q:7.2f}" for q in s["mean_quarter_ppl"]) + f" {s['mean_seconds']:9.1f}")
     return "\n".join(lines)
 
@@ -111,7 +124,8 @@ def plot_perplexity(result: dict, path: str, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = sorted(result["summary"], key=lambda s: s["num_patched"])
+    planned = [s for s in result["summary"] if s["layers"] == PLAN_SETTING]
+    rows = sorted((s for s in result["summary"] if s["layers"] != PLAN_SETTING), key=lambda s: s["num_patched"])
     x = [s["num_patched"] for s in rows]
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.errorbar(x, [s["mean_ppl"] for s in rows],
@@ -120,6 +134,8 @@ def plot_perplexity(result: dict, path: str, title: str) -> None:
     exact = next((s["mean_ppl"] for s in rows if s["num_patched"] == 0), None)
     if exact is not None:
         ax.axhline(exact, color="gray", linestyle="--", label="exact attention")
+    for s in planned:
+        ax.plot([s["num_patched"]], [s["mean_ppl"]], "r*", markersize=12, label="head plan (layers it approximates)")
     ax.set(xlabel="layers with HyperAttention (counted from the last)", ylabel="perplexity", title=title)
     ax.grid(True, alpha=0.3)
     ax.legend()

@@ -8,7 +8,7 @@ import torch
 pytest.importorskip("transformers")
 
 from hyperattn import HyperAttentionConfig  # noqa: E402
-from hyperattn.calibrate import calibrate, format_calibration, plan_at  # noqa: E402
+from hyperattn.calibration import calibrate, format_calibration, plan_at  # noqa: E402
 from hyperattn.eval.perplexity import window_nll  # noqa: E402
 from hyperattn.integrations.transformers import patch_model  # noqa: E402
 from tests.integrations.test_transformers import tiny_model, tokens  # noqa: E402
