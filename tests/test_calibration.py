@@ -8,7 +8,7 @@ import torch
 pytest.importorskip("transformers")
 
 from hyperattn import HyperAttentionConfig  # noqa: E402
-from hyperattn.calibration import calibrate, format_calibration, plan_at  # noqa: E402
+from hyperattn.calibration import calibrate, format_calibration, head_hardness, plan_at, rank_correlation  # noqa: E402
 from hyperattn.eval.perplexity import window_nll  # noqa: E402
 from hyperattn.integrations.transformers import patch_model  # noqa: E402
 from tests.integrations.test_transformers import tiny_model, tokens  # noqa: E402
@@ -22,6 +22,31 @@ def test_a_threshold_gives_each_head_its_first_tolerable_candidate():
     errors = {"cheap": {0: [0.1, 0.5, 0.9], 3: [0.2, 0.2, 0.2]}, "dearer": {0: [0.05, 0.3, 0.8], 3: [0.1, 0.1, 0.1]}}
     assert plan_at(errors, 0.3) == {0: ("cheap", "dearer", "exact"), 3: ("cheap", "cheap", "cheap")}
     assert plan_at(errors, 0.01) == {0: ("exact",) * 3, 3: ("exact",) * 3}
+
+
+def test_hardness_matches_its_definition_on_dense_matrices():
+    """alpha = N max_j sum_i P_ij^2 over columns from the sinks on, and log kappa the 1%-99%
+    spread of each row's log sum of exp(scores) without its largest entries, over rows from
+    start on; computed in chunks of rows, checked against the dense float64 matrices."""
+    gen = torch.Generator().manual_seed(7)
+    n, start, sinks, heavy = 40, 10, 2, 3
+    q, k = torch.randn(1, 4, n, 8, generator=gen), torch.randn(1, 2, n, 8, generator=gen)
+    k[0, 1, 5] *= 6  # a heavy column for the heads of kv head 1
+    alpha, log_kappa = head_hardness(q, k, 0.5, start, sinks, heavy, chunk_elements=4 * n * 7)  # 7-row chunks
+    for h in range(4):
+        scores = (q[0, h].double() @ k[0, h // 2].double().T) * 0.5
+        scores = scores.masked_fill(torch.ones(n, n, dtype=torch.bool).triu(1), -torch.inf)[start:]
+        p = torch.softmax(scores, -1)
+        assert alpha[h].item() == pytest.approx(n * p.square().sum(0)[sinks:].max().item(), rel=1e-4)
+        kept = scores.exp().sort(-1, descending=True).values[:, heavy:].sum(-1).log()
+        spread = kept.quantile(0.99) - kept.quantile(0.01)
+        assert log_kappa[h].item() == pytest.approx(spread.item(), rel=1e-4)
+    assert alpha[2:].min() > alpha[:2].max()  # the heavy column shows
+
+
+def test_rank_correlation():
+    assert rank_correlation([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert rank_correlation([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
 
 
 def perplexity(model, ids):
@@ -55,7 +80,9 @@ def test_calibrated_plans_keep_the_budget_they_report():
         assert 0 < plan.head_counts()["exact"] < 18  # some heads approximated, some not
         patch_model(model, plan=plan, seed=0)  # the plan, applied again, gives the perplexity it reports
         assert perplexity(model, ids) == pytest.approx(measured["ppl"])
-    assert "heads approximated" in format_calibration(result)
+    assert set(result.hardness) == {"alpha", "log_kappa"} and len(result.hardness["alpha"][29]) == 9
+    assert all(-1 <= value <= 1 for value in result.predicts.values())
+    assert "heads approximated" in format_calibration(result) and "rank correlation" in format_calibration(result)
 
 
 def test_an_ample_budget_approximates_every_head_with_the_first_candidate():

@@ -3,7 +3,8 @@
 1. ``head_errors``: one exact run of the model over the calibration tokens captures every
    layer's attention inputs; each candidate config runs over them, and each query head's
    relative output error against exact attention is measured (over the positions the
-   candidates approximate).
+   candidates approximate), beside the paper's hardness measures of the head's attention
+   (``head_hardness``: alpha and kappa) and how well they rank the heads' errors.
 2. ``plan_at``: a threshold t gives a plan: each head takes the first candidate (list them
    cheapest first) whose error is at most t, or stays exact. A larger threshold approximates
    more heads, with cheaper candidates.
@@ -33,11 +34,15 @@ HeadErrors = dict[str, dict[int, list[float]]]
 
 
 def head_errors(model, input_ids: torch.Tensor, candidates: dict[str, HyperAttentionConfig], layers="all",
-                seed: int = 0, include_sliding: bool = False, progress: bool = True) -> HeadErrors:
+                seed: int = 0, include_sliding: bool = False,
+                progress: bool = True) -> tuple[HeadErrors, dict[str, dict[int, list[float]]]]:
     """Relative output error of every query head of the chosen layers under each candidate, on the
-    attention inputs of one exact run over ``input_ids`` (N,). Layer i runs with seed ``seed + i``
-    (as ``patch_model``); errors are over the positions from the earliest first approximated
-    position of the candidates on."""
+    attention inputs of one exact run over ``input_ids`` (N,), and each head's hardness
+    (``head_hardness`` with the first candidate's exact sinks and block size). Layer i runs with
+    seed ``seed + i`` (as ``patch_model``); both are over the positions from the earliest first
+    approximated position of the candidates on.
+
+    Returns ({candidate: {layer: errors per head}}, {"alpha" and "log_kappa": {layer: per head}})."""
     seq_len = input_ids.shape[-1]
     for name, config in candidates.items():
         if config.runs_exact(seq_len, seq_len, True):
@@ -49,7 +54,9 @@ def head_errors(model, input_ids: torch.Tensor, candidates: dict[str, HyperAtten
     if not chosen:
         raise ValueError(f"layers={layers!r} selects no layer (sliding-window layers need include_sliding)")
     captured = capture_attention(model, input_ids, chosen)
+    first = next(iter(candidates.values()))
     errors = {name: {} for name in candidates}
+    hardness = {"alpha": {}, "log_kappa": {}}
     for layer in tqdm(chosen, desc="head errors", unit="layer", disable=not progress):
         inputs = captured.pop(layer)
         outputs = [hyper_attention(inputs.q, inputs.k, inputs.v, causal=True, scale=inputs.scaling, config=config,
@@ -57,7 +64,59 @@ def head_errors(model, input_ids: torch.Tensor, candidates: dict[str, HyperAtten
         approximated, _ = relative_errors(inputs, outputs, None, 0, start)
         for index, name in enumerate(candidates):
             errors[name][layer] = approximated[index].tolist()
-    return errors
+        alpha, log_kappa = head_hardness(inputs.q, inputs.k, inputs.scaling, start, first.exact_sinks,
+                                         first.block_size)
+        hardness["alpha"][layer], hardness["log_kappa"][layer] = alpha.tolist(), log_kappa.tolist()
+    return errors, hardness
+
+
+@torch.no_grad()
+def head_hardness(q: torch.Tensor, k: torch.Tensor, scale: float, start: int, sinks: int, heavy: int,
+                  chunk_elements: int = 1 << 25) -> tuple[torch.Tensor, torch.Tensor]:
+    """The paper's two hardness measures of each query head's causal attention, estimated over
+    the query rows from ``start`` on (those HyperAttention approximates), in float32 chunks of rows.
+
+    q (1, Hq, N, D), k (1, Hkv, N, D). With P the row-normalized attention (softmax) matrix:
+
+    - ``alpha`` = N * max_j sum_i P_ij^2: the largest squared column norm, over key columns
+      from ``sinks`` on (the exact sinks are computed exactly, whatever their weight);
+    - ``log_kappa``: the spread of the rows' sums of exp(scores) once each row's ``heavy``
+      largest entries (what its LSH block is meant to catch) are removed, as the log of the
+      ratio of the 99th to the 1st percentile over rows (the paper's max/min ratio, made
+      robust to single rows).
+
+    Returns float64 CPU tensors (Hq,), (Hq,)."""
+    q = q[0].float()
+    k = k[0].float()
+    num_heads, seq_len, num_kv = q.shape[0], q.shape[1], k.shape[0]
+    q = q.unflatten(0, (num_kv, -1))
+    k = k[:, None]
+    col_sq = torch.zeros(num_heads, seq_len, dtype=torch.float64, device=q.device)
+    light = []
+    chunk = max(1, chunk_elements // (num_heads * seq_len))
+    for begin in range(start, seq_len, chunk):
+        end = min(begin + chunk, seq_len)
+        visible = torch.arange(end, device=q.device) <= torch.arange(begin, end, device=q.device)[:, None]
+        scores = (q[:, :, begin:end] @ k[..., :end, :].transpose(-1, -2) * scale).masked_fill(~visible, -torch.inf)
+        scores = scores.flatten(0, 1)  # (Hq, C, end)
+        total = torch.logsumexp(scores, -1)
+        col_sq[:, :end] += torch.exp(2 * (scores - total[..., None])).sum(1).double()
+        top = torch.logsumexp(scores.topk(min(heavy, end), dim=-1).values, -1)
+        light.append(total + torch.log1p(-torch.exp(top - total).clamp(max=1.0)))  # -inf: nothing left
+    alpha = seq_len * col_sq[:, sinks:].max(-1).values
+    light = torch.cat(light, 1).double()
+    log_kappa = torch.stack([row[torch.isfinite(row)].quantile(0.99) - row[torch.isfinite(row)].quantile(0.01)
+                             if torch.isfinite(row).sum() > 1 else torch.tensor(0.0, dtype=torch.float64)
+                             for row in light])
+    return alpha.cpu(), log_kappa.cpu()
+
+
+def rank_correlation(x: list[float], y: list[float]) -> float:
+    """Spearman's rank correlation of ``x`` and ``y`` (ties broken by order)."""
+    rx = torch.tensor(x, dtype=torch.float64).argsort().argsort().double()
+    ry = torch.tensor(y, dtype=torch.float64).argsort().argsort().double()
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    return float((rx * ry).sum() / (rx.norm() * ry.norm()).clamp_min(1e-300))
 
 
 def plan_at(errors: HeadErrors, threshold: float) -> dict[int, tuple[str, ...]]:
@@ -74,11 +133,15 @@ def plan_at(errors: HeadErrors, threshold: float) -> dict[int, tuple[str, ...]]:
 
 @dataclass(frozen=True, kw_only=True)
 class Calibration:
-    """What ``calibrate`` found: the plan, every head's error under every candidate, and each
-    bisection step (threshold, perplexity, its change against exact, heads per treatment)."""
+    """What ``calibrate`` found: the plan, every head's error under every candidate, each head's
+    hardness (``head_hardness``: "alpha", "log_kappa") with the rank correlation of each with the
+    first candidate's errors over all heads ("predicts"), and each bisection step (threshold,
+    perplexity, its change against exact, heads per treatment)."""
 
     plan: HeadPlan
     errors: HeadErrors
+    hardness: dict[str, dict[int, list[float]]]
+    predicts: dict[str, float]
     steps: list[dict]
 
 
@@ -104,7 +167,10 @@ def calibrate(model, input_ids: torch.Tensor, candidates: dict[str, HyperAttenti
         raise ValueError(f"steps must be an int >= 1, got {steps!r}")
     started = time.perf_counter()
     patch_model(model, "last:0")  # exact everywhere while measuring
-    errors = head_errors(model, input_ids, candidates, layers, seed, include_sliding, progress)
+    errors, hardness = head_errors(model, input_ids, candidates, layers, seed, include_sliding, progress)
+    first_errors = [e for heads in next(iter(errors.values())).values() for e in heads]
+    predicts = {name: rank_correlation([v for heads in per_layer.values() for v in heads], first_errors)
+                for name, per_layer in hardness.items()}
     exact_ppl = math.exp(window_nll(model, input_ids).mean().item())
     thresholds = sorted({e for per_layer in errors.values() for heads in per_layer.values() for e in heads})
     history = []
@@ -136,7 +202,7 @@ def calibrate(model, input_ids: torch.Tensor, candidates: dict[str, HyperAttenti
                     seconds=time.perf_counter() - started)
     plan = HeadPlan(model=model_name, seq_len=input_ids.shape[-1], configs=candidates, layers=chosen,
                     measured=measured)
-    return Calibration(plan=plan, errors=errors, steps=history)
+    return Calibration(plan=plan, errors=errors, hardness=hardness, predicts=predicts, steps=history)
 
 
 def format_calibration(calibration: Calibration) -> str:
@@ -149,6 +215,9 @@ def format_calibration(calibration: Calibration) -> str:
     counts = plan.head_counts()
     total = sum(len(heads) for heads in calibration.errors[next(iter(calibration.errors))].values())
     approximated = total - counts[EXACT] if plan.layers else 0
+    first = next(iter(calibration.errors))
+    lines.append(f"rank correlation with the heads' errors under {first}: "
+                 + ", ".join(f"{name} {value:+.2f}" for name, value in calibration.predicts.items()))
     lines.append(f"plan: {approximated} of {total} heads approximated ("
                  + ", ".join(f"{name} {n}" for name, n in counts.items() if name != EXACT)
                  + f"); perplexity {m['ppl']:.3f} against exact {m['exact_ppl']:.3f} ({100 * m['change']:+.2f}%, "

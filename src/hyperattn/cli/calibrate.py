@@ -67,6 +67,9 @@ def run_calibrate(args: argparse.Namespace) -> int:
     write_result(dict(run, plan=result.plan.to_dict(), errors={name: {str(layer): heads for layer, heads in
                                                                       per_layer.items()}
                                                                for name, per_layer in result.errors.items()},
-                      steps=result.steps, candidates={name: asdict(c) for name, c in candidates.items()}),
+                      hardness={name: {str(layer): heads for layer, heads in per_layer.items()}
+                                for name, per_layer in result.hardness.items()},
+                      predicts=result.predicts, steps=result.steps,
+                      candidates={name: asdict(c) for name, c in candidates.items()}),
                  args.json)
     return 0
