@@ -10,6 +10,7 @@ from hyperattn.eval.assets import load_text
 from hyperattn.eval.attention import (
     capture_attention,
     captured_layers,
+    default_budget,
     evaluate_attention,
     first_approximated,
     format_summary,
@@ -71,6 +72,11 @@ def test_exact_attention_of_the_captured_inputs_is_what_the_model_computed(captu
         approximated, everywhere = relative_errors(c, [model_out], budget=SEQ_LEN, sinks=16, start=128)
         assert everywhere.max() < 1e-5  # the model's output and both references with every key: exact
         assert approximated.max() < 1e-5
+
+
+def test_the_default_budget_counts_every_key_a_query_computes():
+    assert default_budget(HyperAttentionConfig()) == 256 + 256 + 16
+    assert default_budget(HyperAttentionConfig(block_size=64, sample_size=0, heavy_keys=448)) == 64 + 448 + 16
 
 
 def test_reference_masks_hold_the_budget_and_top_k_keeps_the_most_mass(captured):

@@ -53,10 +53,11 @@ class CapturedAttention:
 
 
 def default_budget(config: HyperAttentionConfig) -> int:
-    """Keys a query of an approximated rectangle computes: its LSH block, the samples and the
-    exact sinks (``block_size + sample_size + exact_sinks``). Its exact diagonal leaf and the
-    other levels' rectangles come on top, so this understates what HyperAttention reads."""
-    return config.block_size + config.sample_size + config.exact_sinks
+    """Keys a query of an approximated rectangle computes: its LSH block, the samples, the heavy
+    keys and the exact sinks (``block_size + sample_size + heavy_keys + exact_sinks``). Its exact
+    diagonal leaf and the other levels' rectangles come on top, so this understates what
+    HyperAttention reads."""
+    return config.block_size + config.sample_size + config.heavy_keys + config.exact_sinks
 
 
 def captured_layers(model, layers="all", include_sliding: bool = False) -> list[int]:
