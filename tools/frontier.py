@@ -109,20 +109,24 @@ def plot(panels: list[dict], path: str, title: str) -> None:
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
     for ax, panel in zip(axes[0], panels):
         ax.scatter([1.0], [0.0], marker="s", color="black", label="exact (cuDNN)")
-        for p in panel["points"]:
-            ax.scatter(p["speedup"], p["error"], color="tab:blue")
-            ax.annotate(p["label"], (p["speedup"], p["error"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        for i, p in enumerate(sorted(panel["points"], key=lambda p: p["error"])):
+            default = p["label"] == "default"
+            ax.scatter(p["speedup"], p["error"], color="tab:orange" if default else "tab:blue",
+                       marker="*" if default else "o", s=120 if default else 30,
+                       label="the library's default" if default else None)
+            ax.annotate(p["label"], (p["speedup"], p["error"]), textcoords="offset points",
+                        xytext=(-8, 6 + 9 * (i % 2)), ha="right", fontsize=7)
         for i, ref in enumerate(panel["references"]):
-            shade = 1.0 - 0.3 * i
+            shade = 1.0 - 0.4 * i
             ax.axhline(ref["topk"], linestyle="--", color="tab:green", alpha=shade,
                        label=f"exact top-{ref['budget']} keys")
             ax.axhline(ref["streaming"], linestyle=":", color="tab:red", alpha=shade,
                        label=f"streaming, {ref['budget']} keys")
-        ax.set_xscale("log")
+        ax.set_xlim(0, 1.1 * max([p["speedup"] for p in panel["points"]] + [1.0]))
         ax.set_xlabel("speed-up against cuDNN")
         ax.set_ylabel("relative output error")
         ax.set_title(f"{panel['model']}, {panel['text']}")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
