@@ -1,6 +1,7 @@
 """What the accuracy options cost: HyperAttention's time with each option set, against cuDNN and the default.
 
     python tools/option_cost.py --seq-lens 131072 --head-dims 64,128 --kv-heads 32,8 --json out.json
+    python tools/option_cost.py --options default --mixes 0.25,0.5,0.75    # layers with some heads exact
 
 Times (``hyperattn.bench.attention.time_case``: medians of ``triton.testing.do_bench``, one
 process, one card) cuDNN's fused attention and HyperAttention with each option set in ``OPTIONS``
@@ -18,7 +19,7 @@ import sys
 
 import torch
 
-from hyperattn import HyperAttentionConfig
+from hyperattn import HyperAttentionConfig, attention_by_head, exact_attention
 from hyperattn.bench.attention import _sdpa, hyper_attention_runner, time_case
 
 HEAVY_NO_SAMPLES = dict(sample_size=0, sampling="mass")
@@ -48,8 +49,13 @@ def main() -> int:
     parser.add_argument("--causal", default="causal", help="comma-separated: causal, non-causal")
     parser.add_argument("--modes", default="fwd,fwd_bwd")
     parser.add_argument("--options", default=",".join(OPTIONS), help="comma-separated names of OPTIONS")
+    parser.add_argument("--mixes", default="",
+                        help="comma-separated shares of query heads approximated in one layer call "
+                             "(hyperattn.attention_by_head: the first heads take the default, the rest "
+                             "exact_attention), timed beside exact_attention on every head, e.g. 0.25,0.5,0.75")
     parser.add_argument("--json", metavar="PATH")
     args = parser.parse_args()
+    mixes = [float(x) for x in args.mixes.split(",") if x]
     head_dims = [int(d) for d in args.head_dims.split(",")]
     kv_heads = [int(h) for h in args.kv_heads.split(",")]
     if len(kv_heads) != len(head_dims):
@@ -77,11 +83,28 @@ def main() -> int:
                         default = ms if name == "default" else default
                         rows.append(dict(case, options=name, config=OPTIONS[name], ms=ms, peak_gib=peak,
                                          vs_cudnn=cudnn / ms))
-                    for row in rows[-len(names):]:
+                    if mixes:
+                        exact_ms, _ = time_case(lambda q, k, v, causal: exact_attention(q, k, v, causal=causal),
+                                                seq_len, 32, head_dim, causal, mode, kv_heads=kv)
+                        rows.append(dict(case, options="exact_attention", config=None, ms=exact_ms,
+                                         vs_cudnn=cudnn / exact_ms))
+                    for share in mixes:
+                        approximated = round(share * 32)
+                        treatments = [HyperAttentionConfig(exact_up_to=0) if h < approximated else None
+                                      for h in range(32)]
+                        ms, peak = time_case(lambda q, k, v, causal, t=treatments: attention_by_head(
+                            q, k, v, t, causal=causal, seed=0), seq_len, 32, head_dim, causal, mode, kv_heads=kv)
+                        share = approximated / 32
+                        predicted = (1 - share) * exact_ms + share * default if default else None
+                        rows.append(dict(case, options=f"mix{share:.2f}", config=dict(share=share), ms=ms,
+                                         peak_gib=peak, vs_cudnn=cudnn / ms, predicted_ms=predicted))
+                    for row in rows[-(len(names) + (len(mixes) + 1 if mixes else 0)):]:
                         row["vs_default"] = row["ms"] / default if default else None
                         print(f"d{head_dim} kv{kv:<3} {'causal' if causal else 'non-causal':<10} {seq_len:>8} "
                               f"{mode:<8} {row['options']:<22} {row['ms']:9.2f} ms {row['vs_cudnn']:6.2f}x cuDNN"
-                              + (f"  {row['vs_default']:5.2f}x default" if default else ""), flush=True)
+                              + (f"  {row['vs_default']:5.2f}x default" if default else "")
+                              + (f"  (predicted {row['predicted_ms']:.2f} ms)" if row.get("predicted_ms") else ""),
+                              flush=True)
     if args.json:
         import triton
 
