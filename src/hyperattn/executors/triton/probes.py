@@ -48,6 +48,17 @@ def _load_probes(Probes, ProbePos, z, h, r, offs_p, pmask, stride_pz, stride_ph,
 
 
 @triton.jit
+def _problem_keys(K, z, hk, count, stride_kb, stride_kh, k_start, k_stride, HEAD_DIM: tl.constexpr,
+                  D_PAD: tl.constexpr):
+    """Where problem z's keys of kv head hk lie: (rectangle r, base pointer, first key row, the
+    column offsets and their mask)."""
+    r = z % count
+    k_base = K + (z // count).to(tl.int64) * stride_kb + hk.to(tl.int64) * stride_kh
+    offs_d = tl.arange(0, D_PAD)
+    return r, k_base, k_start + r.to(tl.int64) * k_stride, offs_d, offs_d < HEAD_DIM
+
+
+@triton.jit
 def probe_lse_kernel(
     Probes, K, ProbePos, PartMax, PartSum,
     scale_log2,
@@ -67,15 +78,12 @@ def probe_lse_kernel(
     zh = rest // probe_tiles
     z = zh // num_heads
     h = zh % num_heads
-    r = z % count
+    r, k_base, row0, offs_d, d_mask = _problem_keys(K, z, h // group, count, stride_kb, stride_kh, k_start, k_stride,
+                                                    HEAD_DIM, D_PAD)
     offs_p = p_tile * BLOCK_P + tl.arange(0, BLOCK_P)
     pmask = offs_p < n_probes
-    offs_d = tl.arange(0, D_PAD)
-    d_mask = offs_d < HEAD_DIM
     probes, probe_pos = _load_probes(Probes, ProbePos, z, h, r, offs_p, pmask, stride_pz, stride_ph, stride_pp,
                                      offs_d, d_mask, n_probes, CAUSAL)
-    k_base = K + (z // count).to(tl.int64) * stride_kb + (h // group).to(tl.int64) * stride_kh
-    row0 = k_start + r.to(tl.int64) * k_stride
     m_i = tl.full([BLOCK_P], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_P], tl.float32)
     lo = chunk * chunk_keys
@@ -111,13 +119,11 @@ def probe_mass_kernel(
     zk = pid // key_tiles
     z = zk // num_kv_heads
     hk = zk % num_kv_heads
-    r = z % count
+    r, k_base, row0, offs_d, d_mask = _problem_keys(K, z, hk, count, stride_kb, stride_kh, k_start, k_stride,
+                                                    HEAD_DIM, D_PAD)
     offs_n = tile * BLOCK_N + tl.arange(0, BLOCK_N)
     kmask = offs_n < n_k
-    offs_d = tl.arange(0, D_PAD)
-    d_mask = offs_d < HEAD_DIM
-    k_base = K + (z // count).to(tl.int64) * stride_kb + hk.to(tl.int64) * stride_kh
-    k_rows = k_start + r.to(tl.int64) * k_stride + offs_n
+    k_rows = row0 + offs_n
     mass = tl.zeros([BLOCK_N], tl.float32)
     for g in range(group):
         h = hk * group + g
