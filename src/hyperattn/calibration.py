@@ -226,8 +226,8 @@ def format_calibration(calibration: Calibration) -> str:
 
 
 def plot_calibration(calibration: Calibration, path: str, title: str) -> None:
-    """Each head's error under the first candidate (layers by heads), heads the plan approximates
-    outlined, the plan's threshold in the colour bar."""
+    """Each head's error under the first candidate (layers by heads), each cell marked with the
+    plan's treatment (E: exact, else the candidate's number), the plan's threshold in the colour bar."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -242,11 +242,14 @@ def plot_calibration(calibration: Calibration, path: str, title: str) -> None:
     threshold = calibration.plan.measured.get("threshold")
     if threshold is not None:
         bar.ax.axhline(threshold, color="red")
+    names = list(calibration.errors)
     for row, layer in enumerate(layers):
-        for head, name in enumerate(calibration.plan.layers.get(layer, ())):
-            if name != EXACT:
-                ax.add_patch(plt.Rectangle((head - 0.5, row - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=1))
-    ax.set(xlabel="query head (red: approximated)", ylabel="layer", yticks=range(len(layers)), yticklabels=layers,
-           title=title)
+        for head, name in enumerate(calibration.plan.layers.get(layer, (EXACT,) * grid.shape[1])):
+            exact = name == EXACT
+            ax.text(head, row, "E" if exact else str(names.index(name) + 1), ha="center", va="center", fontsize=7,
+                    color="red" if exact else "white", fontweight="bold" if exact else "normal")
+    legend = ", ".join(f"{i + 1}: {name}" for i, name in enumerate(names))
+    ax.set(xlabel=f"query head (E: exact; {legend})", ylabel="layer", yticks=range(len(layers)),
+           yticklabels=layers, title=title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
