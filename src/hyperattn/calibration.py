@@ -101,8 +101,8 @@ def head_hardness(q: torch.Tensor, k: torch.Tensor, scale: float, start: int, si
         scores = scores.flatten(0, 1)  # (Hq, C, end)
         total = torch.logsumexp(scores, -1)
         col_sq[:, :end] += torch.exp(2 * (scores - total[..., None])).sum(1).double()
-        top = torch.logsumexp(scores.topk(min(heavy, end), dim=-1).values, -1)
-        light.append(total + torch.log1p(-torch.exp(top - total).clamp(max=1.0)))  # -inf: nothing left
+        top = scores.topk(min(heavy, end), dim=-1).indices
+        light.append(torch.logsumexp(scores.scatter(-1, top, -torch.inf), -1))  # -inf: nothing left
     alpha = seq_len * col_sq[:, sinks:].max(-1).values
     light = torch.cat(light, 1).double()
     log_kappa = torch.stack([row[torch.isfinite(row)].quantile(0.99) - row[torch.isfinite(row)].quantile(0.01)
