@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import asdict, fields
+from dataclasses import asdict
 
 from hyperattn.calibration import calibrate, format_calibration, plot_calibration
 from hyperattn.cli.arg_types import numbers, positive_int, seed
 from hyperattn.cli.common import add_pretrained_args, load_pretrained, write_result
-from hyperattn.cli.config_args import add_config_args, config_from_args, labelled_overrides
+from hyperattn.cli.config_args import add_config_args, compared_configs, config_from_args, labelled_overrides
 from hyperattn.cli.eval import layer_selection
 from hyperattn.config import HyperAttentionConfig
 from hyperattn.eval.models import EVAL_CONFIG
@@ -41,16 +41,7 @@ def add_calibrate_parser(commands) -> None:
 
 def candidates_from_args(args: argparse.Namespace) -> dict[str, HyperAttentionConfig]:
     """{name: config} of the ``--candidate`` flags, in order (the flags' config alone without any)."""
-    base = config_from_args(args)
-    if not args.candidate:
-        return {"hyper": base}
-    candidates = {}
-    for name, overrides in args.candidate:
-        if name in candidates:
-            raise ValueError(f"--candidate: the name {name!r} is given twice")
-        candidates[name] = HyperAttentionConfig(**{**{f.name: getattr(base, f.name) for f in fields(base)},
-                                                   **overrides})
-    return candidates
+    return compared_configs(args, "--candidate") if args.candidate else {"hyper": config_from_args(args)}
 
 
 def run_calibrate(args: argparse.Namespace) -> int:

@@ -62,13 +62,14 @@ def labelled_overrides(text: str) -> tuple[str, dict]:
     return label, overrides
 
 
-def compared_configs(args: argparse.Namespace) -> dict[str, HyperAttentionConfig]:
-    """{label: config} of the ``--compare`` flags: each the flags' config with its overrides."""
+def compared_configs(args: argparse.Namespace, flag: str = "--compare") -> dict[str, HyperAttentionConfig]:
+    """{label: config} of the ``flag`` flags (``labelled_overrides``, in order): each the flags'
+    config with its overrides."""
     base = {field.name: getattr(args, field.name) for field in fields(HyperAttentionConfig)}
     configs = {}
-    for label, overrides in args.compare or []:
+    for label, overrides in getattr(args, flag.lstrip("-").replace("-", "_")) or []:
         if label in configs:
-            raise ValueError(f"--compare: the label {label!r} is given twice")
+            raise ValueError(f"{flag}: the label {label!r} is given twice")
         values = {**base, **overrides}
         configs[label] = HyperAttentionConfig(**values)
     return configs

@@ -26,7 +26,8 @@ from hyperattn.executors.triton.executor import attention_backward, attention_fo
 from hyperattn.executors.triton.hashing import lsh_buckets_triton
 from hyperattn.executors.triton.op import triton_attention
 from hyperattn.executors.triton.probes import probe_key_mass_triton
-from hyperattn.plan import AttentionPlan, CausalPlan, Rows, causal_schedule, plan_hyper_attention, probe_key_mass
+from hyperattn.plan import (AttentionPlan, CausalPlan, Rows, _probe_mass, causal_schedule, plan_hyper_attention,
+                            probe_key_mass)
 from hyperattn.plan.launch import parts_of
 
 # Relative Frobenius error allowed against float64, per input dtype.
@@ -143,21 +144,15 @@ def _check_case(batch, hq, hkv, nq, nk, d, dv, causal, overrides, dtype, device)
 
 def _probe_mass_error(q, k, causal, config, scale) -> float:
     """Relative error of the probe-mass kernels against ``probe_key_mass`` in float64 on the same
-    inputs: the first causal level's rectangles (probes just before each), or all keys."""
-    num_probes = config.probe_queries
+    inputs: the first causal level's rectangles (the plan's probes, ``_probe_mass``), or all keys."""
     if causal:
         schedule = causal_schedule(q.shape[2], k.shape[2], config.min_seq_len)
-        rects = schedule.level(1)
-        count, keys = rects.count, rects.keys
-        probe_rows = Rows(start=rects.queries.start - num_probes, stride=rects.queries.stride, length=num_probes)
-        probes = probe_rows.take(q, count)
-        probe_pos = (probe_rows.index(count, device=q.device) + schedule.prefix_len).view(count, num_probes)
-    else:
-        count, keys, probe_pos = 1, Rows(start=0, stride=0, length=k.shape[2]), None
-        probes = q[:, :, torch.randint(q.shape[2], (num_probes,), device=q.device)]
-    args = (keys, count, scale, probe_pos, config.exact_sinks)
-    got = probe_key_mass_triton(probes, k, *args)
-    return _rel(got, probe_key_mass(probes.double(), k.double(), *args))
+        args = (schedule, schedule.level(1), config, scale, config.exact_sinks)
+        got = _probe_mass(q, k, *args, probe_key_mass_triton)
+        return _rel(got, _probe_mass(q.double(), k.double(), *args, probe_key_mass))
+    probes = q[:, :, torch.randint(q.shape[2], (config.probe_queries,), device=q.device)]
+    args = (Rows(start=0, stride=0, length=k.shape[2]), 1, scale, None, config.exact_sinks)
+    return _rel(probe_key_mass_triton(probes, k, *args), probe_key_mass(probes.double(), k.double(), *args))
 
 
 def _sync(device) -> None:
