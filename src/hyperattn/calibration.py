@@ -24,7 +24,8 @@ from tqdm import tqdm
 
 from hyperattn.api import hyper_attention
 from hyperattn.config import HyperAttentionConfig
-from hyperattn.eval.attention import capture_attention, captured_layers, first_approximated, relative_errors
+from hyperattn.eval.attention import (CHUNK_ELEMENTS, CapturedAttention, captured_layers, capturing_attention,
+                                     first_approximated, relative_errors)
 from hyperattn.eval.perplexity import window_nll
 from hyperattn.heads import EXACT, HeadPlan
 from hyperattn.integrations.transformers import patch_model
@@ -33,16 +34,22 @@ from hyperattn.integrations.transformers import patch_model
 HeadErrors = dict[str, dict[int, list[float]]]
 
 
+@dataclass(frozen=True, kw_only=True)
+class HeadErrorRun:
+    """What ``head_errors`` measured in one exact run and the candidates' runs over its inputs."""
+
+    errors: HeadErrors  # {candidate: {layer: error of each query head}}
+    hardness: dict[str, dict[int, list[float]]]  # {"alpha" and "log_kappa": {layer: per query head}}
+    exact_nll: torch.Tensor  # float64 (N - 1,): the exact run's negative log-likelihood of tokens 1..N-1
+
+
 def head_errors(model, input_ids: torch.Tensor, candidates: dict[str, HyperAttentionConfig], layers="all",
-                seed: int = 0, include_sliding: bool = False,
-                progress: bool = True) -> tuple[HeadErrors, dict[str, dict[int, list[float]]]]:
+                seed: int = 0, include_sliding: bool = False, progress: bool = True) -> HeadErrorRun:
     """Relative output error of every query head of the chosen layers under each candidate, on the
     attention inputs of one exact run over ``input_ids`` (N,), and each head's hardness
-    (``head_hardness`` with the first candidate's exact sinks and block size). Layer i runs with
+    (``HeadHardness`` with the first candidate's exact sinks and block size). Layer i runs with
     seed ``seed + i`` (as ``patch_model``); both are over the positions from the earliest first
-    approximated position of the candidates on.
-
-    Returns ({candidate: {layer: errors per head}}, {"alpha" and "log_kappa": {layer: per head}})."""
+    approximated position of the candidates on."""
     seq_len = input_ids.shape[-1]
     for name, config in candidates.items():
         if config.runs_exact(seq_len, seq_len, True):
@@ -53,7 +60,8 @@ def head_errors(model, input_ids: torch.Tensor, candidates: dict[str, HyperAtten
     chosen = captured_layers(model, layers, include_sliding)
     if not chosen:
         raise ValueError(f"layers={layers!r} selects no layer (sliding-window layers need include_sliding)")
-    captured = capture_attention(model, input_ids, chosen)
+    with capturing_attention(model, chosen) as captured:
+        exact_nll = window_nll(model, input_ids)
     first = next(iter(candidates.values()))
     errors = {name: {} for name in candidates}
     hardness = {"alpha": {}, "log_kappa": {}}
@@ -61,54 +69,77 @@ def head_errors(model, input_ids: torch.Tensor, candidates: dict[str, HyperAtten
         inputs = captured.pop(layer)
         outputs = [hyper_attention(inputs.q, inputs.k, inputs.v, causal=True, scale=inputs.scaling, config=config,
                                    seed=seed + layer) for config in candidates.values()]
-        approximated, _ = relative_errors(inputs, outputs, None, 0, start)
+        meter = HeadHardness(inputs.q.shape[1], seq_len, start, first.exact_sinks, first.block_size)
+        approximated, _ = relative_errors(inputs, outputs, None, 0, start, on_chunk=meter.update)
         for index, name in enumerate(candidates):
             errors[name][layer] = approximated[index].tolist()
-        alpha, log_kappa = head_hardness(inputs.q, inputs.k, inputs.scaling, start, first.exact_sinks,
-                                         first.block_size)
-        hardness["alpha"][layer], hardness["log_kappa"][layer] = alpha.tolist(), log_kappa.tolist()
-    return errors, hardness
+        hardness["alpha"][layer], hardness["log_kappa"][layer] = (x.tolist() for x in meter.result())
+    return HeadErrorRun(errors=errors, hardness=hardness, exact_nll=exact_nll)
 
 
-@torch.no_grad()
-def head_hardness(q: torch.Tensor, k: torch.Tensor, scale: float, start: int, sinks: int, heavy: int,
-                  chunk_elements: int = 1 << 25) -> tuple[torch.Tensor, torch.Tensor]:
+class HeadHardness:
     """The paper's two hardness measures of each query head's causal attention, estimated over
-    the query rows from ``start`` on (those HyperAttention approximates), in float32 chunks of rows.
-
-    q (1, Hq, N, D), k (1, Hkv, N, D). With P the row-normalized attention (softmax) matrix:
+    the query rows from ``start`` on (those HyperAttention approximates) and accumulated over
+    chunks of rows (``update``, the ``on_chunk`` of ``relative_errors``). With P the
+    row-normalized attention (softmax) matrix:
 
     - ``alpha`` = N * max_j sum_i P_ij^2: the largest squared column norm, over key columns
       from ``sinks`` on (the exact sinks are computed exactly, whatever their weight);
     - ``log_kappa``: the spread of the rows' sums of exp(scores) once each row's ``heavy``
       largest entries (what its LSH block is meant to catch) are removed, as the log of the
       ratio of the 99th to the 1st percentile over rows (the paper's max/min ratio, made
-      robust to single rows).
+      robust to single rows); rows with nothing left are left out."""
 
-    Returns float64 CPU tensors (Hq,), (Hq,)."""
-    q = q[0].float()
-    k = k[0].float()
-    num_heads, seq_len, num_kv = q.shape[0], q.shape[1], k.shape[0]
-    q = q.unflatten(0, (num_kv, -1))
-    k = k[:, None]
-    col_sq = torch.zeros(num_heads, seq_len, dtype=torch.float64, device=q.device)
-    light = []
-    chunk = max(1, chunk_elements // (num_heads * seq_len))
-    for begin in range(start, seq_len, chunk):
-        end = min(begin + chunk, seq_len)
-        visible = torch.arange(end, device=q.device) <= torch.arange(begin, end, device=q.device)[:, None]
-        scores = (q[:, :, begin:end] @ k[..., :end, :].transpose(-1, -2) * scale).masked_fill(~visible, -torch.inf)
-        scores = scores.flatten(0, 1)  # (Hq, C, end)
-        total = torch.logsumexp(scores, -1)
-        col_sq[:, :end] += torch.exp(2 * (scores - total[..., None])).sum(1).double()
-        top = scores.topk(min(heavy, end), dim=-1).indices
-        light.append(torch.logsumexp(scores.scatter(-1, top, -torch.inf), -1))  # -inf: nothing left
-    alpha = seq_len * col_sq[:, sinks:].max(-1).values
-    light = torch.cat(light, 1).double()
-    log_kappa = torch.stack([row[torch.isfinite(row)].quantile(0.99) - row[torch.isfinite(row)].quantile(0.01)
-                             if torch.isfinite(row).sum() > 1 else torch.tensor(0.0, dtype=torch.float64)
-                             for row in light])
-    return alpha.cpu(), log_kappa.cpu()
+    def __init__(self, num_heads: int, seq_len: int, start: int, sinks: int, heavy: int):
+        self.start, self.sinks, self.heavy, self.seq_len = start, sinks, heavy, seq_len
+        self.col_sq = torch.zeros(num_heads, seq_len, dtype=torch.float64)
+        self.light = []
+
+    def update(self, begin: int, end: int, scores: torch.Tensor, probs: torch.Tensor) -> None:
+        """The queries begin..end-1: their scores (Hq, C, end) (future entries included) and exact
+        causal attention probs (Hq, C, end)."""
+        skip = max(self.start - begin, 0)
+        if skip >= end - begin:
+            return
+        scores, probs = scores[:, skip:], probs[:, skip:]
+        self.col_sq[:, :end] += probs.square().sum(1).double().cpu()
+        top = probs.topk(min(self.heavy, end), dim=-1).indices
+        # a row's light sum of exp(scores): its light share of P times exp(lse), with the lse read
+        # off its largest entry (lse = s - log p there); the share summed directly, not by subtraction
+        light_share = probs.scatter(-1, top, 0.0).sum(-1)
+        first = top[..., :1]
+        lse = (scores.gather(-1, first) - probs.gather(-1, first).log()).squeeze(-1)
+        light = light_share.log() + lse
+        seen = torch.arange(begin + skip, end, device=probs.device) + 1  # keys each row sees
+        light = light.masked_fill(seen <= self.heavy, -torch.inf)  # nothing left
+        # shares near the bottom of P's range lose their smallest entries: those rows from the scores
+        underflow = (light_share < torch.finfo(probs.dtype).tiny * 1e8) & (seen > self.heavy)
+        if underflow.any():
+            future = torch.arange(end, device=probs.device) >= seen[:, None]
+            visible = scores.masked_fill(future, -torch.inf)
+            top = visible.topk(min(self.heavy, end), dim=-1).indices  # P's ties at zero hide the order
+            exact = torch.logsumexp(visible.scatter(-1, top, -torch.inf), -1)
+            light = torch.where(underflow, exact, light)
+        self.light.append(light.double().cpu())
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """alpha (Hq,) and log_kappa (Hq,), float64 CPU tensors."""
+        alpha = self.seq_len * self.col_sq[:, self.sinks:].max(-1).values
+        light = torch.cat(self.light, 1)
+        log_kappa = torch.stack([row[torch.isfinite(row)].quantile(0.99) - row[torch.isfinite(row)].quantile(0.01)
+                                 if torch.isfinite(row).sum() > 1 else torch.tensor(0.0, dtype=torch.float64)
+                                 for row in light])
+        return alpha, log_kappa
+
+
+def head_hardness(captured: CapturedAttention, start: int, sinks: int, heavy: int,
+                  chunk_elements: int = CHUNK_ELEMENTS) -> tuple[torch.Tensor, torch.Tensor]:
+    """``HeadHardness`` of the captured attention inputs (q (1, Hq, N, D), k (1, Hkv, N, D)), over
+    the query rows from ``start`` on, in float32 chunks of about ``chunk_elements`` scores.
+    Returns float64 CPU tensors alpha (Hq,), log_kappa (Hq,)."""
+    hardness = HeadHardness(captured.q.shape[1], captured.q.shape[2], start, sinks, heavy)
+    relative_errors(captured, [], None, 0, start, on_chunk=hardness.update, chunk_elements=chunk_elements)
+    return hardness.result()
 
 
 def rank_correlation(x: list[float], y: list[float]) -> float:
@@ -167,11 +198,12 @@ def calibrate(model, input_ids: torch.Tensor, candidates: dict[str, HyperAttenti
         raise ValueError(f"steps must be an int >= 1, got {steps!r}")
     started = time.perf_counter()
     patch_model(model, "last:0")  # exact everywhere while measuring
-    errors, hardness = head_errors(model, input_ids, candidates, layers, seed, include_sliding, progress)
+    run = head_errors(model, input_ids, candidates, layers, seed, include_sliding, progress)
+    errors, hardness = run.errors, run.hardness
     first_errors = [e for heads in next(iter(errors.values())).values() for e in heads]
     predicts = {name: rank_correlation([v for heads in per_layer.values() for v in heads], first_errors)
                 for name, per_layer in hardness.items()}
-    exact_ppl = math.exp(window_nll(model, input_ids).mean().item())
+    exact_ppl = math.exp(run.exact_nll.mean().item())
     thresholds = sorted({e for per_layer in errors.values() for heads in per_layer.values() for e in heads})
     history = []
 

@@ -12,6 +12,7 @@ def dense_pattern_attention(q, k, v, plan, scale):
     z_count, hq, nq, _ = q.shape
     hkv, nk = k.shape[1], k.shape[2]
     b = plan.block_size
+    blocks = plan.query_blocks()
     out = torch.empty(z_count, hq, nq, v.shape[-1], dtype=torch.float64)
     lse = torch.empty(z_count, hq, nq, dtype=torch.float64)
     for z in range(z_count):
@@ -21,7 +22,7 @@ def dense_pattern_attention(q, k, v, plan, scale):
             weights = torch.zeros(nq, nk, dtype=torch.float64)
             query_block = {}
             for rank, i in enumerate(plan.q_perm[z, h].tolist()):
-                block = (rank * nk // nq) // b
+                block = int(blocks[rank] if blocks.dim() == 1 else blocks[z, h, rank])
                 query_block[i] = block
                 for j in plan.k_perm[z, g, block * b:(block + 1) * b].tolist():
                     weights[i, j] += j not in heavy
@@ -52,6 +53,12 @@ def make_test_plan(q, k, v, seed=0, **cfg):
         (dict(batch=2, hq=4, hkv=2, nq=45, nk=52, d=8), dict(block_size=8, sample_size=7, heavy_keys=6,
                                                            sampling="mass", probe_queries=5)),
         (dict(batch=1, hq=2, hkv=1, nq=40, d=8), dict(block_size=8, sample_size=0, heavy_keys=40)),
+        # the bucket rule: few buckets, so some key blocks get many queries (several tiles) and others none
+        (dict(batch=2, hq=4, hkv=2, nq=64, nk=57, d=8), dict(block_size=8, sample_size=5, lsh_num_projs=2,
+                                                           query_blocks="bucket")),
+        (dict(batch=1, hq=3, hkv=1, nq=33, nk=80, d=4), dict(block_size=8, sample_size=4, heavy_keys=5,
+                                                           sampling="mass", probe_queries=4, lsh_num_projs=2,
+                                                           query_blocks="bucket")),
     ],
 )
 def test_reference_matches_dense_pattern(shape, cfg):

@@ -18,13 +18,15 @@ def test_query_blocks_cover_the_key_blocks(nq, nk, b):
 
 @pytest.mark.parametrize("nq,nk,b", [(100, 100, 8), (37, 100, 8), (100, 37, 8)])
 def test_layout_slots_round_trip(nq, nk, b):
-    layout = query_block_layout(query_block_of_rank(nq, nk, b), num_key_blocks(nk, b))
-    nb, width = layout.slot_rank.shape
-    assert nb == num_key_blocks(nk, b)
+    from hyperattn.plan import max_queries_per_block
+
+    layout = query_block_layout(query_block_of_rank(nq, nk, b), num_key_blocks(nk, b), max_queries_per_block(nq, nk, b))
+    tiles, width = layout.slot_rank.shape
+    assert tiles <= num_key_blocks(nk, b)  # one tile per block under the rank rule
     flat = layout.slot_rank.flatten()
     assert torch.equal(flat[layout.rank_slot], torch.arange(nq))
     assert (flat >= 0).sum() == nq
-    assert torch.equal(layout.rank_slot // width, layout.rank_block)
+    assert torch.equal(layout.tile_block[layout.rank_slot // width], layout.rank_block)
 
 
 @pytest.mark.parametrize("nq,nk,b", [(100, 100, 8), (37, 100, 8), (100, 37, 8), (1, 5, 2), (7, 3, 16),
@@ -53,10 +55,17 @@ def test_bucket_rule_takes_the_block_at_the_middle_of_the_querys_bucket_among_li
 
 
 def test_layout_of_blocks_that_differ_per_head():
-    rank_block = torch.tensor([[[0, 0, 0, 2], [1, 1, 2, 2]]])  # (Z=1, H=2, Nq=4)
-    layout = query_block_layout(rank_block, 3)
-    assert layout.slot_rank.shape == (1, 2, 3, 3)  # the fullest block has 3 queries
+    rank_block = torch.tensor([[[0, 0, 0, 2, 2], [1, 1, 1, 1, 1]]])  # (Z=1, H=2, Nq=5)
+    layout = query_block_layout(rank_block, 3, tile_rows=2)
+    assert layout.slot_rank.shape == (1, 2, 3, 2)  # head 1: its 5 queries of block 1 in 3 tiles of 2
+    assert layout.tile_block.tolist() == [[[0, 0, 2], [1, 1, 1]]]
+    assert layout.slot_rank.tolist() == [[[[0, 1], [2, -1], [3, 4]], [[0, 1], [2, 3], [4, -1]]]]
     for h in range(2):
         flat = layout.slot_rank[0, h].flatten()
-        assert torch.equal(flat[layout.rank_slot[0, h]], torch.arange(4))
-        assert torch.equal(layout.rank_slot[0, h] // 3, rank_block[0, h])
+        assert torch.equal(flat[layout.rank_slot[0, h]], torch.arange(5))
+        assert torch.equal(layout.tile_block[0, h][layout.rank_slot[0, h] // 2], rank_block[0, h])
+
+
+def test_layout_rejects_empty_tiles():
+    with pytest.raises(ValueError, match="tile_rows"):
+        query_block_layout(torch.zeros(4, dtype=torch.int64), 1, 0)

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import torch
@@ -74,14 +76,15 @@ def _stored(x: torch.Tensor) -> torch.Tensor:
     return x.detach().float() if x.device.type == "cpu" else x.detach()
 
 
-@torch.no_grad()
-def capture_attention(model, input_ids: torch.Tensor, layers: list[int]) -> dict[int, CapturedAttention]:
-    """Run the decoder once with exact (SDPA) attention on ``input_ids`` (N,) and return the
-    attention inputs of the layers ``layers`` (indices into ``attention_modules``).
+@contextmanager
+def capturing_attention(model, layers: list[int]) -> Iterator[dict[int, CapturedAttention]]:
+    """While the context is open, every forward of ``model`` runs exact (SDPA) attention and
+    records the attention inputs of the layers ``layers`` (indices into ``attention_modules``)
+    into the dict it yields (the last forward's).
 
     The capturing function is registered with transformers' ``AttentionInterface`` under
     ``CAPTURE_IMPLEMENTATION`` and runs ``sdpa_attention_forward`` after recording; the model's
-    attention implementation is restored afterwards."""
+    attention implementation is restored on exit."""
     from transformers import AttentionInterface
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
@@ -102,10 +105,18 @@ def capture_attention(model, input_ids: torch.Tensor, layers: list[int]) -> dict
     previous = model.config._attn_implementation
     model.set_attn_implementation(CAPTURE_IMPLEMENTATION)
     try:
-        device = next(model.parameters()).device
-        model.get_decoder()(input_ids=input_ids[None].to(device), use_cache=False)
+        yield captured
     finally:
         model.set_attn_implementation(previous)
+
+
+@torch.no_grad()
+def capture_attention(model, input_ids: torch.Tensor, layers: list[int]) -> dict[int, CapturedAttention]:
+    """Run the decoder once with exact (SDPA) attention on ``input_ids`` (N,) and return the
+    attention inputs of the layers ``layers`` (``capturing_attention``)."""
+    with capturing_attention(model, layers) as captured:
+        device = next(model.parameters()).device
+        model.get_decoder()(input_ids=input_ids[None].to(device), use_cache=False)
     return captured
 
 
@@ -134,10 +145,14 @@ def reference_masks(scores: torch.Tensor, positions: torch.Tensor, budget: int, 
 
 @torch.no_grad()
 def relative_errors(captured: CapturedAttention, outputs: list[torch.Tensor], budget: int | None, sinks: int,
-                    start: int, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+                    start: int, dtype: torch.dtype = torch.float32, on_chunk: Callable | None = None,
+                    chunk_elements: int = CHUNK_ELEMENTS) -> tuple[torch.Tensor, torch.Tensor]:
     """Relative Frobenius errors per query head against exact causal attention, computed in
-    ``dtype`` over chunks of queries, of ``outputs`` (approximations (1, Hq, N, Dv)) and then
-    of the top-k and streaming references (none where ``budget`` is None).
+    ``dtype`` over chunks of queries (about ``chunk_elements`` scores each), of ``outputs``
+    (approximations (1, Hq, N, Dv)) and then of the top-k and streaming references (none where
+    ``budget`` is None). ``on_chunk(begin, end, scores, probs)``, if given, sees each chunk of
+    queries begin..end-1: their scores (Hq, C, end) (future entries included) and exact causal
+    attention probabilities (Hq, C, end).
 
     Returns float64 CPU tensors (len(outputs) + 2, Hq) (len(outputs) without references): the
     errors over positions ``start`` to N, and over all positions."""
@@ -145,7 +160,7 @@ def relative_errors(captured: CapturedAttention, outputs: list[torch.Tensor], bu
     num_heads, seq_len, num_kv = q.shape[0], q.shape[1], k.shape[0]
     q = q.unflatten(0, (num_kv, -1))  # (Hkv, G, N, D): the query heads of each kv head
     k, v = k[:, None], v[:, None]
-    chunk = max(1, CHUNK_ELEMENTS // (num_heads * seq_len))
+    chunk = max(1, chunk_elements // (num_heads * seq_len))
     # squared norms (exact output, then the error of each output and reference) per head, before and from start
     sums = torch.zeros(len(outputs) + (1 if budget is None else 3), num_heads, 2, dtype=torch.float64,
                        device=q.device)
@@ -157,9 +172,10 @@ def relative_errors(captured: CapturedAttention, outputs: list[torch.Tensor], bu
             masks = [torch.arange(end, device=q.device) <= positions[:, None]]
         else:
             masks = reference_masks(scores, positions, budget, sinks)
-        exact, *references = (
-            (torch.softmax(scores.masked_fill(~mask, -torch.inf), dim=-1) @ v[:, :, :end]).flatten(0, 1)
-            for mask in masks)  # each (Hq, C, Dv)
+        probs = [torch.softmax(scores.masked_fill(~mask, -torch.inf), dim=-1) for mask in masks]
+        if on_chunk is not None:
+            on_chunk(begin, end, scores.flatten(0, 1), probs[0].flatten(0, 1))
+        exact, *references = ((p @ v[:, :, :end]).flatten(0, 1) for p in probs)  # each (Hq, C, Dv)
         terms = [exact] + [out[0, :, begin:end].to(dtype) - exact for out in outputs]
         terms += [reference - exact for reference in references]
         split = min(max(start - begin, 0), end - begin)

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 
 from hyperattn.merge import masked_softmax_lse, merge_attention
-from hyperattn.plan import (AttentionPlan, CausalPlan, Rectangles, inverse_permutation, num_key_blocks,
-                            query_block_layout)
+from hyperattn.plan import (AttentionPlan, CausalPlan, Rectangles, inverse_permutation, max_queries_per_block,
+                            num_key_blocks, query_block_layout)
 
 # Largest score tensor materialized at once by exact_attention_reference (elements).
 EXACT_CHUNK_ELEMENTS = 1 << 22
@@ -87,14 +87,15 @@ def exact_attention_reference(
     outs, lses = [], []
     for start in range(0, nq, chunk):
         stop = min(nq, start + chunk)
-        scores = torch.einsum("zhgqd,zhgkd->zhgqk", qg[:, :, :, start:stop], kg) * scale
+        seen = max(0, min(nk, stop + nk - nq)) if causal else nk  # keys any query of the chunk sees
+        scores = torch.einsum("zhgqd,zhgkd->zhgqk", qg[:, :, :, start:stop], kg[..., :seen, :]) * scale
         if causal:
             query_pos = torch.arange(start, stop, device=q.device) + (nk - nq)
-            scores = scores.masked_fill(key_pos > query_pos[:, None], -torch.inf)
+            scores = scores.masked_fill(key_pos[:seen] > query_pos[:, None], -torch.inf)
         if visible is not None:
-            scores = scores.masked_fill(~visible(torch.arange(start, stop, device=q.device)), -torch.inf)
+            scores = scores.masked_fill(~visible(torch.arange(start, stop, device=q.device))[:, :seen], -torch.inf)
         probs, lse = masked_softmax_lse(scores)
-        outs.append(probs @ vg)
+        outs.append(probs @ vg[..., :seen, :])
         lses.append(lse)
     out = torch.cat(outs, 3) if len(outs) != 1 else outs[0]
     lse = torch.cat(lses, 3) if len(lses) != 1 else lses[0]
@@ -119,35 +120,41 @@ def hyper_attention_reference(
     groups = hq // hkv
     block = plan.block_size
     num_blocks = num_key_blocks(nk, block)
-    layout = query_block_layout(plan.query_blocks(), num_blocks)
-    max_rows = layout.slot_rank.shape[-1]
+    layout = query_block_layout(plan.query_blocks(), num_blocks, max_queries_per_block(nq, nk, block))
+    num_tiles, tile_rows = layout.slot_rank.shape[-2:]
 
-    # Block-diagonal part, in sorted order, queries padded to (num_blocks, max_rows).
+    # Block part, in sorted order: tiles of queries, each against its key block.
     slot_query = _take(plan.q_perm, layout.slot_rank.clamp(min=0).flatten(-2))
-    q_blocks = _gather_rows(q, slot_query).view(z, hkv, groups, num_blocks, max_rows, d)
-    key_ranks = torch.arange(num_blocks * block, device=q.device)
-    key_valid = (key_ranks < nk).view(num_blocks, 1, block)
-    slot_key = plan.k_perm[..., key_ranks.clamp(max=nk - 1)]
-    k_blocks = _gather_rows(k, slot_key).view(z, hkv, 1, num_blocks, block, d)
-    v_blocks = _gather_rows(v, slot_key).view(z, hkv, 1, num_blocks, block, dv)
-    scores = torch.einsum("zhgbqd,zhgbkd->zhgbqk", q_blocks, k_blocks) * scale
+    q_tiles = _gather_rows(q, slot_query).view(z, hkv, groups, num_tiles, tile_rows, d)
+    key_ranks = layout.tile_block.unsqueeze(-1) * block + torch.arange(block, device=q.device)  # (..., tiles, block)
+    key_valid = (key_ranks < nk).unsqueeze(-2)
+    tile_groups = 1 if key_ranks.dim() == 2 else groups  # the rank rule's tiles are shared by every head
+    if key_ranks.dim() == 2:
+        key_ranks = key_ranks.expand(z, hkv, num_tiles, block)
+    else:
+        key_valid = key_valid.view(z, hkv, groups, num_tiles, 1, block)
+    slot_key = plan.k_perm.gather(-1, key_ranks.reshape(z, hkv, -1).clamp(max=nk - 1))
+    tile_keys = (z, hkv, tile_groups, num_tiles, 1, block)
+    k_tiles = _gather_rows(k, slot_key).view(z, hkv, tile_groups, num_tiles, block, d)
+    v_tiles = _gather_rows(v, slot_key).view(z, hkv, tile_groups, num_tiles, block, dv)
+    scores = torch.einsum("zhgtqd,zhgtkd->zhgtqk", q_tiles, k_tiles) * scale
     scores = scores.masked_fill(~key_valid, -torch.inf)
     if plan.heavy:  # heavy keys: attended through the sample part, at weight one, by every query
         is_heavy = torch.zeros(z, hkv, nk, dtype=torch.bool, device=q.device)
         is_heavy.scatter_(-1, plan.sample_idx[..., :plan.heavy], True)
-        scores = scores.masked_fill(is_heavy.gather(-1, slot_key).view(z, hkv, 1, num_blocks, 1, block), -torch.inf)
+        scores = scores.masked_fill(is_heavy.gather(-1, slot_key).view(tile_keys), -torch.inf)
     if skip is not None:
         query_pos = skip.query_pos.expand(z, hq, nq).gather(-1, slot_query)
         key_pos = skip.key_pos.expand(z, hkv, nk).gather(-1, slot_key)
-        scores = scores.masked_fill(skip.mask(query_pos.view(z, hkv, groups, num_blocks, max_rows, 1),
-                                              key_pos.view(z, hkv, 1, num_blocks, 1, block)), -torch.inf)
+        scores = scores.masked_fill(skip.mask(query_pos.view(z, hkv, groups, num_tiles, tile_rows, 1),
+                                              key_pos.view(tile_keys)), -torch.inf)
     probs, lse_blocks = masked_softmax_lse(scores)
-    out_blocks = (probs @ v_blocks).reshape(z, hq, num_blocks * max_rows, dv)
+    out_blocks = (probs @ v_tiles).reshape(z, hq, num_tiles * tile_rows, dv)
 
     query_rank = inverse_permutation(plan.q_perm)
     query_slot = _take(layout.rank_slot, query_rank)
     out = _gather_rows(out_blocks, query_slot)
-    lse = lse_blocks.reshape(z, hq, num_blocks * max_rows).gather(-1, query_slot)
+    lse = lse_blocks.reshape(z, hq, num_tiles * tile_rows).gather(-1, query_slot)
     if plan.sample_idx.shape[-1] == 0:
         return out, lse
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass, replace
 import torch
 
 from hyperattn.config import HyperAttentionConfig
-from hyperattn.plan.blocks import (bucket_query_blocks, num_key_blocks, query_block_layout,
-                                   query_block_of_rank)
+from hyperattn.plan.blocks import (bucket_query_blocks, max_queries_per_block, num_key_blocks,
+                                   query_block_layout, query_block_of_rank)
 from hyperattn.plan.lsh import (gray_code_rank, inverse_permutation, lsh_buckets, lsh_directions, ranks_in_sort,
                                 sort_lsh, sort_lsh_permutation)
 from hyperattn.plan.sampling import probe_key_mass, sample_keys, value_sq_norms
@@ -309,6 +309,7 @@ __all__ = [
     "lsh_buckets",
     "lsh_directions",
     "make_plan",
+    "max_queries_per_block",
     "num_key_blocks",
     "plan_hyper_attention",
     "probe_key_mass",

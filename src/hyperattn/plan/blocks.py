@@ -47,32 +47,45 @@ def query_block_of_rank(num_queries: int, num_keys: int, block_size: int, device
 
 @dataclass(frozen=True)
 class QueryBlockLayout:
-    """Sorted queries laid out by key block, padded to the fullest block: (..., num_blocks, max_block_len).
+    """Sorted queries laid out in tiles of ``tile_rows`` slots, each tile inside one key block:
+    a block's queries fill ``ceil(count / tile_rows)`` consecutive tiles, so padding stays below
+    one tile per block however unevenly the queries fall (the bucket rule's do).
 
-    ``slot_rank``: int64 (..., num_blocks, max_block_len), the sorted rank in each slot, -1 for padding.
+    ``slot_rank``: int64 (..., num_tiles, tile_rows), the sorted rank in each slot, -1 for padding
+    (num_tiles: the most any leading index needs, at least 1).
+    ``tile_block``: int64 (..., num_tiles), the key block of each tile (0 for padding tiles).
     ``rank_slot``: int64 (..., Nq), the flat slot of each sorted rank.
     ``rank_block``: int64 (..., Nq), the key block of each sorted rank.
     """
 
     slot_rank: torch.Tensor
+    tile_block: torch.Tensor
     rank_slot: torch.Tensor
     rank_block: torch.Tensor
 
 
-def query_block_layout(rank_block: torch.Tensor, num_blocks: int) -> QueryBlockLayout:
+def query_block_layout(rank_block: torch.Tensor, num_blocks: int, tile_rows: int) -> QueryBlockLayout:
     """The layout of queries whose sorted ranks attend to key blocks ``rank_block`` (..., Nq), int64,
-    non-decreasing along the last dim (``query_block_of_rank``, or a plan's ``q_block``)."""
+    non-decreasing along the last dim (``query_block_of_rank``, or a plan's ``q_block``), in tiles of
+    ``tile_rows`` (under the rank rule, ``max_queries_per_block`` gives one tile per block)."""
+    if tile_rows < 1:
+        raise ValueError(f"tile_rows must be >= 1, got {tile_rows}")
     nq = rank_block.shape[-1]
     counts = torch.zeros(*rank_block.shape[:-1], num_blocks, dtype=torch.int64, device=rank_block.device)
     counts.scatter_add_(-1, rank_block, torch.ones_like(rank_block))
     starts = torch.cumsum(counts, -1) - counts
-    max_len = max(int(counts.max()), 1)
-    ranks = torch.arange(nq, device=rank_block.device).expand_as(rank_block)
-    rank_slot = rank_block * max_len + (ranks - starts.gather(-1, rank_block))
-    slot_rank = torch.full((*rank_block.shape[:-1], num_blocks * max_len), -1, dtype=torch.int64,
+    tiles = -(-counts // tile_rows)
+    first_tile = torch.cumsum(tiles, -1) - tiles
+    num_tiles = max(int(tiles.sum(-1).max()) if tiles.numel() else 0, 1)
+    offset = torch.arange(nq, device=rank_block.device) - starts.gather(-1, rank_block)
+    rank_tile = first_tile.gather(-1, rank_block) + offset // tile_rows
+    rank_slot = rank_tile * tile_rows + offset % tile_rows
+    slot_rank = torch.full((*rank_block.shape[:-1], num_tiles * tile_rows), -1, dtype=torch.int64,
                            device=rank_block.device)
-    slot_rank.scatter_(-1, rank_slot, ranks)
-    return QueryBlockLayout(slot_rank.unflatten(-1, (num_blocks, max_len)), rank_slot, rank_block)
+    slot_rank.scatter_(-1, rank_slot, torch.arange(nq, device=rank_block.device).expand_as(rank_block))
+    tile_block = torch.zeros(*rank_block.shape[:-1], num_tiles, dtype=torch.int64, device=rank_block.device)
+    tile_block.scatter_(-1, rank_tile, rank_block)
+    return QueryBlockLayout(slot_rank.unflatten(-1, (num_tiles, tile_rows)), tile_block, rank_slot, rank_block)
 
 
 def bucket_query_blocks(q_sorted_buckets: torch.Tensor, k_sorted_buckets: torch.Tensor, num_live_keys: torch.Tensor,
