@@ -23,6 +23,9 @@ def test_a_threshold_gives_each_head_its_first_tolerable_candidate():
     errors = {"cheap": {0: [0.1, 0.5, 0.9], 3: [0.2, 0.2, 0.2]}, "dearer": {0: [0.05, 0.3, 0.8], 3: [0.1, 0.1, 0.1]}}
     assert plan_at(errors, 0.3) == {0: ("cheap", "dearer", "exact"), 3: ("cheap", "cheap", "cheap")}
     assert plan_at(errors, 0.01) == {0: ("exact",) * 3, 3: ("exact",) * 3}
+    # whole layers: a layer takes a candidate only if its worst head does
+    assert plan_at(errors, 0.3, per="layer") == {0: ("exact",) * 3, 3: ("cheap",) * 3}
+    assert plan_at(errors, 0.8, per="layer") == {0: ("dearer",) * 3, 3: ("cheap",) * 3}
 
 
 @pytest.mark.parametrize("scale", [0.5, 40.0])  # 40: rows whose light entries underflow float32's P
@@ -87,6 +90,12 @@ def test_calibrated_plans_keep_the_budget_they_report():
     assert set(result.hardness) == {"alpha", "log_kappa"} and len(result.hardness["alpha"][29]) == 9
     assert all(-1 <= value <= 1 for value in result.predicts.values())
     assert "heads approximated" in format_calibration(result) and "rank correlation" in format_calibration(result)
+    whole = calibrate(model, ids, {"cheap": cheap, "dearer": dearer}, budget=0.0022, layers=[0, -1], steps=4,
+                      per="layer", progress=False)  # the same measurements, whole layers
+    assert whole.errors == result.errors and whole.plan.measured["change"] <= 0.0022
+    assert all(len(set(names)) == 1 for names in whole.plan.layers.values())
+    with pytest.raises(ValueError, match="per must be"):
+        calibrate(model, ids, {"cheap": cheap}, per="group")
 
 
 def test_an_ample_budget_approximates_every_head_with_the_first_candidate():

@@ -32,6 +32,16 @@ def test_each_treatment_runs_once_over_its_heads():
     assert (out[:, [0, 1, 4, 5]] - exact[:, [0, 1, 4, 5]]).abs().max() > 1e-3  # the approximation ran
 
 
+def test_calls_cover_runs_of_kv_heads_whose_query_heads_agree():
+    from hyperattn.heads import _head_calls
+
+    # 8 query heads over 4 kv heads (groups of 2): A takes kv heads 0, 1 and 3 whole and one head of kv 2
+    treatments = [A, A, A, A, A, None, A, A]
+    assert _head_calls(treatments, 4) == [(A, [0, 1, 2, 3], slice(0, 2)), (A, [6, 7], slice(3, 4)),
+                                          (A, [4], slice(2, 3)), (None, [5], slice(2, 3))]
+    assert _head_calls([B, None] * 4, 4) == [(B, [0, 2, 4, 6], slice(0, 4)), (None, [1, 3, 5, 7], slice(0, 4))]
+
+
 def test_one_treatment_for_every_head_is_one_call():
     q, k, v = random_qkv(hq=4, hkv=2, nq=64, d=8, seed=2)
     torch.testing.assert_close(attention_by_head(q, k, v, [A] * 4, causal=True, seed=0),
@@ -75,6 +85,14 @@ def plan_of(**changes):
                   layers={0: ("exact", "a", "a", "exact"), 2: ("b", "b", "exact", "exact")},
                   measured={"metric": "ppl", "budget": 0.01})
     return HeadPlan(**{**fields, **changes})
+
+
+def test_attention_cost_weights_each_head_by_its_treatment():
+    plan = HeadPlan(model="m", seq_len=64, configs={"a": A, "b": B}, layers={0: ("a", "a", "exact", "b"),
+                                                                           2: ("a", "a", "a", "a")})
+    assert plan.attention_cost({"a": 0.1, "b": 0.2}) == pytest.approx((6 * 0.1 + 1 + 0.2) / 8)
+    with pytest.raises(ValueError, match="no time given for treatments \\['b'\\]"):
+        plan.attention_cost({"a": 0.1})
 
 
 def test_head_plan_round_trips_through_json(tmp_path):

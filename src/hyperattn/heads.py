@@ -29,19 +29,25 @@ Treatment = HyperAttentionConfig | None
 
 
 def _head_calls(treatments: Sequence[Treatment], num_kv_heads: int) -> list[tuple[Treatment, list[int], slice]]:
-    """(treatment, query heads, kv heads) of each call: per treatment one call where every kv
-    head it touches is one of a contiguous range and has the same query heads of its group
-    taking it; otherwise one call per kv head."""
+    """(treatment, query heads, kv heads) of each call: per treatment, the kv heads it touches are
+    grouped by which of their query heads take it, and each contiguous run of kv heads with the
+    same such heads is one call (one call in all where every touched kv head agrees)."""
     group = len(treatments) // num_kv_heads
     calls = []
     for treatment in dict.fromkeys(treatments):
         heads = [h for h, t in enumerate(treatments) if t == treatment]
-        kv_heads = sorted({h // group for h in heads})
-        patterns = {tuple(h % group for h in heads if h // group == kv) for kv in kv_heads}
-        if len(patterns) == 1 and kv_heads == list(range(kv_heads[0], kv_heads[-1] + 1)):
-            calls.append((treatment, heads, slice(kv_heads[0], kv_heads[-1] + 1)))
-        else:
-            calls += [(treatment, [h for h in heads if h // group == kv], slice(kv, kv + 1)) for kv in kv_heads]
+        by_pattern: dict[tuple[int, ...], list[int]] = {}
+        for kv in sorted({h // group for h in heads}):
+            by_pattern.setdefault(tuple(h % group for h in heads if h // group == kv), []).append(kv)
+        for pattern, kv_heads in by_pattern.items():
+            runs = [[kv_heads[0]]]
+            for kv in kv_heads[1:]:
+                if kv == runs[-1][-1] + 1:
+                    runs[-1].append(kv)
+                else:
+                    runs.append([kv])
+            calls += [(treatment, [kv * group + g for kv in run for g in pattern], slice(run[0], run[-1] + 1))
+                      for run in runs]
     return calls
 
 
@@ -125,6 +131,22 @@ class HeadPlan:
             for name in names:
                 counts[name] += 1
         return counts
+
+    def attention_cost(self, costs: dict[str, float]) -> float:
+        """The plan's attention time as a share of exact attention's over its listed layers: the
+        mean over their query heads of each treatment's time relative to exact attention
+        (``costs[name]``, e.g. measured by ``hyperattn bench attention`` at the length of interest;
+        exact heads 1). It takes every head of every listed layer to cost the same when exact
+        (one shape) and a mixed layer to cost the sum of its parts."""
+        missing = sorted(set(self.configs) - set(costs))
+        if missing:
+            raise ValueError(f"costs: no time given for treatments {missing} (relative to exact attention, "
+                             f"e.g. {{{missing[0]!r}: 0.1}})")
+        counts = self.head_counts()
+        total = sum(counts.values())
+        if total == 0:
+            return 1.0
+        return sum(n * (1.0 if name == EXACT else costs[name]) for name, n in counts.items()) / total
 
     def to_dict(self) -> dict:
         return dict(format=FORMAT, version=VERSION, model=self.model, seq_len=self.seq_len,

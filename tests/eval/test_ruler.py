@@ -13,6 +13,7 @@ import torch
 from hyperattn import HyperAttentionConfig
 from hyperattn.eval.ruler import (ANSWER_MARGIN, NUM_COMMON, TASKS, Haystack, evaluate_ruler, format_summary,
                                   load_haystack, multikey, recovered, run_sample)
+from hyperattn.heads import HeadPlan
 
 SMALL = HyperAttentionConfig(min_seq_len=128, block_size=32, sample_size=32, exact_up_to=0)
 
@@ -153,12 +154,14 @@ def test_cli_parses_runs_and_writes_json(smollm2, tmp_path, monkeypatch, capsys)
     with pytest.raises(SystemExit):
         parser.parse_args(["ruler", "--tasks", "multikey,haystack"])
     monkeypatch.setattr(cli, "load_pretrained", lambda args: (model, tokenizer, text, dict(model=args.model)))
-    path = tmp_path / "ruler.json"
+    path, plan_path = tmp_path / "ruler.json", tmp_path / "plan.json"
+    HeadPlan(model="smollm2", seq_len=512, configs={"small": SMALL}, layers={29: ("small",) * 9}).save(plan_path)
     args = parser.parse_args(["ruler", "--tasks", "multikey", "--lengths", "512", "--samples", "2",
-                              "--layers", "last:0", "--json", str(path)])
+                              "--layers", "last:0", "--plan", str(plan_path), "--json", str(path)])
     assert args.run(args) == 0
     assert "multikey" in capsys.readouterr().out
     result = json.loads(path.read_text())
-    assert result["model"] == "smollm2" and len(result["rows"]) == 2 and result["summary"][0]["samples"] == 2
+    assert result["model"] == "smollm2" and len(result["rows"]) == 4 and result["summary"][0]["samples"] == 2
+    assert [(s["layers"], s["num_patched"]) for s in result["summary"]] == [("last:0", 0), ("plan", 1)]
     with pytest.raises(ValueError, match="plot"):
         args.run(parser.parse_args(["ruler", "--plot", "x.png"]))

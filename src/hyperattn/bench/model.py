@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import sys
 from dataclasses import asdict
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from hyperattn.bench.timing import median_ms
 from hyperattn.config import HyperAttentionConfig
+from hyperattn.heads import EXACT, HeadPlan
 from hyperattn.runinfo import environment
 
 # Dimensions of public checkpoints (from their config.json files).
@@ -45,14 +47,54 @@ def model_config(arch: str, num_layers: int, max_len: int, **overrides):
 
 
 def layer_setting(setting: str, num_layers: int) -> list[int]:
-    """Layer indices patched by ``exact``, ``half`` (the last half), ``all``, ``last:K`` or ``first:K``."""
+    """Layer indices patched by ``exact``, ``half`` (the last half), ``all``, ``last:K``, ``first:K``,
+    or a head mix (``heads:F``, ``plan:PATH``: every layer, see ``head_mix``)."""
     from hyperattn.integrations.transformers import select_layers
 
     if setting == "exact":
         return []
     if setting == "half":
         return select_layers(f"last:{num_layers // 2}", num_layers)
+    if setting.startswith(("heads:", "plan:")):
+        return list(range(num_layers))
     return select_layers(setting, num_layers)
+
+
+def head_mix(setting: str, num_layers: int, num_heads: int, config: HyperAttentionConfig) -> HeadPlan | None:
+    """The head plan of a head-mix setting, None for a layer setting. Every layer gets the same mix:
+
+    - ``heads:F``: its first ``round(F * num_heads)`` query heads take ``config``, the rest exact;
+    - ``plan:PATH``: a calibrated head plan's shares of heads per treatment (over all its heads),
+      rounded cumulatively to ``num_heads`` heads in the order of the plan's configs, the rest exact
+      (a plan of another model carried to this one by its mix)."""
+    if setting.startswith("heads:"):
+        try:
+            share = float(setting.removeprefix("heads:"))
+        except ValueError:
+            share = -1.0
+        if not 0 < share <= 1:
+            raise ValueError(f"setting {setting!r}: heads:F needs a share F in (0, 1] of heads approximated, "
+                             f"e.g. heads:0.95")
+        configs, shares = {"hyper": config}, [share]
+    elif setting.startswith("plan:"):
+        path = setting.removeprefix("plan:")
+        if not Path(path).is_file():
+            raise ValueError(f"setting {setting!r}: no head plan file at {path!r} (write one with hyperattn calibrate)")
+        plan = HeadPlan.load(path)
+        counts = plan.head_counts()
+        total = sum(counts.values())
+        if total == 0:
+            raise ValueError(f"setting {setting!r}: the head plan lists no layer")
+        configs, shares = plan.configs, [counts[name] / total for name in plan.configs]
+    else:
+        return None
+    names, cumulative = [], 0.0
+    for name, share in zip(configs, shares):
+        cumulative += share
+        names += [name] * (min(round(cumulative * num_heads), num_heads) - len(names))
+    names += [EXACT] * (num_heads - len(names))
+    return HeadPlan(model=f"{setting} mix", seq_len=0, configs=dict(configs),
+                    layers={layer: tuple(names) for layer in range(num_layers)})
 
 
 def run_benchmark(config, seq_lens, settings, hyper_config: HyperAttentionConfig, device: torch.device,
@@ -70,7 +112,10 @@ def run_benchmark(config, seq_lens, settings, hyper_config: HyperAttentionConfig
     cases = [(s, n) for s in settings for n in seq_lens]
     for setting, seq_len in tqdm(cases, desc="bench model", file=sys.stderr):
         layers = layer_setting(setting, num_layers)
-        if layers:
+        mix = head_mix(setting, num_layers, config.num_attention_heads, hyper_config)
+        if mix is not None:
+            patch_model(model, plan=mix, seed=seed)
+        elif layers:
             patch_model(model, layers, config=hyper_config, seed=seed)
         else:
             model.set_attn_implementation("sdpa")
@@ -82,6 +127,8 @@ def run_benchmark(config, seq_lens, settings, hyper_config: HyperAttentionConfig
                 return model(input_ids=ids, use_cache=False, logits_to_keep=1).logits
 
         row = dict(setting=setting, patched_layers=layers, seq_len=seq_len)
+        if mix is not None:
+            row["heads_per_layer"] = {name: n // num_layers for name, n in mix.head_counts().items()}
         try:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -101,8 +148,10 @@ def benchmark_model(arch: str, num_layers: int, seq_lens: list[int], settings: l
                     command: str = "") -> dict:
     """``run_benchmark`` on ``arch`` with ``num_layers`` layers (bf16 on CUDA, fp32 elsewhere),
     with what was measured where, by ``command``."""
-    for setting in settings:
-        layer_setting(setting, num_layers)  # bad settings fail before the model is built
+    heads = ARCHS[arch][2]["num_attention_heads"] if arch in ARCHS else 1
+    for setting in settings:  # bad settings fail before the model is built
+        layer_setting(setting, num_layers)
+        head_mix(setting, num_layers, heads, hyper_config)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     rows = run_benchmark(model_config(arch, num_layers, max(seq_lens)), seq_lens, settings, hyper_config, device,
                          dtype, seed)
@@ -128,7 +177,10 @@ def format_table(result: dict) -> str:
         ms = f"{r['ms']:10.1f}" if r["ms"] else f"{r.get('error', '-'):>10}"
         speed = ratio.get((r["setting"], r["seq_len"]))
         peak = r.get("peak_gib")
-        lines.append(f"{r['setting']:>10} {len(r['patched_layers']):>5} of {result['num_layers']:<3} {r['seq_len']:>8} "
+        heads = r.get("heads_per_layer")
+        patched = (f"{sum(n for name, n in heads.items() if name != EXACT):>3} of {sum(heads.values())} heads"
+                   if heads else f"{len(r['patched_layers']):>5} of {result['num_layers']:<3}")
+        lines.append(f"{r['setting']:>10} {patched:>12} {r['seq_len']:>8} "
                      f"{ms} {f'{speed:.2f}x' if speed else '-':>9} {f'{peak:.1f}' if peak else '-':>7}")
     return "\n".join(lines)
 

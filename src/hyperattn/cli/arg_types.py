@@ -1,4 +1,4 @@
-"""argparse types: bounded numbers and comma-separated lists."""
+"""argparse types: bounded numbers, named numbers and comma-separated lists."""
 
 from __future__ import annotations
 
@@ -32,3 +32,15 @@ float_list = numbers(float, 0, 1, many=True, what="number")
 
 def str_list(text: str) -> list[str]:
     return [part for part in text.split(",") if part]
+
+
+def named_number(text: str) -> tuple[str, float]:
+    """``NAME=X`` with X a number > 0 -> (name, X)."""
+    name, _, value = text.partition("=")
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1.0
+    if not name or not number > 0:
+        raise argparse.ArgumentTypeError(f"expected NAME=NUMBER with a number > 0 (e.g. default=0.09), got {text!r}")
+    return name, number

@@ -55,7 +55,10 @@ def add_bench_parser(commands) -> None:
                          help="comma-separated lengths")
     prefill.add_argument("--num-layers", type=positive_int, default=4, help="decoder layers built")
     prefill.add_argument("--layers", type=str_list, default=["exact", "half", "all"],
-                         help="comma-separated settings: exact, half (the last half), all, last:K, first:K")
+                         help="comma-separated settings: exact, half (the last half), all, last:K, first:K, "
+                              "heads:F (in every layer, its first share F of query heads approximated, the rest "
+                              "exact) or plan:PATH (in every layer, a calibrated head plan's shares of heads per "
+                              "treatment)")
     prefill.add_argument("--seed", type=seed, default=0)
     prefill.add_argument("--device", help="torch device (default: cuda; another device only for smoke runs)")
     prefill.add_argument("--json", metavar="PATH", help="write the results as JSON")

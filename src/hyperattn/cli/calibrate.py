@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import asdict
 
-from hyperattn.calibration import calibrate, format_calibration, plot_calibration
-from hyperattn.cli.arg_types import numbers, positive_int, seed
+from hyperattn.calibration import GRANULARITIES, calibrate, format_calibration, plot_calibration
+from hyperattn.cli.arg_types import named_number, numbers, positive_int, seed
 from hyperattn.cli.common import add_pretrained_args, load_pretrained, write_result
 from hyperattn.cli.config_args import add_config_args, compared_configs, config_from_args, labelled_overrides
 from hyperattn.cli.eval import layer_selection
@@ -32,6 +32,13 @@ def add_calibrate_parser(commands) -> None:
     parser.add_argument("--budget", type=numbers(float, 0.0, what="number"), default=0.01,
                         help="allowed relative perplexity increase (default: %(default)s, +1%%)")
     parser.add_argument("--steps", type=positive_int, default=6, help="patched model runs of the bisection")
+    parser.add_argument("--per", choices=GRANULARITIES, default="head",
+                        help="a treatment per query head, or per whole layer (the layer choice the same "
+                             "measurements give, to compare with)")
+    parser.add_argument("--cost", type=named_number, action="append", metavar="NAME=FRACTION",
+                        help="a candidate's attention time relative to exact attention's (e.g. from hyperattn bench "
+                             "attention at the length of interest; repeatable): the report gives each plan's "
+                             "attention time")
     parser.add_argument("--seed", type=seed, default=0)
     parser.add_argument("--include-sliding", action="store_true", help="sliding-window layers may be approximated")
     parser.add_argument("--out", metavar="PATH", required=True, help="write the head plan (JSON) here")
@@ -46,10 +53,15 @@ def candidates_from_args(args: argparse.Namespace) -> dict[str, HyperAttentionCo
 
 def run_calibrate(args: argparse.Namespace) -> int:
     candidates = candidates_from_args(args)  # before the model loads
+    unknown = sorted({name for name, _ in args.cost or []} - set(candidates))
+    if unknown:
+        raise SystemExit(f"hyperattn calibrate: error: --cost names {unknown}, not candidates "
+                         f"(candidates: {list(candidates)})")
     model, tokenizer, text, run = load_pretrained(args)
     input_ids = token_windows(tokenizer, text, args.seq_len, 1)[0]
     result = calibrate(model, input_ids, candidates, args.budget, args.layers, args.seed, args.steps,
-                       args.include_sliding, model_name=args.model)
+                       args.include_sliding, model_name=args.model, per=args.per,
+                       costs=dict(args.cost) if args.cost else None)
     print(format_calibration(result))
     if args.plot:
         plot_calibration(result, args.plot, f"{args.model}, {args.text}, {args.seq_len} tokens")

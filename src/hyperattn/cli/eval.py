@@ -11,9 +11,9 @@ from hyperattn.cli.config_args import add_config_args, compared_configs, config_
 from hyperattn.cli.ruler import add_ruler_parser
 from hyperattn.eval.attention import evaluate_attention, plot_attention_errors
 from hyperattn.eval.attention import format_summary as format_attention_summary
-from hyperattn.eval.models import EVAL_CONFIG
+from hyperattn.eval.models import EVAL_CONFIG, PLAN_SETTING
 from hyperattn.eval.needle import evaluate_needle, format_grid, plot_needle
-from hyperattn.eval.perplexity import PLAN_SETTING, evaluate_perplexity, format_summary, plot_perplexity
+from hyperattn.eval.perplexity import evaluate_perplexity, format_summary, plot_perplexity
 from hyperattn.heads import HeadPlan
 
 

@@ -6,6 +6,8 @@ import torch
 
 from hyperattn.config import HyperAttentionConfig
 from hyperattn.eval.assets import resolve_model
+from hyperattn.heads import HeadPlan
+from hyperattn.integrations.transformers import attention_modules, patch_model
 
 # The config evaluations use when given none: the library's, except that every input above
 # min_seq_len is approximated (the library's exact_up_to runs short inputs exactly, and would
@@ -67,6 +69,20 @@ def check_length(model, seq_len: int) -> None:
 
 
 def count_attention_layers(model) -> int:
-    from hyperattn.integrations.transformers import attention_modules
-
     return len(attention_modules(model))
+
+
+# The layer setting of a head plan in the evaluations' lists of settings.
+PLAN_SETTING = "plan"
+
+
+def patch_setting(model, spec: str, config: HyperAttentionConfig, plan: HeadPlan | None = None,
+                  seed: int = 0) -> list[int]:
+    """Patch ``model`` for one evaluation setting: ``PLAN_SETTING`` applies the head plan ``plan``,
+    any other ``spec`` the layers it names (``patch_model``; ``"last:0"`` is exact). Returns the
+    patched layers."""
+    if spec == PLAN_SETTING:
+        if plan is None:
+            raise ValueError(f"the layer setting {PLAN_SETTING!r} needs a head plan (plan=...)")
+        return patch_model(model, plan=plan, seed=seed)
+    return patch_model(model, spec, config, seed=seed)

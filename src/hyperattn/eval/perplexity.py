@@ -12,12 +12,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from hyperattn.config import HyperAttentionConfig
-from hyperattn.eval.models import EVAL_CONFIG, check_length, count_attention_layers
+from hyperattn.eval.models import EVAL_CONFIG, PLAN_SETTING, check_length, count_attention_layers, patch_setting
 from hyperattn.heads import HeadPlan
 from hyperattn.integrations.transformers import patch_model
 
 QUARTERS = 4
-PLAN_SETTING = "plan"  # the layer setting of a head plan
 
 
 def token_windows(tokenizer, text: str, seq_len: int, num_windows: int) -> torch.Tensor:
@@ -74,19 +73,14 @@ def evaluate_perplexity(model, tokenizer, text: str, seq_len: int, layer_specs: 
     windows = token_windows(tokenizer, text, seq_len, num_windows)
     num_layers = count_attention_layers(model)
 
-    def patch(spec: str, seed: int = 0) -> list[int]:
-        if spec == PLAN_SETTING:
-            return patch_model(model, plan=plan, seed=seed)
-        return patch_model(model, spec, config, seed=seed)
-
     jobs = []
     for spec in layer_specs:
-        patched = len(patch(spec))  # sliding-window layers stay exact
+        patched = len(patch_setting(model, spec, config, plan))  # sliding-window layers stay exact
         for seed in (seeds if patched else seeds[:1]):  # exact attention has no randomness
             jobs += [(spec, patched, seed, w) for w in range(num_windows)]
     runs = []
     for spec, patched, seed, window in tqdm(jobs, desc="perplexity", unit="window"):
-        patch(spec, seed)
+        patch_setting(model, spec, config, plan, seed)
         start = time.perf_counter()
         nll = window_nll(model, windows[window])
         runs.append(dict(layers=spec, num_patched=patched, seed=seed, window=window,

@@ -23,8 +23,9 @@ import torch
 from tqdm import tqdm
 
 from hyperattn.config import HyperAttentionConfig
-from hyperattn.eval.models import EVAL_CONFIG, check_length
+from hyperattn.eval.models import EVAL_CONFIG, PLAN_SETTING, check_length, patch_setting
 from hyperattn.eval.needle import setting_label
+from hyperattn.heads import HeadPlan
 from hyperattn.integrations.transformers import patch_model
 
 ANSWER_MARGIN = 16  # greedy tokens beyond the answer's length
@@ -250,21 +251,23 @@ def build_samples(tokenizer, text: str, tasks: list[str], lengths: list[int], sa
 
 def evaluate_ruler(model, tokenizer, text: str, tasks: list[str] = tuple(TASKS), lengths: list[int] = (4096,),
                    samples: int = 5, layer_specs: list[str] = ("last:0", "all"),
-                   config: HyperAttentionConfig | None = None, seed: int = 0) -> dict:
+                   config: HyperAttentionConfig | None = None, seed: int = 0, plan: HeadPlan | None = None) -> dict:
     """Score and answer log-likelihood of ``samples`` prompts per (layer setting, task, length);
-    every setting sees the same prompts (``"last:0"`` = exact).
+    every setting sees the same prompts (``"last:0"`` = exact; ``"plan"``: the head plan ``plan``).
 
     Returns {"rows": one per prompt and setting, "summary": one per (setting, task, length)
     with the mean score, the mean log-prob per answer token and its change against exact
     attention on the same prompts (mean, std, min, max)}."""
     config = config or EVAL_CONFIG
+    if (PLAN_SETTING in layer_specs) != (plan is not None):
+        raise ValueError(f"layer setting {PLAN_SETTING!r} and a head plan go together (got plan={plan!r:.40})")
     for length in lengths:
         check_length(model, length)
     prompts = build_samples(tokenizer, text, tasks, lengths, samples, seed)
     jobs = [(spec, key) for spec in layer_specs for key in prompts]
     rows = []
     for spec, (task, length, index) in tqdm(jobs, desc="ruler", unit="prompt"):
-        patched = patch_model(model, spec, config, seed=seed)
+        patched = patch_setting(model, spec, config, plan, seed)
         sample = prompts[(task, length, index)]
         start = time.perf_counter()
         reply, logprob = run_sample(model, tokenizer, sample)
