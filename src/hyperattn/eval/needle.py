@@ -9,7 +9,7 @@ import torch
 from tqdm import tqdm
 
 from hyperattn.config import HyperAttentionConfig
-from hyperattn.eval.models import EVAL_CONFIG, check_length
+from hyperattn.eval.models import EVAL_CONFIG, PLAN_SETTING, check_length
 from hyperattn.integrations.transformers import patch_model
 
 NEEDLE = "The special magic number is {number}."
@@ -64,7 +64,9 @@ def evaluate_needle(model, tokenizer, text: str, lengths: list[int], depths: lis
 
 
 def setting_label(spec: str) -> str:
-    return "exact attention" if spec == "last:0" else f"HyperAttention, layers {spec}"
+    if spec == "last:0":
+        return "exact attention"
+    return "HyperAttention, head plan" if spec == PLAN_SETTING else f"HyperAttention, layers {spec}"
 
 
 def format_grid(result: dict) -> str:
