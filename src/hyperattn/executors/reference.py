@@ -127,14 +127,12 @@ def hyper_attention_reference(
     slot_query = _take(plan.q_perm, layout.slot_rank.clamp(min=0).flatten(-2))
     q_tiles = _gather_rows(q, slot_query).view(z, hkv, groups, num_tiles, tile_rows, d)
     key_ranks = layout.tile_block.unsqueeze(-1) * block + torch.arange(block, device=q.device)  # (..., tiles, block)
-    key_valid = (key_ranks < nk).unsqueeze(-2)
-    tile_groups = 1 if key_ranks.dim() == 2 else groups  # the rank rule's tiles are shared by every head
-    if key_ranks.dim() == 2:
-        key_ranks = key_ranks.expand(z, hkv, num_tiles, block)
-    else:
-        key_valid = key_valid.view(z, hkv, groups, num_tiles, 1, block)
-    slot_key = plan.k_perm.gather(-1, key_ranks.reshape(z, hkv, -1).clamp(max=nk - 1))
+    shared = key_ranks.dim() == 2  # the rank rule's tiles are the same for every head
+    tile_groups = 1 if shared else groups
     tile_keys = (z, hkv, tile_groups, num_tiles, 1, block)
+    key_ranks = (key_ranks.expand(z, hkv, num_tiles, block) if shared else key_ranks).reshape(z, hkv, -1)
+    key_valid = (key_ranks < nk).view(tile_keys)
+    slot_key = plan.k_perm.gather(-1, key_ranks.clamp(max=nk - 1))
     k_tiles = _gather_rows(k, slot_key).view(z, hkv, tile_groups, num_tiles, block, d)
     v_tiles = _gather_rows(v, slot_key).view(z, hkv, tile_groups, num_tiles, block, dv)
     scores = torch.einsum("zhgtqd,zhgtkd->zhgtqk", q_tiles, k_tiles) * scale
@@ -148,13 +146,13 @@ def hyper_attention_reference(
         key_pos = skip.key_pos.expand(z, hkv, nk).gather(-1, slot_key)
         scores = scores.masked_fill(skip.mask(query_pos.view(z, hkv, groups, num_tiles, tile_rows, 1),
                                               key_pos.view(tile_keys)), -torch.inf)
-    probs, lse_blocks = masked_softmax_lse(scores)
-    out_blocks = (probs @ v_tiles).reshape(z, hq, num_tiles * tile_rows, dv)
+    probs, lse_tiles = masked_softmax_lse(scores)
+    out_tiles = (probs @ v_tiles).reshape(z, hq, num_tiles * tile_rows, dv)
 
     query_rank = inverse_permutation(plan.q_perm)
     query_slot = _take(layout.rank_slot, query_rank)
-    out = _gather_rows(out_blocks, query_slot)
-    lse = lse_blocks.reshape(z, hq, num_tiles * tile_rows).gather(-1, query_slot)
+    out = _gather_rows(out_tiles, query_slot)
+    lse = lse_tiles.reshape(z, hq, num_tiles * tile_rows).gather(-1, query_slot)
     if plan.sample_idx.shape[-1] == 0:
         return out, lse
 
