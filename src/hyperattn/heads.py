@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
+from itertools import groupby
 from pathlib import Path
 
 import torch
@@ -40,14 +41,9 @@ def _head_calls(treatments: Sequence[Treatment], num_kv_heads: int) -> list[tupl
         for kv in sorted({h // group for h in heads}):
             by_pattern.setdefault(tuple(h % group for h in heads if h // group == kv), []).append(kv)
         for pattern, kv_heads in by_pattern.items():
-            runs = [[kv_heads[0]]]
-            for kv in kv_heads[1:]:
-                if kv == runs[-1][-1] + 1:
-                    runs[-1].append(kv)
-                else:
-                    runs.append([kv])
-            calls += [(treatment, [kv * group + g for kv in run for g in pattern], slice(run[0], run[-1] + 1))
-                      for run in runs]
+            for _, run in groupby(enumerate(kv_heads), key=lambda item: item[1] - item[0]):  # contiguous runs
+                run = [kv for _, kv in run]
+                calls.append((treatment, [kv * group + g for kv in run for g in pattern], slice(run[0], run[-1] + 1)))
     return calls
 
 

@@ -9,7 +9,8 @@ import sys
 import torch
 
 from hyperattn.eval.assets import load_text
-from hyperattn.eval.models import load_model
+from hyperattn.eval.models import PLAN_SETTING, load_model
+from hyperattn.heads import HeadPlan
 from hyperattn.runinfo import environment, write_json
 
 
@@ -26,6 +27,18 @@ def add_pretrained_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
     parser.add_argument("--plot", metavar="PNG", help="write a plot")
+
+
+def add_plan_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--plan", metavar="PATH",
+                        help="also a head plan (hyperattn calibrate): its layers and heads as planned, the rest exact")
+
+
+def settings_with_plan(args: argparse.Namespace) -> tuple[list[str], HeadPlan | None]:
+    """The ``--layers`` settings, with ``PLAN_SETTING`` added when ``--plan`` is given, and the
+    plan it loads (read before the model loads, so a bad file fails early)."""
+    plan = HeadPlan.load(args.plan) if args.plan else None
+    return args.layers + ([PLAN_SETTING] if plan else []), plan
 
 
 def load_pretrained(args: argparse.Namespace):

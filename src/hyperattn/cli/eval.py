@@ -6,15 +6,14 @@ import argparse
 import re
 
 from hyperattn.cli.arg_types import float_list, int_list, numbers, positive_int, seed, seed_list, str_list
-from hyperattn.cli.common import add_pretrained_args, load_pretrained, write_result
+from hyperattn.cli.common import add_plan_arg, add_pretrained_args, load_pretrained, settings_with_plan, write_result
 from hyperattn.cli.config_args import add_config_args, compared_configs, config_from_args, labelled_overrides
 from hyperattn.cli.ruler import add_ruler_parser
 from hyperattn.eval.attention import evaluate_attention, plot_attention_errors
 from hyperattn.eval.attention import format_summary as format_attention_summary
-from hyperattn.eval.models import EVAL_CONFIG, PLAN_SETTING
+from hyperattn.eval.models import EVAL_CONFIG
 from hyperattn.eval.needle import evaluate_needle, format_grid, plot_needle
 from hyperattn.eval.perplexity import evaluate_perplexity, format_summary, plot_perplexity
-from hyperattn.heads import HeadPlan
 
 
 def add_eval_parser(commands) -> None:
@@ -30,8 +29,7 @@ def add_eval_parser(commands) -> None:
                      help="comma-separated settings; last:0 is exact attention")
     ppl.add_argument("--windows", type=positive_int, default=1, help="consecutive windows from the start of the text")
     ppl.add_argument("--seeds", type=seed_list, default=[0], help="comma-separated seeds")
-    ppl.add_argument("--plan", metavar="PATH",
-                     help="also a head plan (hyperattn calibrate): its layers and heads as planned, the rest exact")
+    add_plan_arg(ppl)
     add_config_args(ppl, EVAL_CONFIG)
     ppl.set_defaults(run=eval_ppl)
 
@@ -108,8 +106,7 @@ def _windows_header(args: argparse.Namespace) -> str:
 
 
 def eval_ppl(args: argparse.Namespace) -> int:
-    plan = HeadPlan.load(args.plan) if args.plan else None  # before the model loads
-    layers = args.layers + ([PLAN_SETTING] if plan else [])
+    layers, plan = settings_with_plan(args)
     return _evaluate(
         args,
         lambda model, tokenizer, text, config: evaluate_perplexity(model, tokenizer, text, args.seq_len, layers,

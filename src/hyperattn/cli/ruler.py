@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 
 from hyperattn.cli.arg_types import int_list, positive_int, seed, str_list
-from hyperattn.cli.common import add_pretrained_args, load_pretrained, write_result
+from hyperattn.cli.common import add_plan_arg, add_pretrained_args, load_pretrained, settings_with_plan, write_result
 from hyperattn.cli.config_args import add_config_args, config_from_args
-from hyperattn.eval.models import EVAL_CONFIG, PLAN_SETTING
+from hyperattn.eval.models import EVAL_CONFIG
 from hyperattn.eval.ruler import TASKS, evaluate_ruler, format_summary
-from hyperattn.heads import HeadPlan
 
 
 def task_list(text: str) -> list[str]:
@@ -35,8 +34,7 @@ def add_ruler_parser(evals) -> None:
     parser.add_argument("--layers", type=str_list, default=["last:0", "all"],
                         help="comma-separated settings; last:0 is exact attention")
     parser.add_argument("--seed", type=seed, default=0, help="of the prompts and of HyperAttention")
-    parser.add_argument("--plan", metavar="PATH",
-                        help="also a head plan (hyperattn calibrate): its layers and heads as planned, the rest exact")
+    add_plan_arg(parser)
     add_config_args(parser, EVAL_CONFIG)
     parser.set_defaults(run=eval_ruler)
 
@@ -45,8 +43,7 @@ def eval_ruler(args: argparse.Namespace) -> int:
     if args.plot:
         raise ValueError("eval ruler draws no plot; --plot is for eval ppl and eval needle")
     config = config_from_args(args)
-    plan = HeadPlan.load(args.plan) if args.plan else None  # before the model loads
-    layers = args.layers + ([PLAN_SETTING] if plan else [])
+    layers, plan = settings_with_plan(args)
     model, tokenizer, text, run = load_pretrained(args)
     result = {**run, **evaluate_ruler(model, tokenizer, text, args.tasks, args.lengths, args.samples, layers,
                                       config, args.seed, plan)}

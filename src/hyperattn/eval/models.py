@@ -76,6 +76,12 @@ def count_attention_layers(model) -> int:
 PLAN_SETTING = "plan"
 
 
+def check_plan_setting(layer_specs, plan: HeadPlan | None) -> None:
+    """Raise ValueError unless the settings list ``PLAN_SETTING`` exactly when a head plan is given."""
+    if (PLAN_SETTING in layer_specs) != (plan is not None):
+        raise ValueError(f"layer setting {PLAN_SETTING!r} and a head plan go together (got plan={plan!r:.40})")
+
+
 def patch_setting(model, spec: str, config: HyperAttentionConfig, plan: HeadPlan | None = None,
                   seed: int = 0) -> list[int]:
     """Patch ``model`` for one evaluation setting: ``PLAN_SETTING`` applies the head plan ``plan``,

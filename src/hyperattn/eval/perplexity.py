@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from hyperattn.config import HyperAttentionConfig
-from hyperattn.eval.models import EVAL_CONFIG, PLAN_SETTING, check_length, count_attention_layers, patch_setting
+from hyperattn.eval.models import (EVAL_CONFIG, PLAN_SETTING, check_length, check_plan_setting, count_attention_layers,
+                                   patch_setting)
 from hyperattn.heads import HeadPlan
 from hyperattn.integrations.transformers import patch_model
 
@@ -67,8 +68,7 @@ def evaluate_perplexity(model, tokenizer, text: str, seq_len: int, layer_specs: 
     with the mean, spread (min, max, std over seeds and windows) and mean quarter ppl}.
     """
     config = config or EVAL_CONFIG
-    if (PLAN_SETTING in layer_specs) != (plan is not None):
-        raise ValueError(f"layer setting {PLAN_SETTING!r} and a head plan go together (got plan={plan!r:.40})")
+    check_plan_setting(layer_specs, plan)
     check_length(model, seq_len)
     windows = token_windows(tokenizer, text, seq_len, num_windows)
     num_layers = count_attention_layers(model)

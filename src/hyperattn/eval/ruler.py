@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from hyperattn.config import HyperAttentionConfig
-from hyperattn.eval.models import EVAL_CONFIG, PLAN_SETTING, check_length, patch_setting
+from hyperattn.eval.models import EVAL_CONFIG, check_length, check_plan_setting, patch_setting
 from hyperattn.eval.needle import setting_label
 from hyperattn.heads import HeadPlan
 from hyperattn.integrations.transformers import patch_model
@@ -259,8 +259,7 @@ def evaluate_ruler(model, tokenizer, text: str, tasks: list[str] = tuple(TASKS),
     with the mean score, the mean log-prob per answer token and its change against exact
     attention on the same prompts (mean, std, min, max)}."""
     config = config or EVAL_CONFIG
-    if (PLAN_SETTING in layer_specs) != (plan is not None):
-        raise ValueError(f"layer setting {PLAN_SETTING!r} and a head plan go together (got plan={plan!r:.40})")
+    check_plan_setting(layer_specs, plan)
     for length in lengths:
         check_length(model, length)
     prompts = build_samples(tokenizer, text, tasks, lengths, samples, seed)
