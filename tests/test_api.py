@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import torch
 
@@ -7,7 +9,7 @@ from hyperattn.plan import causal_schedule
 from tests.conftest import random_qkv
 
 # The paper's algorithm at toy sizes (the default exact tail of 64 queries would cover them)
-PAPER = dict(exact_sinks=0, exact_tail=0)
+PAPER = dict(exact_sinks=0, exact_tail=0, query_blocks="rank")
 SMALL = HyperAttentionConfig(block_size=4, sample_size=4, lsh_num_projs=3, exact_up_to=0, min_seq_len=8, **PAPER)
 
 
@@ -176,7 +178,7 @@ def test_bucket_blocks_are_strictly_causal(extra, nq, nk):
     q, k, v = random_qkv(hq=2, hkv=1, nq=nq, nk=nk, seed=5)
     changed = {}
     for rule in ("bucket", "rank"):
-        cfg = HyperAttentionConfig(query_blocks=rule, **base)
+        cfg = HyperAttentionConfig(**{**base, "query_blocks": rule})
         out = hyper_attention(q, k, v, causal=True, config=cfg, seed=3)
         changed[rule] = 0
         for t in range(9, nq - 6, 8):
@@ -258,8 +260,7 @@ def test_low_precision_inputs_follow_the_float64_result(dtype, causal):
 def test_exact_tail_rows_are_exact_and_the_rest_unchanged(causal, nq, nk):
     q, k, v = random_qkv(batch=2, hq=4, hkv=2, nq=nq, nk=nk, d=8)
     plain, plain_lse = hyper_attention(q, k, v, causal=causal, config=SMALL, seed=3, return_lse=True)
-    cfg = HyperAttentionConfig(block_size=4, sample_size=4, lsh_num_projs=3, exact_up_to=0, min_seq_len=8,
-                               exact_sinks=0, exact_tail=10)
+    cfg = dataclasses.replace(SMALL, exact_tail=10)
     out, lse = hyper_attention(q, k, v, causal=causal, config=cfg, seed=3, return_lse=True)
     ref, ref_lse = exact_attention(q, k, v, causal=causal, return_lse=True)
     torch.testing.assert_close(out[:, :, -10:], ref[:, :, -10:], rtol=1e-12, atol=1e-12)

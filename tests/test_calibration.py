@@ -71,8 +71,8 @@ def test_calibrated_plans_keep_the_budget_they_report():
 
     model, tokenizer = load_model("smollm2")
     ids = token_windows(tokenizer, load_text("paul-graham"), 384, 1)[0]
-    cheap = HyperAttentionConfig(block_size=8, sample_size=8, min_seq_len=64, exact_up_to=0)
-    dearer = HyperAttentionConfig(block_size=32, sample_size=64, min_seq_len=64, exact_up_to=0)
+    cheap = HyperAttentionConfig(block_size=8, sample_size=8, min_seq_len=64, exact_up_to=0, query_blocks="rank")
+    dearer = HyperAttentionConfig(block_size=32, sample_size=64, min_seq_len=64, exact_up_to=0, query_blocks="rank")
     with torch.no_grad():
         exact_logits = model(ids[None]).logits
     result = calibrate(model, ids, {"cheap": cheap, "dearer": dearer}, budget=0.0022, layers=[0, -1], steps=4,

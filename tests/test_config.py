@@ -4,11 +4,12 @@ from hyperattn import HyperAttentionConfig
 from hyperattn.config import check_scale
 
 
-def test_defaults_are_the_papers_but_short_inputs_run_exactly():
+def test_defaults_are_the_papers_but_strictly_causal_and_short_inputs_run_exactly():
     cfg = HyperAttentionConfig()
     assert (cfg.block_size, cfg.sample_size, cfg.lsh_num_projs, cfg.min_seq_len, cfg.sampling) == (
         256, 256, 7, 4096, "uniform")
     assert cfg.exact_up_to == 16384
+    assert cfg.query_blocks == "bucket"
 
 
 @pytest.mark.parametrize("nq,nk,causal,exact", [

@@ -24,13 +24,14 @@ from hyperattn.bench.attention import _sdpa, hyper_attention_runner, time_case
 
 HEAVY_NO_SAMPLES = dict(sample_size=0, sampling="mass")
 OPTIONS = {
-    "paper": dict(exact_sinks=0, exact_tail=0),
+    "paper": dict(exact_sinks=0, exact_tail=0, query_blocks="rank"),
     "default": dict(),
+    "rank": dict(query_blocks="rank"),
     "mass": dict(sampling="mass"),
     "heavy256": dict(heavy_keys=256, sampling="mass"),
-    "heavy448-b64": dict(heavy_keys=448, block_size=64, **HEAVY_NO_SAMPLES),
-    "heavy384-b128": dict(heavy_keys=384, block_size=128, **HEAVY_NO_SAMPLES),
-    "heavy256-b256": dict(heavy_keys=256, block_size=256, **HEAVY_NO_SAMPLES),
+    "heavy448-b64": dict(query_blocks="rank", heavy_keys=448, block_size=64, **HEAVY_NO_SAMPLES),
+    "heavy384-b128": dict(query_blocks="rank", heavy_keys=384, block_size=128, **HEAVY_NO_SAMPLES),
+    "heavy256-b256": dict(query_blocks="rank", heavy_keys=256, block_size=256, **HEAVY_NO_SAMPLES),
     "bucket": dict(query_blocks="bucket"),
     "bucket-heavy448-b64": dict(query_blocks="bucket", heavy_keys=448, block_size=64, **HEAVY_NO_SAMPLES),
     "bucket-heavy384-b128": dict(query_blocks="bucket", heavy_keys=384, block_size=128, **HEAVY_NO_SAMPLES),
@@ -38,6 +39,7 @@ OPTIONS = {
     "bucket-heavy448-b64-w1024": dict(query_blocks="bucket", heavy_keys=448, block_size=64, exact_window=1024,
                                       **HEAVY_NO_SAMPLES),
     "window1024": dict(exact_window=1024),
+    "rank-window1024": dict(query_blocks="rank", exact_window=1024),
 }
 
 

@@ -5,8 +5,8 @@
 
 Prints, for causal and non-causal, forward and forward+backward, the total CUDA time of
 each kernel (torch.profiler), largest first, and the host's self CPU time. The config is the
-library's default with ``exact_up_to=0`` (``--exact-sinks 0 --exact-tail 0``: the paper's; ``--set
-FIELD=VALUE``: any other field). Use it to
+library's default with ``exact_up_to=0`` (``--exact-sinks 0 --exact-tail 0 --set query_blocks=rank``: the
+paper's; ``--set FIELD=VALUE``: any other field). Use it to
 see which kernel a change should speed up, and to A/B two source trees (``tools/gpu_session.sh``,
 step ``ab``). Needs a CUDA GPU.
 """

@@ -22,9 +22,10 @@ def _check_int(name: str, value, low: int, high: int | None = None) -> None:
 @dataclass(frozen=True)
 class HyperAttentionConfig:
     """Hyperparameters of HyperAttention; the defaults are the paper's (block 256, 256 samples,
-    7 projections, min_seq_len 4096) plus 16 exact sinks, an exact tail of 64 queries and
-    ``exact_up_to``: BENCHMARKS.md ("The default") gives the quality and speed behind them. The
-    paper's algorithm is ``HyperAttentionConfig(exact_sinks=0, exact_tail=0, exact_up_to=0)``.
+    7 projections, min_seq_len 4096) plus 16 exact sinks, an exact tail of 64 queries,
+    ``exact_up_to`` and the strictly causal bucket rule (``query_blocks``): BENCHMARKS.md gives the
+    quality and speed behind them. The paper's algorithm is
+    ``HyperAttentionConfig(exact_sinks=0, exact_tail=0, exact_up_to=0, query_blocks="rank")``.
 
     Args:
         block_size: keys per LSH block (``b``); each query attends exactly to one key
@@ -58,12 +59,13 @@ class HyperAttentionConfig:
             HyperAttention's kernels and launches are slower than cuDNN below about 16k causal
             tokens (BENCHMARKS.md), so the default 16384 keeps every call at least as fast as
             exact attention; ``0`` restores the paper's rule (only ``min_seq_len``). ``>= 0``.
-        query_blocks: which key block each query attends to exactly. ``"rank"`` (the paper's): the
-            block at the query's rank in bucket order, so every block gets as many queries; in a
-            causal call a query's block then depends on the later queries of its rectangle.
-            ``"bucket"``: the block where the keys of the query's own bucket sit (the middle of
-            them), which depends on the query and earlier keys alone: a causal call is then
-            strictly causal (output i depends on nothing after i).
+        query_blocks: which key block each query attends to exactly. ``"bucket"`` (the default):
+            the block where the keys of the query's own bucket sit (the middle of them), which
+            depends on the query and earlier keys alone: a causal call is strictly causal (output
+            i depends on nothing after i). ``"rank"`` (the paper's): the block at the query's rank
+            in bucket order, so every block gets as many queries, which the kernels tile more
+            cheaply; in a causal call a query's block then depends on the later queries of its
+            rectangle, so changing the tokens after i can change output i.
         heavy_keys: per approximated rectangle (a problem of the causal recursion, or the whole
             non-causal call) and kv head, the ``heavy_keys`` keys of largest estimated attention
             mass (sinks aside) are attended exactly by every query of the rectangle; the block
@@ -91,8 +93,8 @@ class HyperAttentionConfig:
         "help": "attention over at most this many queries runs exactly; causal: the recursion stops at "
                 "diagonal blocks of at most this size"})
     sampling: str = field(default="uniform", metadata={
-        "help": "how the residual's keys are drawn: uniform, or value_norm (with probability proportional to "
-                "||v_j||^2)"})
+        "help": "how the residual's keys are drawn: uniform, value_norm (with probability proportional to "
+                "||v_j||^2) or mass (by the key masses the probe queries estimate)"})
     impl: str = field(default="auto", metadata={
         "help": "auto (fused Triton kernels for fp16/bf16 CUDA tensors, the PyTorch reference otherwise), "
                 "reference or triton"})
@@ -111,10 +113,10 @@ class HyperAttentionConfig:
     probe_queries: int = field(default=64, metadata={
         "help": "queries whose attention estimates the key masses for heavy_keys and mass sampling: in a causal "
                 "call, the ones just before each rectangle"})
-    query_blocks: str = field(default="rank", metadata={
-        "help": "which key block a query attends to: rank (the paper's: by its rank among the queries; in "
-                "causal calls it depends on later queries) or bucket (where the keys of its own bucket sit: "
-                "strictly causal)"})
+    query_blocks: str = field(default="bucket", metadata={
+        "help": "which key block a query attends to: bucket (where the keys of its own bucket sit: strictly "
+                "causal) or rank (the paper's: by its rank among the queries; faster, but in causal calls it "
+                "depends on later queries)"})
 
     def __post_init__(self) -> None:
         _check_int("block_size", self.block_size, 1)

@@ -49,6 +49,8 @@ def format_demo(result: dict) -> str:
         label += f" + {result['config']['exact_sinks']} sinks"
     if result["config"].get("exact_tail"):
         label += f" + tail {result['config']['exact_tail']}"
+    if result["config"].get("query_blocks") == "rank":
+        label += " (rank rule)"
     width = max(34, len(label))
     return "\n".join([
         f"{result['model']} on {result['text']}, {result['seq_len']} tokens, {result['card']}",

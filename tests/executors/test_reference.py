@@ -92,7 +92,7 @@ def test_gqa_equals_repeated_kv_for_the_same_plan():
     groups = 3
     rep = lambda x: x.repeat_interleave(groups, 1)  # noqa: E731
     repeated = AttentionPlan(plan.q_perm, rep(plan.k_perm), rep(plan.sample_idx), rep(plan.sample_block),
-                             rep(plan.sample_log_weight), plan.block_size)
+                             rep(plan.sample_log_weight), plan.block_size, q_block=plan.q_block)
     got = hyper_attention_reference(q, k, v, plan, 0.3)
     want = hyper_attention_reference(q, rep(k), rep(v), repeated, 0.3)
     for a, b in zip(got, want):

@@ -13,8 +13,8 @@ from hyperattn.integrations.transformers import attention_modules, patch_model
 # min_seq_len is approximated (the library's exact_up_to runs short inputs exactly, and would
 # measure nothing).
 EVAL_CONFIG = HyperAttentionConfig(exact_up_to=0)
-# The paper's algorithm: no exact sinks or tail, every input above min_seq_len approximated.
-PAPER_CONFIG = HyperAttentionConfig(exact_up_to=0, exact_sinks=0, exact_tail=0)
+# The paper's algorithm: no exact sinks or tail, its rank rule, every input above min_seq_len approximated.
+PAPER_CONFIG = HyperAttentionConfig(exact_up_to=0, exact_sinks=0, exact_tail=0, query_blocks="rank")
 
 # transformers releases whose GGUF loader builds a different function than the checkpoint:
 # model type -> first good release. Gemma-3-270m under 5.17 gives perplexity 192 instead

@@ -40,12 +40,15 @@ GRAPH_TOLERANCE = 1e-3
 
 # name: (batch, Hq, Hkv, Nq, Nk, D, Dv, causal, config overrides of the library's default, with
 # exact sinks and tail); None config = exact part only
-PAPER = dict(exact_sinks=0, exact_tail=0)
+PAPER = dict(exact_sinks=0, exact_tail=0, query_blocks="rank")
+RANK = dict(query_blocks="rank")
 CASES = [
     ("causal d64", 1, 8, 8, 16384, 16384, 64, 64, True, {}),
     ("causal batch 2", 2, 4, 4, 9001, 9001, 128, 128, True, dict(min_seq_len=2048)),  # a 1-row head
     ("prefill mha", 1, 4, 4, 6000, 16384, 64, 64, True, dict(min_seq_len=2048)),
     ("causal gqa d128", 1, 8, 2, 12000, 12000, 128, 128, True, {}),
+    ("rank causal gqa d128", 1, 8, 2, 12000, 12000, 128, 128, True, RANK),  # the paper's rule: tiles per key block
+    ("rank causal batch 2", 2, 4, 4, 9001, 9001, 64, 64, True, dict(min_seq_len=2048, **RANK)),
     ("causal d256", 1, 4, 2, 9000, 9000, 256, 256, True, dict(min_seq_len=2048)),
     ("prefill chunk", 1, 8, 2, 6003, 16384, 64, 64, True, dict(min_seq_len=2048)),  # a 3-row head
     ("prefill no head", 1, 4, 2, 6000, 16384, 64, 64, True, dict(min_seq_len=2048)),
@@ -64,10 +67,10 @@ CASES = [
     ("non-causal sinks", 2, 4, 4, 9000, 20000, 128, 128, False, dict(exact_sinks=100, exact_tail=0)),
     # heavy keys: sorted between the live keys and the sinks, run as samples of weight one
     ("heavy keys", 1, 8, 2, 16384, 16384, 128, 128, True,
-     dict(heavy_keys=448, block_size=64, sample_size=0, min_seq_len=2048)),
-    ("heavy mass", 1, 4, 4, 12000, 12000, 64, 64, True, dict(heavy_keys=100, sampling="mass", exact_sinks=32)),
-    ("heavy non-causal", 1, 4, 2, 9000, 10000, 64, 64, False, dict(heavy_keys=200, sampling="mass")),
-    # the bucket rule: tiles of consecutive sorted queries, each row attending to its own key block
+     dict(heavy_keys=448, block_size=64, sample_size=0, min_seq_len=2048, **RANK)),
+    ("heavy mass", 1, 4, 4, 12000, 12000, 64, 64, True, dict(heavy_keys=100, sampling="mass", exact_sinks=32, **RANK)),
+    ("heavy non-causal", 1, 4, 2, 9000, 10000, 64, 64, False, dict(heavy_keys=200, sampling="mass", **RANK)),
+    # the bucket rule (the default): tiles of consecutive sorted queries, each row attending to its own key block
     ("bucket causal", 1, 8, 2, 16384, 16384, 128, 128, True, dict(query_blocks="bucket")),
     ("bucket heavy", 1, 4, 4, 12000, 12000, 64, 64, True,
      dict(query_blocks="bucket", heavy_keys=448, block_size=64, sample_size=0, min_seq_len=2048)),
@@ -75,6 +78,7 @@ CASES = [
      dict(query_blocks="bucket", heavy_keys=100, sampling="mass", exact_sinks=16)),
     # the exact window: the approximated parts skip each query's window, exact parts attend to it
     ("window", 1, 8, 2, 16384, 16384, 64, 64, True, dict(exact_window=1024, min_seq_len=2048)),
+    ("rank window", 1, 4, 2, 16384, 16384, 64, 64, True, dict(exact_window=1024, min_seq_len=2048, **RANK)),
     ("window wide prefill", 1, 4, 2, 6000, 16384, 128, 128, True,
      dict(exact_window=3000, query_blocks="bucket", heavy_keys=448, block_size=64, sample_size=0, min_seq_len=2048)),
 ]
@@ -200,13 +204,15 @@ def check_long(seq_len, heads, device="cuda"):
     return ok, elapsed, peak, {"out": error}
 
 
-_PLAN_TENSORS = [f.name for f in fields(AttentionPlan) if f.type == "torch.Tensor"]
 
 
 def _head_of_plan(plan: CausalPlan, h: int) -> CausalPlan:
     """``plan`` restricted to head ``h`` (inputs with as many kv heads as query heads)."""
     def one(p: AttentionPlan | None) -> AttentionPlan | None:
-        return None if p is None else replace(p, **{f: getattr(p, f)[:, h:h + 1] for f in _PLAN_TENSORS})
+        if p is None:
+            return None
+        tensors = {f.name: getattr(p, f.name) for f in fields(AttentionPlan)}  # q_block only under the bucket rule
+        return replace(p, **{name: t[:, h:h + 1] for name, t in tensors.items() if isinstance(t, torch.Tensor)})
 
     return replace(plan, level_plans=[one(p) for p in plan.level_plans], prefix_plan=one(plan.prefix_plan))
 

@@ -32,8 +32,6 @@ CASES = {
     "d64": (2, 1, 48, 48, 64, 64, 16, 16, 16, True),
     "d128": (2, 1, 40, 40, 128, 128, 16, 16, 16, False),
     "d256": (1, 1, 36, 36, 256, 256, 16, 16, 16, True),
-    "multi-tile-blocks": (2, 1, 160, 160, 16, 16, 40, 36, 16, True),  # 16-key tiles: 16+16+8 per block, 3 of samples
-    "many-queries-per-block": (2, 1, 150, 40, 16, 16, 16, 10, 8, False),  # 60 queries per key block
     "no-samples": (2, 1, 64, 64, 16, 16, 16, 0, 16, True),  # sample_size=0: key blocks only
 }
 
@@ -58,15 +56,25 @@ OPTION_CASES = {
     "noncausal-sinks-fill-blocks": ((2, 1, 48, 40, 16, 16, 8, 10, 8, False), 20, 0),  # sinks fill 2.5 key blocks
 }
 CASES.update({name: shape for name, (shape, _, _) in OPTION_CASES.items()})
-# Heavy keys (they sort between the other keys and the sinks, lead the samples), mass sampling, the
-# bucket rule (tiles of consecutive sorted queries, each row attending to its own block) and the exact window:
+# The rank rule, heavy keys (they sort between the other keys and the sinks, lead the samples), mass
+# sampling, the bucket rule (the default: tiles of consecutive sorted queries, each row attending to its
+# own block) and the exact window:
 # name: (shape as in CASES, config fields)
 CONFIG_CASES = {
+    # the paper's rank rule: tiles of the queries of one key block
+    "rank-causal-gqa": ((4, 2, 96, 96, 32, 32, 16, 20, 16, True), dict(query_blocks="rank")),
+    "rank-noncausal-gqa-odd": ((4, 2, 37, 83, 32, 16, 16, 12, 8, False), dict(query_blocks="rank")),
+    "rank-multi-tile-blocks": ((2, 1, 160, 160, 16, 16, 40, 36, 16, True),  # 16-key tiles: 16+16+8 a block
+                               dict(query_blocks="rank")),
+    "rank-many-queries-per-block": ((2, 1, 150, 40, 16, 16, 16, 10, 8, False),  # 60 queries a key block
+                                    dict(query_blocks="rank")),
     "heavy-causal-sinks-mass": ((2, 1, 96, 96, 16, 16, 8, 10, 8, True),
-                                dict(exact_sinks=3, heavy_keys=5, probe_queries=4, sampling="mass")),
-    "heavy-causal-gqa-prefill": ((4, 2, 64, 90, 32, 32, 8, 6, 8, True), dict(heavy_keys=7, probe_queries=3)),
+                                dict(query_blocks="rank", exact_sinks=3, heavy_keys=5, probe_queries=4,
+                                     sampling="mass")),
+    "heavy-causal-gqa-prefill": ((4, 2, 64, 90, 32, 32, 8, 6, 8, True),
+                                 dict(query_blocks="rank", heavy_keys=7, probe_queries=3)),
     "heavy-noncausal-no-samples": ((2, 1, 70, 45, 16, 16, 8, 0, 8, False),
-                                   dict(exact_sinks=2, heavy_keys=20, sampling="mass")),
+                                   dict(query_blocks="rank", exact_sinks=2, heavy_keys=20, sampling="mass")),
     "bucket-causal-gqa": ((4, 2, 96, 96, 32, 32, 16, 20, 16, True), dict(query_blocks="bucket")),
     "bucket-causal-prefill-heavy": ((2, 1, 64, 90, 16, 16, 8, 10, 8, True),
                                     dict(query_blocks="bucket", exact_sinks=3, heavy_keys=5, probe_queries=4,
@@ -133,7 +141,7 @@ def check_forward(name):
 
 @pytest.mark.parametrize("name", ["causal-gqa", "causal-odd-prefill", "causal-prefill-no-head",
                                   "causal-prefill-short-prefix", "noncausal-gqa-odd", "exact-causal", "d64",
-                                  "multi-tile-blocks", "many-queries-per-block", "no-samples",
+                                  "no-samples",
                                   *SINK_CASES, *OPTION_CASES, *CONFIG_CASES])
 def test_backward_matches_reference(name):
     check_backward(name)
