@@ -4,7 +4,7 @@
     python tools/kernel_resources.py --family hyper_dq --configs 128,64,4,3 128,64,8,3
     python tools/kernel_resources.py --head-dims 64,128 --family hyper_fwd --instructions
     python tools/kernel_resources.py --family hyper_samples --loops
-    python tools/kernel_resources.py --head-dims 64,128 --variant bucket     # or --variant window
+    python tools/kernel_resources.py --head-dims 64,128 --variant rank       # or --variant window
     python tools/kernel_resources.py --head-dims 128 --variant bucket --block-size 64 --samples 448
 
 Compiles every kernel family (``hyperattn.executors.triton.tiles.KERNEL_FAMILIES``) for sm_90a
@@ -66,14 +66,15 @@ FAMILIES = {
 assert set(FAMILIES) == set(KERNEL_FAMILIES), "a kernel family has no entry here"
 
 
-VARIANTS = ("default", "bucket", "window")
+VARIANTS = ("bucket", "rank", "window")
 
 
 def compile_family(family: str, head_dim: int, block_m: int, block_n: int, warps: int, stages: int, arch: int,
-                   variant: str = "default", block_size: int = 256, samples: int = 256):
+                   variant: str = "bucket", block_size: int = 256, samples: int = 256):
     """The compiled kernel (Triton's CompiledKernel) of ``family`` at these tiles; ``variant``:
-    the default's launch, the bucket rule's (``query_blocks="bucket"``: the plan's query blocks
-    and block offsets as pointers) or the exact window's (band masks on); ``block_size`` and
+    the default's launch (the bucket rule: the plan's query blocks and block offsets as pointers),
+    the rank rule's (``query_blocks="rank"``: none) or the exact window's (the rank rule with band
+    masks on); ``block_size`` and
     ``samples`` (heavy keys included) set the register-held index widths."""
     kernel, extra = FAMILIES[family]
     pad = max(16, triton.next_power_of_2(head_dim))
@@ -165,8 +166,9 @@ def main() -> None:
     parser.add_argument("--configs", nargs="*", default=None, metavar="BM,BN,W,S",
                         help="tile configs to compile (default: the ones the library launches)")
     parser.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 90 (default)")
-    parser.add_argument("--variant", choices=VARIANTS, default="default",
-                        help="the launch compiled: the default's, the bucket rule's or the exact window's")
+    parser.add_argument("--variant", choices=VARIANTS, default="bucket",
+                        help="the launch compiled: the default's (the bucket rule), the rank rule's or the exact "
+                             "window's")
     parser.add_argument("--block-size", type=int, default=256, help="the plan's block size (index widths)")
     parser.add_argument("--samples", type=int, default=256,
                         help="the plan's samples per (problem, kv head), heavy keys included (index widths)")

@@ -252,7 +252,8 @@ def hyper_attention(
             ``Nk - Nq + i`` and sees keys ``j <= Nk - Nq + i``; requires Nq <= Nk.
         scale: softmax scale, default ``D ** -0.5``.
         config: hyperparameters; default ``HyperAttentionConfig()`` (the paper's, plus 16 exact
-            sinks, an exact tail of 64 queries, and short inputs run exactly: ``exact_up_to``).
+            sinks, an exact tail of 64 queries, short inputs run exactly (``exact_up_to``) and the
+            strictly causal bucket rule (``query_blocks``)).
         seed: decides the LSH directions and the sampled keys (drawn by a generator on q's
             device): the same seed and inputs on the same device give bit-identical results.
             None draws a seed from PyTorch's global CPU generator (so ``torch.manual_seed``

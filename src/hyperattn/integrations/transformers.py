@@ -89,8 +89,8 @@ def patch_model(
     Args:
         layers: ``"all"``, ``"last:K"``, ``"first:K"`` or layer indices.
         config: HyperAttention hyperparameters (default ``HyperAttentionConfig()``: the
-            paper's plus 16 exact sinks and an exact tail of 64 queries, with prompts up to
-            ``exact_up_to`` tokens run exactly).
+            paper's plus 16 exact sinks, an exact tail of 64 queries and the strictly causal
+            bucket rule, with prompts up to ``exact_up_to`` tokens run exactly).
         seed: layer i uses ``seed + i`` (None: fresh randomness every call).
         include_sliding: also patch sliding-window layers (Gemma-3's local layers,
             Mistral's); they then run HyperAttention only while the window covers the whole
