@@ -193,6 +193,20 @@ def test_bucket_blocks_are_strictly_causal(extra, nq, nk):
         assert changed["rank"] > 0, "the test would not see a leak"
 
 
+def test_the_default_config_is_strictly_causal():
+    """The library's default (sinks, tail and all) forced to approximate small inputs: changing
+    every q, k and v row after a position leaves the outputs up to it as they were."""
+    cfg = HyperAttentionConfig(block_size=4, sample_size=4, lsh_num_projs=3, min_seq_len=8, exact_up_to=0,
+                               exact_sinks=2, exact_tail=3)
+    q, k, v = random_qkv(hq=4, hkv=2, nq=80, seed=7)
+    out = hyper_attention(q, k, v, causal=True, config=cfg, seed=1)
+    for t in (12, 40, 65):
+        q2, k2, v2 = (perturbed_after(x, t, seed=t + i) for i, x in enumerate((q, k, v)))
+        out2 = hyper_attention(q2, k2, v2, causal=True, config=cfg, seed=1)
+        assert ((out2[:, :, :t + 1] - out[:, :, :t + 1]).abs() <= 1e-14).all()
+        assert not torch.allclose(out2[:, :, t + 1:], out[:, :, t + 1:])
+
+
 def test_chunked_prefill_rows_match_full_causal_when_exact():
     q, k, v = random_qkv(hq=2, hkv=2, nq=90)
     cfg = HyperAttentionConfig(block_size=90, sample_size=0, exact_up_to=0, min_seq_len=8)
