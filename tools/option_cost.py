@@ -32,7 +32,6 @@ OPTIONS = {
     "heavy448-b64": dict(query_blocks="rank", heavy_keys=448, block_size=64, **HEAVY_NO_SAMPLES),
     "heavy384-b128": dict(query_blocks="rank", heavy_keys=384, block_size=128, **HEAVY_NO_SAMPLES),
     "heavy256-b256": dict(query_blocks="rank", heavy_keys=256, block_size=256, **HEAVY_NO_SAMPLES),
-    "bucket": dict(query_blocks="bucket"),
     "bucket-heavy448-b64": dict(query_blocks="bucket", heavy_keys=448, block_size=64, **HEAVY_NO_SAMPLES),
     "bucket-heavy384-b128": dict(query_blocks="bucket", heavy_keys=384, block_size=128, **HEAVY_NO_SAMPLES),
     "bucket-heavy256-b64": dict(query_blocks="bucket", heavy_keys=256, block_size=64, **HEAVY_NO_SAMPLES),

@@ -204,14 +204,12 @@ def check_long(seq_len, heads, device="cuda"):
     return ok, elapsed, peak, {"out": error}
 
 
-
-
 def _head_of_plan(plan: CausalPlan, h: int) -> CausalPlan:
     """``plan`` restricted to head ``h`` (inputs with as many kv heads as query heads)."""
     def one(p: AttentionPlan | None) -> AttentionPlan | None:
         if p is None:
             return None
-        tensors = {f.name: getattr(p, f.name) for f in fields(AttentionPlan)}  # q_block only under the bucket rule
+        tensors = {f.name: getattr(p, f.name) for f in fields(p)}  # q_block is None under the rank rule
         return replace(p, **{name: t[:, h:h + 1] for name, t in tensors.items() if isinstance(t, torch.Tensor)})
 
     return replace(plan, level_plans=[one(p) for p in plan.level_plans], prefix_plan=one(plan.prefix_plan))
