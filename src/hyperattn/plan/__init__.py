@@ -18,10 +18,10 @@ from hyperattn.plan.blocks import (bucket_query_blocks, max_queries_per_block, n
 from hyperattn.plan.lsh import (gray_code_rank, inverse_permutation, lsh_buckets, lsh_directions, ranks_in_sort,
                                 sort_lsh, sort_lsh_permutation)
 from hyperattn.plan.sampling import probe_key_mass, sample_keys, value_sq_norms
+from hyperattn.plan.schedule import CausalSchedule, Rectangles, Rows, causal_schedule
 
 # Share of uniform draws in mass sampling: p_j = (1 - s) * estimated mass share + s / Nk.
 MASS_UNIFORM_SHARE = 0.5
-from hyperattn.plan.schedule import CausalSchedule, Rectangles, Rows, causal_schedule
 
 # ``probe_key_mass``'s contract: (probes, k, keys, count, scale, probe_pos, sinks) -> key masses
 ProbeMass = Callable[[torch.Tensor, torch.Tensor, Rows, int, float, "torch.Tensor | None", int], torch.Tensor]
@@ -226,6 +226,8 @@ def unflatten_plan(tensors: list[torch.Tensor], ints: list[int]) -> AttentionPla
              for i in range(len(heavy))]
     prefix_plan = plans.pop() if has_prefix_plan else None
     return CausalPlan(CausalSchedule(*schedule_ints), plans, prefix_plan, sinks, window)
+
+
 def _probe_mass(q, k, schedule: CausalSchedule, rects: Rectangles, config: HyperAttentionConfig, scale: float,
                 sinks: int, probe_mass: ProbeMass) -> torch.Tensor | None:
     """Estimated attention mass of each key of each rectangle (``probe_key_mass``), from the
