@@ -50,8 +50,6 @@ def test_exact_up_to_zero_is_the_papers_rule():
         ("exact_up_to", -1, ValueError),
         ("exact_up_to", 2.5, TypeError),
         ("query_blocks", "nearest", ValueError),
-        ("probe_pooling", "max", ValueError),
-        ("probe_pooling", None, ValueError),
     ],
 )
 def test_bad_values_name_the_field(field, value, error):

@@ -38,8 +38,6 @@ OPTIONS = {
     "bucket-heavy256-b64": dict(query_blocks="bucket", heavy_keys=256, block_size=64, **HEAVY_NO_SAMPLES),
     "bucket-heavy448-b64-p16": dict(query_blocks="bucket", heavy_keys=448, block_size=64, probe_queries=16,
                                     **HEAVY_NO_SAMPLES),
-    "bucket-heavy448-b64-mean": dict(query_blocks="bucket", heavy_keys=448, block_size=64, probe_pooling="mean",
-                                     **HEAVY_NO_SAMPLES),
     "bucket-heavy448-b64-p16-nosinks": dict(query_blocks="bucket", heavy_keys=448, block_size=64, probe_queries=16,
                                             exact_sinks=0, **HEAVY_NO_SAMPLES),
     "bucket-heavy448-b64-w1024": dict(query_blocks="bucket", heavy_keys=448, block_size=64, exact_window=1024,

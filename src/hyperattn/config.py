@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 
 SAMPLING_METHODS = ("uniform", "value_norm", "mass")
 QUERY_BLOCK_RULES = ("rank", "bucket")
-PROBE_POOLINGS = ("softmax", "mean")
 IMPLEMENTATIONS = ("auto", "reference", "triton")
 MAX_LSH_NUM_PROJS = 16
 
@@ -77,11 +76,7 @@ class HyperAttentionConfig:
             rectangle (so a causal call stays causal; the prefix of chunked prefill takes the
             head's last queries, and none where there is no head), or as many queries drawn at
             random in a non-causal call. The estimate is each probe's softmax over the
-            rectangle's keys, summed over probes and the query heads of each kv head
-            (``probe_pooling``). ``>= 1``.
-        probe_pooling: how the probes estimate key masses: ``"softmax"`` (each probe's softmax
-            over the keys, summed; two passes over the keys) or ``"mean"`` (the softmax of the
-            probes' mean, one query per kv head; one pass).
+            rectangle's keys, summed over probes and the query heads of each kv head. ``>= 1``.
         exact_tail: the last ``exact_tail`` queries attend exactly to every key they see
             (causal or not), in place of their approximated rows. A prompt's question usually
             sits at its end, and decoding is exact anyway. ``>= 0``; a call with at most
@@ -118,9 +113,6 @@ class HyperAttentionConfig:
     probe_queries: int = field(default=64, metadata={
         "help": "queries whose attention estimates the key masses for heavy_keys and mass sampling: in a causal "
                 "call, the ones just before each rectangle"})
-    probe_pooling: str = field(default="softmax", metadata={
-        "help": "how the probes estimate key masses: softmax (each probe's softmax over the keys, summed) or "
-                "mean (the softmax of the probes' mean query: one pass over the keys)"})
     query_blocks: str = field(default="bucket", metadata={
         "help": "which key block a query attends to: bucket (where the keys of its own bucket sit: strictly "
                 "causal) or rank (the paper's: by its rank among the queries; faster, but in causal calls it "
@@ -141,9 +133,6 @@ class HyperAttentionConfig:
             raise ValueError(
                 f"HyperAttentionConfig.sampling must be one of {SAMPLING_METHODS}, got {self.sampling!r}"
             )
-        if not isinstance(self.probe_pooling, str) or self.probe_pooling not in PROBE_POOLINGS:
-            raise ValueError(f"HyperAttentionConfig.probe_pooling must be one of {PROBE_POOLINGS}, "
-                             f"got {self.probe_pooling!r}")
         if not isinstance(self.query_blocks, str) or self.query_blocks not in QUERY_BLOCK_RULES:
             raise ValueError(f"HyperAttentionConfig.query_blocks must be one of {QUERY_BLOCK_RULES}, "
                              f"got {self.query_blocks!r}")

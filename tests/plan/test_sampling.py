@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from hyperattn.plan import Rows, mean_probe_key_mass, probe_key_mass, sample_keys, value_sq_norms
+from hyperattn.plan import Rows, probe_key_mass, sample_keys, value_sq_norms
 
 
 def test_uniform_shapes_and_weights():
@@ -96,27 +96,3 @@ def test_probe_key_mass_in_chunks_equals_one_pass(monkeypatch):
     whole = probe_key_mass(probes, k, keys, 2, 0.5, probe_pos, 3)
     monkeypatch.setattr(sampling, "PROBE_CHUNK_ELEMENTS", 4 * 4 * 3 * 4)  # chunks of 4 keys
     torch.testing.assert_close(sampling.probe_key_mass(probes, k, keys, 2, 0.5, probe_pos, 3), whole)
-
-
-@pytest.mark.parametrize("causal", [True, False])
-def test_mean_probe_key_mass_is_the_softmax_of_each_groups_mean_probe(causal):
-    probes, k, keys, probe_pos = _probe_case(5)
-    sinks = 6
-    mass = mean_probe_key_mass(probes, k, keys, 2, 0.7, probe_pos if causal else None, sinks)
-    expected = torch.zeros(4, 2, 11, dtype=torch.float64)
-    for z in range(4):
-        batch, r = divmod(z, 2)
-        rows = torch.arange(11) + 4 + 13 * r
-        seen = rows >= sinks  # every key of the problem but the sinks, whatever the probes' positions
-        for hk in range(2):
-            mean_query = probes[z, 2 * hk:2 * hk + 2].reshape(-1, 5).mean(0)
-            expected[z, hk, seen] = torch.softmax((k[batch, hk, rows] @ mean_query)[seen] * 0.7, 0)
-    torch.testing.assert_close(mass, expected)
-    assert (mass[0::2, :, :2] == 0).all()  # rectangle 0's sinks: rows 4, 5
-    torch.testing.assert_close(mass.sum(-1), torch.ones(4, 2, dtype=torch.float64))
-
-
-def test_mean_probe_key_mass_of_a_problem_with_only_sinks_is_zero():
-    probes, k, keys, _ = _probe_case(6)
-    mass = mean_probe_key_mass(probes[:2], k, Rows(start=0, stride=0, length=5), 1, 0.5, None, 8)
-    assert mass.shape == (2, 2, 5) and (mass == 0).all()

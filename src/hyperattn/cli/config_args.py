@@ -5,12 +5,10 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields
 
-from hyperattn.config import (IMPLEMENTATIONS, PROBE_POOLINGS, QUERY_BLOCK_RULES, SAMPLING_METHODS,
-                              HyperAttentionConfig)
+from hyperattn.config import IMPLEMENTATIONS, QUERY_BLOCK_RULES, SAMPLING_METHODS, HyperAttentionConfig
 from hyperattn.eval.models import PAPER_CONFIG
 
-CHOICES = {"sampling": SAMPLING_METHODS, "impl": IMPLEMENTATIONS, "query_blocks": QUERY_BLOCK_RULES,
-           "probe_pooling": PROBE_POOLINGS}
+CHOICES = {"sampling": SAMPLING_METHODS, "impl": IMPLEMENTATIONS, "query_blocks": QUERY_BLOCK_RULES}
 
 
 def flag(name: str) -> str:

@@ -17,7 +17,7 @@ from hyperattn.plan.blocks import (bucket_query_blocks, max_queries_per_block, n
                                    query_block_layout, query_block_of_rank)
 from hyperattn.plan.lsh import (gray_code_rank, inverse_permutation, lsh_buckets, lsh_directions, ranks_in_sort,
                                 sort_lsh, sort_lsh_permutation)
-from hyperattn.plan.sampling import mean_probe_key_mass, probe_key_mass, sample_keys, value_sq_norms
+from hyperattn.plan.sampling import probe_key_mass, sample_keys, value_sq_norms
 from hyperattn.plan.schedule import CausalSchedule, Rectangles, Rows, causal_schedule
 
 # Share of uniform draws in mass sampling: p_j = (1 - s) * estimated mass share + s / Nk.
@@ -256,14 +256,11 @@ def plan_hyper_attention(
 
     Rows are hashed once (directions drawn first from ``generator``) by ``hash_rows``
     (``lsh_buckets``, or an executor's kernel with its contract), and key masses estimated by
-    ``probe_mass`` (``probe_key_mass``, or a kernel with its contract; ``mean_probe_key_mass``
-    under ``probe_pooling="mean"``); each problem (the whole
+    ``probe_mass`` (``probe_key_mass``, or a kernel with its contract); each problem (the whole
     input, or a rectangle of the causal schedule) sorts its own slice and draws its own
     samples, in the order levels 1..L, then the prefix.
     q (B, Hq, Nq, D), k (B, Hkv, Nk, D), v (B, Hkv, Nk, Dv); requires Nq > config.min_seq_len.
     """
-    if config.probe_pooling == "mean":  # one query per kv head: a batched product, the same on every executor
-        probe_mass = mean_probe_key_mass
     directions = lsh_directions(k.shape[1], q.shape[-1], config.lsh_num_projs, generator)
     q_buckets = hash_rows(q, directions)
     k_buckets = hash_rows(k, directions)
@@ -315,7 +312,6 @@ __all__ = [
     "lsh_directions",
     "make_plan",
     "max_queries_per_block",
-    "mean_probe_key_mass",
     "num_key_blocks",
     "plan_hyper_attention",
     "probe_key_mass",

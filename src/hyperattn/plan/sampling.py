@@ -52,24 +52,6 @@ def probe_key_mass(probes: torch.Tensor, k: torch.Tensor, keys: Rows, count: int
     return torch.cat([torch.exp(scores(lo) - lse).sum((2, 3)) for lo in range(0, nk, chunk)], -1)
 
 
-def mean_probe_key_mass(probes: torch.Tensor, k: torch.Tensor, keys: Rows, count: int, scale: float,
-                        probe_pos: torch.Tensor | None, sinks: int) -> torch.Tensor:
-    """Estimated attention mass of each key of each problem from one query per kv head: the
-    softmax over the problem's keys (from ``sinks`` on) of the mean of the probes of the kv head's
-    query heads. One pass over the keys and no per-probe normalizer, where ``probe_key_mass``
-    takes two; same arguments and result (``probe_pos`` is not read: every key of a causal
-    rectangle precedes its queries, whichever probe it follows)."""
-    dtype = torch.float64 if probes.dtype == torch.float64 else torch.float32
-    z, hq, p, d = probes.shape
-    hkv, nk = k.shape[1], keys.length
-    mean_query = probes.detach().to(dtype).reshape(z, hkv, (hq // hkv) * p, d).mean(2)  # (Z, Hkv, D)
-    key_keys = keys.take(k.detach(), count)  # (Z, Hkv, Nk, D)
-    scores = (key_keys @ mean_query.to(key_keys.dtype)[..., None]).squeeze(-1).to(dtype) * scale
-    key_pos = keys.index(count, device=k.device).view(count, 1, nk).repeat(z // count, 1, 1)
-    scores = scores.masked_fill(key_pos < sinks, -torch.inf)
-    return torch.softmax(scores, -1).nan_to_num_(0.0)  # a problem whose keys are all sinks: mass 0
-
-
 def sample_keys(
     shape: tuple[int, int],
     num_keys: int,

@@ -81,9 +81,6 @@ CONFIG_CASES = {
                                          sampling="mass")),
     "bucket-noncausal-many-queries": ((2, 1, 150, 40, 16, 16, 16, 10, 8, False),
                                       dict(query_blocks="bucket", exact_sinks=2, heavy_keys=3)),
-    "bucket-causal-gqa-heavy-mean-probes": ((4, 2, 96, 96, 16, 16, 8, 10, 8, True),
-                                            dict(query_blocks="bucket", heavy_keys=5, probe_queries=4,
-                                                 probe_pooling="mean", sampling="mass")),
     # the exact window: approximated parts skip each query's window keys, exact parts attend to them
     "window-causal": ((2, 1, 96, 96, 16, 16, 8, 10, 8, True), dict(exact_window=5)),
     "window-wide-sinks-prefill": ((2, 1, 64, 90, 16, 16, 8, 10, 8, True), dict(exact_window=13, exact_sinks=3)),
