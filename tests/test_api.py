@@ -5,11 +5,12 @@ import torch
 
 from hyperattn import HyperAttention, HyperAttentionConfig, exact_attention, hyper_attention
 from hyperattn.bench.inputs import clustered_qkv
+from hyperattn.config import PAPER_OVERRIDES
 from hyperattn.plan import causal_schedule
 from tests.conftest import random_qkv
 
 # The paper's algorithm at toy sizes (the default exact tail of 64 queries would cover them)
-PAPER = dict(exact_sinks=0, exact_tail=0, query_blocks="rank")
+PAPER = PAPER_OVERRIDES  # short name for the parametrizations below
 SMALL = HyperAttentionConfig(block_size=4, sample_size=4, lsh_num_projs=3, exact_up_to=0, min_seq_len=8, **PAPER)
 
 

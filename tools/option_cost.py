@@ -21,10 +21,11 @@ import torch
 
 from hyperattn import HyperAttentionConfig, attention_by_head, exact_attention
 from hyperattn.bench.attention import _sdpa, hyper_attention_runner, time_case
+from hyperattn.config import PAPER_OVERRIDES
 
 HEAVY_NO_SAMPLES = dict(sample_size=0, sampling="mass")
 OPTIONS = {
-    "paper": dict(exact_sinks=0, exact_tail=0, query_blocks="rank"),
+    "paper": PAPER_OVERRIDES,
     "default": dict(),
     "rank": dict(query_blocks="rank"),
     "mass": dict(sampling="mass"),

@@ -9,6 +9,10 @@ SAMPLING_METHODS = ("uniform", "value_norm", "mass")
 QUERY_BLOCK_RULES = ("rank", "bucket")
 IMPLEMENTATIONS = ("auto", "reference", "triton")
 MAX_LSH_NUM_PROJS = 16
+# Where the paper's algorithm differs from the defaults, short inputs aside: it has no exact sinks or
+# tail and takes its rank rule. With ``exact_up_to=0`` (every input above min_seq_len approximated)
+# these give the paper's algorithm.
+PAPER_OVERRIDES = dict(exact_sinks=0, exact_tail=0, query_blocks="rank")
 
 
 def _check_int(name: str, value, low: int, high: int | None = None) -> None:
@@ -25,7 +29,8 @@ class HyperAttentionConfig:
     7 projections, min_seq_len 4096) plus 16 exact sinks, an exact tail of 64 queries,
     ``exact_up_to`` and the strictly causal bucket rule (``query_blocks``): BENCHMARKS.md gives the
     quality and speed behind them. The paper's algorithm is
-    ``HyperAttentionConfig(exact_sinks=0, exact_tail=0, exact_up_to=0, query_blocks="rank")``.
+    ``HyperAttentionConfig(exact_up_to=0, **PAPER_OVERRIDES)``
+    (``exact_sinks=0, exact_tail=0, query_blocks="rank"``).
 
     Args:
         block_size: keys per LSH block (``b``); each query attends exactly to one key

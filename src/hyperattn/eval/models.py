@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from hyperattn.config import HyperAttentionConfig
+from hyperattn.config import PAPER_OVERRIDES, HyperAttentionConfig
 from hyperattn.eval.assets import resolve_model
 from hyperattn.heads import HeadPlan
 from hyperattn.integrations.transformers import attention_modules, patch_model
@@ -14,7 +14,7 @@ from hyperattn.integrations.transformers import attention_modules, patch_model
 # measure nothing).
 EVAL_CONFIG = HyperAttentionConfig(exact_up_to=0)
 # The paper's algorithm: no exact sinks or tail, its rank rule, every input above min_seq_len approximated.
-PAPER_CONFIG = HyperAttentionConfig(exact_up_to=0, exact_sinks=0, exact_tail=0, query_blocks="rank")
+PAPER_CONFIG = HyperAttentionConfig(exact_up_to=0, **PAPER_OVERRIDES)
 
 # transformers releases whose GGUF loader builds a different function than the checkpoint:
 # model type -> first good release. Gemma-3-270m under 5.17 gives perplexity 192 instead

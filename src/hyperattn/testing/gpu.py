@@ -21,6 +21,7 @@ from dataclasses import fields, replace
 import torch
 
 from hyperattn import HyperAttentionConfig
+from hyperattn.config import PAPER_OVERRIDES
 from hyperattn.executors import causal_hyper_attention_reference, cudnn, reference_attention
 from hyperattn.executors.triton.executor import attention_backward, attention_forward
 from hyperattn.executors.triton.hashing import lsh_buckets_triton
@@ -40,7 +41,6 @@ GRAPH_TOLERANCE = 1e-3
 
 # name: (batch, Hq, Hkv, Nq, Nk, D, Dv, causal, config overrides of the library's default, with
 # exact sinks and tail); None config = exact part only
-PAPER = dict(exact_sinks=0, exact_tail=0, query_blocks="rank")
 RANK = dict(query_blocks="rank")
 CASES = [
     ("causal d64", 1, 8, 8, 16384, 16384, 64, 64, True, {}),
@@ -60,8 +60,8 @@ CASES = [
     ("head dim 32", 1, 4, 4, 12000, 12000, 32, 32, True, {}),  # 32 columns under the head-dim-64 tiles
     ("head dim 80", 1, 4, 2, 10000, 12345, 80, 80, False, {}),  # padded to 128 columns
     ("exact lse", 1, 8, 2, 3000, 4000, 64, 64, True, None),
-    ("paper causal", 1, 8, 8, 16384, 16384, 64, 64, True, PAPER),  # cuDNN leaves, no sinks or tail
-    ("paper non-causal", 1, 4, 2, 10000, 12345, 64, 64, False, PAPER),
+    ("paper causal", 1, 8, 8, 16384, 16384, 64, 64, True, PAPER_OVERRIDES),  # cuDNN leaves, no sinks or tail
+    ("paper non-causal", 1, 4, 2, 10000, 12345, 64, 64, False, PAPER_OVERRIDES),
     ("sinks prefill", 1, 4, 2, 6000, 16384, 128, 128, True, dict(min_seq_len=2048, exact_sinks=64)),
     ("tail only", 1, 8, 2, 20000, 32768, 64, 64, True, dict(exact_sinks=0, exact_tail=100)),  # 7 key chunks + rest
     ("non-causal sinks", 2, 4, 4, 9000, 20000, 128, 128, False, dict(exact_sinks=100, exact_tail=0)),
