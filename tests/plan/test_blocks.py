@@ -48,10 +48,29 @@ def test_bucket_rule_takes_the_block_at_the_middle_of_the_querys_bucket_among_li
 
     k_sorted = torch.tensor([[[0, 0, 2, 2, 2, 2, 5, 9, 255, 255]]], dtype=torch.uint8)  # 2 sinks sorted last
     q_sorted = torch.tensor([[[0, 1, 2, 5, 7, 9, 12]]], dtype=torch.uint8)
-    blocks = bucket_query_blocks(q_sorted, k_sorted, torch.tensor([[[8]]]), block_size=2)
     # middles: bucket 0 -> 1; 1 (no key) -> 2; 2 -> 4; 5 -> 6; 7 (no key) -> 7; 9 -> 7; 12 (past every live key) -> 7
+    blocks = bucket_query_blocks(q_sorted, k_sorted, torch.tensor([[[8]]]), block_size=2, num_buckets=16)
     assert blocks.tolist() == [[[0, 1, 2, 3, 3, 3, 3]]]
     assert torch.all(blocks[..., 1:] >= blocks[..., :-1])
+
+
+@pytest.mark.parametrize("num_projs", [3, 7, 9])
+def test_bucket_rule_lookup_table_matches_the_search_per_query(num_projs):
+    from hyperattn.plan.blocks import bucket_query_blocks
+    from hyperattn.plan.lsh import bucket_dtype
+
+    g = torch.Generator().manual_seed(num_projs)
+    z, hkv, group, nq, nk, buckets = 3, 2, 2, 300, 200, 2 ** num_projs
+    dtype = bucket_dtype(num_projs)
+    k_sorted = torch.randint(0, buckets, (z, hkv, nk), generator=g).sort(-1).values.to(dtype)
+    k_sorted[..., -3:] = torch.iinfo(dtype).max  # sinks
+    q_sorted = torch.randint(0, buckets, (z, hkv * group, nq), generator=g).sort(-1).values.to(dtype)
+    num_live = torch.tensor([nk - 3, nk - 3, 100]).view(z, 1, 1)
+    table = bucket_query_blocks(q_sorted, k_sorted, num_live, 4, num_buckets=buckets)
+    assert buckets < group * nq  # the lookup table above; a search per query below
+    search = bucket_query_blocks(q_sorted, k_sorted, num_live, 4, num_buckets=group * nq)
+    assert torch.equal(table, search)
+    assert table.dtype == torch.int64 and table.shape == (z, hkv * group, nq)
 
 
 def test_layout_of_blocks_that_differ_per_head():

@@ -134,7 +134,7 @@ def make_plan(
     if config.query_blocks == "bucket":
         num_live = torch.full((z, 1, 1), num_keys - num_heavy, dtype=torch.int64, device=device)
         with_sinks(num_live).sub_(sinks)
-        q_block = bucket_query_blocks(q_sorted, k_sorted, num_live, config.block_size)
+        q_block = bucket_query_blocks(q_sorted, k_sorted, num_live, config.block_size, 2 ** config.lsh_num_projs)
     masses = None
     if config.sampling == "value_norm":
         if v_sq_norms is None:

@@ -89,17 +89,23 @@ def query_block_layout(rank_block: torch.Tensor, num_blocks: int, tile_rows: int
 
 
 def bucket_query_blocks(q_sorted_buckets: torch.Tensor, k_sorted_buckets: torch.Tensor, num_live_keys: torch.Tensor,
-                        block_size: int) -> torch.Tensor:
+                        block_size: int, num_buckets: int) -> torch.Tensor:
     """Key block of each sorted query under the ``"bucket"`` rule: the block holding the middle of the
     sorted keys of the query's own bucket (or, where its bucket has no key, of the first key after
     it), among the live keys. It depends on the query and the keys alone.
 
     q_sorted_buckets (Z, Hq, Nq) and k_sorted_buckets (Z, Hkv, Nk): buckets in sorted order (one
-    dtype); num_live_keys (Z, 1, 1): keys before the sinks, which ``make_plan`` sorts last.
-    Returns int64 (Z, Hq, Nq), non-decreasing along the last dim."""
+    dtype), the queries' below ``num_buckets``; num_live_keys (Z, 1, 1): keys before the sinks, which
+    ``make_plan`` sorts last. Returns int64 (Z, Hq, Nq), non-decreasing along the last dim. With
+    fewer buckets than queries per kv head, each bucket's block is found once and looked up."""
     z, hq, nq = q_sorted_buckets.shape
     hkv = k_sorted_buckets.shape[1]
     grouped = q_sorted_buckets.reshape(z, hkv, (hq // hkv) * nq)
+    if num_buckets < grouped.shape[-1]:
+        edges = torch.arange(num_buckets + 1, device=grouped.device).to(k_sorted_buckets.dtype)
+        starts = torch.searchsorted(k_sorted_buckets, edges.expand(z, hkv, -1).contiguous())  # (Z, Hkv, buckets + 1)
+        middle = torch.minimum((starts[..., :-1] + starts[..., 1:]) // 2, num_live_keys - 1).clamp_(min=0)
+        return (middle // block_size).gather(-1, grouped.long()).reshape(z, hq, nq)
     lo = torch.searchsorted(k_sorted_buckets, grouped)
     hi = torch.searchsorted(k_sorted_buckets, grouped, right=True)
     middle = torch.minimum((lo + hi) // 2, num_live_keys - 1).clamp_(min=0)
