@@ -24,6 +24,7 @@ from hyperattn.bench.attention import _sdpa, hyper_attention_runner, time_case
 from hyperattn.config import PAPER_OVERRIDES
 
 HEAVY_NO_SAMPLES = dict(sample_size=0, sampling="mass")
+BUCKET_HEAVY448 = dict(query_blocks="bucket", heavy_keys=448, block_size=64, **HEAVY_NO_SAMPLES)
 OPTIONS = {
     "paper": PAPER_OVERRIDES,
     "default": dict(),
@@ -34,15 +35,12 @@ OPTIONS = {
     "heavy448-b64": dict(query_blocks="rank", heavy_keys=448, block_size=64, **HEAVY_NO_SAMPLES),
     "heavy384-b128": dict(query_blocks="rank", heavy_keys=384, block_size=128, **HEAVY_NO_SAMPLES),
     "heavy256-b256": dict(query_blocks="rank", heavy_keys=256, block_size=256, **HEAVY_NO_SAMPLES),
-    "bucket-heavy448-b64": dict(query_blocks="bucket", heavy_keys=448, block_size=64, **HEAVY_NO_SAMPLES),
+    "bucket-heavy448-b64": BUCKET_HEAVY448,
     "bucket-heavy384-b128": dict(query_blocks="bucket", heavy_keys=384, block_size=128, **HEAVY_NO_SAMPLES),
     "bucket-heavy256-b64": dict(query_blocks="bucket", heavy_keys=256, block_size=64, **HEAVY_NO_SAMPLES),
-    "bucket-heavy448-b64-p16": dict(query_blocks="bucket", heavy_keys=448, block_size=64, probe_queries=16,
-                                    **HEAVY_NO_SAMPLES),
-    "bucket-heavy448-b64-p16-nosinks": dict(query_blocks="bucket", heavy_keys=448, block_size=64, probe_queries=16,
-                                            exact_sinks=0, **HEAVY_NO_SAMPLES),
-    "bucket-heavy448-b64-w1024": dict(query_blocks="bucket", heavy_keys=448, block_size=64, exact_window=1024,
-                                      **HEAVY_NO_SAMPLES),
+    "bucket-heavy448-b64-p16": dict(BUCKET_HEAVY448, probe_queries=16),
+    "bucket-heavy448-b64-p16-nosinks": dict(BUCKET_HEAVY448, probe_queries=16, exact_sinks=0),
+    "bucket-heavy448-b64-w1024": dict(BUCKET_HEAVY448, exact_window=1024),
     "window1024": dict(exact_window=1024),
     "rank-window1024": dict(query_blocks="rank", exact_window=1024),
 }

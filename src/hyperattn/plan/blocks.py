@@ -96,17 +96,16 @@ def bucket_query_blocks(q_sorted_buckets: torch.Tensor, k_sorted_buckets: torch.
 
     q_sorted_buckets (Z, Hq, Nq) and k_sorted_buckets (Z, Hkv, Nk): buckets in sorted order (one
     dtype), the queries' below ``num_buckets``; num_live_keys (Z, 1, 1): keys before the sinks, which
-    ``make_plan`` sorts last. Returns int64 (Z, Hq, Nq), non-decreasing along the last dim. With
-    fewer buckets than queries per kv head, each bucket's block is found once and looked up."""
+    ``make_plan`` sorts last. Returns int64 (Z, Hq, Nq), non-decreasing along the last dim."""
     z, hq, nq = q_sorted_buckets.shape
     hkv = k_sorted_buckets.shape[1]
     grouped = q_sorted_buckets.reshape(z, hkv, (hq // hkv) * nq)
-    if num_buckets < grouped.shape[-1]:
-        edges = torch.arange(num_buckets + 1, device=grouped.device).to(k_sorted_buckets.dtype)
-        starts = torch.searchsorted(k_sorted_buckets, edges.expand(z, hkv, -1).contiguous())  # (Z, Hkv, buckets + 1)
-        middle = torch.minimum((starts[..., :-1] + starts[..., 1:]) // 2, num_live_keys - 1).clamp_(min=0)
-        return (middle // block_size).gather(-1, grouped.long()).reshape(z, hq, nq)
-    lo = torch.searchsorted(k_sorted_buckets, grouped)
-    hi = torch.searchsorted(k_sorted_buckets, grouped, right=True)
-    middle = torch.minimum((lo + hi) // 2, num_live_keys - 1).clamp_(min=0)
-    return (middle // block_size).reshape(z, hq, nq)
+    per_bucket = num_buckets < grouped.shape[-1]  # then each bucket's block is found once and looked up
+    values = (torch.arange(num_buckets, device=grouped.device).to(grouped.dtype).expand(z, hkv, -1).contiguous()
+              if per_bucket else grouped)
+    lo = torch.searchsorted(k_sorted_buckets, values)
+    hi = torch.searchsorted(k_sorted_buckets, values, right=True)
+    blocks = torch.minimum((lo + hi) // 2, num_live_keys - 1).clamp_(min=0) // block_size
+    if per_bucket:
+        blocks = blocks.gather(-1, grouped.long())
+    return blocks.reshape(z, hq, nq)
