@@ -216,3 +216,44 @@ def test_cudnn_leaves_alone_write_their_rows(leaf_calls, fake_cudnn, monkeypatch
     for label, got, ref in zip(("dq", "dk", "dv"), grads, want):
         assert torch.isfinite(got).all(), f"unwritten {label} rows"
         assert rel_error(got, ref) < 3e-3, label
+
+
+def fake_full_forward(q, k, v, scale):
+    """cuDNN's non-causal forward contract (``cudnn.cudnn_full_forward``), in float64."""
+    calls["heavy"] = calls.get("heavy", 0) + 1
+    s = q.double() @ _grouped(k, q).double().transpose(-1, -2) * scale
+    lse = torch.logsumexp(s, -1, keepdim=True)
+    return (torch.exp(s - lse) @ _grouped(v, q).double()).to(q.dtype), lse.float()
+
+
+# name: (batch, heads, kv heads, Nq, Nk, causal, query_blocks, samples, exact_sinks)
+HEAVY_CASES = {
+    "causal-bucket": (1, 2, 2, 96, 96, True, "bucket", 0, 3),
+    "causal-rank-samples": (1, 2, 2, 96, 96, True, "rank", 6, 0),
+    "causal-gqa-batch-2": (2, 4, 2, 80, 80, True, "bucket", 4, 3),
+    "prefill": (1, 2, 2, 64, 100, True, "bucket", 0, 0),
+    "non-causal": (1, 4, 2, 50, 70, False, "bucket", 5, 2),
+}
+
+
+@pytest.mark.parametrize("name", list(HEAVY_CASES))
+def test_heavy_keys_by_cudnn_match_reference(name, fake_cudnn, monkeypatch):
+    """The heavy keys run by cuDNN (gathered keys, strided query views) and folded into the fused
+    kernel's rows give the reference executor's output."""
+    batch, heads, kv_heads, nq, nk, causal, rule, samples, sinks = HEAVY_CASES[name]
+    monkeypatch.setattr(cudnn, "cudnn_full_forward", fake_full_forward)
+    gen = torch.Generator().manual_seed(5)
+    q = torch.randn(batch, heads, nq, 16, generator=gen).to(DEVICE, DTYPE)
+    k, v = (torch.randn(batch, kv_heads, nk, 16, generator=gen).to(DEVICE, DTYPE) for _ in range(2))
+    cfg = HyperAttentionConfig(block_size=8, sample_size=samples, exact_up_to=0, min_seq_len=8, exact_sinks=sinks,
+                               heavy_keys=6, probe_queries=4, sampling="mass", query_blocks=rule, exact_tail=0)
+    plan = plan_hyper_attention(q, k, v, causal, cfg, torch.Generator().manual_seed(6))
+    parts = parts_of(plan, nq, nk, causal)
+    calls["heavy"] = 0
+    out, lse = attention_forward(q, k, v, parts, 0.25, poison=True)
+    want_out, want_lse = reference_attention(q.double(), k.double(), v.double(), plan, 0.25, causal)
+    assert calls["heavy"] == batch * sum(1 for part in parts if part.plan is not None and part.plan.heavy)
+    assert calls["heavy"] > 0
+    assert torch.isfinite(out).all() and torch.isfinite(lse).all(), "unwritten rows"
+    assert rel_error(out, want_out) < 2e-3, "out"
+    assert (lse.double() - want_lse).abs().max() < 1e-3, "lse"

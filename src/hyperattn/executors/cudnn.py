@@ -99,7 +99,9 @@ def _cudnn_switched_on() -> bool:
 
 
 def use_cudnn_leaves(q, k, v, side: int, num_leaves: int, direction: str) -> bool:
-    """Whether cuDNN runs the leaves of this call's ``direction`` ("forward" or "backward")."""
+    """Whether cuDNN runs the leaves of this call's ``direction`` ("forward" or "backward"),
+    or with direction "heavy" the heavy keys of ``num_leaves`` rectangles (``side``: their queries
+    and heavy keys) (``heavy_keys_forward``; ``HYPERATTN_LEAVES`` decides for both)."""
     setting = leaf_engine_setting()
     if setting == "triton" or not q.is_cuda or not cudnn_shapes_supported(q, k, v):
         return False
@@ -149,6 +151,37 @@ def cudnn_causal_forward(q, k, v, scale: float):
     lse (N, H, S, 1) float32."""
     result = torch.ops.aten._scaled_dot_product_cudnn_attention(q, k, v, None, True, 0.0, True, False, scale=scale)
     return result[0], result[1]
+
+
+def cudnn_full_forward(q, k, v, scale: float):
+    """cuDNN attention of (N, H, Sq, D) q over (N, Hkv, Sk, D) k, v (any strides), every query
+    seeing every key: out (N, H, Sq, D) and lse (N, H, Sq, 1) float32."""
+    result = torch.ops.aten._scaled_dot_product_cudnn_attention(q, k, v, None, True, 0.0, False, False, scale=scale)
+    return result[0], result[1]
+
+
+def heavy_keys_forward(q, k, v, heavy_rows: torch.Tensor, q_start: int, q_stride: int, num_queries: int, count: int,
+                       scale: float):
+    """Attention of each rectangle's queries over its heavy keys, by cuDNN (one call per batch row):
+    rectangle r of batch row b holds the query rows ``q_start + r * q_stride + [0, num_queries)`` of
+    q (B, Hq, Nq, D) and attends to the rows ``heavy_rows[b * count + r]`` (int64 (B * count, Hkv,
+    heavy)) of k and v (B, Hkv, Nk, *), all of them. The keys are gathered (a few hundred rows a
+    rectangle); the queries are a strided view. Returns out (B, count, Hq, num_queries, Dv) in q's
+    dtype and lse (B, count, Hq, num_queries) float32, any strides."""
+    batch, heads, _, d = q.shape
+    num_kv_heads = k.shape[1]
+    kv_heads = torch.arange(num_kv_heads, device=q.device)[None, :, None]
+    outs, lses = [], []
+    for b in range(batch):
+        rows = heavy_rows[b * count:(b + 1) * count]  # (count, Hkv, heavy)
+        keys, values = k[b][kv_heads, rows], v[b][kv_heads, rows]
+        queries = q[b].as_strided((count, heads, num_queries, d), (q_stride * q.stride(2), q.stride(1), q.stride(2),
+                                                                    q.stride(3)),
+                                  q[b].storage_offset() + q_start * q.stride(2))
+        out, lse = cudnn_full_forward(queries, keys, values, scale)
+        outs.append(out)
+        lses.append(lse.squeeze(-1))
+    return _stack(outs), _stack(lses)
 
 
 def cudnn_causal_backward(dout, q, k, v, out, lse, scale: float):

@@ -13,7 +13,7 @@ import math
 import torch
 import triton
 
-from hyperattn.executors.cudnn import leaves_backward, leaves_forward, use_cudnn_leaves
+from hyperattn.executors.cudnn import heavy_keys_forward, leaves_backward, leaves_forward, use_cudnn_leaves
 from hyperattn.executors.triton.backward import (
     add_rows_kernel,
     bwd_delta_kernel,
@@ -81,17 +81,25 @@ def _block_query_offsets(q_block: torch.Tensor, num_blocks: int) -> torch.Tensor
     return torch.searchsorted(q_block, blocks, out_int32=True)
 
 
-def _query_side_widths(part: Part, cfg: dict) -> dict:
-    """The hyper forward and dq kernels' ``index_widths`` and ``EXACT_BLOCK_N``, the key tile of
-    the part's exact keys: as few as cover them (at least 16, the tensor cores' smallest), at
-    most the kernel's BLOCK_N; 0 without exact keys."""
-    p = part.plan
+def _query_side_widths(part: Part, cfg: dict, num_samples: int) -> dict:
+    """The hyper forward and dq kernels' ``index_widths`` (for ``num_samples`` samples) and
+    ``EXACT_BLOCK_N``, the key tile of the part's exact keys: as few as cover them (at least 16,
+    the tensor cores' smallest), at most the kernel's BLOCK_N; 0 without exact keys."""
     exact_block_n = min(tile_width(part.exact_keys), cfg["BLOCK_N"]) if part.exact_keys else 0
-    return dict(index_widths(p.block_size, p.sample_idx.shape[-1], cfg["BLOCK_N"]), EXACT_BLOCK_N=exact_block_n)
+    return dict(index_widths(part.plan.block_size, num_samples, cfg["BLOCK_N"]), EXACT_BLOCK_N=exact_block_n)
 
 
-def _launch_forward(q, k, v, out, lse, part: Part, scale: float, merge: bool) -> None:
-    """One forward launch of ``part``: write its rows of out/lse, or merge into them."""
+def _without_heavy(plan_tensor: torch.Tensor, heavy: int) -> torch.Tensor:
+    """A plan's sample tensor (Z, Hkv, heavy + samples) without its leading heavy keys, contiguous (at
+    least one element: the kernels take no empty tensor)."""
+    rest = plan_tensor[..., heavy:].contiguous()
+    return rest if rest.numel() else plan_tensor.new_zeros(1)
+
+
+def _launch_forward(q, k, v, out, lse, part: Part, scale: float, merge: bool, heavy_done=None) -> None:
+    """One forward launch of ``part``: write its rows of out/lse, or merge into them. ``heavy_done``:
+    the result of the part's heavy keys (``heavy_keys_forward``), which the launch then folds in
+    rather than attending to them."""
     batch, num_q_heads = q.shape[:2]
     cfg = launch_config("dense_fwd" if part.plan is None else "hyper_fwd", q.shape[-1], v.shape[-1])
     strides = _strides(q, k, v, out, lse)
@@ -107,17 +115,40 @@ def _launch_forward(q, k, v, out, lse, part: Part, scale: float, merge: bool) ->
     else:
         p = part.plan
         tiles_per_block, _, tiles = _hyper_tiles(part, cfg["BLOCK_M"])
+        samples = (p.sample_idx, p.sample_block, p.sample_log_weight)
+        heavy_out = heavy_lse = None
+        num_samples = p.sample_idx.shape[-1]
+        if heavy_done is not None:
+            heavy_out, heavy_lse = heavy_done
+            samples = tuple(_without_heavy(x, p.heavy) for x in samples)
+            num_samples -= p.heavy
         hyper_fwd_kernel[(problems * tiles,)](
-            q, k, v, out, lse, p.q_perm, p.k_perm, p.sample_idx, p.sample_block, p.sample_log_weight, p.q_block,
-            scale_log2, *strides, part.num_queries, part.num_keys, p.sample_idx.shape[-1], p.block_size,
-            tiles_per_block, tiles, *_rows(part), *heads, part.sinks, part.exact_keys, p.heavy, part.window_edge,
-            MERGE=merge, WINDOW=part.skips_window,
-            **_query_side_widths(part, cfg), **_dims(q, v), **cfg)
+            q, k, v, out, lse, p.q_perm, p.k_perm, *samples, p.q_block, heavy_out, heavy_lse,
+            scale_log2, *strides, *(heavy_out.stride()[:4] if heavy_done else (0,) * 4),
+            *(heavy_lse.stride() if heavy_done else (0,) * 4), part.num_queries, part.num_keys, num_samples,
+            p.block_size, tiles_per_block, tiles, *_rows(part), *heads, part.sinks, part.exact_keys, p.heavy,
+            part.window_edge, MERGE=merge, WINDOW=part.skips_window,
+            **_query_side_widths(part, cfg, num_samples), **_dims(q, v), **cfg)
 
 
 def _cudnn_runs(q, k, v, part: Part, direction: str) -> bool:
     """Whether cuDNN runs this part (the diagonal leaves) in ``direction``."""
     return part.diagonal and use_cudnn_leaves(q, k, v, part.num_queries, part.count, direction)
+
+
+def _heavy_by_cudnn(q, k, v, part: Part, scale: float):
+    """cuDNN's result for the heavy keys of a hyper part (``heavy_keys_forward``), or None where the
+    fused kernel attends to them: no heavy keys, an exact window (whose keys each query skips) or
+    cuDNN not running them (``use_cudnn_leaves``, direction "heavy")."""
+    p = part.plan
+    if p is None or not p.heavy or part.skips_window:
+        return None
+    if not use_cudnn_leaves(q, k, v, (part.num_queries, p.heavy), part.count, "heavy"):
+        return None
+    rows = p.sample_idx[..., :p.heavy] + part.key_start + part.rects.keys.stride * torch.arange(
+        part.count, device=q.device).repeat(q.shape[0])[:, None, None]
+    return heavy_keys_forward(q, k, v, rows, part.query_start, part.rects.queries.stride, part.num_queries,
+                              part.count, scale)
 
 
 def _tail_forward(q, k, v, out, lse, tail: int, causal: bool, scale: float) -> None:
@@ -144,9 +175,11 @@ def attention_forward(q, k, v, parts: list[Part], scale: float, tail: int = 0, c
     every part merges into a float32 accumulator (lse -inf until a part writes a row), except
     the diagonal leaves where cuDNN runs them
     (``hyperattn.executors.cudnn.use_cudnn_leaves``), and one pass merges the accumulator with
-    cuDNN's leaves (if any) into the output. Then the last ``tail`` rows are replaced by exact
-    attention (``causal``: bottom-right) over every key they see (``_tail_forward``).
-    ``poison`` fills the outputs with NaN first, so rows no part wrote show up."""
+    cuDNN's leaves (if any) into the output. Where cuDNN runs them, the heavy keys of each hyper part
+    are attended by cuDNN first (``_heavy_by_cudnn``: one dense call over the gathered keys, a transient
+    output of the part's query rows) and folded into the part's rows by its kernel. Then the last
+    ``tail`` rows are replaced by exact attention (``causal``: bottom-right) over every key they
+    see (``_tail_forward``). ``poison`` fills the outputs with NaN first, so rows no part wrote show up."""
     out, lse = _parts_forward(q, k, v, parts, scale, poison)
     tail = min(tail, q.shape[2])
     if tail:
@@ -163,7 +196,8 @@ def _parts_forward(q, k, v, parts: list[Part], scale: float, poison: bool):
         lse.fill_(float("nan"))
     parts = [part for part in parts if not part.key_grads_only]
     if len(parts) == 1:
-        _launch_forward(q, k, v, out, lse, parts[0], scale, merge=False)
+        _launch_forward(q, k, v, out, lse, parts[0], scale, merge=False,
+                        heavy_done=_heavy_by_cudnn(q, k, v, parts[0], scale))
         return out, lse
     acc = torch.empty(out.shape, dtype=torch.float32, device=q.device)
     acc_lse = torch.full(lse.shape, float("-inf"), dtype=torch.float32, device=q.device)
@@ -175,7 +209,8 @@ def _parts_forward(q, k, v, parts: list[Part], scale: float, poison: bool):
             leaf_out, leaf_lse = leaves_forward(q, k, v, part.query_start, part.key_start,
                                                 part.num_queries, part.count, scale)
         else:
-            _launch_forward(q, k, v, acc, acc_lse, part, scale, merge=True)
+            _launch_forward(q, k, v, acc, acc_lse, part, scale, merge=True,
+                            heavy_done=_heavy_by_cudnn(q, k, v, part, scale))
     if out.numel():
         block = 64
         tiles = triton.cdiv(n_q, block)
@@ -334,7 +369,7 @@ def attention_backward(dout, dlse, q, k, v, out, lse, parts: list[Part], scale: 
             p.sample_log_weight, p.q_block, scale, scale_log2, *strides, part.num_queries, part.num_keys, num_samples,
             p.block_size, tiles_per_block, tiles, *_rows(part), num_q_heads, group, part.sinks, part.exact_keys,
             p.heavy, part.window_edge, WRITE=dq_mode, WINDOW=part.skips_window,
-            **_query_side_widths(part, cfg_dq), **dims, **cfg_dq)
+            **_query_side_widths(part, cfg_dq, num_samples), **dims, **cfg_dq)
         key_tiles_per_block = triton.cdiv(p.block_size, cfg_dkdv["BLOCK_N"])
         key_tiles = key_tiles_per_block * num_blocks
         hyper_bwd_dkdv_kernel[(problems * num_kv_heads * key_tiles,)](

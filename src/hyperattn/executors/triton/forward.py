@@ -224,15 +224,29 @@ def _sampled_keys_fwd(q, sample_rows, sample_bias2, num_samples, k_base, v_base,
 
 
 @triton.jit
+def _fold_rows(m_i, l_i, acc, part_out, part_lse2):
+    """Fold a finished partial result of the rows (BM, DV) fp32 and its lse (BM,) (log2 units,
+    -inf for rows it holds nothing of) into the online softmax's state (m, l, acc)."""
+    m_new = tl.maximum(m_i, part_lse2)
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp2(m_i - m_safe)
+    beta = tl.exp2(part_lse2 - m_safe)
+    part_out = tl.where((part_lse2 > float("-inf"))[:, None], part_out, 0.0)
+    return m_new, l_i * alpha + beta, acc * alpha[:, None] + beta[:, None] * part_out
+
+
+@triton.jit
 def hyper_fwd_kernel(
     Q, K, V, Out, Lse,
-    QPerm, KPerm, SIdx, SBlk, SLogW, QBlk,
+    QPerm, KPerm, SIdx, SBlk, SLogW, QBlk, HeavyOut, HeavyLse,
     scale_log2,
     stride_qb, stride_qh, stride_qn,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
     stride_ob, stride_oh, stride_on,
     stride_lb, stride_lh,
+    stride_hob, stride_hor, stride_hoh, stride_hon,
+    stride_hlb, stride_hlr, stride_hlh, stride_hln,
     n_q, n_k, num_samples, block_size, tiles_per_block, num_tiles,
     rects, q_start, k_start, rect_stride,
     num_q_heads, group, sinks, exact_keys, heavy, window_edge,
@@ -250,7 +264,10 @@ def hyper_fwd_kernel(
     before them) and gives their samples log-weight -inf (``hyperattn.plan.make_plan``); an
     exact part attends to them, or this one: problem 0 of each batch row attends to its first
     ``exact_keys`` key rows, exactly, in the same softmax, in tiles of ``EXACT_BLOCK_N`` keys
-    (0 where exact_keys is 0, which compiles that loop out). ``BLOCK_KEYS``, ``SAMPLES``: powers
+    (0 where exact_keys is 0, which compiles that loop out). With HeavyOut (not None) the heavy
+    keys are done (``hyperattn.executors.cudnn.heavy_keys_forward``): the samples given exclude
+    them, and each row folds in its result there, HeavyOut (B, rects, Hq, n_q, Dv) and HeavyLse
+    (B, rects, Hq, n_q) at rectangle-local rows. ``BLOCK_KEYS``, ``SAMPLES``: powers
     of two, at least block_size and num_samples and at least BLOCK_N (``tiles.index_widths``)."""
     tl.static_assert(BLOCK_KEYS % BLOCK_N == 0 and SAMPLES % BLOCK_N == 0)
     tile, zh, z, h, batch, r = program_coords(num_tiles, num_q_heads, rects)
@@ -303,6 +320,16 @@ def hyper_fwd_kernel(
                 m_i, l_i, acc = _dense_fwd_range(q, k_base, v_base, key_row0, stride_kn, stride_vn, offs_m, offs_d,
                                                  offs_dv, d_mask, dv_mask, 0, exact_keys, n_q, exact_keys, m_i, l_i,
                                                  acc, scale_log2, 0, False, 0, EXACT_BLOCK_N)
+
+        if HeavyOut is not None:
+            local = q_rows - (q_start + r * rect_stride)
+            h_out = tl.load(HeavyOut + batch.to(tl.int64) * stride_hob + r.to(tl.int64) * stride_hor
+                            + h.to(tl.int64) * stride_hoh + local[:, None] * stride_hon + offs_dv[None, :],
+                            mask=rmask[:, None] & dv_mask[None, :], other=0.0).to(tl.float32)
+            h_lse2 = tl.load(HeavyLse + batch.to(tl.int64) * stride_hlb + r.to(tl.int64) * stride_hlr
+                             + h.to(tl.int64) * stride_hlh + local * stride_hln, mask=rmask,
+                             other=float("-inf")) * LOG2E
+            m_i, l_i, acc = _fold_rows(m_i, l_i, acc, h_out, h_lse2)
 
         o_rows = batch.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + q_rows * stride_on
         _finish_rows(Out, Lse, o_rows, lse_rows, offs_dv, rmask, acc, m_i, l_i, prev2, MERGE, HEAD_DIM_V)
