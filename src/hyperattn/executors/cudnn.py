@@ -1,4 +1,5 @@
-"""Exact causal attention on the diagonal leaves of causal HyperAttention, by cuDNN.
+"""Exact causal attention on the diagonal leaves of causal HyperAttention, and every query's
+attention over its rectangle's heavy keys (``heavy_keys_forward``), by cuDNN.
 
 The leaves are 2**L equal causal squares on the diagonal of the main square: query rows
 ``q_start + r * side + [0, side)`` against key rows ``k_start + r * side + [0, side)``.
@@ -11,10 +12,10 @@ cuDNN builds a graph for every new shape and stride pattern (a one-time cost per
 not measured here), and every sequence length gives the leaves a new one. The environment
 variable ``HYPERATTN_LEAVES`` decides:
 
-- ``auto`` (default): cuDNN for a leaf geometry from its second call on (training and
-  repeated prefill at one length pay the build once; one-off lengths never do);
-- ``cudnn``: cuDNN whenever it can run the leaves;
-- ``triton``: never (the fused dense kernel runs them).
+- ``auto`` (default): cuDNN for a leaf (or heavy-key) geometry from its second call on
+  (training and repeated prefill at one length pay the build once; one-off lengths never do);
+- ``cudnn``: cuDNN whenever it can run them;
+- ``triton``: never (the fused kernels run them).
 
 cuDNN runs only while PyTorch's cuDNN attention is switched on
 (``torch.backends.cuda.enable_cudnn_sdp``) and deterministic algorithms are not required,
