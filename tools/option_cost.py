@@ -40,6 +40,7 @@ OPTIONS = {
     "bucket-heavy256-b64": dict(query_blocks="bucket", heavy_keys=256, block_size=64, **HEAVY_NO_SAMPLES),
     "bucket-heavy448-b64-p16": dict(BUCKET_HEAVY448, probe_queries=16),
     "bucket-heavy448-b64-p16-nosinks": dict(BUCKET_HEAVY448, probe_queries=16, exact_sinks=0),
+    "bucket-heavy448-b64-p32-nosinks": dict(BUCKET_HEAVY448, probe_queries=32, exact_sinks=0),
     "bucket-heavy448-b64-w1024": dict(BUCKET_HEAVY448, exact_window=1024),
     "window1024": dict(exact_window=1024),
     "rank-window1024": dict(query_blocks="rank", exact_window=1024),

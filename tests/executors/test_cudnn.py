@@ -242,6 +242,7 @@ def test_heavy_keys_by_cudnn_match_reference(name, fake_cudnn, monkeypatch):
     kernel's rows give the reference executor's output."""
     batch, heads, kv_heads, nq, nk, causal, rule, samples, sinks = HEAVY_CASES[name]
     monkeypatch.setattr(cudnn, "cudnn_full_forward", fake_full_forward)
+    monkeypatch.setattr(executor, "HEAVY_BY_CUDNN_MIN_HEAD_DIM", 16)  # these inputs' head dim
     gen = torch.Generator().manual_seed(5)
     q = torch.randn(batch, heads, nq, 16, generator=gen).to(DEVICE, DTYPE)
     k, v = (torch.randn(batch, kv_heads, nk, 16, generator=gen).to(DEVICE, DTYPE) for _ in range(2))
@@ -257,3 +258,8 @@ def test_heavy_keys_by_cudnn_match_reference(name, fake_cudnn, monkeypatch):
     assert torch.isfinite(out).all() and torch.isfinite(lse).all(), "unwritten rows"
     assert rel_error(out, want_out) < 2e-3, "out"
     assert (lse.double() - want_lse).abs().max() < 1e-3, "lse"
+    monkeypatch.setattr(executor, "HEAVY_BY_CUDNN_MIN_HEAD_DIM", 32)  # narrower heads: the fused kernel's keys
+    calls["heavy"] = 0
+    out_kernel, _ = attention_forward(q, k, v, parts, 0.25, poison=True)
+    assert calls["heavy"] == 0
+    assert rel_error(out_kernel, want_out) < 2e-3, "out, heavy keys in the fused kernel"
