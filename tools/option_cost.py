@@ -41,6 +41,8 @@ OPTIONS = {
     "bucket-heavy448-b64-p16": dict(BUCKET_HEAVY448, probe_queries=16),
     "bucket-heavy448-b64-p16-nosinks": dict(BUCKET_HEAVY448, probe_queries=16, exact_sinks=0),
     "bucket-heavy448-b64-p32-nosinks": dict(BUCKET_HEAVY448, probe_queries=32, exact_sinks=0),
+    "bucket-heavy384-b64-p32-nosinks": dict(BUCKET_HEAVY448, heavy_keys=384, probe_queries=32, exact_sinks=0),
+    "bucket-heavy448-b32-p32-nosinks": dict(BUCKET_HEAVY448, block_size=32, probe_queries=32, exact_sinks=0),
     "bucket-heavy448-b64-w1024": dict(BUCKET_HEAVY448, exact_window=1024),
     "window1024": dict(exact_window=1024),
     "rank-window1024": dict(query_blocks="rank", exact_window=1024),
