@@ -2,6 +2,7 @@
 
     python tools/option_cost.py --seq-lens 131072 --head-dims 64,128 --kv-heads 32,8 --json out.json
     python tools/option_cost.py --options default --mixes 0.25,0.5,0.75    # layers with some heads exact
+    python tools/option_cost.py --options bucket-heavy448-b64 --heavy-engines kernel,cudnn   # who attends heavy keys
 
 Times (``hyperattn.bench.attention.time_case``: medians of ``triton.testing.do_bench``, one
 process, one card) cuDNN's fused attention and HyperAttention with each option set in ``OPTIONS``
@@ -22,9 +23,12 @@ import torch
 from hyperattn import HyperAttentionConfig, attention_by_head, exact_attention
 from hyperattn.bench.attention import _sdpa, hyper_attention_runner, time_case
 from hyperattn.config import PAPER_OVERRIDES
+from hyperattn.executors.triton import executor
 
 HEAVY_NO_SAMPLES = dict(sample_size=0, sampling="mass")
 BUCKET_HEAVY448 = dict(query_blocks="bucket", heavy_keys=448, block_size=64, **HEAVY_NO_SAMPLES)
+# --heavy-engines: the executor's narrowest head dim for heavy keys by cuDNN under each choice
+HEAVY_ENGINES = {"auto": executor.HEAVY_BY_CUDNN_MIN_HEAD_DIM, "kernel": 1 << 30, "cudnn": 0}
 OPTIONS = {
     "paper": PAPER_OVERRIDES,
     "default": dict(),
@@ -61,8 +65,14 @@ def main() -> int:
                         help="comma-separated shares of query heads approximated in one layer call "
                              "(hyperattn.attention_by_head: the first heads take the default, the rest "
                              "exact_attention), timed beside exact_attention on every head, e.g. 0.25,0.5,0.75")
+    parser.add_argument("--heavy-engines", default="auto",
+                        help="comma-separated, for option sets with heavy keys: auto (the library's choice), kernel "
+                             "(the fused kernel attends to them) or cudnn (cuDNN does, where it runs the leaves)")
     parser.add_argument("--json", metavar="PATH")
     args = parser.parse_args()
+    engines = args.heavy_engines.split(",")
+    if any(e not in HEAVY_ENGINES for e in engines):
+        parser.error(f"--heavy-engines: expected some of {list(HEAVY_ENGINES)}, got {args.heavy_engines!r}")
     mixes = [float(x) for x in args.mixes.split(",") if x]
     head_dims = [int(d) for d in args.head_dims.split(",")]
     kv_heads = [int(h) for h in args.kv_heads.split(",")]
@@ -84,13 +94,18 @@ def main() -> int:
                                          repeat_kv=True)
                     rows.append(dict(case, options="cudnn", config=None, ms=cudnn, vs_cudnn=1.0))
                     default = None
-                    for name in names:
+                    runs = [(name, engine) for name in names
+                            for engine in (engines if OPTIONS[name].get("heavy_keys") else ["auto"])]
+                    for name, engine in runs:
                         config = HyperAttentionConfig(exact_up_to=0, **OPTIONS[name])
+                        executor.HEAVY_BY_CUDNN_MIN_HEAD_DIM = HEAVY_ENGINES[engine]
                         ms, peak = time_case(hyper_attention_runner(config), seq_len, 32, head_dim, causal, mode,
                                              kv_heads=kv)
+                        executor.HEAVY_BY_CUDNN_MIN_HEAD_DIM = HEAVY_ENGINES["auto"]
                         default = ms if name == "default" else default
-                        rows.append(dict(case, options=name, config=OPTIONS[name], ms=ms, peak_gib=peak,
-                                         vs_cudnn=cudnn / ms))
+                        label = name if engine == "auto" else f"{name}:{engine}"
+                        rows.append(dict(case, options=label, config=OPTIONS[name], heavy_engine=engine, ms=ms,
+                                         peak_gib=peak, vs_cudnn=cudnn / ms))
                     if mixes:
                         exact_ms, _ = time_case(lambda q, k, v, causal: exact_attention(q, k, v, causal=causal),
                                                 seq_len, 32, head_dim, causal, mode, kv_heads=kv)
@@ -106,10 +121,10 @@ def main() -> int:
                         predicted = (1 - share) * exact_ms + share * default if default else None
                         rows.append(dict(case, options=f"mix{share:.2f}", config=dict(share=share), ms=ms,
                                          peak_gib=peak, vs_cudnn=cudnn / ms, predicted_ms=predicted))
-                    for row in rows[-(len(names) + (len(mixes) + 1 if mixes else 0)):]:
+                    for row in rows[-(len(runs) + (len(mixes) + 1 if mixes else 0)):]:
                         row["vs_default"] = row["ms"] / default if default else None
                         print(f"d{head_dim} kv{kv:<3} {'causal' if causal else 'non-causal':<10} {seq_len:>8} "
-                              f"{mode:<8} {row['options']:<22} {row['ms']:9.2f} ms {row['vs_cudnn']:6.2f}x cuDNN"
+                              f"{mode:<8} {row['options']:<38} {row['ms']:9.2f} ms {row['vs_cudnn']:6.2f}x cuDNN"
                               + (f"  {row['vs_default']:5.2f}x default" if default else "")
                               + (f"  (predicted {row['predicted_ms']:.2f} ms)" if row.get("predicted_ms") else ""),
                               flush=True)
