@@ -280,21 +280,20 @@ def plan_hyper_attention(
     schedule = causal_schedule(q.shape[2], k.shape[2], config.min_seq_len)
     sinks = min(config.exact_sinks, schedule.max_sinks)
     prefix_sinks, main_sinks = schedule.split_sinks(sinks)
-    levels = [schedule.level(level) for level in range(1, schedule.num_levels + 1)]
-    prefix = schedule.prefix() if schedule.prefix_keys > config.block_size else None
-    # every probe launch first: the device works through them while the host issues the plans' small steps
-    masses = [_probe_mass(q, k, schedule, rects, config, scale, sinks, probe_mass) if config.uses_probes else None
-              for rects in levels + ([prefix] if prefix else [])]
     level_plans = []
-    for rects, key_mass in zip(levels, masses):
+    for level in range(1, schedule.num_levels + 1):
+        rects = schedule.level(level)
         level_norms = None if sq_norms is None else rects.keys.take(sq_norms, rects.count)
+        key_mass = _probe_mass(q, k, schedule, rects, config, scale, sinks, probe_mass) if config.uses_probes else None
         level_plans.append(make_plan(*rects.take(q_buckets, k_buckets), config, generator, level_norms, weight_dtype,
                                      main_sinks, rects.count, key_mass=key_mass))
     prefix_plan = None
-    if prefix:
+    if schedule.prefix_keys > config.block_size:
+        prefix = schedule.prefix()
         prefix_norms = None if sq_norms is None else prefix.keys.take(sq_norms, 1)
+        key_mass = _probe_mass(q, k, schedule, prefix, config, scale, sinks, probe_mass) if config.uses_probes else None
         prefix_plan = make_plan(*prefix.take(q_buckets, k_buckets), config, generator, prefix_norms, weight_dtype,
-                                prefix_sinks, key_mass=masses[-1])
+                                prefix_sinks, key_mass=key_mass)
     return CausalPlan(schedule, level_plans, prefix_plan, sinks, config.exact_window)
 
 
