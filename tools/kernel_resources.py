@@ -90,6 +90,9 @@ def compile_family(family: str, head_dim: int, block_m: int, block_n: int, warps
     for name in ("QBlk", "QOff"):
         if name in params and variant != "bucket":
             constexprs[name] = None
+    for name in ("HeavyOut", "HeavyLse"):  # heavy keys by cuDNN: not the default's launch
+        if name in params:
+            constexprs[name] = None
     if "WINDOW" in params:
         constexprs["WINDOW"] = variant == "window"
     if "BAND" in params:
