@@ -17,6 +17,7 @@ import argparse
 import datetime
 import json
 import sys
+from unittest import mock
 
 import torch
 
@@ -98,10 +99,9 @@ def main() -> int:
                             for engine in (engines if OPTIONS[name].get("heavy_keys") else ["auto"])]
                     for name, engine in runs:
                         config = HyperAttentionConfig(exact_up_to=0, **OPTIONS[name])
-                        executor.HEAVY_BY_CUDNN_MIN_HEAD_DIM = HEAVY_ENGINES[engine]
-                        ms, peak = time_case(hyper_attention_runner(config), seq_len, 32, head_dim, causal, mode,
-                                             kv_heads=kv)
-                        executor.HEAVY_BY_CUDNN_MIN_HEAD_DIM = HEAVY_ENGINES["auto"]
+                        with mock.patch.object(executor, "HEAVY_BY_CUDNN_MIN_HEAD_DIM", HEAVY_ENGINES[engine]):
+                            ms, peak = time_case(hyper_attention_runner(config), seq_len, 32, head_dim, causal, mode,
+                                                 kv_heads=kv)
                         default = ms if name == "default" else default
                         label = name if engine == "auto" else f"{name}:{engine}"
                         rows.append(dict(case, options=label, config=OPTIONS[name], heavy_engine=engine, ms=ms,
