@@ -89,6 +89,39 @@ def test_masses_of_zero_are_never_drawn_and_weights_match():
     assert torch.allclose(logw, -torch.log(400 * (masses / masses.sum()).gather(-1, idx)))
 
 
+@pytest.mark.parametrize("norm_keys", [4, 7, 11, 30])
+def test_probe_key_mass_normalizes_each_probe_over_the_last_norm_keys(norm_keys):
+    """With norm_keys, each probe's weights are its scores' exp less the log-sum-exp over the keys it
+    sees among its problem's last norm_keys (all of them from 11 on), capped at 2**64."""
+    probes, k, keys, probe_pos = _probe_case(3)
+    sinks = 2
+    mass = probe_key_mass(probes, k, keys, 2, 0.7, probe_pos, sinks, norm_keys)
+    expected = torch.zeros(4, 2, 11, dtype=torch.float64)
+    for z in range(4):
+        batch, r = divmod(z, 2)
+        rows = torch.arange(11) + 4 + 13 * r
+        near = torch.arange(11) >= 11 - norm_keys
+        for h in range(4):
+            for p in range(3):
+                seen = (rows >= sinks) & (rows <= probe_pos[r, p])
+                if (seen & near).any():
+                    scores = (k[batch, h // 2, rows] @ probes[z, h, p]) * 0.7
+                    lse = torch.logsumexp(scores[seen & near], 0)
+                    expected[z, h // 2, seen] += torch.exp((scores[seen] - lse).clamp_max(64 * math.log(2)))
+    torch.testing.assert_close(mass, expected)
+    if norm_keys >= 11:
+        torch.testing.assert_close(mass, probe_key_mass(probes, k, keys, 2, 0.7, probe_pos, sinks))
+
+
+def test_probe_key_mass_caps_a_probes_weight_on_a_key():
+    """A key scoring far above the keys that normalize a probe adds 2**64, not inf."""
+    probes, k, keys, probe_pos = _probe_case(3)
+    k = k.clone()
+    k[:, :, 4 + 3] = probes[0, 0, 0] * 1e3  # rectangle 0's key 3: far above its last 4 keys for that probe
+    mass = probe_key_mass(probes, k, keys, 2, 0.7, probe_pos, 0, 4)
+    assert torch.isfinite(mass).all() and 0.99 * 2.0 ** 64 <= mass.max() <= 3 * 2.0 ** 64
+
+
 def test_probe_key_mass_in_chunks_equals_one_pass(monkeypatch):
     import hyperattn.plan.sampling as sampling
 

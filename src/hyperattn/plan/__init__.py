@@ -24,7 +24,13 @@ from hyperattn.plan.schedule import CausalSchedule, Rectangles, Rows, causal_sch
 MASS_UNIFORM_SHARE = 0.5
 
 # ``probe_key_mass``'s contract: (probes, k, keys, count, scale, probe_pos, sinks) -> key masses
-ProbeMass = Callable[[torch.Tensor, torch.Tensor, Rows, int, float, "torch.Tensor | None", int], torch.Tensor]
+ProbeMass = Callable[[torch.Tensor, torch.Tensor, Rows, int, float, "torch.Tensor | None", int, int], torch.Tensor]
+
+# A causal rectangle's probes are normalized over its last PROBE_NORM_KEYS keys (``probe_key_mass``'s
+# norm_keys): the keys nearest them, one short pass in place of one over every key. Bucket + heavy 448, 32
+# probes, no sinks: attention error 0.140 against 0.138 over every key on Gemma-3 (16k), 0.048 against 0.048
+# on SmolLM2 (8k); the causal forward at 131k 2-3% faster (H100, head dims 64 and 128).
+PROBE_NORM_KEYS = 1024
 
 
 @dataclass(frozen=True)
@@ -232,13 +238,15 @@ def _probe_mass(q, k, schedule: CausalSchedule, rects: Rectangles, config: Hyper
                 sinks: int, probe_mass: ProbeMass) -> torch.Tensor | None:
     """Estimated attention mass of each key of each rectangle (``probe_key_mass``), from the
     ``config.probe_queries`` queries just before the rectangle's first query (causal: they come
-    before every query that uses the estimate). None where no query precedes the rectangle."""
+    before every query that uses the estimate), each normalized over the rectangle's last
+    ``PROBE_NORM_KEYS`` keys. None where no query precedes the rectangle."""
     num_probes = min(config.probe_queries, rects.queries.start)
     if num_probes == 0:
         return None
     probe_rows = Rows(start=rects.queries.start - num_probes, stride=rects.queries.stride, length=num_probes)
     probe_pos = (probe_rows.index(rects.count, device=q.device) + schedule.prefix_len).view(rects.count, num_probes)
-    return probe_mass(probe_rows.take(q, rects.count), k, rects.keys, rects.count, scale, probe_pos, sinks)
+    return probe_mass(probe_rows.take(q, rects.count), k, rects.keys, rects.count, scale, probe_pos, sinks,
+                      PROBE_NORM_KEYS)
 
 
 def plan_hyper_attention(
@@ -274,26 +282,27 @@ def plan_hyper_attention(
             rows = torch.randint(q.shape[2], (config.probe_queries,), generator=generator,
                                  device=generator.device).to(q.device)
             all_keys = Rows(start=0, stride=0, length=k.shape[2])
-            key_mass = probe_mass(q[:, :, rows], k, all_keys, 1, scale, None, sinks)
+            key_mass = probe_mass(q[:, :, rows], k, all_keys, 1, scale, None, sinks, 0)
         plan = make_plan(q_buckets, k_buckets, config, generator, sq_norms, weight_dtype, sinks, key_mass=key_mass)
         return replace(plan, sinks=sinks)
     schedule = causal_schedule(q.shape[2], k.shape[2], config.min_seq_len)
     sinks = min(config.exact_sinks, schedule.max_sinks)
     prefix_sinks, main_sinks = schedule.split_sinks(sinks)
+    levels = [schedule.level(level) for level in range(1, schedule.num_levels + 1)]
+    prefix = schedule.prefix() if schedule.prefix_keys > config.block_size else None
+    # every probe launch first: the device works through them while the host issues the plans' small steps
+    masses = [_probe_mass(q, k, schedule, rects, config, scale, sinks, probe_mass) if config.uses_probes else None
+              for rects in levels + ([prefix] if prefix else [])]
     level_plans = []
-    for level in range(1, schedule.num_levels + 1):
-        rects = schedule.level(level)
+    for rects, key_mass in zip(levels, masses):
         level_norms = None if sq_norms is None else rects.keys.take(sq_norms, rects.count)
-        key_mass = _probe_mass(q, k, schedule, rects, config, scale, sinks, probe_mass) if config.uses_probes else None
         level_plans.append(make_plan(*rects.take(q_buckets, k_buckets), config, generator, level_norms, weight_dtype,
                                      main_sinks, rects.count, key_mass=key_mass))
     prefix_plan = None
-    if schedule.prefix_keys > config.block_size:
-        prefix = schedule.prefix()
+    if prefix:
         prefix_norms = None if sq_norms is None else prefix.keys.take(sq_norms, 1)
-        key_mass = _probe_mass(q, k, schedule, prefix, config, scale, sinks, probe_mass) if config.uses_probes else None
         prefix_plan = make_plan(*prefix.take(q_buckets, k_buckets), config, generator, prefix_norms, weight_dtype,
-                                prefix_sinks, key_mass=key_mass)
+                                prefix_sinks, key_mass=masses[-1])
     return CausalPlan(schedule, level_plans, prefix_plan, sinks, config.exact_window)
 
 

@@ -18,10 +18,18 @@ def value_sq_norms(v: torch.Tensor) -> torch.Tensor:
 PROBE_CHUNK_ELEMENTS = 1 << 26
 
 
+# A probe's weight on one key is at most 2**PROBE_MAX_LOG2_WEIGHT: with ``norm_keys`` a far key can score
+# far above the keys that normalize the probe, and its mass must stay finite
+PROBE_MAX_LOG2_WEIGHT = 64.0
+
+
 def probe_key_mass(probes: torch.Tensor, k: torch.Tensor, keys: Rows, count: int, scale: float,
-                   probe_pos: torch.Tensor | None, sinks: int) -> torch.Tensor:
+                   probe_pos: torch.Tensor | None, sinks: int, norm_keys: int = 0) -> torch.Tensor:
     """Estimated attention mass of each key of each problem: the softmax of each probe query over
-    the keys it sees, summed over the probes and over the query heads of each kv head.
+    the keys it sees, summed over the probes and over the query heads of each kv head. With
+    ``norm_keys`` each probe is normalized over only the keys it sees among its problem's last
+    ``norm_keys`` (one short pass, not one over every key), and its weight on a key is capped at
+    ``2**PROBE_MAX_LOG2_WEIGHT``.
 
     Problem z (batch ``z // count``, rectangle ``r = z % count``) holds the probes
     ``probes[z]`` (Hq, P, D) and the key rows ``keys.start + r * keys.stride + [0, keys.length)``
@@ -47,9 +55,11 @@ def probe_key_mass(probes: torch.Tensor, k: torch.Tensor, keys: Rows, count: int
         block = grouped @ key_keys[:, :, lo:lo + chunk].to(dtype).transpose(-1, -2) * scale
         return block.view(z, hkv, hq // hkv, p, -1).masked_fill(~visible[..., lo:lo + chunk], -torch.inf)
 
-    lse = torch.stack([torch.logsumexp(scores(lo), -1) for lo in range(0, nk, chunk)], -1).logsumexp(-1)
+    first = max(0, nk - norm_keys) if norm_keys else 0
+    lse = torch.stack([torch.logsumexp(scores(lo), -1) for lo in range(first, nk, chunk)], -1).logsumexp(-1)
     lse = lse.masked_fill(torch.isneginf(lse), torch.inf)[..., None]  # probes that see nothing: mass 0
-    return torch.cat([torch.exp(scores(lo) - lse).sum((2, 3)) for lo in range(0, nk, chunk)], -1)
+    cap = PROBE_MAX_LOG2_WEIGHT * math.log(2)
+    return torch.cat([torch.exp((scores(lo) - lse).clamp_max(cap)).sum((2, 3)) for lo in range(0, nk, chunk)], -1)
 
 
 def sample_keys(

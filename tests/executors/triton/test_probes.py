@@ -9,10 +9,13 @@ from hyperattn.plan import Rows, probe_key_mass  # noqa: E402
 from tests.executors.triton.test_executor import DEVICE, DTYPE  # noqa: E402
 
 CASES = {
-    # name: (batch, Hq, Hkv, count, keys, probes, D, causal, sinks, chunk_keys)
-    "causal-rects-gqa": (2, 4, 2, 3, Rows(start=5, stride=40, length=37), 20, 24, True, 8, 32),
-    "causal-one-rect": (1, 2, 2, 1, Rows(start=0, stride=0, length=70), 7, 16, True, 0, 16),
-    "noncausal-mqa": (2, 3, 1, 1, Rows(start=0, stride=0, length=83), 18, 32, False, 4, 1024),
+    # name: (batch, Hq, Hkv, count, keys, probes, D, causal, sinks, chunk_keys, norm_keys)
+    "causal-rects-gqa": (2, 4, 2, 3, Rows(start=5, stride=40, length=37), 20, 24, True, 8, 32, 0),
+    "causal-one-rect": (1, 2, 2, 1, Rows(start=0, stride=0, length=70), 7, 16, True, 0, 16, 0),
+    "noncausal-mqa": (2, 3, 1, 1, Rows(start=0, stride=0, length=83), 18, 32, False, 4, 1024, 0),
+    # normalized over the last keys: fewer than a chunk, and over two chunks from an unaligned first key
+    "causal-norm-short": (2, 4, 2, 3, Rows(start=5, stride=40, length=37), 20, 24, True, 8, 32, 9),
+    "causal-norm-chunks": (1, 2, 2, 1, Rows(start=0, stride=0, length=70), 7, 16, True, 0, 16, 29),
 }
 
 
@@ -20,7 +23,7 @@ CASES = {
 def test_probe_mass_kernels_match_probe_key_mass(name, monkeypatch):
     from hyperattn.executors.triton.probes import probe_key_mass_triton
 
-    batch, hq, hkv, count, keys, num_probes, d, causal, sinks, chunk_keys = CASES[name]
+    batch, hq, hkv, count, keys, num_probes, d, causal, sinks, chunk_keys, norm_keys = CASES[name]
     gen = torch.Generator().manual_seed(len(name))
     k = torch.randn(batch, hkv, keys.end(count) + 3, d, generator=gen).to(DTYPE)
     probes = torch.randn(batch * count, hq, num_probes, d, generator=gen).to(DTYPE)
@@ -30,12 +33,13 @@ def test_probe_mass_kernels_match_probe_key_mass(name, monkeypatch):
         probe_pos = starts[:, None] + torch.randint(-1, keys.length + 4, (count, num_probes), generator=gen)
         probe_pos[:, 0] = starts - 1
     scale = d ** -0.5
-    want = probe_key_mass(probes.double(), k.double(), keys, count, scale, probe_pos, sinks)
+    want = probe_key_mass(probes.double(), k.double(), keys, count, scale, probe_pos, sinks, norm_keys)
     # poison: every element of the result must be written
     empty = torch.empty
     monkeypatch.setattr(torch, "empty", lambda *a, **kw: empty(*a, **kw).fill_(float("nan")))
-    got = probe_key_mass_triton(probes.to(DEVICE), k.to(DEVICE), keys, count, scale,
-                                None if probe_pos is None else probe_pos.to(DEVICE), sinks, chunk_keys=chunk_keys)
+    positions = None if probe_pos is None else probe_pos.to(DEVICE)
+    got = probe_key_mass_triton(probes.to(DEVICE), k.to(DEVICE), keys, count, scale, positions, sinks, norm_keys,
+                                chunk_keys=chunk_keys)
     assert got.shape == want.shape and got.dtype == torch.float32
     torch.testing.assert_close(got.cpu().double(), want, rtol=2e-3, atol=2e-5)
     assert want.sum() > 0  # the case is not vacuous

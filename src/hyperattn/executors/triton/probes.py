@@ -3,7 +3,8 @@ key's mass summed over the probes and the query heads of its kv head.
 
 Computes what ``hyperattn.plan.sampling.probe_key_mass`` computes without materializing the
 (probes x keys) scores: the keys are read where they lie in k (rows ``keys.start + r *
-keys.stride + j`` of problem r), twice. The first kernel splits each problem's keys into chunks
+keys.stride + j`` of problem r), twice (with ``norm_keys``, the first pass reads only the last
+``norm_keys`` of them). The first kernel splits each problem's keys into chunks
 of ``chunk_keys`` and writes each probe's running max and sum per chunk (log2 domain); the
 chunks' results are merged in PyTorch (a few numbers per probe); the second kernel sums
 ``exp2(score - lse)`` over the probes for one tile of keys per program.
@@ -18,6 +19,7 @@ import triton.language as tl
 from hyperattn.executors.triton import on_device
 from hyperattn.executors.triton.common import LOG2E, load_rows
 from hyperattn.executors.triton.tiles import tile_width
+from hyperattn.plan.sampling import PROBE_MAX_LOG2_WEIGHT
 from hyperattn.plan.schedule import Rows
 
 
@@ -64,12 +66,12 @@ def probe_lse_kernel(
     scale_log2,
     stride_pz, stride_ph, stride_pp,
     stride_kb, stride_kh, stride_kn,
-    n_probes, n_k, count, k_start, k_stride, sinks, num_heads, group, probe_tiles, chunk_keys, num_chunks,
+    n_probes, n_k, count, k_start, k_stride, sinks, num_heads, group, probe_tiles, first_key, chunk_keys, num_chunks,
     CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BLOCK_P: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    """One program: one tile of probes of one (problem, query head) over one chunk of its keys;
-    writes each probe's max and sum of exp2(score - max) there (PartMax, PartSum:
+    """One program: one tile of probes of one (problem, query head) over one chunk of its keys from
+    ``first_key`` on; writes each probe's max and sum of exp2(score - max) there (PartMax, PartSum:
     (Z * H, num_chunks, n_probes) fp32; max -inf and sum 0 where it sees no key of the chunk)."""
     pid = tl.program_id(0)
     chunk = pid % num_chunks
@@ -86,7 +88,7 @@ def probe_lse_kernel(
                                      offs_d, d_mask, n_probes, CAUSAL)
     m_i = tl.full([BLOCK_P], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_P], tl.float32)
-    lo = chunk * chunk_keys
+    lo = first_key + chunk * chunk_keys
     for start in range(lo, tl.minimum(lo + chunk_keys, n_k), BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
         kmask = offs_n < n_k
@@ -107,12 +109,13 @@ def probe_mass_kernel(
     scale_log2,
     stride_pz, stride_ph, stride_pp,
     stride_kb, stride_kh, stride_kn,
-    n_probes, n_k, count, k_start, k_stride, sinks, num_kv_heads, group, key_tiles,
+    n_probes, n_k, count, k_start, k_stride, sinks, num_kv_heads, group, key_tiles, max_log2_weight,
     CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BLOCK_P: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
     """One program: one tile of keys of one (problem, kv head); Mass (Z, Hkv, n_k) fp32 gets, per
-    key, the sum over the group's query heads and their probes of exp2(score - lse2) (Lse2:
+    key, the sum over the group's query heads and their probes of exp2(min(score - lse2,
+    max_log2_weight)) (Lse2:
     (Z * H, n_probes) fp32, log2 units, +inf for a probe that sees no key)."""
     pid = tl.program_id(0)
     tile = pid % key_tiles
@@ -136,12 +139,13 @@ def probe_mass_kernel(
                            other=float("inf"))
             s = _probe_scores(probes, k_base, k_rows, kmask, probe_pos, pmask, offs_d, d_mask, stride_kn, sinks,
                               scale_log2, CAUSAL)
-            mass += tl.sum(tl.exp2(s - lse2[:, None]), 0)
+            mass += tl.sum(tl.exp2(tl.minimum(s - lse2[:, None], max_log2_weight)), 0)
     tl.store(Mass + zk.to(tl.int64) * n_k + offs_n, mass, mask=kmask)
 
 
 def probe_key_mass_triton(probes: torch.Tensor, k: torch.Tensor, keys: Rows, count: int, scale: float,
-                          probe_pos: torch.Tensor | None, sinks: int, chunk_keys: int = 1024) -> torch.Tensor:
+                          probe_pos: torch.Tensor | None, sinks: int, norm_keys: int = 0,
+                          chunk_keys: int = 1024) -> torch.Tensor:
     """``hyperattn.plan.probe_key_mass`` in two kernels (same arguments and result, float32):
     probes (B * count, Hq, P, D) and k (B, Hkv, N, D) fp16/bf16/fp32 on CUDA (or under the
     interpreter). ``chunk_keys``: keys per program of the log-sum-exp pass (a multiple of its
@@ -161,7 +165,8 @@ def probe_key_mass_triton(probes: torch.Tensor, k: torch.Tensor, keys: Rows, cou
     block_p = min(16 if interpret else 64, tile_width(n_probes))
     block_n = 16 if interpret else 64
     chunk_keys = triton.cdiv(max(chunk_keys, 1), block_n) * block_n
-    num_chunks = triton.cdiv(n_k, chunk_keys)
+    first_key = max(0, n_k - norm_keys) if norm_keys else 0
+    num_chunks = max(1, triton.cdiv(n_k - first_key, chunk_keys))
     probe_tiles = triton.cdiv(n_probes, block_p)
     part_max = torch.empty(z * heads, num_chunks, n_probes, dtype=torch.float32, device=k.device)
     part_sum = torch.empty_like(part_max)
@@ -172,7 +177,7 @@ def probe_key_mass_triton(probes: torch.Tensor, k: torch.Tensor, keys: Rows, cou
     with on_device(k):
         probe_lse_kernel[(z * heads * probe_tiles * num_chunks,)](
             probes, k, positions, part_max, part_sum, scale_log2, *strides, *geometry, heads,
-            heads // num_kv_heads, probe_tiles, chunk_keys, num_chunks, **common)
+            heads // num_kv_heads, probe_tiles, first_key, chunk_keys, num_chunks, **common)
         top = part_max.amax(1, keepdim=True)
         top = torch.where(torch.isneginf(top), 0.0, top)
         total = (part_sum * torch.exp2(part_max - top)).sum(1)
@@ -180,5 +185,5 @@ def probe_key_mass_triton(probes: torch.Tensor, k: torch.Tensor, keys: Rows, cou
         key_tiles = triton.cdiv(n_k, block_n)
         probe_mass_kernel[(z * num_kv_heads * key_tiles,)](
             probes, k, positions, lse2, mass, scale_log2, *strides, *geometry, num_kv_heads,
-            heads // num_kv_heads, key_tiles, **common)
+            heads // num_kv_heads, key_tiles, PROBE_MAX_LOG2_WEIGHT, **common)
     return mass
