@@ -80,8 +80,10 @@ class HyperAttentionConfig:
             and ``"mass"`` sampling: the ``probe_queries`` queries just before each causal
             rectangle (so a causal call stays causal; the prefix of chunked prefill takes the
             head's last queries, and none where there is no head), or as many queries drawn at
-            random in a non-causal call. The estimate is each probe's softmax over the
-            rectangle's keys, summed over probes and the query heads of each kv head. ``>= 1``.
+            random in a non-causal call. The estimate is each probe's exponentiated scores on the
+            rectangle's keys, normalized over its last ``hyperattn.plan.PROBE_NORM_KEYS`` keys
+            (causal) or every key (non-causal), summed over probes and the query heads of each kv
+            head. ``>= 1``.
         exact_tail: the last ``exact_tail`` queries attend exactly to every key they see
             (causal or not), in place of their approximated rows. A prompt's question usually
             sits at its end, and decoding is exact anyway. ``>= 0``; a call with at most
