@@ -194,6 +194,27 @@ def test_bucket_blocks_are_strictly_causal(extra, nq, nk):
         assert changed["rank"] > 0, "the test would not see a leak"
 
 
+@pytest.mark.parametrize("extra", [dict(sample_size=0, heavy_keys=3, probe_queries=4, exact_sinks=0, exact_tail=0),
+                                   dict(sample_size=4, sampling="mass", heavy_keys=3, probe_queries=4, exact_sinks=2,
+                                        exact_window=4, exact_tail=5)])
+@pytest.mark.parametrize("nq,nk", [(96, 96), (70, 101)])
+def test_selected_blocks_are_strictly_causal(extra, nq, nk):
+    """A query's selected blocks depend on its own vector and the keys of its rectangles: changing
+    every q, k and v row after a position leaves the outputs up to it as they were."""
+    cfg = HyperAttentionConfig(block_size=4, lsh_num_projs=3, exact_up_to=0, min_seq_len=8, selected_blocks=2,
+                               selected_block_size=3, **extra)
+    q, k, v = random_qkv(hq=2, hkv=1, nq=nq, nk=nk, seed=5)
+    out = hyper_attention(q, k, v, causal=True, config=cfg, seed=3)
+    assert rel_error(out, exact_attention(q, k, v, causal=True)) > 1e-3
+    for t in range(9, nq - 6, 8):
+        key_pos = nk - nq + t
+        q2 = perturbed_after(q, t, seed=t)
+        k2, v2 = perturbed_after(k, key_pos, seed=t + 1), perturbed_after(v, key_pos, seed=t + 2)
+        out2 = hyper_attention(q2, k2, v2, causal=True, config=cfg, seed=3)
+        assert ((out2[:, :, :t + 1] - out[:, :, :t + 1]).abs() <= 1e-14).all()
+        assert not torch.allclose(out2[:, :, t + 1:], out[:, :, t + 1:])
+
+
 def test_the_default_config_is_strictly_causal():
     """The library's default (sinks, tail and all) forced to approximate small inputs: changing
     every q, k and v row after a position leaves the outputs up to it as they were."""
@@ -298,7 +319,10 @@ def test_exact_tail_longer_than_the_queries_is_exact():
                                           (True, dict(exact_sinks=0, exact_tail=7)), (False, dict(exact_tail=3)),
                                           (False, dict(exact_sinks=5, exact_tail=0)),
                                           (True, dict(heavy_keys=3, probe_queries=3)),
-                                          (False, dict(heavy_keys=3, exact_sinks=2))])
+                                          (False, dict(heavy_keys=3, exact_sinks=2)),
+                                          (True, dict(selected_blocks=2, selected_block_size=3, heavy_keys=2,
+                                                      exact_sinks=2, exact_window=3)),
+                                          (False, dict(selected_blocks=2, exact_sinks=2))])
 @pytest.mark.parametrize("nq,nk", [(40, 40), (29, 45)])
 def test_gradcheck_with_the_approximation_active(causal, extra, nq, nk):
     q, k, v = random_qkv(hq=2, hkv=1, nq=nq, nk=nk, d=4, requires_grad=True, seed=5)
@@ -448,6 +472,7 @@ def test_a_transposed_layout_gets_a_hint():
     (True, 8, 40, SMALL, True, "exact", "reference"),
     (False, 40, 40, HyperAttentionConfig(min_seq_len=8), False, "exact", "sdpa"),  # within exact_up_to
     (False, 0, 40, SMALL, False, "empty", None),
+    (True, 40, 40, dataclasses.replace(SMALL, selected_blocks=2), False, "approximate", "reference"),
 ])
 def test_explain_names_the_path_a_call_takes(causal, nq, nk, cfg, return_lse, path, executor, caplog):
     import logging
@@ -462,6 +487,12 @@ def test_explain_names_the_path_a_call_takes(causal, nq, nk, cfg, return_lse, pa
     with caplog.at_level(logging.DEBUG, logger="hyperattn"):
         hyper_attention(q, k, v, causal=causal, config=cfg, seed=0, return_lse=return_lse)
     assert str(route) in caplog.text
+
+
+def test_selected_blocks_with_samples_refuse_the_fused_kernels():
+    q, k, v = random_qkv(hq=2, hkv=1, nq=40, d=8, dtype=torch.float16)
+    with pytest.raises(ValueError, match="sample_size > 0 runs in the reference executor only"):
+        hyper_attention(q, k, v, causal=True, config=dataclasses.replace(SMALL, selected_blocks=2, impl="triton"))
 
 
 def test_module_wraps_the_function():

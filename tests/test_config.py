@@ -50,6 +50,9 @@ def test_exact_up_to_zero_is_the_papers_rule():
         ("exact_up_to", -1, ValueError),
         ("exact_up_to", 2.5, TypeError),
         ("query_blocks", "nearest", ValueError),
+        ("selected_blocks", -1, ValueError),
+        ("selected_block_size", 0, ValueError),
+        ("selected_block_size", 4.0, TypeError),
     ],
 )
 def test_bad_values_name_the_field(field, value, error):

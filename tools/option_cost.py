@@ -49,6 +49,10 @@ OPTIONS = {
     "bucket-heavy384-b64-p32-nosinks": dict(BUCKET_HEAVY448, heavy_keys=384, probe_queries=32, exact_sinks=0),
     "bucket-heavy448-b32-p32-nosinks": dict(BUCKET_HEAVY448, block_size=32, probe_queries=32, exact_sinks=0),
     "bucket-heavy448-b64-w1024": dict(BUCKET_HEAVY448, exact_window=1024),
+    "heavy448-sel8x8-p32-nosinks": dict(heavy_keys=448, selected_blocks=8, selected_block_size=8, probe_queries=32,
+                                        exact_sinks=0, **HEAVY_NO_SAMPLES),
+    "heavy448-sel16x4-p32-nosinks": dict(heavy_keys=448, selected_blocks=16, selected_block_size=4, probe_queries=32,
+                                         exact_sinks=0, **HEAVY_NO_SAMPLES),
     "window1024": dict(exact_window=1024),
     "rank-window1024": dict(query_blocks="rank", exact_window=1024),
 }

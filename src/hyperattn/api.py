@@ -86,9 +86,16 @@ def _finish(q, out, lse, return_lse):
     return out, lse.to(compute_dtype(q.dtype))
 
 
-def _use_triton(q: torch.Tensor, impl: str) -> bool:
-    """Path choice: fused Triton kernels or the PyTorch reference executor."""
+def _use_triton(q: torch.Tensor, impl: str, samples_beside_selection: bool = False) -> bool:
+    """Path choice: fused Triton kernels or the PyTorch reference executor (the only one that
+    samples beside ``selected_blocks``)."""
     if impl == "reference":
+        return False
+    if samples_beside_selection and impl == "triton":
+        raise ValueError("config.selected_blocks with sample_size > 0 runs in the reference executor only; use "
+                         "sample_size=0 (the selected blocks replace the residual's samples), impl='auto' or "
+                         "impl='reference'")
+    if samples_beside_selection:
         return False
     interpreting = os.environ.get("TRITON_INTERPRET") == "1"
     available = has_triton() and (q.is_cuda or interpreting)
@@ -176,7 +183,7 @@ class Explanation:
 def _explain(q, k, causal: bool, config: HyperAttentionConfig, return_lse: bool) -> Explanation:
     """The route of a checked call (``hyper_attention`` follows it)."""
     nq, nk = q.shape[2], k.shape[2]
-    use_triton = _use_triton(q, config.impl)
+    use_triton = _use_triton(q, config.impl, config.selected_blocks > 0 and config.sample_size > 0)
     if config.exact_window and not causal:
         raise ValueError("config.exact_window applies to causal attention; got causal=False")
     if q.numel() == 0 or nk == 0:
@@ -190,6 +197,8 @@ def _explain(q, k, causal: bool, config: HyperAttentionConfig, return_lse: bool)
                    f"exact_up_to={config.exact_up_to} tokens")
         return Explanation("exact", kernel if return_lse else "sdpa", why + ("; with lse" if return_lse else ""))
     device = "fp16/bf16 CUDA tensors" if use_triton else f"{q.dtype} on {q.device}"
+    if config.selected_blocks and config.sample_size and config.impl == "auto":
+        device = "selected_blocks with sample_size > 0 (the fused kernels sample only without selection)"
     why = f"{nq} queries over {nk} keys above the exactness limits; {device}, impl={config.impl!r}"
     return Explanation("approximate", kernel, why, causal_schedule(nq, nk, config.min_seq_len) if causal else None)
 

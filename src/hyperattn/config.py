@@ -84,6 +84,16 @@ class HyperAttentionConfig:
             rectangle's keys, normalized over its last ``hyperattn.plan.PROBE_NORM_KEYS`` keys
             (causal) or every key (non-causal), summed over probes and the query heads of each kv
             head. ``>= 1``.
+        selected_blocks: per approximated rectangle, each query also attends exactly to its own
+            ``selected_blocks`` blocks of ``selected_block_size`` consecutive keys: those whose mean
+            key (over the keys that are neither sinks nor heavy) scores highest against the query.
+            They replace the query's LSH block (``block_size``, ``query_blocks`` and
+            ``lsh_num_projs`` then only order the keys for sampling); the sample part skips them.
+            A query's choice depends on its own vector and the keys, so causal calls stay strictly
+            causal. The fused kernels run it with ``sample_size=0`` (the configs it is meant for);
+            with samples ``impl="auto"`` takes the reference executor and ``impl="triton"`` is
+            refused. ``>= 0`` (0: the LSH block).
+        selected_block_size: keys per selected block. ``>= 1``.
         exact_tail: the last ``exact_tail`` queries attend exactly to every key they see
             (causal or not), in place of their approximated rows. A prompt's question usually
             sits at its end, and decoding is exact anyway. ``>= 0``; a call with at most
@@ -120,6 +130,12 @@ class HyperAttentionConfig:
     probe_queries: int = field(default=64, metadata={
         "help": "queries whose attention estimates the key masses for heavy_keys and mass sampling: in a causal "
                 "call, the ones just before each rectangle"})
+    selected_blocks: int = field(default=0, metadata={
+        "help": "per approximated rectangle, each query attends to this many blocks of selected_block_size "
+                "consecutive keys whose mean key scores highest against it, in place of its LSH block "
+                "(fused kernels: with sample_size 0 only); 0: the LSH block"})
+    selected_block_size: int = field(default=8, metadata={
+        "help": "keys per selected block (selected_blocks)"})
     query_blocks: str = field(default="bucket", metadata={
         "help": "which key block a query attends to: bucket (where the keys of its own bucket sit: strictly "
                 "causal) or rank (the paper's: by its rank among the queries; faster, but in causal calls it "
@@ -136,6 +152,8 @@ class HyperAttentionConfig:
         _check_int("exact_up_to", self.exact_up_to, 0)
         _check_int("heavy_keys", self.heavy_keys, 0)
         _check_int("probe_queries", self.probe_queries, 1)
+        _check_int("selected_blocks", self.selected_blocks, 0)
+        _check_int("selected_block_size", self.selected_block_size, 1)
         if not isinstance(self.sampling, str) or self.sampling not in SAMPLING_METHODS:
             raise ValueError(
                 f"HyperAttentionConfig.sampling must be one of {SAMPLING_METHODS}, got {self.sampling!r}"

@@ -20,16 +20,21 @@ def dense_pattern_attention(q, k, v, plan, scale):
             g = h // (hq // hkv)
             heavy = set(plan.sample_idx[z, g, :plan.heavy].tolist())
             weights = torch.zeros(nq, nk, dtype=torch.float64)
-            query_block = {}
-            for rank, i in enumerate(plan.q_perm[z, h].tolist()):
-                block = int(blocks[rank] if blocks.dim() == 1 else blocks[z, h, rank])
-                query_block[i] = block
-                for j in plan.k_perm[z, g, block * b:(block + 1) * b].tolist():
-                    weights[i, j] += j not in heavy
-            for j, block, logw in zip(plan.sample_idx[z, g].tolist(), plan.sample_block[z, g].tolist(),
-                                      plan.sample_log_weight[z, g].tolist()):
+            own = {}  # query -> the keys its block part attends to (heavy keys aside)
+            if plan.selected is not None:
+                s = plan.selected_block_size
                 for i in range(nq):
-                    if query_block[i] != block:
+                    own[i] = {j for c in plan.selected[z, h, i].tolist() for j in range(c * s, min(nk, (c + 1) * s))}
+            else:
+                for rank, i in enumerate(plan.q_perm[z, h].tolist()):
+                    block = int(blocks[rank] if blocks.dim() == 1 else blocks[z, h, rank])
+                    own[i] = set(plan.k_perm[z, g, block * b:(block + 1) * b].tolist())
+            for i, keys in own.items():
+                for j in keys - heavy:
+                    weights[i, j] += 1
+            for t, (j, logw) in enumerate(zip(plan.sample_idx[z, g].tolist(), plan.sample_log_weight[z, g].tolist())):
+                for i in range(nq):
+                    if t < plan.heavy or j not in own[i]:
                         weights[i, j] += torch.tensor(logw, dtype=torch.float64).exp()
             a = weights * torch.exp(scale * q[z, h].double() @ k[z, g].double().T)
             out[z, h] = (a @ v[z, g].double()) / a.sum(1, keepdim=True)
@@ -59,6 +64,13 @@ def make_test_plan(q, k, v, seed=0, **cfg):
         (dict(batch=1, hq=3, hkv=1, nq=33, nk=80, d=4), dict(block_size=8, sample_size=4, heavy_keys=5,
                                                            sampling="mass", probe_queries=4, lsh_num_projs=2,
                                                            query_blocks="bucket")),
+        # selected blocks: a short last block, samples inside and outside them, heavy keys in them, GQA
+        (dict(batch=2, hq=4, hkv=2, nq=30, nk=53, d=8), dict(selected_blocks=3, selected_block_size=4,
+                                                           sample_size=9, exact_sinks=0)),
+        (dict(batch=1, hq=3, hkv=1, nq=33, nk=80, d=4), dict(selected_blocks=4, selected_block_size=5, heavy_keys=6,
+                                                           sample_size=7, sampling="mass", probe_queries=4)),
+        (dict(batch=1, hq=2, hkv=1, nq=20, nk=11, d=4), dict(selected_blocks=9, selected_block_size=2,
+                                                           sample_size=0)),  # more blocks asked than there are
     ],
 )
 def test_reference_matches_dense_pattern(shape, cfg):

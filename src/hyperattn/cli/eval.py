@@ -63,8 +63,8 @@ def add_eval_parser(commands) -> None:
                            help="consecutive windows from the start of the text")
     attention.add_argument("--seeds", type=seed_list, default=[0], help="comma-separated seeds of HyperAttention")
     attention.add_argument("--budget", type=positive_int,
-                           help="keys per query of the references (default: block_size + sample_size + heavy_keys + "
-                                "exact_sinks)")
+                           help="keys per query of the references (default: block_size, or selected_blocks * "
+                                "selected_block_size, + sample_size + heavy_keys + exact_sinks)")
     attention.add_argument("--streaming-sinks", type=numbers(int, 0), default=16,
                            help="first keys of the streaming reference; the rest of the budget is its local window "
                            "(default: %(default)s)")

@@ -55,11 +55,12 @@ class CapturedAttention:
 
 
 def default_budget(config: HyperAttentionConfig) -> int:
-    """Keys a query of an approximated rectangle computes: its LSH block, the samples, the heavy
-    keys and the exact sinks (``block_size + sample_size + heavy_keys + exact_sinks``). Its exact
-    diagonal leaf and the other levels' rectangles come on top, so this understates what
-    HyperAttention reads."""
-    return config.block_size + config.sample_size + config.heavy_keys + config.exact_sinks
+    """Keys a query of an approximated rectangle computes: its LSH block (or its selected blocks,
+    ``selected_blocks * selected_block_size``), the samples, the heavy keys and the exact sinks.
+    Its exact diagonal leaf and the other levels' rectangles come on top, so this understates
+    what HyperAttention reads."""
+    own = config.selected_blocks * config.selected_block_size if config.selected_blocks else config.block_size
+    return own + config.sample_size + config.heavy_keys + config.exact_sinks
 
 
 def captured_layers(model, layers="all", include_sliding: bool = False) -> list[int]:

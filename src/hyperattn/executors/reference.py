@@ -108,8 +108,9 @@ def hyper_attention_reference(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Non-causal HyperAttention over the pattern of ``plan``.
 
-    Each query attends exactly to its key block (``AttentionPlan.query_blocks``), plus the sampled keys
-    outside that block with their importance weights; the two parts are merged by lse.
+    Each query attends exactly to its key block (``AttentionPlan.query_blocks``), or to its selected
+    blocks (``AttentionPlan.selected``), plus the sampled keys outside them with their importance
+    weights; the two parts are merged by lse.
     ``skip`` drops the (query, key) pairs that an exact part computes instead.
     q (Z, Hq, Nq, D), k (Z, Hkv, Nk, D), v (Z, Hkv, Nk, Dv) -> out (Z, Hq, Nq, Dv), lse (Z, Hq, Nq).
     """
@@ -117,6 +118,9 @@ def hyper_attention_reference(
     q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     z, hq, nq, d = q.shape
     hkv, nk, dv = k.shape[1], k.shape[2], v.shape[-1]
+    if plan.selected is not None:
+        out, lse = _selected_blocks_attention(q, k, v, plan, scale, skip)
+        return _merge_samples(q, k, v, plan, scale, skip, out, lse, _samples_in_selected_blocks(plan))
     groups = hq // hkv
     block = plan.block_size
     num_blocks = num_key_blocks(nk, block)
@@ -153,16 +157,37 @@ def hyper_attention_reference(
     query_slot = _take(layout.rank_slot, query_rank)
     out = _gather_rows(out_tiles, query_slot)
     lse = lse_tiles.reshape(z, hq, num_tiles * tile_rows).gather(-1, query_slot)
+    query_block = _grouped(_take(layout.rank_block, query_rank).unsqueeze(-1), hkv)
+    return _merge_samples(q, k, v, plan, scale, skip, out, lse,
+                          lambda: query_block == plan.sample_block[:, :, None, None, :])
+
+
+def _samples_in_selected_blocks(plan: AttentionPlan) -> Callable[[], torch.Tensor]:
+    """(Z, Hkv, G, Nq, m) bool: the samples in one of the query's selected blocks (heavy keys have
+    sample block -1: every query attends to them through the samples)."""
+    def own_keys() -> torch.Tensor:
+        z, hq, nq, _ = plan.selected.shape
+        selected = plan.selected.reshape(z, plan.sample_block.shape[1], hq // plan.sample_block.shape[1], nq, 1, -1)
+        return (selected == plan.sample_block[:, :, None, None, :, None]).any(-1)
+
+    return own_keys
+
+
+def _merge_samples(q, k, v, plan: AttentionPlan, scale: float, skip: Exclusion | None, out, lse,
+                   own_keys: Callable[[], torch.Tensor]):
+    """Merge the sampled residual into (out, lse): every query against the m samples of its kv
+    head, except those ``own_keys()`` ((Z, Hkv, G, Nq, m) bool) says its block part already
+    attends to, and those ``skip`` drops."""
+    dtype = q.dtype
+    z, hq, nq, _ = q.shape
+    hkv, nk, dv = k.shape[1], k.shape[2], v.shape[-1]
     if plan.sample_idx.shape[-1] == 0:
         return out, lse
-
-    # Sampled residual: every query against the m samples of its kv head, own block masked.
     k_samples = _gather_rows(k, plan.sample_idx).unsqueeze(2)
     v_samples = _gather_rows(v, plan.sample_idx).unsqueeze(2)
     scores = torch.einsum("zhgqd,zhgsd->zhgqs", _grouped(q, hkv), k_samples) * scale
     scores = scores + plan.sample_log_weight.to(dtype)[:, :, None, None, :]
-    query_block = _grouped(_take(layout.rank_block, query_rank).unsqueeze(-1), hkv)
-    skipped = query_block == plan.sample_block[:, :, None, None, :]  # own block
+    skipped = own_keys()
     if skip is not None:
         query_pos = _grouped(skip.query_pos.expand(z, hq, nq).unsqueeze(-1), hkv)
         sample_pos = skip.key_pos.expand(z, hkv, nk).gather(-1, plan.sample_idx)[:, :, None, None, :]
@@ -170,6 +195,38 @@ def hyper_attention_reference(
     probs, lse_samples = masked_softmax_lse(scores.masked_fill(skipped, -torch.inf))
     out_samples = (probs @ v_samples).reshape(z, hq, nq, dv)
     return merge_attention(out, lse, out_samples, lse_samples.reshape(z, hq, nq))
+
+
+def _selected_blocks_attention(q, k, v, plan: AttentionPlan, scale: float, skip: Exclusion | None):
+    """Each query against the keys of its selected blocks (``plan.selected``), except heavy keys,
+    keys past the end and the pairs ``skip`` drops (sinks among them); queries in chunks of at most ``EXACT_CHUNK_ELEMENTS`` gathered key
+    elements. q (Z, Hq, Nq, D) etc. in the compute dtype -> out (Z, Hq, Nq, Dv), lse (Z, Hq, Nq)."""
+    z, hq, nq, d = q.shape
+    hkv, nk, dv = k.shape[1], k.shape[2], v.shape[-1]
+    groups = hq // hkv
+    block = plan.selected_block_size
+    per_query = plan.selected.shape[-1] * block
+    dead = torch.zeros(z, hkv, nk + 1, dtype=torch.bool, device=q.device)  # index nk: past the end
+    dead[..., nk] = True
+    dead.scatter_(-1, plan.sample_idx[..., :plan.heavy], True)
+    outs, lses = [], []
+    chunk = max(1, EXACT_CHUNK_ELEMENTS // max(1, z * hq * per_query * max(d, dv)))
+    for lo in range(0, nq, chunk):
+        hi = min(nq, lo + chunk)
+        keys = (plan.selected[:, :, lo:hi, :, None] * block + torch.arange(block, device=q.device)).flatten(-2)
+        keys = keys.clamp(max=nk).view(z, hkv, groups * (hi - lo) * per_query)  # (Z, Hkv, G * C * s * block)
+        k_sel = _gather_rows(k, keys.clamp(max=nk - 1)).view(z, hkv, groups, hi - lo, per_query, d)
+        v_sel = _gather_rows(v, keys.clamp(max=nk - 1)).view(z, hkv, groups, hi - lo, per_query, dv)
+        masked = dead.gather(-1, keys).view(z, hkv, groups, hi - lo, per_query)
+        if skip is not None:
+            query_pos = _grouped(skip.query_pos.expand(z, hq, nq)[:, :, lo:hi, None], hkv)
+            key_pos = skip.key_pos.expand(z, hkv, nk).gather(-1, keys.clamp(max=nk - 1))
+            masked = masked | skip.mask(query_pos, key_pos.view(z, hkv, groups, hi - lo, per_query))
+        scores = torch.einsum("zhgqd,zhgqkd->zhgqk", _grouped(q[:, :, lo:hi], hkv), k_sel) * scale
+        probs, lse = masked_softmax_lse(scores.masked_fill(masked, -torch.inf))
+        outs.append(torch.einsum("zhgqk,zhgqkd->zhgqd", probs, v_sel).reshape(z, hq, hi - lo, dv))
+        lses.append(lse.reshape(z, hq, hi - lo))
+    return torch.cat(outs, 2), torch.cat(lses, 2)
 
 
 def _merge_into(out, lse, rects: Rectangles, part_out, part_lse):

@@ -18,6 +18,7 @@ from hyperattn.plan.blocks import (bucket_query_blocks, max_queries_per_block, n
 from hyperattn.plan.lsh import (gray_code_rank, inverse_permutation, lsh_buckets, lsh_directions, ranks_in_sort,
                                 sort_lsh, sort_lsh_permutation)
 from hyperattn.plan.sampling import probe_key_mass, sample_keys, value_sq_norms
+from hyperattn.plan.selection import block_centroids, select_key_blocks
 from hyperattn.plan.schedule import CausalSchedule, Rectangles, Rows, causal_schedule
 
 # Share of uniform draws in mass sampling: p_j = (1 - s) * estimated mass share + s / Nk.
@@ -46,8 +47,9 @@ class AttentionPlan:
       is None, ``query_block_of_rank(Nq, Nk, block_size)[p]`` (``hyperattn.plan.blocks``).
     - ``sample_idx``: int64 (Z, Hkv, m), original indices of the sampled keys (shared by the
       query heads of a kv head).
-    - ``sample_block``: int64 (Z, Hkv, m), key block of each sampled key; a query skips the
-      samples of its own block, which the block part already counts.
+    - ``sample_block``: int64 (Z, Hkv, m), key block of each sampled key (with ``selected``: its
+      selected-block index, ``sample_idx // selected_block_size``); a query skips the samples of
+      its own block (its selected blocks), which the block part already counts.
     - ``sample_log_weight``: (Z, Hkv, m) float, log importance weight added to the score of
       each sampled term.
     - ``sinks`` (``HyperAttentionConfig.exact_sinks``, non-causal calls only): every query also
@@ -61,6 +63,10 @@ class AttentionPlan:
       (problem, kv head) are its heavy keys, attended exactly by every query (log-weight 0,
       ``sample_block`` -1); the block part skips them (``make_plan`` sorts them after the
       other keys).
+    - ``selected`` (``HyperAttentionConfig.selected_blocks``): int64 (Z, Hq, Nq, s), ascending, the
+      blocks of ``selected_block_size`` consecutive keys (in original key order) that each query
+      (original order) attends to exactly in place of its LSH block, skipping sinks and heavy
+      keys; the sample part skips the keys of those blocks. None: the LSH block.
     """
 
     q_perm: torch.Tensor
@@ -72,6 +78,8 @@ class AttentionPlan:
     sinks: int = 0
     q_block: torch.Tensor | None = None
     heavy: int = 0
+    selected: torch.Tensor | None = None
+    selected_block_size: int = 0
 
     def query_blocks(self) -> torch.Tensor:
         """int64 key block of each sorted query rank: (Z, Hq, Nq), or (Nq,) under the rank rule."""
@@ -91,6 +99,7 @@ def make_plan(
     sinks: int = 0,
     sink_stride: int = 1,
     key_mass: torch.Tensor | None = None,
+    rows: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> AttentionPlan:
     """Sort and sample for Z problems, given the LSH buckets of their rows.
 
@@ -111,6 +120,8 @@ def make_plan(
             value less one), lead the samples at log-weight 0 with block -1 (every query
             attends to them), and draws of them weigh nothing. With ``sampling="mass"`` the
             draws follow the mass of the other keys, mixed with a uniform share.
+        rows: the problems' query rows (Z, Hq, Nq, D) and key rows (Z, Hkv, Nk, D), which
+            ``config.selected_blocks`` needs (``select_key_blocks``).
     """
     z, num_kv_heads, num_keys = k_buckets.shape
     sinks = min(sinks, num_keys)
@@ -122,8 +133,11 @@ def make_plan(
     def with_sinks(x):  # (Z, Hkv, L) -> a view of problems 0, sink_stride, 2 * sink_stride, ...
         return x.view(-1, sink_stride, *x.shape[1:])[:, 0]
 
-    live = None  # keys neither sinks nor heavy, where heavy keys or mass sampling need them
-    if heavy or (config.sampling == "mass" and key_mass is not None):
+    selecting = config.selected_blocks > 0
+    if selecting and rows is None:
+        raise ValueError("make_plan: config.selected_blocks needs the problems' rows")
+    live = None  # keys neither sinks nor heavy, where heavy keys, mass sampling or selection need them
+    if heavy or (config.sampling == "mass" and key_mass is not None) or (selecting and sinks):
         live = torch.ones(k_buckets.shape, dtype=torch.bool, device=device)
         with_sinks(live)[..., :sinks] = False
     heavy_idx, num_heavy = None, 0
@@ -156,13 +170,20 @@ def make_plan(
         sample_log_weight.masked_fill_(~live.gather(-1, sample_idx), -torch.inf)
     elif sinks and sample_idx.numel():
         with_sinks(sample_log_weight).masked_fill_(with_sinks(sample_idx) < sinks, -torch.inf)
-    sample_block = ranks_in_sort(k_buckets, k_sorted, k_perm, sample_idx) // config.block_size
+    if selecting:
+        sample_block = sample_idx // config.selected_block_size
+    else:
+        sample_block = ranks_in_sort(k_buckets, k_sorted, k_perm, sample_idx) // config.block_size
     if heavy:  # heavy keys lead the samples, at weight one, in no query's block
         sample_idx = torch.cat((heavy_idx, sample_idx), -1)
         sample_block = torch.cat((torch.full_like(heavy_idx, -1), sample_block), -1)
         sample_log_weight = torch.cat((sample_log_weight.new_zeros(heavy_idx.shape), sample_log_weight), -1)
+    selected = None
+    if selecting:
+        selected = select_key_blocks(*rows, live, config.selected_block_size, config.selected_blocks)
     return AttentionPlan(q_perm, k_perm, sample_idx, sample_block, sample_log_weight, config.block_size,
-                         q_block=q_block, heavy=num_heavy)
+                         q_block=q_block, heavy=num_heavy, selected=selected,
+                         selected_block_size=config.selected_block_size if selecting else 0)
 
 
 @dataclass(frozen=True)
@@ -186,15 +207,16 @@ class CausalPlan:
 
 PLAN_TENSORS = ("q_perm", "k_perm", "sample_idx", "sample_block", "sample_log_weight")
 _NO_PLAN, _NON_CAUSAL, _CAUSAL = 0, 1, 2
-_CAUSAL_FIELDS = 10  # a causal plan's ints after the kind, before each plan's heavy
+_CAUSAL_FIELDS = 11  # a causal plan's ints after the kind, before each plan's heavy
 
 
 def flatten_plan(plan: AttentionPlan | CausalPlan | None) -> tuple[list[torch.Tensor], list[int]]:
     """A plan as (tensors, ints), the form in which it crosses a custom op's boundary
     (``unflatten_plan`` inverts it): the ``PLAN_TENSORS`` of each ``AttentionPlan`` (a causal
     plan's levels in order, then its prefix plan), each followed by its ``q_block`` under the
-    ``"bucket"`` rule, and a few ints that say what they are (last: whether the plans carry
-    ``q_block``, then each plan's ``heavy``)."""
+    ``"bucket"`` rule and its ``selected`` blocks where it has them, and a few ints that say what
+    they are (last: whether the plans carry ``q_block``, their ``selected_block_size`` (0: no
+    selection), then each plan's ``heavy``)."""
     if plan is None:
         return [], [_NO_PLAN]
     if isinstance(plan, AttentionPlan):
@@ -202,17 +224,19 @@ def flatten_plan(plan: AttentionPlan | CausalPlan | None) -> tuple[list[torch.Te
     else:
         plans = [*plan.level_plans, *([plan.prefix_plan] if plan.prefix_plan is not None else [])]
     bucket = int(any(p.q_block is not None for p in plans))
-    if bucket and not all(p.q_block is not None for p in plans):
-        raise ValueError("flatten_plan: a causal plan's levels must share one query-block rule")
+    selected = plans[0].selected_block_size if plans and plans[0].selected is not None else 0
+    if (bucket and not all(p.q_block is not None for p in plans)) or (
+            selected and not all(p.selected_block_size == selected and p.selected is not None for p in plans)):
+        raise ValueError("flatten_plan: a causal plan's levels must share one query-block rule and block selection")
     tensors = [t for p in plans for t in (*(getattr(p, name) for name in PLAN_TENSORS),
-                                           *((p.q_block,) if bucket else ()))]
+                                           *((p.q_block,) if bucket else ()), *((p.selected,) if selected else ()))]
     heavy = [p.heavy for p in plans]
     if isinstance(plan, AttentionPlan):
-        return tensors, [_NON_CAUSAL, plan.block_size, plan.sinks, bucket, *heavy]
+        return tensors, [_NON_CAUSAL, plan.block_size, plan.sinks, bucket, selected, *heavy]
     s = plan.schedule
     block_size = plans[0].block_size if plans else 0
     return tensors, [_CAUSAL, s.num_queries, s.num_keys, s.head_len, s.leaf_len, s.num_levels, block_size,
-                     plan.sinks, plan.window, int(plan.prefix_plan is not None), bucket, *heavy]
+                     plan.sinks, plan.window, int(plan.prefix_plan is not None), bucket, selected, *heavy]
 
 
 def unflatten_plan(tensors: list[torch.Tensor], ints: list[int]) -> AttentionPlan | CausalPlan | None:
@@ -221,15 +245,22 @@ def unflatten_plan(tensors: list[torch.Tensor], ints: list[int]) -> AttentionPla
     if kind == _NO_PLAN:
         return None
     if kind == _NON_CAUSAL:
-        block_size, sinks, bucket, heavy = fields
-        return AttentionPlan(*tensors[:len(PLAN_TENSORS)], block_size=block_size, sinks=sinks,
-                             q_block=tensors[-1] if bucket else None, heavy=heavy)
-    *schedule_ints, block_size, sinks, window, has_prefix_plan, bucket = fields[:_CAUSAL_FIELDS]
-    heavy = fields[_CAUSAL_FIELDS:]
-    per_plan = len(PLAN_TENSORS) + bucket
-    plans = [AttentionPlan(*tensors[i * per_plan:i * per_plan + len(PLAN_TENSORS)], block_size=block_size,
-                           q_block=tensors[i * per_plan + len(PLAN_TENSORS)] if bucket else None, heavy=heavy[i])
-             for i in range(len(heavy))]
+        block_size, sinks, bucket, selected, heavy = fields
+        heavy_per_plan = [heavy]
+    else:
+        *schedule_ints, block_size, sinks, window, has_prefix_plan, bucket, selected = fields[:_CAUSAL_FIELDS]
+        heavy_per_plan = fields[_CAUSAL_FIELDS:]
+    per_plan = len(PLAN_TENSORS) + bucket + bool(selected)
+
+    def plan_at(i: int) -> AttentionPlan:
+        own = tensors[i * per_plan:(i + 1) * per_plan]
+        return AttentionPlan(*own[:len(PLAN_TENSORS)], block_size=block_size, q_block=own[len(PLAN_TENSORS)] if bucket
+                             else None, heavy=heavy_per_plan[i], selected=own[-1] if selected else None,
+                             selected_block_size=selected)
+
+    if kind == _NON_CAUSAL:
+        return replace(plan_at(0), sinks=sinks)
+    plans = [plan_at(i) for i in range(len(heavy_per_plan))]
     prefix_plan = plans.pop() if has_prefix_plan else None
     return CausalPlan(CausalSchedule(*schedule_ints), plans, prefix_plan, sinks, window)
 
@@ -283,7 +314,8 @@ def plan_hyper_attention(
                                  device=generator.device).to(q.device)
             all_keys = Rows(start=0, stride=0, length=k.shape[2])
             key_mass = probe_mass(q[:, :, rows], k, all_keys, 1, scale, None, sinks, 0)
-        plan = make_plan(q_buckets, k_buckets, config, generator, sq_norms, weight_dtype, sinks, key_mass=key_mass)
+        plan = make_plan(q_buckets, k_buckets, config, generator, sq_norms, weight_dtype, sinks, key_mass=key_mass,
+                         rows=(q, k) if config.selected_blocks else None)
         return replace(plan, sinks=sinks)
     schedule = causal_schedule(q.shape[2], k.shape[2], config.min_seq_len)
     sinks = min(config.exact_sinks, schedule.max_sinks)
@@ -297,12 +329,14 @@ def plan_hyper_attention(
     for rects, key_mass in zip(levels, masses):
         level_norms = None if sq_norms is None else rects.keys.take(sq_norms, rects.count)
         level_plans.append(make_plan(*rects.take(q_buckets, k_buckets), config, generator, level_norms, weight_dtype,
-                                     main_sinks, rects.count, key_mass=key_mass))
+                                     main_sinks, rects.count, key_mass=key_mass,
+                                     rows=rects.take(q, k) if config.selected_blocks else None))
     prefix_plan = None
     if prefix:
         prefix_norms = None if sq_norms is None else prefix.keys.take(sq_norms, 1)
         prefix_plan = make_plan(*prefix.take(q_buckets, k_buckets), config, generator, prefix_norms, weight_dtype,
-                                prefix_sinks, key_mass=masses[-1])
+                                prefix_sinks, key_mass=masses[-1],
+                                rows=prefix.take(q, k) if config.selected_blocks else None)
     return CausalPlan(schedule, level_plans, prefix_plan, sinks, config.exact_window)
 
 
@@ -313,6 +347,7 @@ __all__ = [
     "PLAN_TENSORS",
     "Rectangles",
     "Rows",
+    "block_centroids",
     "causal_schedule",
     "flatten_plan",
     "gray_code_rank",
@@ -328,6 +363,7 @@ __all__ = [
     "query_block_of_rank",
     "ranks_in_sort",
     "sample_keys",
+    "select_key_blocks",
     "sort_lsh",
     "sort_lsh_permutation",
     "unflatten_plan",

@@ -81,6 +81,14 @@ CASES = [
     ("rank window", 1, 4, 2, 16384, 16384, 64, 64, True, dict(exact_window=1024, min_seq_len=2048, **RANK)),
     ("window wide prefill", 1, 4, 2, 6000, 16384, 128, 128, True,
      dict(exact_window=3000, query_blocks="bucket", heavy_keys=448, block_size=64, sample_size=0, min_seq_len=2048)),
+    # selected blocks: each query's own runs of keys, gathered per row, besides the heavy keys
+    ("selected heavy", 1, 4, 4, 12000, 12000, 64, 64, True,
+     dict(selected_blocks=8, selected_block_size=8, heavy_keys=448, sample_size=0, exact_sinks=0, min_seq_len=2048)),
+    ("selected gqa d128 window", 1, 8, 2, 6000, 16384, 128, 128, True,
+     dict(selected_blocks=16, selected_block_size=4, heavy_keys=256, sample_size=0, exact_window=512,
+          min_seq_len=2048)),
+    ("selected non-causal sinks", 2, 4, 2, 9000, 10000, 64, 64, False,
+     dict(selected_blocks=8, selected_block_size=8, heavy_keys=100, sample_size=0, sampling="mass")),
 ]
 
 # Cases whose cuDNN leaf backward runs one kv head (and its query heads) a call, as it does

@@ -88,6 +88,16 @@ CONFIG_CASES = {
                                          dict(exact_window=7, query_blocks="bucket", heavy_keys=3, probe_queries=4,
                                               sampling="mass")),
     "window-head-gqa-sinks": ((4, 2, 77, 77, 16, 16, 8, 10, 8, True), dict(exact_window=11, exact_sinks=4)),
+    # selected blocks (no samples): each query's own runs of keys, heavy keys and sinks skipped
+    "selected-causal-gqa-heavy": ((4, 2, 96, 96, 32, 32, 16, 0, 16, True),
+                                  dict(selected_blocks=3, selected_block_size=4, heavy_keys=5, probe_queries=4,
+                                       exact_sinks=3)),
+    "selected-noncausal-sinks-heavy": ((2, 1, 70, 45, 16, 16, 8, 0, 8, False),
+                                       dict(selected_blocks=2, selected_block_size=8, exact_sinks=2, heavy_keys=3)),
+    "selected-window-prefill": ((2, 1, 64, 90, 16, 16, 8, 0, 8, True),
+                                dict(selected_blocks=4, selected_block_size=2, exact_window=5, exact_sinks=2)),
+    "selected-noncausal-odd-block": ((2, 2, 40, 37, 16, 24, 8, 0, 8, False),  # one part, blocks of 5 keys
+                                     dict(selected_blocks=3, selected_block_size=5)),
 }
 CASES.update({name: shape for name, (shape, _) in CONFIG_CASES.items()})
 BATCH = {"tail-causal-sinks-gqa": 2, "noncausal-sinks": 2}  # batch 1 elsewhere

@@ -23,8 +23,10 @@ from hyperattn.executors.triton.backward import (
     hyper_bwd_dq_kernel,
     hyper_bwd_samples_kernel,
 )
+from hyperattn.executors.triton.common import NO_BLOCK
 from hyperattn.executors.triton.forward import (dense_fwd_kernel, hyper_fwd_kernel, merge_copies_kernel,
                                                merge_leaves_kernel)
+from hyperattn.executors.triton.selected import selected_backward, selected_forward
 from hyperattn.executors.triton.tiles import (KERNEL_FAMILIES, fit_tiles, index_widths, launch_config, query_chunk,
                                              tile_width)
 from hyperattn.plan.blocks import num_key_blocks
@@ -64,11 +66,20 @@ def _strides(*tensors) -> list[int]:
     return out
 
 
+def _query_blocks(plan) -> torch.Tensor | None:
+    """The q_block the hyper kernels take: the plan's, or with selected blocks (which replace the
+    LSH block) every query in no key block (``NO_BLOCK``), so that their block loops run empty."""
+    if plan.selected is None:
+        return plan.q_block
+    return torch.full(plan.selected.shape[:3], NO_BLOCK.value, dtype=torch.int64, device=plan.selected.device)
+
+
 def _hyper_tiles(part: Part, block_m: int) -> tuple[int, int, int]:
     """(query tiles per key block, key blocks, tiles) of a hyper part; under the bucket rule
-    (``AttentionPlan.q_block``) the tiles are consecutive sorted queries, whatever their blocks."""
+    (``AttentionPlan.q_block``) or with selected blocks the tiles are consecutive sorted queries,
+    whatever their blocks."""
     num_blocks = num_key_blocks(part.num_keys, part.plan.block_size)
-    if part.plan.q_block is not None:
+    if part.plan.q_block is not None or part.plan.selected is not None:
         return 0, num_blocks, triton.cdiv(part.num_queries, block_m)
     tiles_per_block = -(-part.queries_per_key_block // block_m)
     return tiles_per_block, num_blocks, tiles_per_block * num_blocks
@@ -123,12 +134,14 @@ def _launch_forward(q, k, v, out, lse, part: Part, scale: float, merge: bool, he
             samples = tuple(_without_heavy(x, p.heavy) for x in samples)
             num_samples -= p.heavy
         hyper_fwd_kernel[(problems * tiles,)](
-            q, k, v, out, lse, p.q_perm, p.k_perm, *samples, p.q_block, heavy_out, heavy_lse,
+            q, k, v, out, lse, p.q_perm, p.k_perm, *samples, _query_blocks(p), heavy_out, heavy_lse,
             scale_log2, *strides, *(heavy_out.stride()[:4] if heavy_done else (0,) * 4),
             *(heavy_lse.stride() if heavy_done else (0,) * 4), part.num_queries, part.num_keys, num_samples,
             p.block_size, tiles_per_block, tiles, *_rows(part), *heads, part.sinks, part.exact_keys, p.heavy,
             part.window_edge, MERGE=merge, WINDOW=part.skips_window,
             **_query_side_widths(part, cfg, num_samples), **_dims(q, v), **cfg)
+        if p.selected is not None:
+            selected_forward(q, k, v, out, lse, part, scale, _dims(q, v), strides)
 
 
 def _cudnn_runs(q, k, v, part: Part, direction: str) -> bool:
@@ -201,7 +214,7 @@ def _parts_forward(q, k, v, parts: list[Part], scale: float, poison: bool):
         out.fill_(float("nan"))
         lse.fill_(float("nan"))
     parts = [part for part in parts if not part.key_grads_only]
-    if len(parts) == 1:
+    if len(parts) == 1 and (parts[0].plan is None or parts[0].plan.selected is None):  # selected blocks merge
         _launch_forward(q, k, v, out, lse, parts[0], scale, merge=False,
                         heavy_done=_heavy_by_cudnn(q, k, v, parts[0], scale))
         return out, lse
@@ -346,6 +359,10 @@ def attention_backward(dout, dlse, q, k, v, out, lse, parts: list[Part], scale: 
         problems = batch * part.count
         p = part.plan
         num_samples = 0 if p is None else p.sample_idx.shape[-1]
+        q_block = None if p is None else _query_blocks(p)
+        if p is not None and p.selected is not None:  # into the accumulators, before the part's own writes
+            selected_backward(q, k, v, dout, lse, delta, accumulator("dq", dq), accumulator("dk", dk),
+                              accumulator("dv", dvv), part, scale, dims, strides)
         if num_samples:
             cfg = cfgs["hyper_samples"]
             block_m, block_n = cfg["BLOCK_M"], cfg["BLOCK_N"]
@@ -357,7 +374,7 @@ def attention_backward(dout, dlse, q, k, v, out, lse, parts: list[Part], scale: 
             segments = triton.cdiv(part.num_queries, segment_len)
             hyper_bwd_samples_kernel[(problems * num_kv_heads * sample_chunks * segments,)](
                 q, k, v, dout, lse, delta, accumulator("dk", dk), accumulator("dv", dvv),
-                p.q_perm, p.sample_idx, p.sample_block, p.sample_log_weight, p.q_block,
+                p.q_perm, p.sample_idx, p.sample_block, p.sample_log_weight, q_block,
                 scale, scale_log2, *strides, part.num_queries, part.num_keys, num_samples, p.block_size, sample_chunks,
                 segments, segment_len, *_rows(part), *kv_heads, part.window_edge, WINDOW=part.skips_window, **dims, **cfg,
                 QUERY_CHUNK=query_chunk(segment_len, block_m))
@@ -372,7 +389,8 @@ def attention_backward(dout, dlse, q, k, v, out, lse, parts: list[Part], scale: 
         tiles_per_block, num_blocks, tiles = _hyper_tiles(part, cfg_dq["BLOCK_M"])
         hyper_bwd_dq_kernel[(problems * num_q_heads * tiles,)](
             q, k, v, dout, lse, delta, dq_acc, dq, p.q_perm, p.k_perm, p.sample_idx, p.sample_block,
-            p.sample_log_weight, p.q_block, scale, scale_log2, *strides, part.num_queries, part.num_keys, num_samples,
+            p.sample_log_weight, q_block, scale, scale_log2, *strides, part.num_queries, part.num_keys,
+            num_samples,
             p.block_size, tiles_per_block, tiles, *_rows(part), num_q_heads, group, part.sinks, part.exact_keys,
             p.heavy, part.window_edge, WRITE=dq_mode, WINDOW=part.skips_window,
             **_query_side_widths(part, cfg_dq, num_samples), **dims, **cfg_dq)
@@ -380,7 +398,7 @@ def attention_backward(dout, dlse, q, k, v, out, lse, parts: list[Part], scale: 
         key_tiles = key_tiles_per_block * num_blocks
         hyper_bwd_dkdv_kernel[(problems * num_kv_heads * key_tiles,)](
             q, k, v, dout, lse, delta, dk_acc, dk, dv_acc, dvv, p.q_perm, p.k_perm,
-            None if p.q_block is None else _block_query_offsets(p.q_block, num_blocks), scale, scale_log2, *strides,
+            None if q_block is None else _block_query_offsets(q_block, num_blocks), scale, scale_log2, *strides,
             part.num_queries, part.num_keys, p.block_size, key_tiles_per_block, key_tiles, *_rows(part), *kv_heads,
             part.sinks, p.heavy, num_blocks, part.window_edge, WRITE=dkdv_mode, WINDOW=part.skips_window, **dims, **cfg_dkdv,
             QUERY_CHUNK=query_chunk(part.queries_per_key_block, cfg_dkdv["BLOCK_M"]))

@@ -77,7 +77,7 @@ def _written_lse2(Lse, lse_rows, rmask, MERGE: tl.constexpr):
 
 
 @triton.jit
-def _open_query_tile(Q, K, V, Lse, batch, h, hk, q_rows, rmask, stride_qb, stride_qh, stride_qn, stride_kb, stride_kh,
+def open_query_tile(Q, K, V, Lse, batch, h, hk, q_rows, rmask, stride_qb, stride_qh, stride_qn, stride_kb, stride_kh,
                      stride_vb, stride_vh, stride_lb, stride_lh, offs_d, d_mask, MERGE: tl.constexpr,
                      BLOCK_M: tl.constexpr, DV_PAD: tl.constexpr):
     """What a forward program holds before its key loops, for query rows ``q_rows`` of head ``h``
@@ -94,7 +94,7 @@ def _open_query_tile(Q, K, V, Lse, batch, h, hk, q_rows, rmask, stride_qb, strid
 
 
 @triton.jit
-def _finish_rows(Out, Lse, o_rows, lse_rows, offs_dv, rmask, acc, m_i, l_i, prev2, MERGE: tl.constexpr,
+def finish_rows(Out, Lse, o_rows, lse_rows, offs_dv, rmask, acc, m_i, l_i, prev2, MERGE: tl.constexpr,
                  HEAD_DIM_V: tl.constexpr):
     """Normalize and store (or merge into) the output rows (fp32 when merging).
 
@@ -282,7 +282,7 @@ def hyper_fwd_kernel(
         rmask = offs_m < q_hi
         offs_d, offs_dv, d_mask, dv_mask = columns(HEAD_DIM, HEAD_DIM_V, D_PAD, DV_PAD)
         q_rows = sorted_query_rows(QPerm, zh, offs_m, rmask, n_q, q_start + r * rect_stride)
-        q, lse_rows, prev2, k_base, v_base, m_i, l_i, acc = _open_query_tile(
+        q, lse_rows, prev2, k_base, v_base, m_i, l_i, acc = open_query_tile(
             Q, K, V, Lse, batch, h, hk, q_rows, rmask, stride_qb, stride_qh, stride_qn, stride_kb, stride_kh,
             stride_vb, stride_vh, stride_lb, stride_lh, offs_d, d_mask, MERGE, BLOCK_M, DV_PAD)
         key_row0 = k_start + r * rect_stride
@@ -332,7 +332,7 @@ def hyper_fwd_kernel(
             m_i, l_i, acc = _fold_rows(m_i, l_i, acc, h_out, h_lse2)
 
         o_rows = batch.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + q_rows * stride_on
-        _finish_rows(Out, Lse, o_rows, lse_rows, offs_dv, rmask, acc, m_i, l_i, prev2, MERGE, HEAD_DIM_V)
+        finish_rows(Out, Lse, o_rows, lse_rows, offs_dv, rmask, acc, m_i, l_i, prev2, MERGE, HEAD_DIM_V)
 
 
 @triton.jit
@@ -377,7 +377,7 @@ def dense_fwd_kernel(
     offs_d, offs_dv, d_mask, dv_mask = columns(HEAD_DIM, HEAD_DIM_V, D_PAD, DV_PAD)
 
     q_rows = (q_start + r * rect_stride + offs_m).to(tl.int64)
-    q, lse_rows, prev2, k_base, v_base, m_i, l_i, acc = _open_query_tile(
+    q, lse_rows, prev2, k_base, v_base, m_i, l_i, acc = open_query_tile(
         Q, K, V, Lse, batch, h, hk, q_rows, rmask, stride_qb, stride_qh, stride_qn, stride_kb, stride_kh,
         stride_vb, stride_vh, stride_lb, stride_lh, offs_d, d_mask, MERGE, BLOCK_M, DV_PAD)
     key_row0 = k_start + r * key_rect_stride
@@ -392,4 +392,4 @@ def dense_fwd_kernel(
                                      CAUSAL, BAND, BLOCK_N)
 
     o_rows = batch.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + q_rows * stride_on
-    _finish_rows(Out, Lse, o_rows, lse_rows, offs_dv, rmask, acc, m_i, l_i, prev2, MERGE, HEAD_DIM_V)
+    finish_rows(Out, Lse, o_rows, lse_rows, offs_dv, rmask, acc, m_i, l_i, prev2, MERGE, HEAD_DIM_V)

@@ -1,0 +1,188 @@
+"""The selected blocks (``HyperAttentionConfig.selected_blocks``): each query against its own few
+runs of consecutive keys, gathered per row (no two rows share their keys, so the math runs on
+the CUDA cores, not the tensor cores).
+
+The forward merges each query's selected keys into the part accumulators like any other part;
+the backward adds dq, dk and dv into the fp32 accumulators, dk and dv by atomics (the keys a
+block of queries selected are scattered). Heavy keys (``dead``), the sinks (key rows below
+``sinks``) and, with ``WINDOW``, each query's exact-window keys take no part: other parts attend
+to them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from hyperattn.executors.triton.common import LOG2E, columns, head_base, load_rows, program_coords
+from hyperattn.executors.triton.forward import finish_rows, open_query_tile
+
+# Queries per program, warps (the gathers and reductions of a (BLOCK_M, selected_block_size, D) tile)
+SELECTED_BLOCK_M = 32
+SELECTED_WARPS = 4
+
+
+@triton.jit
+def _selected_keys(Sel, Dead, zh, zk, s, offs_m, rmask, q_rows, n_q, n_k, key_row0, sinks, window_edge,
+                   NUM_SEL: tl.constexpr, SEL_BLOCK: tl.constexpr, SEL_PAD: tl.constexpr, WINDOW: tl.constexpr):
+    """Key rows (int64 (BM, SEL_PAD)) of each row's selected block ``s`` and which of them it
+    attends to: inside the block and the problem, not dead (heavy), not a sink, outside its window."""
+    blk = tl.load(Sel + (zh.to(tl.int64) * n_q + offs_m) * NUM_SEL + s, mask=rmask, other=0)
+    offs_j = tl.arange(0, SEL_PAD)
+    keys = blk[:, None] * SEL_BLOCK + offs_j[None, :]
+    inside = rmask[:, None] & (offs_j < SEL_BLOCK)[None, :] & (keys < n_k)
+    dead = tl.load(Dead + zk.to(tl.int64) * n_k + keys, mask=inside, other=1)
+    k_rows = (key_row0 + keys).to(tl.int64)
+    visible = inside & (dead == 0) & (k_rows >= sinks)
+    if WINDOW:
+        visible = visible & (k_rows < (q_rows + window_edge)[:, None])
+    return k_rows, visible
+
+
+@triton.jit
+def _gather_keys(base, k_rows, stride_n, offs, mask, col_mask):
+    """(BM, SEL_PAD, C) fp32: row ``k_rows`` of each (query, key), 0 where masked."""
+    ptrs = base + k_rows[:, :, None] * stride_n + offs[None, None, :]
+    return tl.load(ptrs, mask=mask[:, :, None] & col_mask[None, None, :], other=0.0).to(tl.float32)
+
+
+@triton.jit
+def selected_fwd_kernel(
+    Q, K, V, Out, Lse, Sel, Dead,
+    scale_log2,
+    stride_qb, stride_qh, stride_qn,
+    stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn,
+    stride_ob, stride_oh, stride_on,
+    stride_lb, stride_lh,
+    n_q, n_k, num_tiles, rects, q_start, k_start, rect_stride,
+    num_q_heads, group, sinks, window_edge,
+    WINDOW: tl.constexpr, NUM_SEL: tl.constexpr, SEL_BLOCK: tl.constexpr, SEL_PAD: tl.constexpr,
+    HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+):
+    """One program: a tile of consecutive queries of one (problem, head), each against the keys of
+    its ``NUM_SEL`` selected blocks (Sel (Z, Hq, n_q, NUM_SEL) block indices; Dead (Z, Hkv, n_k)
+    uint8, 1 for heavy keys), merged into Out/Lse."""
+    tile, zh, z, h, batch, r = program_coords(num_tiles, num_q_heads, rects)
+    hk = h // group
+    zk = z * (num_q_heads // group) + hk
+    offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+    rmask = offs_m < n_q
+    offs_d, offs_dv, d_mask, dv_mask = columns(HEAD_DIM, HEAD_DIM_V, D_PAD, DV_PAD)
+    q_rows = (q_start + r * rect_stride + offs_m).to(tl.int64)
+    q, lse_rows, prev2, k_base, v_base, m_i, l_i, acc = open_query_tile(
+        Q, K, V, Lse, batch, h, hk, q_rows, rmask, stride_qb, stride_qh, stride_qn, stride_kb, stride_kh,
+        stride_vb, stride_vh, stride_lb, stride_lh, offs_d, d_mask, True, BLOCK_M, DV_PAD)
+    q = q.to(tl.float32) * scale_log2
+    key_row0 = k_start + r * rect_stride
+    for s in tl.static_range(NUM_SEL):
+        k_rows, visible = _selected_keys(Sel, Dead, zh, zk, s, offs_m, rmask, q_rows, n_q, n_k, key_row0, sinks,
+                                         window_edge, NUM_SEL, SEL_BLOCK, SEL_PAD, WINDOW)
+        k = _gather_keys(k_base, k_rows, stride_kn, offs_d, visible, d_mask)
+        scores = tl.where(visible, tl.sum(q[:, None, :] * k, 2), float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(scores, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m_i - m_safe)
+        p = tl.exp2(scores - m_safe[:, None])
+        v = _gather_keys(v_base, k_rows, stride_vn, offs_dv, visible, dv_mask)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.sum(p[:, :, None] * v, 1)
+        m_i = m_new
+    o_rows = batch.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + q_rows * stride_on
+    finish_rows(Out, Lse, o_rows, lse_rows, offs_dv, rmask, acc, m_i, l_i, prev2, True, HEAD_DIM_V)
+
+
+@triton.jit
+def selected_bwd_kernel(
+    Q, K, V, DO, Lse, Delta, DQAcc, DKAcc, DVAcc, Sel, Dead,
+    scale, scale_log2,
+    stride_qb, stride_qh, stride_qn,
+    stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn,
+    stride_ob, stride_oh, stride_on,
+    stride_lb, stride_lh,
+    n_q, n_k, num_tiles, rects, q_start, k_start, rect_stride,
+    num_q_heads, group, kv_seq_len, sinks, window_edge,
+    WINDOW: tl.constexpr, NUM_SEL: tl.constexpr, SEL_BLOCK: tl.constexpr, SEL_PAD: tl.constexpr,
+    HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+):
+    """Gradients of ``selected_fwd_kernel``'s pairs, from the final lse and delta: p = exp(s - lse),
+    ds = p (dO v - delta). dq adds into DQAcc (B, Hq, Nq, D), dk and dv into DKAcc / DVAcc
+    (B, Hkv, kv_seq_len, *), all fp32 and contiguous (like Lse and Delta), by atomics."""
+    tile, zh, z, h, batch, r = program_coords(num_tiles, num_q_heads, rects)
+    hk = h // group
+    zk = z * (num_q_heads // group) + hk
+    num_kv_heads = num_q_heads // group
+    offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+    rmask = offs_m < n_q
+    offs_d, offs_dv, d_mask, dv_mask = columns(HEAD_DIM, HEAD_DIM_V, D_PAD, DV_PAD)
+    q_rows = (q_start + r * rect_stride + offs_m).to(tl.int64)
+    q = load_rows(head_base(Q, batch, h, stride_qb, stride_qh), q_rows, stride_qn, offs_d, rmask, d_mask)
+    q = q.to(tl.float32)
+    do = load_rows(head_base(DO, batch, h, stride_ob, stride_oh), q_rows, stride_on, offs_dv, rmask, dv_mask)
+    do = do.to(tl.float32)
+    l_rows = batch.to(tl.int64) * stride_lb + h.to(tl.int64) * stride_lh + q_rows
+    lse2 = tl.load(Lse + l_rows, mask=rmask, other=float("inf")) * LOG2E  # p = 0 on rows past the range
+    delta = tl.load(Delta + l_rows, mask=rmask, other=0.0)
+    k_base = head_base(K, batch, hk, stride_kb, stride_kh)
+    v_base = head_base(V, batch, hk, stride_vb, stride_vh)
+    kv_base = (batch.to(tl.int64) * num_kv_heads + hk) * kv_seq_len
+    key_row0 = k_start + r * rect_stride
+    dq = tl.zeros([BLOCK_M, D_PAD], tl.float32)
+    for s in tl.static_range(NUM_SEL):
+        k_rows, visible = _selected_keys(Sel, Dead, zh, zk, s, offs_m, rmask, q_rows, n_q, n_k, key_row0, sinks,
+                                         window_edge, NUM_SEL, SEL_BLOCK, SEL_PAD, WINDOW)
+        k = _gather_keys(k_base, k_rows, stride_kn, offs_d, visible, d_mask)
+        v = _gather_keys(v_base, k_rows, stride_vn, offs_dv, visible, dv_mask)
+        p = tl.where(visible, tl.exp2(tl.sum(q[:, None, :] * k, 2) * scale_log2 - lse2[:, None]), 0.0)
+        ds = p * (tl.sum(do[:, None, :] * v, 2) - delta[:, None])
+        dq += tl.sum(ds[:, :, None] * k, 1)
+        grad_rows = (kv_base + k_rows)[:, :, None]
+        tl.atomic_add(DVAcc + grad_rows * HEAD_DIM_V + offs_dv[None, None, :], p[:, :, None] * do[:, None, :],
+                      mask=visible[:, :, None] & dv_mask[None, None, :], sem="relaxed")
+        tl.atomic_add(DKAcc + grad_rows * HEAD_DIM + offs_d[None, None, :], (ds * scale)[:, :, None] * q[:, None, :],
+                      mask=visible[:, :, None] & d_mask[None, None, :], sem="relaxed")
+    tl.atomic_add(DQAcc + l_rows[:, None] * HEAD_DIM + offs_d[None, :], dq * scale,
+                  mask=rmask[:, None] & d_mask[None, :], sem="relaxed")
+
+
+def dead_keys(plan, num_kv_heads: int) -> torch.Tensor:
+    """uint8 (Z, Hkv, Nk): 1 for each problem's heavy keys, which the selected blocks skip."""
+    z, _, n_k = plan.k_perm.shape
+    dead = torch.zeros(z, num_kv_heads, n_k, dtype=torch.uint8, device=plan.k_perm.device)
+    return dead.scatter_(-1, plan.sample_idx[..., :plan.heavy], 1)
+
+
+def _launch_args(q, part):
+    p = part.plan
+    batch, num_q_heads = q.shape[:2]
+    tiles = triton.cdiv(part.num_queries, SELECTED_BLOCK_M)
+    grid = (batch * part.count * num_q_heads * tiles,)
+    rows = (part.num_queries, part.num_keys, tiles, part.count, part.query_start, part.key_start,
+            part.rects.queries.stride)
+    return grid, rows, dict(WINDOW=part.skips_window, NUM_SEL=p.selected.shape[-1], SEL_BLOCK=p.selected_block_size,
+                            SEL_PAD=triton.next_power_of_2(p.selected_block_size),
+                            BLOCK_M=SELECTED_BLOCK_M, num_warps=SELECTED_WARPS, num_stages=1)
+
+
+def selected_forward(q, k, v, out, lse, part, scale: float, dims: dict, strides: list[int]) -> None:
+    """Merge the selected blocks of hyper ``part`` into out (fp32) / lse."""
+    grid, rows, consts = _launch_args(q, part)
+    selected_fwd_kernel[grid](
+        q, k, v, out, lse, part.plan.selected, dead_keys(part.plan, k.shape[1]), scale * math.log2(math.e),
+        *strides, *rows, q.shape[1], q.shape[1] // k.shape[1], part.sinks, part.window_edge, **consts, **dims)
+
+
+def selected_backward(q, k, v, dout, lse, delta, dq_acc, dk_acc, dv_acc, part, scale: float, dims: dict,
+                      strides: list[int]) -> None:
+    """Add the gradients of the selected blocks of hyper ``part`` into the fp32 accumulators."""
+    grid, rows, consts = _launch_args(q, part)
+    selected_bwd_kernel[grid](
+        q, k, v, dout, lse, delta, dq_acc, dk_acc, dv_acc, part.plan.selected, dead_keys(part.plan, k.shape[1]),
+        scale, scale * math.log2(math.e), *strides, *rows, q.shape[1], q.shape[1] // k.shape[1], k.shape[2],
+        part.sinks, part.window_edge, **consts, **dims)

@@ -1,0 +1,59 @@
+"""Per-query key blocks: each query's own choice of a few runs of consecutive keys, by its score
+against each run's mean key (``HyperAttentionConfig.selected_blocks``)."""
+
+from __future__ import annotations
+
+import torch
+
+# Query-centroid scores materialized at once by select_key_blocks (elements): on CPU, and on CUDA.
+SELECTION_CHUNK_ELEMENTS = 1 << 24
+SELECTION_CHUNK_ELEMENTS_CUDA = 1 << 27
+
+
+def block_centroids(k: torch.Tensor, live: torch.Tensor | None, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean key of each run of ``block_size`` consecutive keys, over its keys that ``live`` marks.
+
+    k (Z, Hkv, Nk, D); live (Z, Hkv, Nk) bool or None (every key). Returns centroids
+    (Z, Hkv, ceil(Nk / block_size), D) in float32 (float64 for float64 k) and a bool mask
+    (Z, Hkv, blocks) of the blocks with at least one live key (the last block may be short)."""
+    dtype = torch.float64 if k.dtype == torch.float64 else torch.float32
+    z, hkv, nk, d = k.shape
+    num_blocks = -(-nk // block_size)
+    pad = num_blocks * block_size - nk
+    weights = torch.ones(z, hkv, nk, dtype=dtype, device=k.device) if live is None else live.to(dtype)
+    weights = torch.nn.functional.pad(weights, (0, pad)).view(z, hkv, num_blocks, block_size)
+    keys = torch.nn.functional.pad(k.detach().to(dtype), (0, 0, 0, pad)).view(z, hkv, num_blocks, block_size, d)
+    counts = weights.sum(-1)
+    sums = (keys * weights[..., None]).sum(-2)
+    return sums / counts.clamp_min(1)[..., None], counts > 0
+
+
+def select_key_blocks(q: torch.Tensor, k: torch.Tensor, live: torch.Tensor | None, block_size: int,
+                      num_selected: int) -> torch.Tensor:
+    """Each query's ``num_selected`` blocks of ``block_size`` consecutive keys with the largest
+    score ``q . mean(key block)`` (means over the live keys, in float32, scored in q's dtype when
+    that is fp16 or bf16; blocks without any are never chosen while others remain).
+
+    q (Z, Hq, Nq, D), k (Z, Hkv, Nk, D) with Hq a multiple of Hkv; live (Z, Hkv, Nk) bool or None.
+    Returns int64 (Z, Hq, Nq, min(num_selected, blocks)): block indices (keys
+    ``[b * block_size, (b + 1) * block_size)``), ascending. A query's choice depends on its own
+    vector and the keys only, so a causal rectangle's selection stays strictly causal. Queries are
+    scored in chunks of at most ``SELECTION_CHUNK_ELEMENTS`` scores (``SELECTION_CHUNK_ELEMENTS_CUDA``
+    on CUDA)."""
+    centroids, has_live = block_centroids(k, live, block_size)
+    z, hq, nq, d = q.shape
+    hkv, num_blocks = k.shape[1], centroids.shape[2]
+    groups = hq // hkv
+    count = min(num_selected, num_blocks)
+    if q.dtype in (torch.float16, torch.bfloat16):  # the tensor cores' dtype: scores rounded as q is
+        centroids = centroids.to(q.dtype)
+    grouped = q.detach().to(centroids.dtype).view(z, hkv, groups, nq, d)
+    dead = ~has_live[:, :, None, None, :]
+    budget = SELECTION_CHUNK_ELEMENTS_CUDA if q.is_cuda else SELECTION_CHUNK_ELEMENTS
+    chunk = max(1, budget // max(1, z * hq * num_blocks))
+    picks = []
+    for lo in range(0, nq, chunk):
+        scores = torch.einsum("zhgqd,zhbd->zhgqb", grouped[:, :, :, lo:lo + chunk], centroids)
+        picks.append(scores.masked_fill(dead, -torch.inf).topk(count, -1).indices)
+    selected = torch.cat(picks, 3) if len(picks) != 1 else picks[0]
+    return selected.sort(-1).values.view(z, hq, nq, count)
