@@ -166,6 +166,25 @@ def test_bucket_blocks_keep_a_patched_model_causal():
     assert leaks["rank"] > 1e-6
 
 
+def test_selected_blocks_keep_a_patched_model_causal():
+    """Tokens after position p change no logit up to p with selected blocks and heavy keys (float64),
+    and the approximation was active (the logits differ from exact attention's)."""
+    model = tiny_model("llama").double()
+    ids = tokens(150)
+    p = 90
+    later = ids.clone()
+    later[:, p + 1:] = tokens(150 - p - 1, seed=1)
+    with torch.no_grad():
+        exact = model(ids).logits
+    config = HyperAttentionConfig(sample_size=0, exact_up_to=0, min_seq_len=16, exact_sinks=4, exact_tail=0,
+                                  heavy_keys=4, probe_queries=8, selected_blocks=2, selected_block_size=4)
+    integration.patch_model(model, "all", config, seed=0)
+    with torch.no_grad():
+        logits = model(ids).logits
+        assert (logits[:, :p + 1] - model(later).logits[:, :p + 1]).abs().max().item() < 1e-10
+    assert (logits - exact).abs().max().item() > 1e-6
+
+
 def test_head_plan_patches_heads_and_leaves_the_rest_exact(monkeypatch):
     """A plan approximating two heads of layer 1 and none elsewhere: that layer runs one call of
     attention_by_head with the plan's treatments; every other layer and head runs exact."""

@@ -15,7 +15,8 @@ from tests.executors.triton.test_executor import make_case  # noqa: E402
 
 @pytest.mark.parametrize("name", ["noncausal-sinks", "tail-causal-sinks-gqa", "causal-prefill-no-head",
                                   "causal-prefill-short-prefix", "exact-causal", "bucket-causal-prefill-heavy",
-                                  "bucket-noncausal-many-queries"])
+                                  "bucket-noncausal-many-queries", "selected-causal-gqa-heavy",
+                                  "selected-noncausal-odd-block"])
 def test_plans_survive_the_custom_op_boundary(name):
     """What the op receives (``flatten_plan``) gives back the same launch list."""
     q, k, v, plan, causal, _ = make_case(name)
@@ -32,6 +33,9 @@ def test_plans_survive_the_custom_op_boundary(name):
                        for f in ("q_perm", "k_perm", "sample_idx", "sample_block", "sample_log_weight"))
             assert (other.plan.q_block is None) == (part.plan.q_block is None)
             assert part.plan.q_block is None or torch.equal(part.plan.q_block, other.plan.q_block)
+            assert other.plan.selected_block_size == part.plan.selected_block_size
+            assert (other.plan.selected is None) == (part.plan.selected is None)
+            assert part.plan.selected is None or torch.equal(part.plan.selected, other.plan.selected)
 
 
 def test_custom_op_passes_opcheck():
