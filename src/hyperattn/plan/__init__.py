@@ -27,6 +27,9 @@ MASS_UNIFORM_SHARE = 0.5
 # ``probe_key_mass``'s contract: (probes, k, keys, count, scale, probe_pos, sinks) -> key masses
 ProbeMass = Callable[[torch.Tensor, torch.Tensor, Rows, int, float, "torch.Tensor | None", int, int], torch.Tensor]
 
+# ``select_key_blocks``'s contract: (q, k, live, block_size, num_selected) -> selected blocks
+SelectBlocks = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None", int, int], torch.Tensor]
+
 # A causal rectangle's probes are normalized over its last PROBE_NORM_KEYS keys (``probe_key_mass``'s
 # norm_keys): the keys nearest them, one short pass in place of one over every key. Bucket + heavy 448, 32
 # probes, no sinks: attention error 0.140 against 0.138 over every key on Gemma-3 (16k), 0.048 against 0.048
@@ -100,6 +103,7 @@ def make_plan(
     sink_stride: int = 1,
     key_mass: torch.Tensor | None = None,
     rows: tuple[torch.Tensor, torch.Tensor] | None = None,
+    select_blocks: SelectBlocks = select_key_blocks,
 ) -> AttentionPlan:
     """Sort and sample for Z problems, given the LSH buckets of their rows.
 
@@ -121,7 +125,8 @@ def make_plan(
             attends to them), and draws of them weigh nothing. With ``sampling="mass"`` the
             draws follow the mass of the other keys, mixed with a uniform share.
         rows: the problems' query rows (Z, Hq, Nq, D) and key rows (Z, Hkv, Nk, D), which
-            ``config.selected_blocks`` needs (``select_key_blocks``).
+            ``config.selected_blocks`` needs; ``select_blocks`` chooses them (``select_key_blocks``,
+            or a kernel with its contract).
     """
     z, num_kv_heads, num_keys = k_buckets.shape
     sinks = min(sinks, num_keys)
@@ -180,7 +185,7 @@ def make_plan(
         sample_log_weight = torch.cat((sample_log_weight.new_zeros(heavy_idx.shape), sample_log_weight), -1)
     selected = None
     if selecting:
-        selected = select_key_blocks(*rows, live, config.selected_block_size, config.selected_blocks)
+        selected = select_blocks(*rows, live, config.selected_block_size, config.selected_blocks)
     return AttentionPlan(q_perm, k_perm, sample_idx, sample_block, sample_log_weight, config.block_size,
                          q_block=q_block, heavy=num_heavy, selected=selected,
                          selected_block_size=config.selected_block_size if selecting else 0)
@@ -290,12 +295,14 @@ def plan_hyper_attention(
     hash_rows: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = lsh_buckets,
     scale: float | None = None,
     probe_mass: ProbeMass = probe_key_mass,
+    select_blocks: SelectBlocks = select_key_blocks,
 ) -> AttentionPlan | CausalPlan:
     """Every random and data-dependent choice of one HyperAttention call.
 
     Rows are hashed once (directions drawn first from ``generator``) by ``hash_rows``
     (``lsh_buckets``, or an executor's kernel with its contract), and key masses estimated by
-    ``probe_mass`` (``probe_key_mass``, or a kernel with its contract); each problem (the whole
+    ``probe_mass`` (``probe_key_mass``, or a kernel with its contract), selected blocks chosen by
+    ``select_blocks`` (likewise); each problem (the whole
     input, or a rectangle of the causal schedule) sorts its own slice and draws its own
     samples, in the order levels 1..L, then the prefix.
     q (B, Hq, Nq, D), k (B, Hkv, Nk, D), v (B, Hkv, Nk, Dv); requires Nq > config.min_seq_len.
@@ -315,7 +322,7 @@ def plan_hyper_attention(
             all_keys = Rows(start=0, stride=0, length=k.shape[2])
             key_mass = probe_mass(q[:, :, rows], k, all_keys, 1, scale, None, sinks, 0)
         plan = make_plan(q_buckets, k_buckets, config, generator, sq_norms, weight_dtype, sinks, key_mass=key_mass,
-                         rows=(q, k) if config.selected_blocks else None)
+                         rows=(q, k) if config.selected_blocks else None, select_blocks=select_blocks)
         return replace(plan, sinks=sinks)
     schedule = causal_schedule(q.shape[2], k.shape[2], config.min_seq_len)
     sinks = min(config.exact_sinks, schedule.max_sinks)
@@ -330,13 +337,15 @@ def plan_hyper_attention(
         level_norms = None if sq_norms is None else rects.keys.take(sq_norms, rects.count)
         level_plans.append(make_plan(*rects.take(q_buckets, k_buckets), config, generator, level_norms, weight_dtype,
                                      main_sinks, rects.count, key_mass=key_mass,
-                                     rows=rects.take(q, k) if config.selected_blocks else None))
+                                     rows=rects.take(q, k) if config.selected_blocks else None,
+                                     select_blocks=select_blocks))
     prefix_plan = None
     if prefix:
         prefix_norms = None if sq_norms is None else prefix.keys.take(sq_norms, 1)
         prefix_plan = make_plan(*prefix.take(q_buckets, k_buckets), config, generator, prefix_norms, weight_dtype,
                                 prefix_sinks, key_mass=masses[-1],
-                                rows=prefix.take(q, k) if config.selected_blocks else None)
+                                rows=prefix.take(q, k) if config.selected_blocks else None,
+                                select_blocks=select_blocks)
     return CausalPlan(schedule, level_plans, prefix_plan, sinks, config.exact_window)
 
 

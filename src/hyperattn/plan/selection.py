@@ -7,7 +7,7 @@ import torch
 
 # Query-centroid scores materialized at once by select_key_blocks (elements): on CPU, and on CUDA.
 SELECTION_CHUNK_ELEMENTS = 1 << 24
-SELECTION_CHUNK_ELEMENTS_CUDA = 1 << 27
+SELECTION_CHUNK_ELEMENTS_CUDA = 1 << 28
 
 
 def block_centroids(k: torch.Tensor, live: torch.Tensor | None, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:

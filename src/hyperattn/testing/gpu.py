@@ -27,6 +27,8 @@ from hyperattn.executors.triton.executor import attention_backward, attention_fo
 from hyperattn.executors.triton.hashing import lsh_buckets_triton
 from hyperattn.executors.triton.op import triton_attention
 from hyperattn.executors.triton.probes import probe_key_mass_triton
+from hyperattn.executors.triton.selection import select_key_blocks_triton
+from hyperattn.plan.selection import block_centroids
 from hyperattn.plan import (AttentionPlan, CausalPlan, Rows, _probe_mass, causal_schedule, plan_hyper_attention,
                             probe_key_mass)
 from hyperattn.plan.launch import parts_of
@@ -38,6 +40,8 @@ TOLERANCE = {torch.float16: {"fwd": 3e-3, "bwd": 6e-3}, torch.bfloat16: {"fwd": 
 # must match bit for bit): the fp32 atomic additions into gradient rows, and cuDNN's backward,
 # may add in another order; a replay on stale inputs would be off by about 1.4.
 GRAPH_TOLERANCE = 1e-3
+# The selection kernel's largest shortfall (``selection_shortfall``): bf16 block means swap near-ties
+SELECTION_TOLERANCE = 2e-2
 
 # name: (batch, Hq, Hkv, Nq, Nk, D, Dv, causal, config overrides of the library's default, with
 # exact sinks and tail); None config = exact part only
@@ -106,7 +110,7 @@ def _passes(errors: dict, unwritten: int, dtype) -> bool:
     tolerance, gradients ("d...") within the backward's."""
     tol = TOLERANCE[dtype]
     return (unwritten == 0 and errors["out"] <= tol["fwd"] and errors.get("lse", 0.0) <= 10 * tol["fwd"]
-            and errors.get("mass", 0.0) <= tol["fwd"]
+            and errors.get("mass", 0.0) <= tol["fwd"] and errors.get("selection", 0.0) <= SELECTION_TOLERANCE
             and all(value <= tol["bwd"] for key, value in errors.items() if key.startswith("d")))
 
 
@@ -124,7 +128,8 @@ def _check_case(batch, hq, hkv, nq, nk, d, dv, causal, overrides, dtype, device)
     if overrides is not None:
         cfg = HyperAttentionConfig(**overrides)
         plan = plan_hyper_attention(q, k, v, causal, cfg, torch.Generator().manual_seed(int(torch.seed() % 2**31)),
-                                    lsh_buckets_triton, probe_mass=probe_key_mass_triton)
+                                    lsh_buckets_triton, probe_mass=probe_key_mass_triton,
+                                    select_blocks=select_key_blocks_triton)
         tail = cfg.exact_tail
     parts = parts_of(plan, nq, nk, causal)
     out, lse = attention_forward(q, k, v, parts, scale, tail, causal, poison=True)
@@ -149,6 +154,8 @@ def _check_case(batch, hq, hkv, nq, nk, d, dv, causal, overrides, dtype, device)
     errors = {"out": _rel(out, ref_out), "lse": (lse.double() - ref_lse).abs().max().item()}
     if overrides is not None and cfg.uses_probes:
         errors["mass"] = _probe_mass_error(q, k, causal, cfg, scale)
+    if overrides is not None and cfg.selected_blocks:
+        errors["selection"] = _selection_error(q, k, causal, cfg)
     errors.update({label: _rel(g, r) for label, g, r in zip(("dq", "dk", "dv"), grads, ref_grads)})
     errors.update({label + "_o": _rel(g, r) for label, g, r in zip(("dq", "dk", "dv"), out_grads, ref_out_grads)})
     return _passes(errors, unwritten, dtype) and torch.equal(out, out2), unwritten, errors
@@ -165,6 +172,33 @@ def _probe_mass_error(q, k, causal, config, scale) -> float:
     probes = q[:, :, torch.randint(q.shape[2], (config.probe_queries,), device=q.device)]
     args = (Rows(start=0, stride=0, length=k.shape[2]), 1, scale, None, config.exact_sinks)
     return _rel(probe_key_mass_triton(probes, k, *args), probe_key_mass(probes.double(), k.double(), *args))
+
+
+def selection_shortfall(q, k, live, block_size, selected):
+    """Per row, how far the weakest chosen block's score (float64, live blocks only) falls below the
+    row's count-th best, relative to the row's largest |score| (a dead block where enough live ones
+    exist falls short by far); inf for a repeated choice."""
+    centroids, has_live = block_centroids(k.double(), live, block_size)
+    groups = q.shape[1] // k.shape[1]
+    scores = torch.einsum("zhqd,zhbd->zhqb", q.double(), centroids.repeat_interleave(groups, 1))
+    alive = has_live.repeat_interleave(groups, 1)[:, :, None, :].expand_as(scores)
+    scale = scores.masked_fill(~alive, 0).abs().amax(-1).clamp_min(1e-12)
+    scores = scores.masked_fill(~alive, -1e300)  # dead blocks: below every live one
+    count = selected.shape[-1]
+    kth = scores.topk(count, -1).values[..., -1]
+    chosen = scores.gather(-1, selected)
+    worst = chosen.min(-1).values
+    shortfall = (kth - worst) / scale
+    repeated = (selected[..., 1:] == selected[..., :-1]).any(-1)
+    return torch.where(repeated, torch.inf, shortfall)
+
+
+def _selection_error(q, k, causal, config) -> float:
+    """``selection_shortfall`` of the selection kernel on the first causal level's rectangles (or
+    every key), every key live."""
+    rows = causal_schedule(q.shape[2], k.shape[2], config.min_seq_len).level(1).take(q, k) if causal else (q, k)
+    chosen = select_key_blocks_triton(*rows, None, config.selected_block_size, config.selected_blocks)
+    return selection_shortfall(*rows, None, config.selected_block_size, chosen).max().item()
 
 
 def _sync(device) -> None:

@@ -1,0 +1,103 @@
+"""Block selection in one kernel: each query's score against every block's mean key and a running
+top-``s`` of them, without materializing the (queries x blocks) scores.
+
+Computes what ``hyperattn.plan.selection.select_key_blocks`` computes. The block means come from
+``block_centroids`` (one pass over the keys in PyTorch); the kernel scores a tile of queries
+against a tile of means on the tensor cores (the means rounded to the queries' dtype, float32
+accumulation) and inserts into each row's best ``s`` the tile's entries that beat the row's
+worst, one per row and round, until no row of the tile has such an entry. Blocks without a live
+key score below every live block, so they are chosen only where fewer live blocks remain. Scores
+within rounding of each other may rank differently than in the PyTorch version.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from hyperattn.executors.triton import on_device
+from hyperattn.executors.triton.tiles import tile_width
+from hyperattn.plan.selection import block_centroids
+
+SELECTION_BLOCK_M = 64
+SELECTION_BLOCK_N = 64
+# The score of a block without a live key: finite, below every real score
+DEAD_SCORE = tl.constexpr(-3.0e38)
+
+
+@triton.jit
+def select_blocks_kernel(
+    Q, C, Live, Out,
+    stride_qz, stride_qh, stride_qn,
+    n_q, n_b, num_q_heads, group, num_tiles,
+    NUM_SEL: tl.constexpr, SEL_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """One program: a tile of queries of one (problem, head). C (Z, Hkv, n_b, D) block means in
+    q's dtype, Live (Z, Hkv, n_b) uint8; Out (Z, Hq, n_q, NUM_SEL) int64 block indices, ascending."""
+    pid = tl.program_id(0)
+    zh = pid // num_tiles
+    tile = pid % num_tiles
+    z = zh // num_q_heads
+    h = zh % num_q_heads
+    zk = (z * (num_q_heads // group) + h // group).to(tl.int64)
+    offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, D_PAD)
+    offs_s = tl.arange(0, SEL_PAD)
+    rmask = offs_m < n_q
+    d_mask = offs_d < HEAD_DIM
+    q = tl.load(Q + z.to(tl.int64) * stride_qz + h.to(tl.int64) * stride_qh + offs_m.to(tl.int64)[:, None] * stride_qn
+                + offs_d[None, :], mask=rmask[:, None] & d_mask[None, :], other=0.0)
+    # each row's best NUM_SEL (value, block); the padding slots hold +inf and are never replaced
+    best = tl.where(offs_s[None, :] < NUM_SEL, float("-inf"), float("inf")) + tl.zeros([BLOCK_M, SEL_PAD], tl.float32)
+    best_idx = tl.full([BLOCK_M, SEL_PAD], -1, tl.int32)
+    for start in range(0, n_b, BLOCK_N):
+        offs_n = start + tl.arange(0, BLOCK_N)
+        nmask = offs_n < n_b
+        c = tl.load(C + (zk * n_b + offs_n)[:, None] * HEAD_DIM + offs_d[None, :],
+                    mask=nmask[:, None] & d_mask[None, :], other=0.0)
+        live = tl.load(Live + zk * n_b + offs_n, mask=nmask, other=0)
+        s = tl.dot(q, tl.trans(c))
+        s = tl.where(live[None, :] != 0, s, DEAD_SCORE)
+        s = tl.where(nmask[None, :], s, float("-inf"))
+        tile_max = tl.max(s, 1)
+        worst = tl.min(best, 1)
+        while tl.max((tile_max > worst).to(tl.int32), 0) > 0:
+            improves = tile_max > worst
+            pick = tl.argmax(s, 1)
+            slot = tl.argmin(best, 1)
+            into = improves[:, None] & (offs_s[None, :] == slot[:, None])
+            best = tl.where(into, tile_max[:, None], best)
+            best_idx = tl.where(into, (start + pick)[:, None], best_idx)
+            s = tl.where(improves[:, None] & (tl.arange(0, BLOCK_N)[None, :] == pick[:, None]), float("-inf"), s)
+            tile_max = tl.max(s, 1)
+            worst = tl.min(best, 1)
+    ordered = tl.sort(tl.where(offs_s[None, :] < NUM_SEL, best_idx, 2**30), 1)
+    tl.store(Out + (zh.to(tl.int64) * n_q + offs_m)[:, None] * NUM_SEL + offs_s[None, :], ordered.to(tl.int64),
+             mask=rmask[:, None] & (offs_s[None, :] < NUM_SEL))
+
+
+def select_key_blocks_triton(q: torch.Tensor, k: torch.Tensor, live: torch.Tensor | None, block_size: int,
+                             num_selected: int) -> torch.Tensor:
+    """``hyperattn.plan.selection.select_key_blocks`` in one kernel (plus the block means): q
+    (Z, Hq, Nq, D) fp16/bf16 on CUDA (or under the interpreter), k (Z, Hkv, Nk, D), live (Z, Hkv, Nk)
+    bool or None -> int64 (Z, Hq, Nq, min(num_selected, blocks)), ascending."""
+    centroids, has_live = block_centroids(k, live, block_size)
+    z, hq, n_q, d = q.shape
+    num_blocks = centroids.shape[2]
+    count = min(num_selected, num_blocks)
+    out = torch.empty(z, hq, n_q, count, dtype=torch.int64, device=q.device)
+    if out.numel() == 0:
+        return out
+    q = q.detach()
+    if q.stride(-1) != 1:
+        q = q.contiguous()
+    tiles = triton.cdiv(n_q, SELECTION_BLOCK_M)
+    with on_device(q):
+        select_blocks_kernel[(z * hq * tiles,)](
+            q, centroids.to(q.dtype).contiguous(), has_live.to(torch.uint8).contiguous(), out, q.stride(0),
+            q.stride(1), q.stride(2), n_q, num_blocks, hq, hq // k.shape[1], tiles, NUM_SEL=count,
+            SEL_PAD=triton.next_power_of_2(count), HEAD_DIM=d, D_PAD=tile_width(d), BLOCK_M=SELECTION_BLOCK_M,
+            BLOCK_N=SELECTION_BLOCK_N)
+    return out
