@@ -19,10 +19,23 @@ import triton.language as tl
 
 from hyperattn.executors.triton.common import LOG2E, columns, head_base, load_rows, program_coords
 from hyperattn.executors.triton.forward import finish_rows, open_query_tile
+from hyperattn.executors.triton.tiles import tile_width
 
-# Queries per program, warps (the gathers and reductions of a (BLOCK_M, selected_block_size, D) tile)
-SELECTED_BLOCK_M = 32
+# Elements of a program's gathered (queries, keys of a block, head dim) tile, which sets its queries
+# (between 4 and 64), on SELECTED_WARPS warps
+SELECTED_TILE_ELEMENTS = 8192
 SELECTED_WARPS = 4
+
+
+@triton.jit
+def _query_tile(num_tiles, num_q_heads, group, rects, n_q, q_start, rect_stride, BLOCK_M: tl.constexpr):
+    """This program's (problem, head) pair and kv pair (zh, zk), head, kv head, batch row, rectangle,
+    and its tile of consecutive queries: offsets, mask, int64 rows."""
+    tile, zh, z, h, batch, r = program_coords(num_tiles, num_q_heads, rects)
+    hk = h // group
+    offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+    q_rows = (q_start + r * rect_stride + offs_m).to(tl.int64)
+    return zh, z * (num_q_heads // group) + hk, h, hk, batch, r, offs_m, offs_m < n_q, q_rows
 
 
 @triton.jit
@@ -67,13 +80,9 @@ def selected_fwd_kernel(
     """One program: a tile of consecutive queries of one (problem, head), each against the keys of
     its ``NUM_SEL`` selected blocks (Sel (Z, Hq, n_q, NUM_SEL) block indices; Dead (Z, Hkv, n_k)
     uint8, 1 for heavy keys), merged into Out/Lse."""
-    tile, zh, z, h, batch, r = program_coords(num_tiles, num_q_heads, rects)
-    hk = h // group
-    zk = z * (num_q_heads // group) + hk
-    offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
-    rmask = offs_m < n_q
+    zh, zk, h, hk, batch, r, offs_m, rmask, q_rows = _query_tile(num_tiles, num_q_heads, group, rects, n_q, q_start,
+                                                                 rect_stride, BLOCK_M)
     offs_d, offs_dv, d_mask, dv_mask = columns(HEAD_DIM, HEAD_DIM_V, D_PAD, DV_PAD)
-    q_rows = (q_start + r * rect_stride + offs_m).to(tl.int64)
     q, lse_rows, prev2, k_base, v_base, m_i, l_i, acc = open_query_tile(
         Q, K, V, Lse, batch, h, hk, q_rows, rmask, stride_qb, stride_qh, stride_qn, stride_kb, stride_kh,
         stride_vb, stride_vh, stride_lb, stride_lh, offs_d, d_mask, True, BLOCK_M, DV_PAD)
@@ -114,14 +123,9 @@ def selected_bwd_kernel(
     """Gradients of ``selected_fwd_kernel``'s pairs, from the final lse and delta: p = exp(s - lse),
     ds = p (dO v - delta). dq adds into DQAcc (B, Hq, Nq, D), dk and dv into DKAcc / DVAcc
     (B, Hkv, kv_seq_len, *), all fp32 and contiguous (like Lse and Delta), by atomics."""
-    tile, zh, z, h, batch, r = program_coords(num_tiles, num_q_heads, rects)
-    hk = h // group
-    zk = z * (num_q_heads // group) + hk
-    num_kv_heads = num_q_heads // group
-    offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
-    rmask = offs_m < n_q
+    zh, zk, h, hk, batch, r, offs_m, rmask, q_rows = _query_tile(num_tiles, num_q_heads, group, rects, n_q, q_start,
+                                                                 rect_stride, BLOCK_M)
     offs_d, offs_dv, d_mask, dv_mask = columns(HEAD_DIM, HEAD_DIM_V, D_PAD, DV_PAD)
-    q_rows = (q_start + r * rect_stride + offs_m).to(tl.int64)
     q = load_rows(head_base(Q, batch, h, stride_qb, stride_qh), q_rows, stride_qn, offs_d, rmask, d_mask)
     q = q.to(tl.float32)
     do = load_rows(head_base(DO, batch, h, stride_ob, stride_oh), q_rows, stride_on, offs_dv, rmask, dv_mask)
@@ -131,7 +135,7 @@ def selected_bwd_kernel(
     delta = tl.load(Delta + l_rows, mask=rmask, other=0.0)
     k_base = head_base(K, batch, hk, stride_kb, stride_kh)
     v_base = head_base(V, batch, hk, stride_vb, stride_vh)
-    kv_base = (batch.to(tl.int64) * num_kv_heads + hk) * kv_seq_len
+    kv_base = (batch.to(tl.int64) * (num_q_heads // group) + hk) * kv_seq_len
     key_row0 = k_start + r * rect_stride
     dq = tl.zeros([BLOCK_M, D_PAD], tl.float32)
     for s in tl.static_range(NUM_SEL):
@@ -158,21 +162,23 @@ def dead_keys(plan, num_kv_heads: int) -> torch.Tensor:
     return dead.scatter_(-1, plan.sample_idx[..., :plan.heavy], 1)
 
 
-def _launch_args(q, part):
+def _launch_args(q, v, part):
     p = part.plan
     batch, num_q_heads = q.shape[:2]
-    tiles = triton.cdiv(part.num_queries, SELECTED_BLOCK_M)
+    sel_pad = triton.next_power_of_2(p.selected_block_size)
+    width = max(tile_width(q.shape[-1]), tile_width(v.shape[-1]))
+    block_m = min(64, max(4, SELECTED_TILE_ELEMENTS // (sel_pad * width)))
+    tiles = triton.cdiv(part.num_queries, block_m)
     grid = (batch * part.count * num_q_heads * tiles,)
     rows = (part.num_queries, part.num_keys, tiles, part.count, part.query_start, part.key_start,
             part.rects.queries.stride)
     return grid, rows, dict(WINDOW=part.skips_window, NUM_SEL=p.selected.shape[-1], SEL_BLOCK=p.selected_block_size,
-                            SEL_PAD=triton.next_power_of_2(p.selected_block_size),
-                            BLOCK_M=SELECTED_BLOCK_M, num_warps=SELECTED_WARPS, num_stages=1)
+                            SEL_PAD=sel_pad, BLOCK_M=block_m, num_warps=SELECTED_WARPS, num_stages=1)
 
 
 def selected_forward(q, k, v, out, lse, part, scale: float, dims: dict, strides: list[int]) -> None:
     """Merge the selected blocks of hyper ``part`` into out (fp32) / lse."""
-    grid, rows, consts = _launch_args(q, part)
+    grid, rows, consts = _launch_args(q, v, part)
     selected_fwd_kernel[grid](
         q, k, v, out, lse, part.plan.selected, dead_keys(part.plan, k.shape[1]), scale * math.log2(math.e),
         *strides, *rows, q.shape[1], q.shape[1] // k.shape[1], part.sinks, part.window_edge, **consts, **dims)
@@ -181,7 +187,7 @@ def selected_forward(q, k, v, out, lse, part, scale: float, dims: dict, strides:
 def selected_backward(q, k, v, dout, lse, delta, dq_acc, dk_acc, dv_acc, part, scale: float, dims: dict,
                       strides: list[int]) -> None:
     """Add the gradients of the selected blocks of hyper ``part`` into the fp32 accumulators."""
-    grid, rows, consts = _launch_args(q, part)
+    grid, rows, consts = _launch_args(q, v, part)
     selected_bwd_kernel[grid](
         q, k, v, dout, lse, delta, dq_acc, dk_acc, dv_acc, part.plan.selected, dead_keys(part.plan, k.shape[1]),
         scale, scale * math.log2(math.e), *strides, *rows, q.shape[1], q.shape[1] // k.shape[1], k.shape[2],
