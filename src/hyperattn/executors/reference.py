@@ -199,8 +199,9 @@ def _merge_samples(q, k, v, plan: AttentionPlan, scale: float, skip: Exclusion |
 
 def _selected_blocks_attention(q, k, v, plan: AttentionPlan, scale: float, skip: Exclusion | None):
     """Each query against the keys of its selected blocks (``plan.selected``), except heavy keys,
-    keys past the end and the pairs ``skip`` drops (sinks among them); queries in chunks of at most ``EXACT_CHUNK_ELEMENTS`` gathered key
-    elements. q (Z, Hq, Nq, D) etc. in the compute dtype -> out (Z, Hq, Nq, Dv), lse (Z, Hq, Nq)."""
+    keys past the end and the pairs ``skip`` drops (sinks among them); queries in chunks of at most
+    ``EXACT_CHUNK_ELEMENTS`` gathered key elements. q (Z, Hq, Nq, D) etc. in the compute dtype ->
+    out (Z, Hq, Nq, Dv), lse (Z, Hq, Nq)."""
     z, hq, nq, d = q.shape
     hkv, nk, dv = k.shape[1], k.shape[2], v.shape[-1]
     groups = hq // hkv
