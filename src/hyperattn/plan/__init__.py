@@ -61,7 +61,7 @@ class AttentionPlan:
       keep it 0 in their per-level plans (``CausalPlan.sinks`` holds theirs).
     - ``q_block``: int64 (Z, Hq, Nq), the key block of each sorted query rank under the
       ``"bucket"`` rule (``HyperAttentionConfig.query_blocks``), non-decreasing; None: the
-      ``"rank"`` rule.
+      ``"rank"`` rule, or ``selected`` blocks in place of the LSH block.
     - ``heavy`` (``HyperAttentionConfig.heavy_keys``): the first ``heavy`` samples of each
       (problem, kv head) are its heavy keys, attended exactly by every query (log-weight 0,
       ``sample_block`` -1); the block part skips them (``make_plan`` sorts them after the
@@ -156,7 +156,7 @@ def make_plan(
     q_sorted, q_perm = sort_lsh(q_buckets.contiguous())  # plans are contiguous: kernels index them flat
     k_sorted, k_perm = sort_lsh(k_buckets)
     q_block = None
-    if config.query_blocks == "bucket":
+    if config.query_blocks == "bucket" and not selecting:  # selected blocks replace the LSH block
         num_live = torch.full((z, 1, 1), num_keys - num_heavy, dtype=torch.int64, device=device)
         with_sinks(num_live).sub_(sinks)
         q_block = bucket_query_blocks(q_sorted, k_sorted, num_live, config.block_size, 2 ** config.lsh_num_projs)
