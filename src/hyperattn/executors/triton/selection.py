@@ -4,8 +4,11 @@ top-``s`` of them, without materializing the (queries x blocks) scores.
 Computes what ``hyperattn.plan.selection.select_key_blocks`` computes. The block means come from
 ``block_centroids`` (one pass over the keys in PyTorch); the kernel scores a tile of queries
 against a tile of means on the tensor cores (the means rounded to the queries' dtype, float32
-accumulation) and inserts into each row's best ``s`` the tile's entries that beat the row's
-worst, one per row and round, until no row of the tile has such an entry. Blocks without a live
+accumulation) twice. The first pass keeps each row's ``s`` largest tile maxima: the smallest of
+them is a floor under the row's ``s``-th best score (``s`` distinct blocks reach it). The second
+inserts into each row's best ``s`` the tile's entries at or above the floor that beat the row's
+worst, one per row and round, until no row of the tile has such an entry: with the floor, few
+entries ever qualify, so few tiles run a round. Blocks without a live
 key score below every live block, so they are chosen only where fewer live blocks remain. Scores
 within rounding of each other may rank differently than in the PyTorch version.
 """
@@ -22,8 +25,24 @@ from hyperattn.plan.selection import block_centroids
 
 SELECTION_BLOCK_M = 64
 SELECTION_BLOCK_N = 64
+# A first pass for each row's floor (see above)
+SELECTION_TWO_PASS = True
 # The score of a block without a live key: finite, below every real score
 DEAD_SCORE = tl.constexpr(-3.0e38)
+
+
+@triton.jit
+def _block_scores(q, C, Live, zk, n_b, start, offs_d, d_mask, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Scores (BM, BLOCK_N) of the query tile against blocks [start, start + BLOCK_N): DEAD_SCORE for
+    blocks without a live key, -inf past the last block."""
+    offs_n = start + tl.arange(0, BLOCK_N)
+    nmask = offs_n < n_b
+    c = tl.load(C + (zk * n_b + offs_n)[:, None] * HEAD_DIM + offs_d[None, :],
+                mask=nmask[:, None] & d_mask[None, :], other=0.0)
+    live = tl.load(Live + zk * n_b + offs_n, mask=nmask, other=0)
+    s = tl.dot(q, tl.trans(c))
+    s = tl.where(live[None, :] != 0, s, DEAD_SCORE)
+    return tl.where(nmask[None, :], s, float("-inf"))
 
 
 @triton.jit
@@ -32,7 +51,7 @@ def select_blocks_kernel(
     stride_qz, stride_qh, stride_qn,
     n_q, n_b, num_q_heads, group, num_tiles,
     NUM_SEL: tl.constexpr, SEL_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    TWO_PASS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """One program: a tile of queries of one (problem, head). C (Z, Hkv, n_b, D) block means in
     q's dtype, Live (Z, Hkv, n_b) uint8; Out (Z, Hq, n_q, NUM_SEL) int64 block indices, ascending."""
@@ -50,17 +69,21 @@ def select_blocks_kernel(
     q = tl.load(Q + z.to(tl.int64) * stride_qz + h.to(tl.int64) * stride_qh + offs_m.to(tl.int64)[:, None] * stride_qn
                 + offs_d[None, :], mask=rmask[:, None] & d_mask[None, :], other=0.0)
     # each row's best NUM_SEL (value, block); the padding slots hold +inf and are never replaced
-    best = tl.where(offs_s[None, :] < NUM_SEL, float("-inf"), float("inf")) + tl.zeros([BLOCK_M, SEL_PAD], tl.float32)
+    empty = tl.where(offs_s[None, :] < NUM_SEL, float("-inf"), float("inf")) + tl.zeros([BLOCK_M, SEL_PAD], tl.float32)
+    floor = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    if TWO_PASS:
+        tops = empty  # the row's NUM_SEL largest tile maxima
+        for start in range(0, n_b, BLOCK_N):
+            tile_max = tl.max(_block_scores(q, C, Live, zk, n_b, start, offs_d, d_mask, HEAD_DIM, BLOCK_N), 1)
+            low = tl.min(tops, 1)
+            slot = tl.argmin(tops, 1)
+            tops = tl.where((offs_s[None, :] == slot[:, None]) & (tile_max > low)[:, None], tile_max[:, None], tops)
+        floor = tl.min(tops, 1)
+    best = empty
     best_idx = tl.full([BLOCK_M, SEL_PAD], -1, tl.int32)
     for start in range(0, n_b, BLOCK_N):
-        offs_n = start + tl.arange(0, BLOCK_N)
-        nmask = offs_n < n_b
-        c = tl.load(C + (zk * n_b + offs_n)[:, None] * HEAD_DIM + offs_d[None, :],
-                    mask=nmask[:, None] & d_mask[None, :], other=0.0)
-        live = tl.load(Live + zk * n_b + offs_n, mask=nmask, other=0)
-        s = tl.dot(q, tl.trans(c))
-        s = tl.where(live[None, :] != 0, s, DEAD_SCORE)
-        s = tl.where(nmask[None, :], s, float("-inf"))
+        s = _block_scores(q, C, Live, zk, n_b, start, offs_d, d_mask, HEAD_DIM, BLOCK_N)
+        s = tl.where(s >= floor[:, None], s, float("-inf"))
         tile_max = tl.max(s, 1)
         worst = tl.min(best, 1)
         while tl.max((tile_max > worst).to(tl.int32), 0) > 0:
@@ -98,6 +121,6 @@ def select_key_blocks_triton(q: torch.Tensor, k: torch.Tensor, live: torch.Tenso
         select_blocks_kernel[(z * hq * tiles,)](
             q, centroids.to(q.dtype).contiguous(), has_live.to(torch.uint8).contiguous(), out, q.stride(0),
             q.stride(1), q.stride(2), n_q, num_blocks, hq, hq // k.shape[1], tiles, NUM_SEL=count,
-            SEL_PAD=triton.next_power_of_2(count), HEAD_DIM=d, D_PAD=tile_width(d), BLOCK_M=SELECTION_BLOCK_M,
-            BLOCK_N=SELECTION_BLOCK_N)
+            SEL_PAD=triton.next_power_of_2(count), HEAD_DIM=d, D_PAD=tile_width(d), TWO_PASS=SELECTION_TWO_PASS,
+            BLOCK_M=SELECTION_BLOCK_M, BLOCK_N=SELECTION_BLOCK_N)
     return out
