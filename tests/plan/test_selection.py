@@ -59,6 +59,8 @@ def test_sinks_and_heavy_keys_take_no_part_in_the_centroids():
     live[..., plan.sample_idx[0, 0, :plan.heavy]] = False
     torch.testing.assert_close(plan.selected, brute_force_selection(q, k, live, 4, 2), rtol=0, atol=0)
     assert plan.selected_block_size == 4
+    # nothing is sorted (the old order would have put the sinks and heavy keys last)
+    assert (plan.k_perm == torch.arange(40)).all() and (plan.q_perm == torch.arange(24)).all()
 
 
 def test_causal_plans_select_within_each_rectangle():
