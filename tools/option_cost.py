@@ -53,6 +53,10 @@ OPTIONS = {
                                         exact_sinks=0, **HEAVY_NO_SAMPLES),
     "heavy448-sel16x4-p32-nosinks": dict(heavy_keys=448, selected_blocks=16, selected_block_size=4, probe_queries=32,
                                          exact_sinks=0, **HEAVY_NO_SAMPLES),
+    "heavy448-sel4x16-p32-nosinks": dict(heavy_keys=448, selected_blocks=4, selected_block_size=16, probe_queries=32,
+                                         exact_sinks=0, **HEAVY_NO_SAMPLES),
+    "heavy256-sel16x16-p32-nosinks": dict(heavy_keys=256, selected_blocks=16, selected_block_size=16, probe_queries=32,
+                                          exact_sinks=0, **HEAVY_NO_SAMPLES),
     "window1024": dict(exact_window=1024),
     "rank-window1024": dict(query_blocks="rank", exact_window=1024),
 }
