@@ -53,6 +53,9 @@ def test_exact_up_to_zero_is_the_papers_rule():
         ("selected_blocks", -1, ValueError),
         ("selected_block_size", 0, ValueError),
         ("selected_block_size", 4.0, TypeError),
+        ("selection_coarse_size", -1, ValueError),
+        ("selection_coarse_size", 12, ValueError),  # not a multiple of selected_block_size 8
+        ("selection_coarse_size", 8, ValueError),  # not above it
     ],
 )
 def test_bad_values_name_the_field(field, value, error):

@@ -94,6 +94,11 @@ class HyperAttentionConfig:
             with samples ``impl="auto"`` takes the reference executor and ``impl="triton"`` is
             refused. ``>= 0`` (0: the LSH block).
         selected_block_size: keys per selected block. ``>= 1``.
+        selection_coarse_size: with ``selected_blocks``, choose in two stages: each query first
+            keeps its ``2 * selected_blocks`` best runs of this many consecutive keys (by their
+            mean key, as above), then its selected blocks among the blocks inside them, so it
+            scores ``selected_block_size / selection_coarse_size`` as many means. A multiple of
+            ``selected_block_size`` above it; 0 (every block scored).
         exact_tail: the last ``exact_tail`` queries attend exactly to every key they see
             (causal or not), in place of their approximated rows. A prompt's question usually
             sits at its end, and decoding is exact anyway. ``>= 0``; a call with at most
@@ -136,6 +141,10 @@ class HyperAttentionConfig:
                 "(fused kernels: with sample_size 0 only); 0: the LSH block"})
     selected_block_size: int = field(default=8, metadata={
         "help": "keys per selected block (selected_blocks)"})
+    selection_coarse_size: int = field(default=0, metadata={
+        "help": "choose the selected blocks in two stages: first each query's 2 * selected_blocks best runs of "
+                "this many keys, then its blocks inside them (a multiple of selected_block_size); 0: every "
+                "block scored"})
     query_blocks: str = field(default="bucket", metadata={
         "help": "which key block a query attends to: bucket (where the keys of its own bucket sit: strictly "
                 "causal) or rank (the paper's: by its rank among the queries; faster, but in causal calls it "
@@ -154,6 +163,12 @@ class HyperAttentionConfig:
         _check_int("probe_queries", self.probe_queries, 1)
         _check_int("selected_blocks", self.selected_blocks, 0)
         _check_int("selected_block_size", self.selected_block_size, 1)
+        _check_int("selection_coarse_size", self.selection_coarse_size, 0)
+        if self.selection_coarse_size and (self.selection_coarse_size <= self.selected_block_size
+                                           or self.selection_coarse_size % self.selected_block_size):
+            raise ValueError(f"HyperAttentionConfig.selection_coarse_size must be 0 or a multiple of "
+                             f"selected_block_size ({self.selected_block_size}) above it, got "
+                             f"{self.selection_coarse_size}")
         if not isinstance(self.sampling, str) or self.sampling not in SAMPLING_METHODS:
             raise ValueError(
                 f"HyperAttentionConfig.sampling must be one of {SAMPLING_METHODS}, got {self.sampling!r}"

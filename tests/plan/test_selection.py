@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from hyperattn import HyperAttentionConfig
-from hyperattn.plan import block_centroids, make_plan, plan_hyper_attention, select_key_blocks
+from hyperattn.plan import block_centroids, make_plan, plan_hyper_attention, select_coarse_to_fine, select_key_blocks
 from tests.conftest import random_qkv
 
 
@@ -76,3 +76,29 @@ def test_causal_plans_select_within_each_rectangle():
     prefix = plan.schedule.prefix()
     torch.testing.assert_close(plan.prefix_plan.selected, brute_force_selection(*prefix.take(q, k), None, 4, 3),
                                rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("nk,block_size,coarse_size,count", [(200, 4, 16, 3), (203, 2, 8, 4), (97, 3, 12, 2)])
+def test_coarse_to_fine_selection_is_the_top_blocks_inside_the_coarse_picks(nk, block_size, coarse_size, count):
+    """Stage two picks each query's best blocks (brute force, float64) among the blocks inside its
+    2 * count coarse blocks (stage one: the top coarse blocks), dead blocks last."""
+    q, k, _ = random_qkv(batch=2, hq=4, hkv=2, nq=9, nk=nk, d=8, seed=nk)
+    live = torch.rand(2, 2, nk, generator=torch.Generator().manual_seed(1)) > 0.3
+    live[..., :3 * block_size] = False  # dead blocks inside the first coarse block
+    got = select_coarse_to_fine(q, k, live, block_size, count, coarse_size)
+    coarse = brute_force_selection(q, k, live, coarse_size, 2 * count)
+    num_blocks = -(-nk // block_size)
+    centroids, has_live = block_centroids(k, live, block_size)
+    table = torch.einsum("zhqd,zhbd->zhqb", q.double(), centroids.double().repeat_interleave(2, 1))
+    table = table.masked_fill(~has_live.repeat_interleave(2, 1)[:, :, None], torch.finfo(torch.float64).min)
+    ratio = coarse_size // block_size
+    inside = (torch.arange(num_blocks) // ratio == coarse[..., None]).any(-2)
+    want = table.masked_fill(~inside, -torch.inf).topk(count, -1).indices.sort(-1).values
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert not torch.equal(got, select_key_blocks(q, k, live, block_size, count)), "the coarse stage changed picks"
+
+
+def test_coarse_to_fine_selection_covering_every_key_is_the_exact_selection():
+    q, k, _ = random_qkv(hq=2, hkv=1, nq=12, nk=60, d=8, seed=2)
+    exact = select_key_blocks(q, k, None, 4, 3)
+    torch.testing.assert_close(select_coarse_to_fine(q, k, None, 4, 3, 12), exact, rtol=0, atol=0)

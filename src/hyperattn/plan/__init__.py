@@ -18,7 +18,7 @@ from hyperattn.plan.blocks import (bucket_query_blocks, max_queries_per_block, n
 from hyperattn.plan.lsh import (gray_code_rank, inverse_permutation, lsh_buckets, lsh_directions, ranks_in_sort,
                                 sort_lsh, sort_lsh_permutation)
 from hyperattn.plan.sampling import probe_key_mass, sample_keys, value_sq_norms
-from hyperattn.plan.selection import block_centroids, select_key_blocks
+from hyperattn.plan.selection import block_centroids, select_coarse_to_fine, select_key_blocks
 from hyperattn.plan.schedule import CausalSchedule, Rectangles, Rows, causal_schedule
 
 # Share of uniform draws in mass sampling: p_j = (1 - s) * estimated mass share + s / Nk.
@@ -127,7 +127,8 @@ def make_plan(
             draws follow the mass of the other keys, mixed with a uniform share.
         rows: the problems' query rows (Z, Hq, Nq, D) and key rows (Z, Hkv, Nk, D), which
             ``config.selected_blocks`` needs; ``select_blocks`` chooses them (``select_key_blocks``,
-            or a kernel with its contract).
+            or a kernel with its contract; with ``config.selection_coarse_size`` it chooses the
+            coarse blocks of ``select_coarse_to_fine``).
     """
     z, num_kv_heads, num_keys = k_buckets.shape
     sinks = min(sinks, num_keys)
@@ -193,7 +194,10 @@ def make_plan(
         sample_block = torch.cat((torch.full_like(heavy_idx, -1), sample_block), -1)
         sample_log_weight = torch.cat((sample_log_weight.new_zeros(heavy_idx.shape), sample_log_weight), -1)
     selected = None
-    if selecting:
+    if selecting and config.selection_coarse_size:
+        selected = select_coarse_to_fine(*rows, live, config.selected_block_size, config.selected_blocks,
+                                         config.selection_coarse_size, select_blocks)
+    elif selecting:
         selected = select_blocks(*rows, live, config.selected_block_size, config.selected_blocks)
     return AttentionPlan(q_perm, k_perm, sample_idx, sample_block, sample_log_weight, config.block_size,
                          q_block=q_block, heavy=num_heavy, selected=selected,
@@ -381,6 +385,7 @@ __all__ = [
     "query_block_of_rank",
     "ranks_in_sort",
     "sample_keys",
+    "select_coarse_to_fine",
     "select_key_blocks",
     "sort_lsh",
     "sort_lsh_permutation",

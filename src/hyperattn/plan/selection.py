@@ -8,6 +8,8 @@ import torch
 # Query-centroid scores materialized at once by select_key_blocks (elements): on CPU, and on CUDA.
 SELECTION_CHUNK_ELEMENTS = 1 << 24
 SELECTION_CHUNK_ELEMENTS_CUDA = 1 << 28
+# Coarse blocks a query keeps per selected block in a two-stage selection (selection_coarse_size)
+COARSE_PER_SELECTED = 2
 
 
 def block_centroids(k: torch.Tensor, live: torch.Tensor | None, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,3 +59,42 @@ def select_key_blocks(q: torch.Tensor, k: torch.Tensor, live: torch.Tensor | Non
         picks.append(scores.masked_fill(dead, -torch.inf).topk(count, -1).indices)
     selected = torch.cat(picks, 3) if len(picks) != 1 else picks[0]
     return selected.sort(-1).values.view(z, hq, nq, count)
+
+
+def select_coarse_to_fine(q: torch.Tensor, k: torch.Tensor, live: torch.Tensor | None, block_size: int,
+                          num_selected: int, coarse_size: int, select_blocks=select_key_blocks) -> torch.Tensor:
+    """``select_key_blocks`` in two stages (``HyperAttentionConfig.selection_coarse_size``): each
+    query's ``COARSE_PER_SELECTED * num_selected`` best blocks of ``coarse_size`` keys by
+    ``select_blocks`` (``select_key_blocks`` or a kernel with its contract), then its
+    ``num_selected`` best blocks of ``block_size`` keys inside them, scored as ``select_key_blocks``
+    scores. Same shapes and contract as ``select_key_blocks``; ``coarse_size`` a multiple of
+    ``block_size``."""
+    coarse = select_blocks(q, k, live, coarse_size, COARSE_PER_SELECTED * num_selected)
+    centroids, has_live = block_centroids(k, live, block_size)
+    z, hq, nq, d = q.shape
+    hkv, num_blocks = k.shape[1], centroids.shape[2]
+    count = min(num_selected, num_blocks)
+    if q.dtype in (torch.float16, torch.bfloat16):
+        centroids = centroids.to(q.dtype)
+    ratio = coarse_size // block_size
+    candidates = (coarse[..., None] * ratio + torch.arange(ratio, device=q.device)).flatten(-2)  # ascending
+    inside = candidates < num_blocks  # the last coarse block may hold fewer blocks
+    candidates = candidates.clamp(max=num_blocks - 1)
+    per_head = torch.arange(hq, device=q.device) // (hq // hkv)  # each query head's kv head
+    centroids, has_live = centroids[:, per_head], has_live[:, per_head]
+    width = candidates.shape[-1]
+    budget = SELECTION_CHUNK_ELEMENTS_CUDA if q.is_cuda else SELECTION_CHUNK_ELEMENTS
+    chunk = max(1, budget // max(1, z * hq * width * d))
+    picks = []
+    for lo in range(0, nq, chunk):
+        cand = candidates[:, :, lo:lo + chunk]
+        flat = cand.flatten(2)
+        means = centroids.gather(2, flat[..., None].expand(-1, -1, -1, d)).view(*cand.shape, d)
+        scores = torch.einsum("zhqd,zhqcd->zhqc", q[:, :, lo:lo + chunk].detach().to(means.dtype), means)
+        # blocks without a live key only where too few live ones remain; blocks past the end never
+        scores = scores.to(torch.float64 if scores.dtype == torch.float64 else torch.float32)
+        scores = scores.masked_fill(~has_live.gather(2, flat).view(cand.shape), torch.finfo(scores.dtype).min)
+        scores = scores.masked_fill(~inside[:, :, lo:lo + chunk], -torch.inf)
+        picks.append(cand.gather(-1, scores.topk(count, -1).indices))
+    selected = torch.cat(picks, 2) if len(picks) != 1 else picks[0]
+    return selected.sort(-1).values
