@@ -18,9 +18,7 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
     ((1, 1, 1, 20, 24, 16), 8, 9),  # more blocks asked than there are: all 3
     ((1, 2, 1, 48, 1100, 16), 4, 3),  # 275 blocks in 18 tiles: the first pass's floor prunes
 ])
-@pytest.mark.parametrize("two_pass", [True, False])
-def test_kernel_chooses_the_top_blocks(shape, block_size, count, two_pass, monkeypatch):
-    monkeypatch.setattr(selection, "SELECTION_TWO_PASS", two_pass)
+def test_kernel_chooses_the_top_blocks(shape, block_size, count, monkeypatch):
     monkeypatch.setattr(selection, "SELECTION_BLOCK_M", 16)
     monkeypatch.setattr(selection, "SELECTION_BLOCK_N", 16)
     batch, hq, hkv, nq, nk, d = shape

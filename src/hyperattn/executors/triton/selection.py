@@ -25,8 +25,6 @@ from hyperattn.plan.selection import block_centroids
 
 SELECTION_BLOCK_M = 64
 SELECTION_BLOCK_N = 64
-# A first pass for each row's floor (see above)
-SELECTION_TWO_PASS = True
 # The score of a block without a live key: finite, below every real score
 DEAD_SCORE = tl.constexpr(-3.0e38)
 
@@ -51,7 +49,7 @@ def select_blocks_kernel(
     stride_qz, stride_qh, stride_qn,
     n_q, n_b, num_q_heads, group, num_tiles,
     NUM_SEL: tl.constexpr, SEL_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
-    TWO_PASS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """One program: a tile of queries of one (problem, head). C (Z, Hkv, n_b, D) block means in
     q's dtype, Live (Z, Hkv, n_b) uint8; Out (Z, Hq, n_q, NUM_SEL) int64 block indices, ascending."""
@@ -70,15 +68,13 @@ def select_blocks_kernel(
                 + offs_d[None, :], mask=rmask[:, None] & d_mask[None, :], other=0.0)
     # each row's best NUM_SEL (value, block); the padding slots hold +inf and are never replaced
     empty = tl.where(offs_s[None, :] < NUM_SEL, float("-inf"), float("inf")) + tl.zeros([BLOCK_M, SEL_PAD], tl.float32)
-    floor = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    if TWO_PASS:
-        tops = empty  # the row's NUM_SEL largest tile maxima
-        for start in range(0, n_b, BLOCK_N):
-            tile_max = tl.max(_block_scores(q, C, Live, zk, n_b, start, offs_d, d_mask, HEAD_DIM, BLOCK_N), 1)
-            low = tl.min(tops, 1)
-            slot = tl.argmin(tops, 1)
-            tops = tl.where((offs_s[None, :] == slot[:, None]) & (tile_max > low)[:, None], tile_max[:, None], tops)
-        floor = tl.min(tops, 1)
+    tops = empty  # the row's NUM_SEL largest tile maxima
+    for start in range(0, n_b, BLOCK_N):
+        tile_max = tl.max(_block_scores(q, C, Live, zk, n_b, start, offs_d, d_mask, HEAD_DIM, BLOCK_N), 1)
+        low = tl.min(tops, 1)
+        slot = tl.argmin(tops, 1)
+        tops = tl.where((offs_s[None, :] == slot[:, None]) & (tile_max > low)[:, None], tile_max[:, None], tops)
+    floor = tl.min(tops, 1)  # -inf while fewer tiles than NUM_SEL
     best = empty
     best_idx = tl.full([BLOCK_M, SEL_PAD], -1, tl.int32)
     for start in range(0, n_b, BLOCK_N):
@@ -121,6 +117,6 @@ def select_key_blocks_triton(q: torch.Tensor, k: torch.Tensor, live: torch.Tenso
         select_blocks_kernel[(z * hq * tiles,)](
             q, centroids.to(q.dtype).contiguous(), has_live.to(torch.uint8).contiguous(), out, q.stride(0),
             q.stride(1), q.stride(2), n_q, num_blocks, hq, hq // k.shape[1], tiles, NUM_SEL=count,
-            SEL_PAD=triton.next_power_of_2(count), HEAD_DIM=d, D_PAD=tile_width(d), TWO_PASS=SELECTION_TWO_PASS,
-            BLOCK_M=SELECTION_BLOCK_M, BLOCK_N=SELECTION_BLOCK_N)
+            SEL_PAD=triton.next_power_of_2(count), HEAD_DIM=d, D_PAD=tile_width(d), BLOCK_M=SELECTION_BLOCK_M,
+            BLOCK_N=SELECTION_BLOCK_N)
     return out
