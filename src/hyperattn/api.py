@@ -146,9 +146,9 @@ def _plan(q, k, v, causal: bool, config: HyperAttentionConfig, seed: int, use_tr
     if use_triton and q.is_cuda:
         from hyperattn.executors.triton.hashing import lsh_buckets_triton
         from hyperattn.executors.triton.probes import probe_key_mass_triton
-        from hyperattn.executors.triton.selection import select_key_blocks_triton
+        from hyperattn.executors.triton.selection import refine_selection_triton, select_key_blocks_triton
         return plan_hyper_attention(q, k, v, causal, config, generator, lsh_buckets_triton, scale,
-                                    probe_key_mass_triton, select_key_blocks_triton)
+                                    probe_key_mass_triton, select_key_blocks_triton, refine_selection_triton)
     return plan_hyper_attention(q, k, v, causal, config, generator, lsh_buckets, scale)
 
 

@@ -18,7 +18,7 @@ from hyperattn.plan.blocks import (bucket_query_blocks, max_queries_per_block, n
 from hyperattn.plan.lsh import (gray_code_rank, inverse_permutation, lsh_buckets, lsh_directions, ranks_in_sort,
                                 sort_lsh, sort_lsh_permutation)
 from hyperattn.plan.sampling import probe_key_mass, sample_keys, value_sq_norms
-from hyperattn.plan.selection import block_centroids, select_coarse_to_fine, select_key_blocks
+from hyperattn.plan.selection import block_centroids, refine_selection, select_coarse_to_fine, select_key_blocks
 from hyperattn.plan.schedule import CausalSchedule, Rectangles, Rows, causal_schedule
 
 # Share of uniform draws in mass sampling: p_j = (1 - s) * estimated mass share + s / Nk.
@@ -29,6 +29,8 @@ ProbeMass = Callable[[torch.Tensor, torch.Tensor, Rows, int, float, "torch.Tenso
 
 # ``select_key_blocks``'s contract: (q, k, live, block_size, num_selected) -> selected blocks
 SelectBlocks = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None", int, int], torch.Tensor]
+# ``refine_selection``'s contract: (q, k, live, block_size, num_selected, coarse, coarse_size) -> selected blocks
+RefineBlocks = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None", int, int, torch.Tensor, int], torch.Tensor]
 
 # A causal rectangle's probes are normalized over its last PROBE_NORM_KEYS keys (``probe_key_mass``'s
 # norm_keys): the keys nearest them, one short pass in place of one over every key. Bucket + heavy 448, 32
@@ -105,6 +107,7 @@ def make_plan(
     key_mass: torch.Tensor | None = None,
     rows: tuple[torch.Tensor, torch.Tensor] | None = None,
     select_blocks: SelectBlocks = select_key_blocks,
+    refine_blocks: RefineBlocks = refine_selection,
 ) -> AttentionPlan:
     """Sort and sample for Z problems, given the LSH buckets of their rows.
 
@@ -128,7 +131,7 @@ def make_plan(
         rows: the problems' query rows (Z, Hq, Nq, D) and key rows (Z, Hkv, Nk, D), which
             ``config.selected_blocks`` needs; ``select_blocks`` chooses them (``select_key_blocks``,
             or a kernel with its contract; with ``config.selection_coarse_size`` it chooses the
-            coarse blocks of ``select_coarse_to_fine``).
+            coarse blocks of ``select_coarse_to_fine`` and ``refine_blocks`` the blocks inside them).
     """
     z, num_kv_heads, num_keys = k_buckets.shape
     sinks = min(sinks, num_keys)
@@ -196,7 +199,7 @@ def make_plan(
     selected = None
     if selecting and config.selection_coarse_size:
         selected = select_coarse_to_fine(*rows, live, config.selected_block_size, config.selected_blocks,
-                                         config.selection_coarse_size, select_blocks)
+                                         config.selection_coarse_size, select_blocks, refine_blocks)
     elif selecting:
         selected = select_blocks(*rows, live, config.selected_block_size, config.selected_blocks)
     return AttentionPlan(q_perm, k_perm, sample_idx, sample_block, sample_log_weight, config.block_size,
@@ -309,13 +312,14 @@ def plan_hyper_attention(
     scale: float | None = None,
     probe_mass: ProbeMass = probe_key_mass,
     select_blocks: SelectBlocks = select_key_blocks,
+    refine_blocks: RefineBlocks = refine_selection,
 ) -> AttentionPlan | CausalPlan:
     """Every random and data-dependent choice of one HyperAttention call.
 
     Rows are hashed once (directions drawn first from ``generator``) by ``hash_rows``
     (``lsh_buckets``, or an executor's kernel with its contract), and key masses estimated by
     ``probe_mass`` (``probe_key_mass``, or a kernel with its contract), selected blocks chosen by
-    ``select_blocks`` (likewise); each problem (the whole
+    ``select_blocks`` and ``refine_blocks`` (likewise); each problem (the whole
     input, or a rectangle of the causal schedule) sorts its own slice and draws its own
     samples, in the order levels 1..L, then the prefix.
     q (B, Hq, Nq, D), k (B, Hkv, Nk, D), v (B, Hkv, Nk, Dv); requires Nq > config.min_seq_len.
@@ -335,7 +339,8 @@ def plan_hyper_attention(
             all_keys = Rows(start=0, stride=0, length=k.shape[2])
             key_mass = probe_mass(q[:, :, rows], k, all_keys, 1, scale, None, sinks, 0)
         plan = make_plan(q_buckets, k_buckets, config, generator, sq_norms, weight_dtype, sinks, key_mass=key_mass,
-                         rows=(q, k) if config.selected_blocks else None, select_blocks=select_blocks)
+                         rows=(q, k) if config.selected_blocks else None, select_blocks=select_blocks,
+                         refine_blocks=refine_blocks)
         return replace(plan, sinks=sinks)
     schedule = causal_schedule(q.shape[2], k.shape[2], config.min_seq_len)
     sinks = min(config.exact_sinks, schedule.max_sinks)
@@ -351,14 +356,14 @@ def plan_hyper_attention(
         level_plans.append(make_plan(*rects.take(q_buckets, k_buckets), config, generator, level_norms, weight_dtype,
                                      main_sinks, rects.count, key_mass=key_mass,
                                      rows=rects.take(q, k) if config.selected_blocks else None,
-                                     select_blocks=select_blocks))
+                                     select_blocks=select_blocks, refine_blocks=refine_blocks))
     prefix_plan = None
     if prefix:
         prefix_norms = None if sq_norms is None else prefix.keys.take(sq_norms, 1)
         prefix_plan = make_plan(*prefix.take(q_buckets, k_buckets), config, generator, prefix_norms, weight_dtype,
                                 prefix_sinks, key_mass=masses[-1],
                                 rows=prefix.take(q, k) if config.selected_blocks else None,
-                                select_blocks=select_blocks)
+                                select_blocks=select_blocks, refine_blocks=refine_blocks)
     return CausalPlan(schedule, level_plans, prefix_plan, sinks, config.exact_window)
 
 
@@ -385,6 +390,7 @@ __all__ = [
     "query_block_of_rank",
     "ranks_in_sort",
     "sample_keys",
+    "refine_selection",
     "select_coarse_to_fine",
     "select_key_blocks",
     "sort_lsh",

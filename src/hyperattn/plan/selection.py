@@ -62,14 +62,24 @@ def select_key_blocks(q: torch.Tensor, k: torch.Tensor, live: torch.Tensor | Non
 
 
 def select_coarse_to_fine(q: torch.Tensor, k: torch.Tensor, live: torch.Tensor | None, block_size: int,
-                          num_selected: int, coarse_size: int, select_blocks=select_key_blocks) -> torch.Tensor:
+                          num_selected: int, coarse_size: int, select_blocks=select_key_blocks,
+                          refine_blocks=None) -> torch.Tensor:
     """``select_key_blocks`` in two stages (``HyperAttentionConfig.selection_coarse_size``): each
     query's ``COARSE_PER_SELECTED * num_selected`` best blocks of ``coarse_size`` keys by
     ``select_blocks`` (``select_key_blocks`` or a kernel with its contract), then its
-    ``num_selected`` best blocks of ``block_size`` keys inside them, scored as ``select_key_blocks``
-    scores. Same shapes and contract as ``select_key_blocks``; ``coarse_size`` a multiple of
-    ``block_size``."""
+    ``num_selected`` best blocks of ``block_size`` keys inside them by ``refine_blocks``
+    (``refine_selection``, or a kernel with its contract). Same shapes and contract as
+    ``select_key_blocks``; ``coarse_size`` a multiple of ``block_size``."""
     coarse = select_blocks(q, k, live, coarse_size, COARSE_PER_SELECTED * num_selected)
+    return (refine_blocks or refine_selection)(q, k, live, block_size, num_selected, coarse, coarse_size)
+
+
+def refine_selection(q: torch.Tensor, k: torch.Tensor, live: torch.Tensor | None, block_size: int,
+                     num_selected: int, coarse: torch.Tensor, coarse_size: int) -> torch.Tensor:
+    """Each query's ``num_selected`` best blocks of ``block_size`` keys among those inside its
+    ``coarse`` blocks (int64 (Z, Hq, Nq, m): distinct blocks of ``coarse_size`` keys), scored as
+    ``select_key_blocks`` scores; blocks without a live key only where too few live ones remain.
+    Returns int64 (Z, Hq, Nq, min(num_selected, blocks)), ascending."""
     centroids, has_live = block_centroids(k, live, block_size)
     z, hq, nq, d = q.shape
     hkv, num_blocks = k.shape[1], centroids.shape[2]

@@ -27,7 +27,7 @@ from hyperattn.executors.triton.executor import attention_backward, attention_fo
 from hyperattn.executors.triton.hashing import lsh_buckets_triton
 from hyperattn.executors.triton.op import triton_attention
 from hyperattn.executors.triton.probes import probe_key_mass_triton
-from hyperattn.executors.triton.selection import select_key_blocks_triton
+from hyperattn.executors.triton.selection import refine_selection_triton, select_key_blocks_triton
 from hyperattn.plan.selection import block_centroids
 from hyperattn.plan import (AttentionPlan, CausalPlan, Rows, _probe_mass, causal_schedule, plan_hyper_attention,
                             probe_key_mass)
@@ -132,7 +132,7 @@ def _check_case(batch, hq, hkv, nq, nk, d, dv, causal, overrides, dtype, device)
         cfg = HyperAttentionConfig(**overrides)
         plan = plan_hyper_attention(q, k, v, causal, cfg, torch.Generator().manual_seed(int(torch.seed() % 2**31)),
                                     lsh_buckets_triton, probe_mass=probe_key_mass_triton,
-                                    select_blocks=select_key_blocks_triton)
+                                    select_blocks=select_key_blocks_triton, refine_blocks=refine_selection_triton)
         tail = cfg.exact_tail
     parts = parts_of(plan, nq, nk, causal)
     out, lse = attention_forward(q, k, v, parts, scale, tail, causal, poison=True)

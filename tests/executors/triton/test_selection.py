@@ -6,7 +6,8 @@ import torch
 pytest.importorskip("triton")
 
 from hyperattn.executors.triton import selection  # noqa: E402
-from hyperattn.executors.triton.selection import select_key_blocks_triton  # noqa: E402
+from hyperattn.executors.triton.selection import refine_selection_triton, select_key_blocks_triton  # noqa: E402
+from hyperattn.plan.selection import block_centroids, select_key_blocks  # noqa: E402
 from hyperattn.testing.gpu import selection_shortfall  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -45,3 +46,34 @@ def test_dead_blocks_are_chosen_only_when_too_few_live_ones_remain():
     assert (got == torch.tensor([1, 2], device=DEVICE)).all()
     got = select_key_blocks_triton(q, k, live, 8, 3)
     assert ((got[..., :] == 1).any(-1) & (got == 2).any(-1)).all() and got.unique().numel() >= 3
+
+
+@pytest.mark.parametrize("shape,block_size,coarse_size,count", [
+    ((1, 2, 2, 40, 300, 16), 4, 16, 3),  # 19 coarse blocks, 6 kept a query
+    ((2, 4, 2, 33, 130, 32), 2, 8, 5),  # GQA, a short last coarse block
+])
+def test_refine_kernel_chooses_the_top_blocks_inside_the_coarse_picks(shape, block_size, coarse_size, count,
+                                                                      monkeypatch):
+    monkeypatch.setattr(selection, "SELECTION_BLOCK_M", 16)
+    batch, hq, hkv, nq, nk, d = shape
+    gen = torch.Generator().manual_seed(2)
+    q = torch.randn(batch, hq, nq, d, generator=gen).to(DEVICE, torch.float16)
+    k = torch.randn(batch, hkv, nk, d, generator=gen).to(DEVICE, torch.float16)
+    live = torch.rand(batch, hkv, nk, generator=gen).to(DEVICE) > 0.2
+    live[..., :2 * block_size] = False  # dead blocks inside the first coarse block
+    coarse = select_key_blocks(q.double(), k.double(), live, coarse_size, 2 * count)
+    got = refine_selection_triton(q, k, live, block_size, count, coarse, coarse_size)
+    assert got.shape == (batch, hq, nq, count) and (got[..., 1:] > got[..., :-1]).all()
+    ratio = coarse_size // block_size
+    assert (got[..., :, None] // ratio == coarse[..., None, :]).any(-1).all(), "inside the coarse blocks"
+    # against the float64 scores of the candidates: the weakest choice within rounding of the count-th best
+    centroids, has_live = block_centroids(k.double(), live, block_size)
+    scores = torch.einsum("zhqd,zhbd->zhqb", q.double(), centroids.repeat_interleave(hq // hkv, 1))
+    scores = scores.masked_fill(~has_live.repeat_interleave(hq // hkv, 1)[:, :, None], -1e300)
+    num_blocks = scores.shape[-1]
+    inside = (torch.arange(num_blocks, device=DEVICE) // ratio == coarse[..., None]).any(-2)
+    scores = scores.masked_fill(~inside, -torch.inf)
+    kth = scores.topk(count, -1).values[..., -1]
+    worst = scores.gather(-1, got).min(-1).values
+    assert ((kth - worst) / scores.masked_fill(~torch.isfinite(scores) | (scores < -1e299), 0).abs().amax(-1)
+            < 2e-2).all()

@@ -11,6 +11,9 @@ worst, one per row and round, until no row of the tile has such an entry: with t
 entries ever qualify, so few tiles run a round. Blocks without a live
 key score below every live block, so they are chosen only where fewer live blocks remain. Scores
 within rounding of each other may rank differently than in the PyTorch version.
+
+The second stage of a two-stage selection (``refine_selection``) is a kernel of its own: each query
+scores the few blocks inside its coarse blocks on the CUDA cores, one gathered mean at a time.
 """
 
 from __future__ import annotations
@@ -119,4 +122,76 @@ def select_key_blocks_triton(q: torch.Tensor, k: torch.Tensor, live: torch.Tenso
             q.stride(1), q.stride(2), n_q, num_blocks, hq, hq // k.shape[1], tiles, NUM_SEL=count,
             SEL_PAD=triton.next_power_of_2(count), HEAD_DIM=d, D_PAD=tile_width(d), BLOCK_M=SELECTION_BLOCK_M,
             BLOCK_N=SELECTION_BLOCK_N)
+    return out
+
+
+@triton.jit
+def refine_blocks_kernel(
+    Q, C, Live, Coarse, Out,
+    stride_qz, stride_qh, stride_qn,
+    n_q, n_b, num_q_heads, group, num_tiles,
+    NUM_COARSE: tl.constexpr, RATIO: tl.constexpr, NUM_SEL: tl.constexpr, SEL_PAD: tl.constexpr,
+    HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr,
+):
+    """One program: a tile of queries of one (problem, head), each scoring the RATIO blocks inside
+    each of its NUM_COARSE coarse blocks (Coarse (Z, Hq, n_q, NUM_COARSE) int64) against its own
+    vector on the CUDA cores, keeping its best NUM_SEL. C, Live, Out as in ``select_blocks_kernel``."""
+    pid = tl.program_id(0)
+    zh = pid // num_tiles
+    tile = pid % num_tiles
+    z = zh // num_q_heads
+    h = zh % num_q_heads
+    zk = (z * (num_q_heads // group) + h // group).to(tl.int64)
+    offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, D_PAD)
+    offs_s = tl.arange(0, SEL_PAD)
+    rmask = offs_m < n_q
+    d_mask = offs_d < HEAD_DIM
+    q = tl.load(Q + z.to(tl.int64) * stride_qz + h.to(tl.int64) * stride_qh + offs_m.to(tl.int64)[:, None] * stride_qn
+                + offs_d[None, :], mask=rmask[:, None] & d_mask[None, :], other=0.0).to(tl.float32)
+    best = tl.where(offs_s[None, :] < NUM_SEL, float("-inf"), float("inf")) + tl.zeros([BLOCK_M, SEL_PAD], tl.float32)
+    best_idx = tl.full([BLOCK_M, SEL_PAD], -1, tl.int32)
+    rows = zh.to(tl.int64) * n_q + offs_m
+    for j in range(NUM_COARSE):
+        coarse = tl.load(Coarse + rows * NUM_COARSE + j, mask=rmask, other=0)
+        for r in tl.static_range(RATIO):
+            blk = coarse * RATIO + r
+            inside = rmask & (blk < n_b)
+            c = tl.load(C + (zk * n_b + blk)[:, None] * HEAD_DIM + offs_d[None, :],
+                        mask=inside[:, None] & d_mask[None, :], other=0.0).to(tl.float32)
+            live = tl.load(Live + zk * n_b + blk, mask=inside, other=0)
+            score = tl.where(live != 0, tl.sum(q * c, 1), DEAD_SCORE)
+            score = tl.where(inside, score, float("-inf"))  # past the last block: never chosen
+            worst = tl.min(best, 1)
+            slot = tl.argmin(best, 1)
+            into = (score > worst)[:, None] & (offs_s[None, :] == slot[:, None])
+            best = tl.where(into, score[:, None], best)
+            best_idx = tl.where(into, blk.to(tl.int32)[:, None], best_idx)
+    ordered = tl.sort(tl.where(offs_s[None, :] < NUM_SEL, best_idx, 2**30), 1)
+    tl.store(Out + rows[:, None] * NUM_SEL + offs_s[None, :], ordered.to(tl.int64),
+             mask=rmask[:, None] & (offs_s[None, :] < NUM_SEL))
+
+
+def refine_selection_triton(q: torch.Tensor, k: torch.Tensor, live: torch.Tensor | None, block_size: int,
+                            num_selected: int, coarse: torch.Tensor, coarse_size: int) -> torch.Tensor:
+    """``hyperattn.plan.selection.refine_selection`` in one kernel (plus the block means): q
+    (Z, Hq, Nq, D) fp16/bf16 on CUDA (or under the interpreter), coarse (Z, Hq, Nq, m) int64
+    -> int64 (Z, Hq, Nq, min(num_selected, blocks)), ascending."""
+    centroids, has_live = block_centroids(k, live, block_size)
+    z, hq, n_q, d = q.shape
+    num_blocks = centroids.shape[2]
+    count = min(num_selected, num_blocks)
+    out = torch.empty(z, hq, n_q, count, dtype=torch.int64, device=q.device)
+    if out.numel() == 0:
+        return out
+    q = q.detach()
+    if q.stride(-1) != 1:
+        q = q.contiguous()
+    tiles = triton.cdiv(n_q, SELECTION_BLOCK_M)
+    with on_device(q):
+        refine_blocks_kernel[(z * hq * tiles,)](
+            q, centroids.to(q.dtype).contiguous(), has_live.to(torch.uint8).contiguous(), coarse.contiguous(), out,
+            q.stride(0), q.stride(1), q.stride(2), n_q, num_blocks, hq, hq // k.shape[1], tiles,
+            NUM_COARSE=coarse.shape[-1], RATIO=coarse_size // block_size, NUM_SEL=count,
+            SEL_PAD=triton.next_power_of_2(count), HEAD_DIM=d, D_PAD=tile_width(d), BLOCK_M=SELECTION_BLOCK_M)
     return out
