@@ -33,6 +33,26 @@ DEAD_SCORE = tl.constexpr(-3.0e38)
 
 
 @triton.jit
+def _query_tile(Q, stride_qz, stride_qh, stride_qn, n_q, num_q_heads, group, num_tiles, SEL_PAD: tl.constexpr,
+                HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr):
+    """This program's (problem, head) pair zh, its kv pair zk (int64), row / column / slot offsets and
+    masks, and its tile of queries (BLOCK_M, D_PAD) in Q's dtype."""
+    pid = tl.program_id(0)
+    zh = pid // num_tiles
+    tile = pid % num_tiles
+    z = zh // num_q_heads
+    h = zh % num_q_heads
+    zk = (z * (num_q_heads // group) + h // group).to(tl.int64)
+    offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, D_PAD)
+    rmask = offs_m < n_q
+    d_mask = offs_d < HEAD_DIM
+    q = tl.load(Q + z.to(tl.int64) * stride_qz + h.to(tl.int64) * stride_qh + offs_m.to(tl.int64)[:, None] * stride_qn
+                + offs_d[None, :], mask=rmask[:, None] & d_mask[None, :], other=0.0)
+    return zh, zk, offs_m, offs_d, tl.arange(0, SEL_PAD), rmask, d_mask, q
+
+
+@triton.jit
 def _block_scores(q, C, Live, zk, n_b, start, offs_d, d_mask, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr):
     """Scores (BM, BLOCK_N) of the query tile against blocks [start, start + BLOCK_N): DEAD_SCORE for
     blocks without a live key, -inf past the last block."""
@@ -56,19 +76,8 @@ def select_blocks_kernel(
 ):
     """One program: a tile of queries of one (problem, head). C (Z, Hkv, n_b, D) block means in
     q's dtype, Live (Z, Hkv, n_b) uint8; Out (Z, Hq, n_q, NUM_SEL) int64 block indices, ascending."""
-    pid = tl.program_id(0)
-    zh = pid // num_tiles
-    tile = pid % num_tiles
-    z = zh // num_q_heads
-    h = zh % num_q_heads
-    zk = (z * (num_q_heads // group) + h // group).to(tl.int64)
-    offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, D_PAD)
-    offs_s = tl.arange(0, SEL_PAD)
-    rmask = offs_m < n_q
-    d_mask = offs_d < HEAD_DIM
-    q = tl.load(Q + z.to(tl.int64) * stride_qz + h.to(tl.int64) * stride_qh + offs_m.to(tl.int64)[:, None] * stride_qn
-                + offs_d[None, :], mask=rmask[:, None] & d_mask[None, :], other=0.0)
+    zh, zk, offs_m, offs_d, offs_s, rmask, d_mask, q = _query_tile(
+        Q, stride_qz, stride_qh, stride_qn, n_q, num_q_heads, group, num_tiles, SEL_PAD, HEAD_DIM, D_PAD, BLOCK_M)
     # each row's best NUM_SEL (value, block); the padding slots hold +inf and are never replaced
     empty = tl.where(offs_s[None, :] < NUM_SEL, float("-inf"), float("inf")) + tl.zeros([BLOCK_M, SEL_PAD], tl.float32)
     tops = empty  # the row's NUM_SEL largest tile maxima
@@ -100,31 +109,6 @@ def select_blocks_kernel(
              mask=rmask[:, None] & (offs_s[None, :] < NUM_SEL))
 
 
-def select_key_blocks_triton(q: torch.Tensor, k: torch.Tensor, live: torch.Tensor | None, block_size: int,
-                             num_selected: int) -> torch.Tensor:
-    """``hyperattn.plan.selection.select_key_blocks`` in one kernel (plus the block means): q
-    (Z, Hq, Nq, D) fp16/bf16 on CUDA (or under the interpreter), k (Z, Hkv, Nk, D), live (Z, Hkv, Nk)
-    bool or None -> int64 (Z, Hq, Nq, min(num_selected, blocks)), ascending."""
-    centroids, has_live = block_centroids(k, live, block_size)
-    z, hq, n_q, d = q.shape
-    num_blocks = centroids.shape[2]
-    count = min(num_selected, num_blocks)
-    out = torch.empty(z, hq, n_q, count, dtype=torch.int64, device=q.device)
-    if out.numel() == 0:
-        return out
-    q = q.detach()
-    if q.stride(-1) != 1:
-        q = q.contiguous()
-    tiles = triton.cdiv(n_q, SELECTION_BLOCK_M)
-    with on_device(q):
-        select_blocks_kernel[(z * hq * tiles,)](
-            q, centroids.to(q.dtype).contiguous(), has_live.to(torch.uint8).contiguous(), out, q.stride(0),
-            q.stride(1), q.stride(2), n_q, num_blocks, hq, hq // k.shape[1], tiles, NUM_SEL=count,
-            SEL_PAD=triton.next_power_of_2(count), HEAD_DIM=d, D_PAD=tile_width(d), BLOCK_M=SELECTION_BLOCK_M,
-            BLOCK_N=SELECTION_BLOCK_N)
-    return out
-
-
 @triton.jit
 def refine_blocks_kernel(
     Q, C, Live, Coarse, Out,
@@ -136,19 +120,9 @@ def refine_blocks_kernel(
     """One program: a tile of queries of one (problem, head), each scoring the RATIO blocks inside
     each of its NUM_COARSE coarse blocks (Coarse (Z, Hq, n_q, NUM_COARSE) int64) against its own
     vector on the CUDA cores, keeping its best NUM_SEL. C, Live, Out as in ``select_blocks_kernel``."""
-    pid = tl.program_id(0)
-    zh = pid // num_tiles
-    tile = pid % num_tiles
-    z = zh // num_q_heads
-    h = zh % num_q_heads
-    zk = (z * (num_q_heads // group) + h // group).to(tl.int64)
-    offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, D_PAD)
-    offs_s = tl.arange(0, SEL_PAD)
-    rmask = offs_m < n_q
-    d_mask = offs_d < HEAD_DIM
-    q = tl.load(Q + z.to(tl.int64) * stride_qz + h.to(tl.int64) * stride_qh + offs_m.to(tl.int64)[:, None] * stride_qn
-                + offs_d[None, :], mask=rmask[:, None] & d_mask[None, :], other=0.0).to(tl.float32)
+    zh, zk, offs_m, offs_d, offs_s, rmask, d_mask, q = _query_tile(
+        Q, stride_qz, stride_qh, stride_qn, n_q, num_q_heads, group, num_tiles, SEL_PAD, HEAD_DIM, D_PAD, BLOCK_M)
+    q = q.to(tl.float32)
     best = tl.where(offs_s[None, :] < NUM_SEL, float("-inf"), float("inf")) + tl.zeros([BLOCK_M, SEL_PAD], tl.float32)
     best_idx = tl.full([BLOCK_M, SEL_PAD], -1, tl.int32)
     rows = zh.to(tl.int64) * n_q + offs_m
@@ -172,11 +146,10 @@ def refine_blocks_kernel(
              mask=rmask[:, None] & (offs_s[None, :] < NUM_SEL))
 
 
-def refine_selection_triton(q: torch.Tensor, k: torch.Tensor, live: torch.Tensor | None, block_size: int,
-                            num_selected: int, coarse: torch.Tensor, coarse_size: int) -> torch.Tensor:
-    """``hyperattn.plan.selection.refine_selection`` in one kernel (plus the block means): q
-    (Z, Hq, Nq, D) fp16/bf16 on CUDA (or under the interpreter), coarse (Z, Hq, Nq, m) int64
-    -> int64 (Z, Hq, Nq, min(num_selected, blocks)), ascending."""
+def _launch(kernel, q, k, live, block_size, num_selected, *inputs, **consts) -> torch.Tensor:
+    """Block means, output and grid shared by the selection kernels: kernel(q, means, live, *inputs,
+    out, q strides, n_q, blocks, Hq, group, tiles, NUM_SEL=..., SEL_PAD=..., HEAD_DIM=..., D_PAD=...,
+    BLOCK_M=..., **consts)."""
     centroids, has_live = block_centroids(k, live, block_size)
     z, hq, n_q, d = q.shape
     num_blocks = centroids.shape[2]
@@ -189,9 +162,26 @@ def refine_selection_triton(q: torch.Tensor, k: torch.Tensor, live: torch.Tensor
         q = q.contiguous()
     tiles = triton.cdiv(n_q, SELECTION_BLOCK_M)
     with on_device(q):
-        refine_blocks_kernel[(z * hq * tiles,)](
-            q, centroids.to(q.dtype).contiguous(), has_live.to(torch.uint8).contiguous(), coarse.contiguous(), out,
-            q.stride(0), q.stride(1), q.stride(2), n_q, num_blocks, hq, hq // k.shape[1], tiles,
-            NUM_COARSE=coarse.shape[-1], RATIO=coarse_size // block_size, NUM_SEL=count,
-            SEL_PAD=triton.next_power_of_2(count), HEAD_DIM=d, D_PAD=tile_width(d), BLOCK_M=SELECTION_BLOCK_M)
+        kernel[(z * hq * tiles,)](
+            q, centroids.to(q.dtype).contiguous(), has_live.to(torch.uint8).contiguous(), *inputs, out, q.stride(0),
+            q.stride(1), q.stride(2), n_q, num_blocks, hq, hq // k.shape[1], tiles, NUM_SEL=count,
+            SEL_PAD=triton.next_power_of_2(count), HEAD_DIM=d, D_PAD=tile_width(d), BLOCK_M=SELECTION_BLOCK_M,
+            **consts)
     return out
+
+
+def select_key_blocks_triton(q: torch.Tensor, k: torch.Tensor, live: torch.Tensor | None, block_size: int,
+                             num_selected: int) -> torch.Tensor:
+    """``hyperattn.plan.selection.select_key_blocks`` in one kernel (plus the block means): q
+    (Z, Hq, Nq, D) fp16/bf16 on CUDA (or under the interpreter), k (Z, Hkv, Nk, D), live (Z, Hkv, Nk)
+    bool or None -> int64 (Z, Hq, Nq, min(num_selected, blocks)), ascending."""
+    return _launch(select_blocks_kernel, q, k, live, block_size, num_selected, BLOCK_N=SELECTION_BLOCK_N)
+
+
+def refine_selection_triton(q: torch.Tensor, k: torch.Tensor, live: torch.Tensor | None, block_size: int,
+                            num_selected: int, coarse: torch.Tensor, coarse_size: int) -> torch.Tensor:
+    """``hyperattn.plan.selection.refine_selection`` in one kernel (plus the block means): q
+    (Z, Hq, Nq, D) fp16/bf16 on CUDA (or under the interpreter), coarse (Z, Hq, Nq, m) int64
+    -> int64 (Z, Hq, Nq, min(num_selected, blocks)), ascending."""
+    return _launch(refine_blocks_kernel, q, k, live, block_size, num_selected, coarse.contiguous(),
+                   NUM_COARSE=coarse.shape[-1], RATIO=coarse_size // block_size)
