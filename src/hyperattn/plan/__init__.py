@@ -140,11 +140,6 @@ def make_plan(
     selecting = config.selected_blocks > 0
     if selecting and rows is None:
         raise ValueError("make_plan: config.selected_blocks needs the problems' rows")
-    # one contiguous copy to mark the sinks and heavy keys in (the caller's buckets stay as they are);
-    # selected blocks replace the LSH block, so their rows keep their order and the buckets go unused
-    sorting = not selecting
-    if sorting:
-        k_buckets = k_buckets.clone(memory_format=torch.contiguous_format) if sinks or heavy else k_buckets.contiguous()
 
     def with_sinks(x):  # (Z, Hkv, L) -> a view of problems 0, sink_stride, 2 * sink_stride, ...
         return x.view(-1, sink_stride, *x.shape[1:])[:, 0]
@@ -158,21 +153,24 @@ def make_plan(
         num_heavy = min(config.heavy_keys, num_keys - sinks)
         heavy_idx = key_mass.masked_fill(~live, -1.0).topk(num_heavy, dim=-1).indices.sort(-1).values
         live.scatter_(-1, heavy_idx, False)
-        if sorting:
-            k_buckets.scatter_(-1, heavy_idx, torch.iinfo(k_buckets.dtype).max - 1)
-    if sinks and sorting:
-        with_sinks(k_buckets)[..., :sinks] = torch.iinfo(k_buckets.dtype).max
-    if sorting:
-        q_sorted, q_perm = sort_lsh(q_buckets.contiguous())  # plans are contiguous: kernels index them flat
-        k_sorted, k_perm = sort_lsh(k_buckets)
-    else:
+    q_block = None
+    if selecting:  # selected blocks replace the LSH block: rows keep their order, the buckets go unused
         q_perm, k_perm = (torch.arange(x.shape[-1], device=device).expand(x.shape).contiguous()
                           for x in (q_buckets, k_buckets))
-    q_block = None
-    if config.query_blocks == "bucket" and sorting:
-        num_live = torch.full((z, 1, 1), num_keys - num_heavy, dtype=torch.int64, device=device)
-        with_sinks(num_live).sub_(sinks)
-        q_block = bucket_query_blocks(q_sorted, k_sorted, num_live, config.block_size, 2 ** config.lsh_num_projs)
+    else:
+        # one contiguous copy to mark the sinks and heavy keys in (the caller's buckets stay as they are)
+        k_buckets = k_buckets.clone(memory_format=torch.contiguous_format) if sinks or heavy else k_buckets.contiguous()
+        if heavy:
+            k_buckets.scatter_(-1, heavy_idx, torch.iinfo(k_buckets.dtype).max - 1)
+        if sinks:
+            with_sinks(k_buckets)[..., :sinks] = torch.iinfo(k_buckets.dtype).max
+        q_sorted, q_perm = sort_lsh(q_buckets.contiguous())  # plans are contiguous: kernels index them flat
+        k_sorted, k_perm = sort_lsh(k_buckets)
+        if config.query_blocks == "bucket":
+            num_live = torch.full((z, 1, 1), num_keys - num_heavy, dtype=torch.int64, device=device)
+            with_sinks(num_live).sub_(sinks)
+            q_block = bucket_query_blocks(q_sorted, k_sorted, num_live, config.block_size,
+                                          2 ** config.lsh_num_projs)
     masses = None
     if config.sampling == "value_norm":
         if v_sq_norms is None:

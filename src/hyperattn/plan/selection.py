@@ -61,19 +61,6 @@ def select_key_blocks(q: torch.Tensor, k: torch.Tensor, live: torch.Tensor | Non
     return selected.sort(-1).values.view(z, hq, nq, count)
 
 
-def select_coarse_to_fine(q: torch.Tensor, k: torch.Tensor, live: torch.Tensor | None, block_size: int,
-                          num_selected: int, coarse_size: int, select_blocks=select_key_blocks,
-                          refine_blocks=None) -> torch.Tensor:
-    """``select_key_blocks`` in two stages (``HyperAttentionConfig.selection_coarse_size``): each
-    query's ``COARSE_PER_SELECTED * num_selected`` best blocks of ``coarse_size`` keys by
-    ``select_blocks`` (``select_key_blocks`` or a kernel with its contract), then its
-    ``num_selected`` best blocks of ``block_size`` keys inside them by ``refine_blocks``
-    (``refine_selection``, or a kernel with its contract). Same shapes and contract as
-    ``select_key_blocks``; ``coarse_size`` a multiple of ``block_size``."""
-    coarse = select_blocks(q, k, live, coarse_size, COARSE_PER_SELECTED * num_selected)
-    return (refine_blocks or refine_selection)(q, k, live, block_size, num_selected, coarse, coarse_size)
-
-
 def refine_selection(q: torch.Tensor, k: torch.Tensor, live: torch.Tensor | None, block_size: int,
                      num_selected: int, coarse: torch.Tensor, coarse_size: int) -> torch.Tensor:
     """Each query's ``num_selected`` best blocks of ``block_size`` keys among those inside its
@@ -108,3 +95,16 @@ def refine_selection(q: torch.Tensor, k: torch.Tensor, live: torch.Tensor | None
         picks.append(cand.gather(-1, scores.topk(count, -1).indices))
     selected = torch.cat(picks, 2) if len(picks) != 1 else picks[0]
     return selected.sort(-1).values
+
+
+def select_coarse_to_fine(q: torch.Tensor, k: torch.Tensor, live: torch.Tensor | None, block_size: int,
+                          num_selected: int, coarse_size: int, select_blocks=select_key_blocks,
+                          refine_blocks=refine_selection) -> torch.Tensor:
+    """``select_key_blocks`` in two stages (``HyperAttentionConfig.selection_coarse_size``): each
+    query's ``COARSE_PER_SELECTED * num_selected`` best blocks of ``coarse_size`` keys by
+    ``select_blocks`` (``select_key_blocks`` or a kernel with its contract), then its
+    ``num_selected`` best blocks of ``block_size`` keys inside them by ``refine_blocks``
+    (``refine_selection``, or a kernel with its contract). Same shapes and contract as
+    ``select_key_blocks``; ``coarse_size`` a multiple of ``block_size``."""
+    coarse = select_blocks(q, k, live, coarse_size, COARSE_PER_SELECTED * num_selected)
+    return refine_blocks(q, k, live, block_size, num_selected, coarse, coarse_size)
