@@ -3,6 +3,7 @@
     python tools/option_cost.py --seq-lens 131072 --head-dims 64,128 --kv-heads 32,8 --json out.json
     python tools/option_cost.py --options default --mixes 0.25,0.5,0.75    # layers with some heads exact
     python tools/option_cost.py --options bucket-heavy448-b64 --heavy-engines kernel,cudnn   # who attends heavy keys
+    python tools/option_cost.py --options heavy448-sel4x16-p32-nosinks --selected-tile-rows 0,16,32   # the forward
 
 Times (``hyperattn.bench.attention.time_case``: medians of ``triton.testing.do_bench``, one
 process, one card) cuDNN's fused attention and HyperAttention with each option set in ``OPTIONS``
@@ -24,7 +25,7 @@ import torch
 from hyperattn import HyperAttentionConfig, attention_by_head, exact_attention
 from hyperattn.bench.attention import _sdpa, hyper_attention_runner, time_case
 from hyperattn.config import PAPER_OVERRIDES
-from hyperattn.executors.triton import executor
+from hyperattn.executors.triton import executor, selected
 
 HEAVY_NO_SAMPLES = dict(sample_size=0, sampling="mass")
 BUCKET_HEAVY448 = dict(query_blocks="bucket", heavy_keys=448, block_size=64, **HEAVY_NO_SAMPLES)
@@ -80,11 +81,18 @@ def main() -> int:
     parser.add_argument("--heavy-engines", default="auto",
                         help="comma-separated, for option sets with heavy keys: auto (the library's choice), kernel "
                              "(the fused kernel attends to them) or cudnn (cuDNN does, where it runs the leaves)")
+    parser.add_argument("--selected-tile-rows", default="auto",
+                        help="comma-separated, for option sets with selected blocks: auto (the library's forward), 0 "
+                             "(the per-row forward) or the query rows of a tile of the tensor-core forward")
     parser.add_argument("--json", metavar="PATH")
     args = parser.parse_args()
     engines = args.heavy_engines.split(",")
     if any(e not in HEAVY_ENGINES for e in engines):
         parser.error(f"--heavy-engines: expected some of {list(HEAVY_ENGINES)}, got {args.heavy_engines!r}")
+    tile_rows = args.selected_tile_rows.split(",")
+    if any(t != "auto" and not (t.isdigit() and (int(t) == 0 or (int(t) >= 16 and int(t) & (int(t) - 1) == 0)))
+           for t in tile_rows):
+        parser.error(f"--selected-tile-rows: expected auto, 0 or a power of two >= 16, got {args.selected_tile_rows!r}")
     mixes = [float(x) for x in args.mixes.split(",") if x]
     head_dims = [int(d) for d in args.head_dims.split(",")]
     kv_heads = [int(h) for h in args.kv_heads.split(",")]
@@ -106,17 +114,22 @@ def main() -> int:
                                          repeat_kv=True)
                     rows.append(dict(case, options="cudnn", config=None, ms=cudnn, vs_cudnn=1.0))
                     default = None
-                    runs = [(name, engine) for name in names
-                            for engine in (engines if OPTIONS[name].get("heavy_keys") else ["auto"])]
-                    for name, engine in runs:
+                    runs = [(name, engine, rows_) for name in names
+                            for engine in (engines if OPTIONS[name].get("heavy_keys") else ["auto"])
+                            for rows_ in (tile_rows if OPTIONS[name].get("selected_blocks") else ["auto"])]
+                    for name, engine, rows_ in runs:
                         config = HyperAttentionConfig(exact_up_to=0, **OPTIONS[name])
-                        with mock.patch.object(executor, "HEAVY_BY_CUDNN_MIN_HEAD_DIM", HEAVY_ENGINES[engine]):
+                        tiles = selected.SELECTED_TILE_ROWS if rows_ == "auto" else int(rows_)
+                        with mock.patch.object(executor, "HEAVY_BY_CUDNN_MIN_HEAD_DIM", HEAVY_ENGINES[engine]), \
+                                mock.patch.object(selected, "SELECTED_TILE_ROWS", tiles):
                             ms, peak = time_case(hyper_attention_runner(config), seq_len, 32, head_dim, causal, mode,
                                                  kv_heads=kv)
                         default = ms if name == "default" else default
-                        label = name if engine == "auto" else f"{name}:{engine}"
-                        rows.append(dict(case, options=label, config=OPTIONS[name], heavy_engine=engine, ms=ms,
-                                         peak_gib=peak, vs_cudnn=cudnn / ms))
+                        label = name + ("" if engine == "auto" else f":{engine}") + (
+                            "" if rows_ == "auto" else f":tile{rows_}")
+                        rows.append(dict(case, options=label, config=OPTIONS[name], heavy_engine=engine,
+                                         selected_tile_rows=tiles if OPTIONS[name].get("selected_blocks") else None,
+                                         ms=ms, peak_gib=peak, vs_cudnn=cudnn / ms))
                     if mixes:
                         exact_ms, _ = time_case(lambda q, k, v, causal: exact_attention(q, k, v, causal=causal),
                                                 seq_len, 32, head_dim, causal, mode, kv_heads=kv)

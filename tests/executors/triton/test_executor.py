@@ -10,7 +10,7 @@ pytest.importorskip("triton")
 
 from hyperattn import HyperAttentionConfig, hyper_attention  # noqa: E402
 from hyperattn.executors import reference_attention  # noqa: E402
-from hyperattn.executors.triton import tiles  # noqa: E402
+from hyperattn.executors.triton import selected, tiles  # noqa: E402
 from hyperattn.executors.triton.executor import attention_backward, attention_forward  # noqa: E402
 from hyperattn.executors.triton.op import triton_attention  # noqa: E402
 from hyperattn.plan import launch, plan_hyper_attention  # noqa: E402
@@ -147,6 +147,17 @@ def check_forward(name):
     same_dtype_error = rel_error(same_dtype_out.to(q.dtype), want_out)
     assert rel_error(out, want_out) <= 2 * same_dtype_error + 1e-4, "out"
     assert (lse.double() - want_lse).abs().max() < 1e-3, "lse"
+
+
+SELECTED_CASES = [name for name in CONFIG_CASES if name.startswith("selected")]
+
+
+@pytest.mark.parametrize("tile_rows", [0, 32])
+@pytest.mark.parametrize("name", SELECTED_CASES)
+def test_selected_forward_variants_match_reference(name, tile_rows, monkeypatch):
+    """The selected blocks' forward per row (0) and with 32-row tiles (the default is 16)."""
+    monkeypatch.setattr(selected, "SELECTED_TILE_ROWS", tile_rows)
+    check_forward(name)
 
 
 @pytest.mark.parametrize("name", ["causal-gqa", "causal-odd-prefill", "causal-prefill-no-head",

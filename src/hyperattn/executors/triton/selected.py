@@ -106,6 +106,68 @@ def selected_fwd_kernel(
 
 
 @triton.jit
+def selected_tiles_fwd_kernel(
+    Q, K, V, Out, Lse, Sel, Union, Count, Dead,
+    scale_log2,
+    stride_qb, stride_qh, stride_qn,
+    stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn,
+    stride_ob, stride_oh, stride_on,
+    stride_lb, stride_lh,
+    n_q, n_k, num_tiles, rects, q_start, k_start, rect_stride,
+    num_q_heads, group, sinks, window_edge,
+    WINDOW: tl.constexpr, NUM_SEL: tl.constexpr, UNION_WIDTH: tl.constexpr, SEL_BLOCK: tl.constexpr,
+    SEL_PAD: tl.constexpr, CHUNK_BLOCKS: tl.constexpr,
+    HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+):
+    """``selected_fwd_kernel`` on the tensor cores: one program, a tile of consecutive queries of one
+    (problem, head), runs over the distinct blocks its rows selected (Union (Z, Hq, tiles, UNION_WIDTH)
+    ascending, Count (Z, Hq, tiles) of them), CHUNK_BLOCKS blocks at a time, each row masked to its own
+    selection (Sel as in ``selected_fwd_kernel``)."""
+    zh, zk, h, hk, batch, r, offs_m, rmask, q_rows = _query_tile(num_tiles, num_q_heads, group, rects, n_q, q_start,
+                                                                 rect_stride, BLOCK_M)
+    offs_d, offs_dv, d_mask, dv_mask = columns(HEAD_DIM, HEAD_DIM_V, D_PAD, DV_PAD)
+    q, lse_rows, prev2, k_base, v_base, m_i, l_i, acc = open_query_tile(
+        Q, K, V, Lse, batch, h, hk, q_rows, rmask, stride_qb, stride_qh, stride_qn, stride_kb, stride_kh,
+        stride_vb, stride_vh, stride_lb, stride_lh, offs_d, d_mask, True, BLOCK_M, DV_PAD)
+    key_row0 = k_start + r * rect_stride
+    tile_id = tl.program_id(0).to(tl.int64)  # programs run tile-fastest over (problem, head): zh * num_tiles + tile
+    count = tl.load(Count + tile_id)
+    sel_rows = (zh.to(tl.int64) * n_q + offs_m) * NUM_SEL
+    offs_c = tl.arange(0, CHUNK_BLOCKS * SEL_PAD)
+    slot = offs_c // SEL_PAD  # the chunk's block of each key column
+    within = offs_c % SEL_PAD
+    for start in range(0, count, CHUNK_BLOCKS):
+        used = start + slot < count
+        blk = tl.load(Union + tile_id * UNION_WIDTH + start + slot, mask=used, other=-1)
+        keys = blk * SEL_BLOCK + within
+        inside = used & (within < SEL_BLOCK) & (keys < n_k)
+        dead = tl.load(Dead + zk * n_k + keys, mask=inside, other=1)
+        k_rows = (key_row0 + keys).to(tl.int64)
+        live = inside & (dead == 0) & (k_rows >= sinks)
+        k = load_rows(k_base, k_rows, stride_kn, offs_d, live, d_mask)
+        v = load_rows(v_base, k_rows, stride_vn, offs_dv, live, dv_mask)
+        mine = tl.zeros([BLOCK_M, CHUNK_BLOCKS * SEL_PAD], tl.int32)
+        for s in tl.static_range(NUM_SEL):
+            own = tl.load(Sel + sel_rows + s, mask=rmask, other=-2)
+            mine = mine | (own[:, None] == blk[None, :]).to(tl.int32)
+        visible = (mine != 0) & live[None, :]
+        if WINDOW:
+            visible = visible & (k_rows[None, :] < (q_rows + window_edge)[:, None])
+        scores = tl.where(visible, tl.dot(q, tl.trans(k)) * scale_log2, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(scores, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m_i - m_safe)
+        p = tl.exp2(scores - m_safe[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+    o_rows = batch.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + q_rows * stride_on
+    finish_rows(Out, Lse, o_rows, lse_rows, offs_dv, rmask, acc, m_i, l_i, prev2, True, HEAD_DIM_V)
+
+
+@triton.jit
 def selected_bwd_kernel(
     Q, K, V, DO, Lse, Delta, DQAcc, DKAcc, DVAcc, Sel, Dead,
     scale, scale_log2,
@@ -176,12 +238,48 @@ def _launch_args(q, v, part):
                             SEL_PAD=sel_pad, BLOCK_M=block_m, num_warps=SELECTED_WARPS, num_stages=1)
 
 
+def tile_unions(selected: torch.Tensor, block_m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The distinct blocks the rows of each tile of ``block_m`` consecutive queries selected.
+
+    selected (Z, Hq, Nq, s) int64 -> union int32 (Z, Hq, tiles, block_m * s): each tile's blocks
+    ascending, then padding (int32 max), and count int32 (Z, Hq, tiles): how many."""
+    z, hq, n_q, s = selected.shape
+    tiles = triton.cdiv(n_q, block_m)
+    pad = tiles * block_m - n_q
+    if pad:  # repeat the last row: it adds no block
+        selected = torch.cat((selected, selected[:, :, -1:].expand(-1, -1, pad, -1)), 2)
+    flat = selected.to(torch.int32).view(z, hq, tiles, block_m * s).sort(-1).values
+    first = torch.ones_like(flat, dtype=torch.bool)
+    first[..., 1:] = flat[..., 1:] != flat[..., :-1]
+    union = flat.masked_fill(~first, torch.iinfo(torch.int32).max).sort(-1).values
+    return union.contiguous(), first.sum(-1, dtype=torch.int32).contiguous()
+
+
+# Query rows of a program of the selected blocks' tensor-core forward, and keys of its chunks; 0 rows:
+# the per-row forward
+SELECTED_TILE_ROWS = 16
+SELECTED_CHUNK_KEYS = 64
+
+
 def selected_forward(q, k, v, out, lse, part, scale: float, dims: dict, strides: list[int]) -> None:
     """Merge the selected blocks of hyper ``part`` into out (fp32) / lse."""
-    grid, rows, consts = _launch_args(q, v, part)
-    selected_fwd_kernel[grid](
-        q, k, v, out, lse, part.plan.selected, dead_keys(part.plan, k.shape[1]), scale * math.log2(math.e),
-        *strides, *rows, q.shape[1], q.shape[1] // k.shape[1], part.sinks, part.window_edge, **consts, **dims)
+    if not SELECTED_TILE_ROWS:
+        grid, rows, consts = _launch_args(q, v, part)
+        selected_fwd_kernel[grid](
+            q, k, v, out, lse, part.plan.selected, dead_keys(part.plan, k.shape[1]), scale * math.log2(math.e),
+            *strides, *rows, q.shape[1], q.shape[1] // k.shape[1], part.sinks, part.window_edge, **consts, **dims)
+        return
+    p = part.plan
+    union, count = tile_unions(p.selected, SELECTED_TILE_ROWS)
+    tiles = count.shape[-1]
+    sel_pad = triton.next_power_of_2(p.selected_block_size)
+    selected_tiles_fwd_kernel[(q.shape[0] * part.count * q.shape[1] * tiles,)](
+        q, k, v, out, lse, p.selected, union, count, dead_keys(p, k.shape[1]), scale * math.log2(math.e),
+        *strides, part.num_queries, part.num_keys, tiles, part.count, part.query_start, part.key_start,
+        part.rects.queries.stride, q.shape[1], q.shape[1] // k.shape[1], part.sinks, part.window_edge,
+        WINDOW=part.skips_window, NUM_SEL=p.selected.shape[-1], UNION_WIDTH=union.shape[-1],
+        SEL_BLOCK=p.selected_block_size, SEL_PAD=sel_pad, CHUNK_BLOCKS=max(1, SELECTED_CHUNK_KEYS // sel_pad),
+        BLOCK_M=SELECTED_TILE_ROWS, num_warps=4, num_stages=2, **dims)
 
 
 def selected_backward(q, k, v, dout, lse, delta, dq_acc, dk_acc, dv_acc, part, scale: float, dims: dict,
