@@ -10,6 +10,7 @@ from hyperattn.testing.gpu import main
     (["--shard", "3/2"], "--shard: expected K/N"),
     (["--shard", "0/2"], "--shard: expected K/N"),
     (["--shard", "2"], "--shard: expected K/N"),
+    (["--selected-tile-rows", "24"], "--selected-tile-rows: expected 0 or a power of two"),
 ])
 def test_bad_arguments_are_refused_before_any_run(argv, message, capsys):
     with pytest.raises(SystemExit):

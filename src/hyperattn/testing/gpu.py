@@ -351,6 +351,9 @@ def main(argv=None) -> int:
     parser.add_argument("--leaves", choices=("cudnn", "triton"), default="cudnn",
                         help="engine of the diagonal leaves wherever cuDNN can run them (HYPERATTN_LEAVES; the "
                         "default 'auto' would switch engines between the calls compared)")
+    parser.add_argument("--selected-tile-rows", type=int, default=None,
+                        help="query rows of a tile of the selected blocks' forward: 0 (per row) or a power of two "
+                        ">= 16 (the tensor-core forward; default: the library's)")
     args = parser.parse_args(argv)
     names = [name.strip() for name in args.cases.split(",") if name.strip()]
     known = [case[0] for case in CASES]
@@ -365,6 +368,12 @@ def main(argv=None) -> int:
     if not (shard.isdigit() and shards.isdigit() and 1 <= int(shard) <= int(shards)):
         parser.error(f"--shard: expected K/N with 1 <= K <= N, got {args.shard!r}")
     chosen = [case for case in CASES if not names or case[0] in names][int(shard) - 1::int(shards)]
+    tile_rows = args.selected_tile_rows
+    if tile_rows is not None:
+        if tile_rows and (tile_rows < 16 or tile_rows & (tile_rows - 1)):
+            parser.error(f"--selected-tile-rows: expected 0 or a power of two >= 16, got {tile_rows}")
+        from hyperattn.executors.triton import selected
+        selected.SELECTED_TILE_ROWS = tile_rows
     os.environ["HYPERATTN_LEAVES"] = args.leaves
     if not torch.cuda.is_available():
         print("no CUDA device", file=sys.stderr)

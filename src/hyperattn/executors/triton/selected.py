@@ -255,9 +255,10 @@ def tile_unions(selected: torch.Tensor, block_m: int) -> tuple[torch.Tensor, tor
     return union.contiguous(), first.sum(-1, dtype=torch.int32).contiguous()
 
 
-# Query rows of a program of the selected blocks' tensor-core forward, and keys of its chunks; 0 rows:
-# the per-row forward
-SELECTED_TILE_ROWS = 16
+# Query rows of a program of the selected blocks' tensor-core forward (a power of two >= 16), and keys
+# of its chunks; 0: the per-row forward (``selected_fwd_kernel``), which stays the default until the tile
+# forward is timed against it on a GPU (``tools/option_cost.py --selected-tile-rows 0,16,32``)
+SELECTED_TILE_ROWS = 0
 SELECTED_CHUNK_KEYS = 64
 
 
