@@ -197,6 +197,8 @@ def test_bucket_blocks_are_strictly_causal(extra, nq, nk):
 @pytest.mark.parametrize("extra", [dict(sample_size=0, heavy_keys=3, probe_queries=4, exact_sinks=0, exact_tail=0),
                                    dict(sample_size=0, heavy_keys=3, probe_queries=4, exact_sinks=0, exact_tail=0,
                                         selection_coarse_size=6),
+                                   dict(sample_size=0, heavy_keys=3, probe_queries=4, exact_sinks=0, exact_tail=0,
+                                        selection_tile=16),
                                    dict(sample_size=4, sampling="mass", heavy_keys=3, probe_queries=4, exact_sinks=2,
                                         exact_window=4, exact_tail=5)])
 @pytest.mark.parametrize("nq,nk", [(96, 96), (70, 101)])

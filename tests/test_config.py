@@ -56,6 +56,9 @@ def test_exact_up_to_zero_is_the_papers_rule():
         ("selection_coarse_size", -1, ValueError),
         ("selection_coarse_size", 12, ValueError),  # not a multiple of selected_block_size 8
         ("selection_coarse_size", 8, ValueError),  # not above it
+        ("selection_tile", 8, ValueError),  # below the fused kernels' 16-row tile
+        ("selection_tile", 24, ValueError),  # not a power of two
+        ("selection_tile", 16.0, TypeError),
     ],
 )
 def test_bad_values_name_the_field(field, value, error):

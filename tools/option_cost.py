@@ -59,6 +59,8 @@ OPTIONS = {
     "heavy448-sel4x16c128-p32-nosinks": dict(heavy_keys=448, selected_blocks=4, selected_block_size=16,
                                              selection_coarse_size=128, probe_queries=32, exact_sinks=0,
                                              **HEAVY_NO_SAMPLES),
+    "heavy448-sel4x16t16-p32-nosinks": dict(heavy_keys=448, selected_blocks=4, selected_block_size=16, selection_tile=16,
+                                            probe_queries=32, exact_sinks=0, **HEAVY_NO_SAMPLES),
     "heavy256-sel16x16-p32-nosinks": dict(heavy_keys=256, selected_blocks=16, selected_block_size=16, probe_queries=32,
                                           exact_sinks=0, **HEAVY_NO_SAMPLES),
     "window1024": dict(exact_window=1024),

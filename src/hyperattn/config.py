@@ -99,6 +99,11 @@ class HyperAttentionConfig:
             mean key, as above), then its selected blocks among the blocks inside them, so it
             scores ``selected_block_size / selection_coarse_size`` as many means. A multiple of
             ``selected_block_size`` above it; 0 (every block scored).
+        selection_tile: with ``selected_blocks``, each query also attends to the blocks that the earlier
+            queries of its tile selected: tiles of this many consecutive queries from each rectangle's first,
+            the fused kernels' query tile, which runs every block its rows chose anyway, so a query sees more
+            keys at no cost in time. Only earlier queries of the tile add blocks, so causal calls stay
+            strictly causal. 0 (each query its own blocks) or a power of two >= 16.
         exact_tail: the last ``exact_tail`` queries attend exactly to every key they see
             (causal or not), in place of their approximated rows. A prompt's question usually
             sits at its end, and decoding is exact anyway. ``>= 0``; a call with at most
@@ -145,6 +150,9 @@ class HyperAttentionConfig:
         "help": "choose the selected blocks in two stages: first each query's 2 * selected_blocks best runs of "
                 "this many keys, then its blocks inside them (a multiple of selected_block_size); 0: every "
                 "block scored"})
+    selection_tile: int = field(default=0, metadata={
+        "help": "with selected_blocks, each query also attends to the blocks the earlier queries of its tile of this "
+                "many consecutive queries selected (0 or a power of two >= 16); 0: its own blocks only"})
     query_blocks: str = field(default="bucket", metadata={
         "help": "which key block a query attends to: bucket (where the keys of its own bucket sit: strictly "
                 "causal) or rank (the paper's: by its rank among the queries; faster, but in causal calls it "
@@ -169,6 +177,10 @@ class HyperAttentionConfig:
             raise ValueError(f"HyperAttentionConfig.selection_coarse_size must be 0 or a multiple of "
                              f"selected_block_size ({self.selected_block_size}) above it, got "
                              f"{self.selection_coarse_size}")
+        _check_int("selection_tile", self.selection_tile, 0)
+        if self.selection_tile and (self.selection_tile < 16 or self.selection_tile & (self.selection_tile - 1)):
+            raise ValueError(f"HyperAttentionConfig.selection_tile must be 0 or a power of two >= 16 (the fused "
+                             f"kernels' query tile), got {self.selection_tile}")
         if not isinstance(self.sampling, str) or self.sampling not in SAMPLING_METHODS:
             raise ValueError(
                 f"HyperAttentionConfig.sampling must be one of {SAMPLING_METHODS}, got {self.sampling!r}"

@@ -21,6 +21,8 @@ def _help(command: list[str], capsys) -> str:
 def _non_default(field) -> object:
     if field.name == "selection_coarse_size":  # a multiple of selected_block_size (default + 1 = 9) above it
         return 4 * 9
+    if field.name == "selection_tile":  # a power of two >= 16
+        return 32
     choices = CHOICES.get(field.name)
     return next(c for c in choices if c != field.default) if choices else field.default + 1
 

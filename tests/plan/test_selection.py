@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from hyperattn import HyperAttentionConfig
-from hyperattn.plan import block_centroids, make_plan, plan_hyper_attention, select_coarse_to_fine, select_key_blocks
+from hyperattn.plan import (block_centroids, make_plan, plan_hyper_attention, select_coarse_to_fine, select_key_blocks,
+                            shared_selection)
 from tests.conftest import random_qkv
 
 
@@ -102,3 +103,19 @@ def test_coarse_to_fine_selection_covering_every_key_is_the_exact_selection():
     q, k, _ = random_qkv(hq=2, hkv=1, nq=12, nk=60, d=8, seed=2)
     exact = select_key_blocks(q, k, None, 4, 3)
     torch.testing.assert_close(select_coarse_to_fine(q, k, None, 4, 3, 12), exact, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("nq,tile", [(40, 16), (32, 8), (5, 16)])
+def test_shared_selection_adds_the_earlier_rows_of_each_tile(nq, tile):
+    """Row i of a tile: the distinct blocks of rows tile_start..i, ascending, then the padding block."""
+    selected = torch.randint(0, 9, (2, 3, nq, 2), generator=torch.Generator().manual_seed(nq)).sort(-1).values
+    got = shared_selection(selected, tile, 9)
+    assert got.shape[:3] == (2, 3, nq) and got.shape[3] <= 2 * tile
+    assert (got < 9).any(-1).sum() > 0 and ((got < 9).sum(-1) == got.shape[3]).any(), "trimmed to the longest row"
+    for i in range(nq):
+        want = selected[:, :, i - i % tile:i + 1].flatten(-2)
+        for z in range(2):
+            for h in range(3):
+                blocks = want[z, h].unique()
+                row = got[z, h, i]
+                assert torch.equal(row[:blocks.numel()], blocks) and (row[blocks.numel():] == 9).all()

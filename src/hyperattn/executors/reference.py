@@ -167,7 +167,7 @@ def _samples_in_selected_blocks(plan: AttentionPlan) -> Callable[[], torch.Tenso
     sample block -1: every query attends to them through the samples)."""
     def own_keys() -> torch.Tensor:
         z, hq, nq, _ = plan.selected.shape
-        selected = plan.selected.reshape(z, plan.sample_block.shape[1], hq // plan.sample_block.shape[1], nq, 1, -1)
+        selected = plan.row_blocks().reshape(z, plan.sample_block.shape[1], hq // plan.sample_block.shape[1], nq, 1, -1)
         return (selected == plan.sample_block[:, :, None, None, :, None]).any(-1)
 
     return own_keys
@@ -206,7 +206,8 @@ def _selected_blocks_attention(q, k, v, plan: AttentionPlan, scale: float, skip:
     hkv, nk, dv = k.shape[1], k.shape[2], v.shape[-1]
     groups = hq // hkv
     block = plan.selected_block_size
-    per_query = plan.selected.shape[-1] * block
+    selected = plan.row_blocks()
+    per_query = selected.shape[-1] * block
     dead = torch.zeros(z, hkv, nk + 1, dtype=torch.bool, device=q.device)  # index nk: past the end
     dead[..., nk] = True
     dead.scatter_(-1, plan.sample_idx[..., :plan.heavy], True)
@@ -214,7 +215,7 @@ def _selected_blocks_attention(q, k, v, plan: AttentionPlan, scale: float, skip:
     chunk = max(1, EXACT_CHUNK_ELEMENTS // max(1, z * hq * per_query * max(d, dv)))
     for lo in range(0, nq, chunk):
         hi = min(nq, lo + chunk)
-        keys = (plan.selected[:, :, lo:hi, :, None] * block + torch.arange(block, device=q.device)).flatten(-2)
+        keys = (selected[:, :, lo:hi, :, None] * block + torch.arange(block, device=q.device)).flatten(-2)
         keys = keys.clamp(max=nk).view(z, hkv, groups * (hi - lo) * per_query)  # (Z, Hkv, G * C * s * block)
         k_sel = _gather_rows(k, keys.clamp(max=nk - 1)).view(z, hkv, groups, hi - lo, per_query, d)
         v_sel = _gather_rows(v, keys.clamp(max=nk - 1)).view(z, hkv, groups, hi - lo, per_query, dv)

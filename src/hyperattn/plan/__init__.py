@@ -18,7 +18,8 @@ from hyperattn.plan.blocks import (bucket_query_blocks, max_queries_per_block, n
 from hyperattn.plan.lsh import (gray_code_rank, inverse_permutation, lsh_buckets, lsh_directions, ranks_in_sort,
                                 sort_lsh, sort_lsh_permutation)
 from hyperattn.plan.sampling import probe_key_mass, sample_keys, value_sq_norms
-from hyperattn.plan.selection import block_centroids, refine_selection, select_coarse_to_fine, select_key_blocks
+from hyperattn.plan.selection import (block_centroids, refine_selection, select_coarse_to_fine, select_key_blocks,
+                                      shared_selection)
 from hyperattn.plan.schedule import CausalSchedule, Rectangles, Rows, causal_schedule
 
 # Share of uniform draws in mass sampling: p_j = (1 - s) * estimated mass share + s / Nk.
@@ -73,6 +74,9 @@ class AttentionPlan:
       blocks of ``selected_block_size`` consecutive keys (in original key order) that each query
       (original order) attends to exactly in place of its LSH block, skipping sinks and heavy
       keys; the sample part skips the keys of those blocks. None: the LSH block.
+    - ``selection_tile`` (``HyperAttentionConfig.selection_tile``): with ``selected``, each query
+      also attends to the blocks of the earlier queries of its tile of this many consecutive queries
+      (``row_blocks``); 0: its own blocks only.
     """
 
     q_perm: torch.Tensor
@@ -86,6 +90,7 @@ class AttentionPlan:
     heavy: int = 0
     selected: torch.Tensor | None = None
     selected_block_size: int = 0
+    selection_tile: int = 0
 
     def query_blocks(self) -> torch.Tensor:
         """int64 key block of each sorted query rank: (Z, Hq, Nq), or (Nq,) under the rank rule."""
@@ -93,6 +98,17 @@ class AttentionPlan:
             return self.q_block
         return query_block_of_rank(self.q_perm.shape[-1], self.k_perm.shape[-1], self.block_size,
                                    self.q_perm.device)
+
+    def row_blocks(self) -> torch.Tensor:
+        """int64 (Z, Hq, Nq, w): the blocks of ``selected_block_size`` keys each query attends to, ascending
+        (``selected``, or with ``selection_tile`` its own and its tile's earlier queries' blocks, padded
+        with the block past the last, which holds no key)."""
+        if self.selected is None:
+            raise ValueError("AttentionPlan.row_blocks: the plan has no selected blocks")
+        if not self.selection_tile:
+            return self.selected
+        num_blocks = -(-self.k_perm.shape[-1] // self.selected_block_size)
+        return shared_selection(self.selected, self.selection_tile, num_blocks)
 
 
 def make_plan(
@@ -202,7 +218,8 @@ def make_plan(
         selected = select_blocks(*rows, live, config.selected_block_size, config.selected_blocks)
     return AttentionPlan(q_perm, k_perm, sample_idx, sample_block, sample_log_weight, config.block_size,
                          q_block=q_block, heavy=num_heavy, selected=selected,
-                         selected_block_size=config.selected_block_size if selecting else 0)
+                         selected_block_size=config.selected_block_size if selecting else 0,
+                         selection_tile=config.selection_tile if selecting else 0)
 
 
 @dataclass(frozen=True)
@@ -226,7 +243,7 @@ class CausalPlan:
 
 PLAN_TENSORS = ("q_perm", "k_perm", "sample_idx", "sample_block", "sample_log_weight")
 _NO_PLAN, _NON_CAUSAL, _CAUSAL = 0, 1, 2
-_CAUSAL_FIELDS = 11  # a causal plan's ints after the kind, before each plan's heavy
+_CAUSAL_FIELDS = 12  # a causal plan's ints after the kind, before each plan's heavy
 
 
 def flatten_plan(plan: AttentionPlan | CausalPlan | None) -> tuple[list[torch.Tensor], list[int]]:
@@ -235,7 +252,7 @@ def flatten_plan(plan: AttentionPlan | CausalPlan | None) -> tuple[list[torch.Te
     plan's levels in order, then its prefix plan), each followed by its ``q_block`` under the
     ``"bucket"`` rule and its ``selected`` blocks where it has them, and a few ints that say what
     they are (last: whether the plans carry ``q_block``, their ``selected_block_size`` (0: no
-    selection), then each plan's ``heavy``)."""
+    selection) and ``selection_tile``, then each plan's ``heavy``)."""
     if plan is None:
         return [], [_NO_PLAN]
     if isinstance(plan, AttentionPlan):
@@ -244,18 +261,20 @@ def flatten_plan(plan: AttentionPlan | CausalPlan | None) -> tuple[list[torch.Te
         plans = [*plan.level_plans, *([plan.prefix_plan] if plan.prefix_plan is not None else [])]
     bucket = int(any(p.q_block is not None for p in plans))
     selected = plans[0].selected_block_size if plans and plans[0].selected is not None else 0
+    tile = plans[0].selection_tile if selected else 0
     if (bucket and not all(p.q_block is not None for p in plans)) or (
-            selected and not all(p.selected_block_size == selected and p.selected is not None for p in plans)):
+            selected and not all(p.selected_block_size == selected and p.selected is not None
+                                 and p.selection_tile == tile for p in plans)):
         raise ValueError("flatten_plan: a causal plan's levels must share one query-block rule and block selection")
     tensors = [t for p in plans for t in (*(getattr(p, name) for name in PLAN_TENSORS),
                                            *((p.q_block,) if bucket else ()), *((p.selected,) if selected else ()))]
     heavy = [p.heavy for p in plans]
     if isinstance(plan, AttentionPlan):
-        return tensors, [_NON_CAUSAL, plan.block_size, plan.sinks, bucket, selected, *heavy]
+        return tensors, [_NON_CAUSAL, plan.block_size, plan.sinks, bucket, selected, tile, *heavy]
     s = plan.schedule
     block_size = plans[0].block_size if plans else 0
     return tensors, [_CAUSAL, s.num_queries, s.num_keys, s.head_len, s.leaf_len, s.num_levels, block_size,
-                     plan.sinks, plan.window, int(plan.prefix_plan is not None), bucket, selected, *heavy]
+                     plan.sinks, plan.window, int(plan.prefix_plan is not None), bucket, selected, tile, *heavy]
 
 
 def unflatten_plan(tensors: list[torch.Tensor], ints: list[int]) -> AttentionPlan | CausalPlan | None:
@@ -264,10 +283,10 @@ def unflatten_plan(tensors: list[torch.Tensor], ints: list[int]) -> AttentionPla
     if kind == _NO_PLAN:
         return None
     if kind == _NON_CAUSAL:
-        block_size, sinks, bucket, selected, heavy = fields
+        block_size, sinks, bucket, selected, tile, heavy = fields
         heavy_per_plan = [heavy]
     else:
-        *schedule_ints, block_size, sinks, window, has_prefix_plan, bucket, selected = fields[:_CAUSAL_FIELDS]
+        *schedule_ints, block_size, sinks, window, has_prefix_plan, bucket, selected, tile = fields[:_CAUSAL_FIELDS]
         heavy_per_plan = fields[_CAUSAL_FIELDS:]
     per_plan = len(PLAN_TENSORS) + bucket + bool(selected)
 
@@ -275,7 +294,7 @@ def unflatten_plan(tensors: list[torch.Tensor], ints: list[int]) -> AttentionPla
         own = tensors[i * per_plan:(i + 1) * per_plan]
         return AttentionPlan(*own[:len(PLAN_TENSORS)], block_size=block_size, q_block=own[len(PLAN_TENSORS)] if bucket
                              else None, heavy=heavy_per_plan[i], selected=own[-1] if selected else None,
-                             selected_block_size=selected)
+                             selected_block_size=selected, selection_tile=tile)
 
     if kind == _NON_CAUSAL:
         return replace(plan_at(0), sinks=sinks)
@@ -391,6 +410,7 @@ __all__ = [
     "refine_selection",
     "select_coarse_to_fine",
     "select_key_blocks",
+    "shared_selection",
     "sort_lsh",
     "sort_lsh_permutation",
     "unflatten_plan",

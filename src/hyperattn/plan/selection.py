@@ -108,3 +108,25 @@ def select_coarse_to_fine(q: torch.Tensor, k: torch.Tensor, live: torch.Tensor |
     ``select_key_blocks``; ``coarse_size`` a multiple of ``block_size``."""
     coarse = select_blocks(q, k, live, coarse_size, COARSE_PER_SELECTED * num_selected)
     return refine_blocks(q, k, live, block_size, num_selected, coarse, coarse_size)
+
+
+def shared_selection(selected: torch.Tensor, tile: int, num_blocks: int) -> torch.Tensor:
+    """The blocks each query attends to when the queries of a tile share their selections causally
+    (``HyperAttentionConfig.selection_tile``): its own and those of the earlier queries of its tile of
+    ``tile`` consecutive queries.
+
+    selected (Z, Hq, Nq, s) int64 -> int64 (Z, Hq, Nq, w): each query's distinct blocks ascending, then
+    ``num_blocks`` (a block past the last: no key) as padding; w, at most ``tile * s``, is the most
+    blocks any query has."""
+    z, hq, nq, s = selected.shape
+    tiles = -(-nq // tile)
+    if tiles * tile != nq:
+        selected = torch.nn.functional.pad(selected, (0, 0, 0, tiles * tile - nq), value=num_blocks)
+    rows = selected.view(z, hq, tiles, 1, tile, s).expand(z, hq, tiles, tile, tile, s)
+    earlier = torch.ones(tile, tile, dtype=torch.bool, device=selected.device).tril()  # [query, earlier query]
+    lists = torch.where(earlier[:, :, None], rows, num_blocks).flatten(-2).sort(-1).values
+    repeated = torch.zeros_like(lists, dtype=torch.bool)
+    repeated[..., 1:] = lists[..., 1:] == lists[..., :-1]
+    lists = lists.masked_fill(repeated, num_blocks).sort(-1).values.view(z, hq, tiles * tile, tile * s)[:, :, :nq]
+    width = int((lists < num_blocks).sum(-1).max()) if lists.numel() else 0
+    return lists[..., :max(width, 1)]

@@ -94,6 +94,9 @@ CASES = [
     ("selected coarse", 1, 4, 2, 12000, 12000, 64, 64, True,
      dict(selected_blocks=4, selected_block_size=16, selection_coarse_size=128, heavy_keys=448, sample_size=0,
           exact_sinks=0, min_seq_len=2048)),
+    ("selected shared", 1, 8, 2, 12000, 12000, 128, 128, True,  # tiles of 16 queries share earlier rows' blocks
+     dict(selected_blocks=4, selected_block_size=16, selection_tile=16, heavy_keys=448, sample_size=0,
+          exact_sinks=0, min_seq_len=2048)),
     ("selected non-causal sinks", 2, 4, 2, 9000, 10000, 64, 64, False,
      dict(selected_blocks=8, selected_block_size=8, heavy_keys=100, sample_size=0, sampling="mass")),
 ]

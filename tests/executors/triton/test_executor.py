@@ -98,6 +98,15 @@ CONFIG_CASES = {
                                 dict(selected_blocks=4, selected_block_size=2, exact_window=5, exact_sinks=2)),
     "selected-noncausal-odd-block": ((2, 2, 40, 37, 16, 24, 8, 0, 8, False),  # one part, blocks of 5 keys
                                      dict(selected_blocks=3, selected_block_size=5)),
+    # tiles of 16 queries sharing their blocks with their later rows
+    "selected-shared-causal-gqa": ((4, 2, 96, 96, 32, 32, 16, 0, 16, True),
+                                   dict(selected_blocks=2, selected_block_size=4, heavy_keys=5, probe_queries=4,
+                                        exact_sinks=3, selection_tile=16)),
+    "selected-shared-window-prefill": ((2, 1, 64, 90, 16, 16, 8, 0, 8, True),
+                                       dict(selected_blocks=2, selected_block_size=2, exact_window=5, exact_sinks=2,
+                                            selection_tile=16)),
+    "selected-shared-noncausal-odd": ((2, 2, 40, 37, 16, 24, 8, 0, 8, False),
+                                      dict(selected_blocks=3, selected_block_size=5, selection_tile=32)),
 }
 CASES.update({name: shape for name, (shape, _) in CONFIG_CASES.items()})
 BATCH = {"tail-causal-sinks-gqa": 2, "noncausal-sinks": 2}  # batch 1 elsewhere
@@ -149,15 +158,16 @@ def check_forward(name):
     assert (lse.double() - want_lse).abs().max() < 1e-3, "lse"
 
 
-SELECTED_CASES = [name for name in CONFIG_CASES if name.startswith("selected")]
+SELECTED_CASES = [name for name in CONFIG_CASES if name.startswith("selected") and "shared" not in name]
 
 
 @pytest.mark.parametrize("tile_rows", [16, 32])
 @pytest.mark.parametrize("name", SELECTED_CASES)
-def test_selected_forward_variants_match_reference(name, tile_rows, monkeypatch):
-    """The selected blocks' tensor-core forward (tiles of 16 and 32 rows; the default forward is per row)."""
+def test_selected_tile_kernels_match_reference(name, tile_rows, monkeypatch):
+    """The selected blocks' tensor-core kernels (tiles of 16 and 32 rows; the default kernels are per row)."""
     monkeypatch.setattr(selected, "SELECTED_TILE_ROWS", tile_rows)
     check_forward(name)
+    check_backward(name)
 
 
 @pytest.mark.parametrize("name", ["causal-gqa", "causal-odd-prefill", "causal-prefill-no-head",

@@ -12,7 +12,7 @@ from hyperattn.executors.triton.selected import tile_unions  # noqa: E402
 def test_tile_unions_list_each_tiles_distinct_blocks(n_q, block_m):
     gen = torch.Generator().manual_seed(0)
     selected = torch.randint(0, 12, (2, 3, n_q, 4), generator=gen).sort(-1).values
-    union, count = tile_unions(selected, block_m)
+    union, first, count = tile_unions(selected, block_m)
     tiles = -(-n_q // block_m)
     assert union.shape == (2, 3, tiles, block_m * 4) and union.dtype == torch.int32
     for z in range(2):
@@ -22,4 +22,7 @@ def test_tile_unions_list_each_tiles_distinct_blocks(n_q, block_m):
                 c = int(count[z, h, t])
                 assert c == want.numel()
                 assert torch.equal(union[z, h, t, :c].long(), want)
-                assert (union[z, h, t, c:] == torch.iinfo(torch.int32).max).all()
+                rows = selected[z, h, t * block_m:(t + 1) * block_m]
+                firsts = [int((rows == b).any(-1).nonzero()[0]) for b in want]
+                assert first[z, h, t, :c].tolist() == firsts
+                assert (union[z, h, t, c:] == -1).all() and (first[z, h, t, c:] == block_m).all()

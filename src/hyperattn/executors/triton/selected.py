@@ -1,12 +1,15 @@
 """The selected blocks (``HyperAttentionConfig.selected_blocks``): each query against its own few
-runs of consecutive keys, gathered per row (no two rows share their keys, so the math runs on
-the CUDA cores, not the tensor cores).
+runs of consecutive keys.
 
-The forward merges each query's selected keys into the part accumulators like any other part;
-the backward adds dq, dk and dv into the fp32 accumulators, dk and dv by atomics (the keys a
-block of queries selected are scattered). Heavy keys (``dead``), the sinks (key rows below
-``sinks``) and, with ``WINDOW``, each query's exact-window keys take no part: other parts attend
-to them.
+Two forms. Per row (``selected_fwd_kernel``, ``selected_bwd_kernel``): each query gathers its own keys
+alone, on the CUDA cores. Per tile (``selected_tiles_*``): a tile of consecutive queries runs over the
+distinct blocks its rows chose (``tile_unions``) on the tensor cores, each row masked to its own blocks
+or, with ``selection_tile``, to those its tile's earlier rows chose too.
+
+The forward merges the selected keys into the part accumulators like any other part; the backward
+adds dq, dk and dv into the fp32 accumulators, dk and dv by atomics (the keys a block of queries
+selected are scattered). Heavy keys (``dead``), the sinks (key rows below ``sinks``) and, with
+``WINDOW``, each query's exact-window keys take no part: other parts attend to them.
 """
 
 from __future__ import annotations
@@ -106,8 +109,43 @@ def selected_fwd_kernel(
 
 
 @triton.jit
+def _tile_chunk(Union, First, Sel, Dead, tile_id, start, count, zk, sel_rows, rmask, q_rows, n_k, key_row0, sinks,
+                window_edge, WINDOW: tl.constexpr, SHARED: tl.constexpr, NUM_SEL: tl.constexpr,
+                UNION_WIDTH: tl.constexpr, SEL_BLOCK: tl.constexpr, SEL_PAD: tl.constexpr,
+                CHUNK_BLOCKS: tl.constexpr, BLOCK_M: tl.constexpr):
+    """Key rows (int64 (KN,)) of the tile's union blocks [start, start + CHUNK_BLOCKS), which of them
+    are live (inside the problem, not dead, not a sink), and which of them each row attends to
+    (BM, KN): under ``SHARED`` those of blocks first chosen by it or an earlier row of the tile, else
+    those of its own blocks (Sel)."""
+    offs_c = tl.arange(0, CHUNK_BLOCKS * SEL_PAD)
+    slot = offs_c // SEL_PAD  # the chunk's block of each key column
+    within = offs_c % SEL_PAD
+    used = start + slot < count
+    entry = tile_id * UNION_WIDTH + start + slot
+    blk = tl.load(Union + entry, mask=used, other=0)
+    keys = blk * SEL_BLOCK + within
+    inside = used & (within < SEL_BLOCK) & (keys < n_k)
+    dead = tl.load(Dead + zk * n_k + keys, mask=inside, other=1)
+    k_rows = (key_row0 + keys).to(tl.int64)
+    live = inside & (dead == 0) & (k_rows >= sinks)
+    if SHARED:
+        first = tl.load(First + entry, mask=used, other=BLOCK_M)
+        visible = first[None, :] <= tl.arange(0, BLOCK_M)[:, None]
+    else:
+        mine = tl.zeros([BLOCK_M, CHUNK_BLOCKS * SEL_PAD], tl.int32)
+        for s in tl.static_range(NUM_SEL):
+            own = tl.load(Sel + sel_rows + s, mask=rmask, other=-2)
+            mine = mine | (own[:, None] == blk[None, :]).to(tl.int32)
+        visible = mine != 0
+    visible = visible & live[None, :] & rmask[:, None]
+    if WINDOW:
+        visible = visible & (k_rows[None, :] < (q_rows + window_edge)[:, None])
+    return k_rows, live, visible
+
+
+@triton.jit
 def selected_tiles_fwd_kernel(
-    Q, K, V, Out, Lse, Sel, Union, Count, Dead,
+    Q, K, V, Out, Lse, Sel, Union, First, Count, Dead,
     scale_log2,
     stride_qb, stride_qh, stride_qn,
     stride_kb, stride_kh, stride_kn,
@@ -116,15 +154,14 @@ def selected_tiles_fwd_kernel(
     stride_lb, stride_lh,
     n_q, n_k, num_tiles, rects, q_start, k_start, rect_stride,
     num_q_heads, group, sinks, window_edge,
-    WINDOW: tl.constexpr, NUM_SEL: tl.constexpr, UNION_WIDTH: tl.constexpr, SEL_BLOCK: tl.constexpr,
-    SEL_PAD: tl.constexpr, CHUNK_BLOCKS: tl.constexpr,
+    WINDOW: tl.constexpr, SHARED: tl.constexpr, NUM_SEL: tl.constexpr, UNION_WIDTH: tl.constexpr,
+    SEL_BLOCK: tl.constexpr, SEL_PAD: tl.constexpr, CHUNK_BLOCKS: tl.constexpr,
     HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr,
 ):
     """``selected_fwd_kernel`` on the tensor cores: one program, a tile of consecutive queries of one
-    (problem, head), runs over the distinct blocks its rows selected (Union (Z, Hq, tiles, UNION_WIDTH)
-    ascending, Count (Z, Hq, tiles) of them), CHUNK_BLOCKS blocks at a time, each row masked to its own
-    selection (Sel as in ``selected_fwd_kernel``)."""
+    (problem, head), runs over the distinct blocks its rows selected (``tile_unions``: Union, First,
+    Count), CHUNK_BLOCKS blocks at a time, each row masked as ``_tile_chunk`` says."""
     zh, zk, h, hk, batch, r, offs_m, rmask, q_rows = _query_tile(num_tiles, num_q_heads, group, rects, n_q, q_start,
                                                                  rect_stride, BLOCK_M)
     offs_d, offs_dv, d_mask, dv_mask = columns(HEAD_DIM, HEAD_DIM_V, D_PAD, DV_PAD)
@@ -135,26 +172,12 @@ def selected_tiles_fwd_kernel(
     tile_id = tl.program_id(0).to(tl.int64)  # programs run tile-fastest over (problem, head): zh * num_tiles + tile
     count = tl.load(Count + tile_id)
     sel_rows = (zh.to(tl.int64) * n_q + offs_m) * NUM_SEL
-    offs_c = tl.arange(0, CHUNK_BLOCKS * SEL_PAD)
-    slot = offs_c // SEL_PAD  # the chunk's block of each key column
-    within = offs_c % SEL_PAD
     for start in range(0, count, CHUNK_BLOCKS):
-        used = start + slot < count
-        blk = tl.load(Union + tile_id * UNION_WIDTH + start + slot, mask=used, other=-1)
-        keys = blk * SEL_BLOCK + within
-        inside = used & (within < SEL_BLOCK) & (keys < n_k)
-        dead = tl.load(Dead + zk * n_k + keys, mask=inside, other=1)
-        k_rows = (key_row0 + keys).to(tl.int64)
-        live = inside & (dead == 0) & (k_rows >= sinks)
+        k_rows, live, visible = _tile_chunk(Union, First, Sel, Dead, tile_id, start, count, zk, sel_rows, rmask,
+                                            q_rows, n_k, key_row0, sinks, window_edge, WINDOW, SHARED, NUM_SEL,
+                                            UNION_WIDTH, SEL_BLOCK, SEL_PAD, CHUNK_BLOCKS, BLOCK_M)
         k = load_rows(k_base, k_rows, stride_kn, offs_d, live, d_mask)
         v = load_rows(v_base, k_rows, stride_vn, offs_dv, live, dv_mask)
-        mine = tl.zeros([BLOCK_M, CHUNK_BLOCKS * SEL_PAD], tl.int32)
-        for s in tl.static_range(NUM_SEL):
-            own = tl.load(Sel + sel_rows + s, mask=rmask, other=-2)
-            mine = mine | (own[:, None] == blk[None, :]).to(tl.int32)
-        visible = (mine != 0) & live[None, :]
-        if WINDOW:
-            visible = visible & (k_rows[None, :] < (q_rows + window_edge)[:, None])
         scores = tl.where(visible, tl.dot(q, tl.trans(k)) * scale_log2, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(scores, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -165,6 +188,58 @@ def selected_tiles_fwd_kernel(
         m_i = m_new
     o_rows = batch.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + q_rows * stride_on
     finish_rows(Out, Lse, o_rows, lse_rows, offs_dv, rmask, acc, m_i, l_i, prev2, True, HEAD_DIM_V)
+
+
+@triton.jit
+def selected_tiles_bwd_kernel(
+    Q, K, V, DO, Lse, Delta, DQAcc, DKAcc, DVAcc, Sel, Union, First, Count, Dead,
+    scale, scale_log2,
+    stride_qb, stride_qh, stride_qn,
+    stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn,
+    stride_ob, stride_oh, stride_on,
+    stride_lb, stride_lh,
+    n_q, n_k, num_tiles, rects, q_start, k_start, rect_stride,
+    num_q_heads, group, kv_seq_len, sinks, window_edge,
+    WINDOW: tl.constexpr, SHARED: tl.constexpr, NUM_SEL: tl.constexpr, UNION_WIDTH: tl.constexpr,
+    SEL_BLOCK: tl.constexpr, SEL_PAD: tl.constexpr, CHUNK_BLOCKS: tl.constexpr,
+    HEAD_DIM: tl.constexpr, HEAD_DIM_V: tl.constexpr, D_PAD: tl.constexpr, DV_PAD: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+):
+    """Gradients of ``selected_tiles_fwd_kernel``'s pairs on the tensor cores, accumulated as
+    ``selected_bwd_kernel`` does: dq per tile, dk and dv per chunk of keys, by atomics."""
+    zh, zk, h, hk, batch, r, offs_m, rmask, q_rows = _query_tile(num_tiles, num_q_heads, group, rects, n_q, q_start,
+                                                                 rect_stride, BLOCK_M)
+    offs_d, offs_dv, d_mask, dv_mask = columns(HEAD_DIM, HEAD_DIM_V, D_PAD, DV_PAD)
+    q = load_rows(head_base(Q, batch, h, stride_qb, stride_qh), q_rows, stride_qn, offs_d, rmask, d_mask)
+    do = load_rows(head_base(DO, batch, h, stride_ob, stride_oh), q_rows, stride_on, offs_dv, rmask, dv_mask)
+    l_rows = batch.to(tl.int64) * stride_lb + h.to(tl.int64) * stride_lh + q_rows
+    lse2 = tl.load(Lse + l_rows, mask=rmask, other=float("inf")) * LOG2E
+    delta = tl.load(Delta + l_rows, mask=rmask, other=0.0)
+    k_base = head_base(K, batch, hk, stride_kb, stride_kh)
+    v_base = head_base(V, batch, hk, stride_vb, stride_vh)
+    kv_base = (batch.to(tl.int64) * (num_q_heads // group) + hk) * kv_seq_len
+    key_row0 = k_start + r * rect_stride
+    tile_id = tl.program_id(0).to(tl.int64)
+    count = tl.load(Count + tile_id)
+    sel_rows = (zh.to(tl.int64) * n_q + offs_m) * NUM_SEL
+    dq = tl.zeros([BLOCK_M, D_PAD], tl.float32)
+    for start in range(0, count, CHUNK_BLOCKS):
+        k_rows, live, visible = _tile_chunk(Union, First, Sel, Dead, tile_id, start, count, zk, sel_rows, rmask,
+                                            q_rows, n_k, key_row0, sinks, window_edge, WINDOW, SHARED, NUM_SEL,
+                                            UNION_WIDTH, SEL_BLOCK, SEL_PAD, CHUNK_BLOCKS, BLOCK_M)
+        k = load_rows(k_base, k_rows, stride_kn, offs_d, live, d_mask)
+        v = load_rows(v_base, k_rows, stride_vn, offs_dv, live, dv_mask)
+        p = tl.where(visible, tl.exp2(tl.dot(q, tl.trans(k)) * scale_log2 - lse2[:, None]), 0.0)
+        ds = p * (tl.dot(do, tl.trans(v)) - delta[:, None])
+        dq += tl.dot(ds.to(k.dtype), k)
+        grad_rows = (kv_base + k_rows)[:, None]
+        tl.atomic_add(DVAcc + grad_rows * HEAD_DIM_V + offs_dv[None, :], tl.dot(tl.trans(p.to(do.dtype)), do),
+                      mask=live[:, None] & dv_mask[None, :], sem="relaxed")
+        tl.atomic_add(DKAcc + grad_rows * HEAD_DIM + offs_d[None, :], tl.dot(tl.trans(ds.to(q.dtype)), q) * scale,
+                      mask=live[:, None] & d_mask[None, :], sem="relaxed")
+    tl.atomic_add(DQAcc + l_rows[:, None] * HEAD_DIM + offs_d[None, :], dq * scale,
+                  mask=rmask[:, None] & d_mask[None, :], sem="relaxed")
 
 
 @triton.jit
@@ -238,54 +313,77 @@ def _launch_args(q, v, part):
                             SEL_PAD=sel_pad, BLOCK_M=block_m, num_warps=SELECTED_WARPS, num_stages=1)
 
 
-def tile_unions(selected: torch.Tensor, block_m: int) -> tuple[torch.Tensor, torch.Tensor]:
+def tile_unions(selected: torch.Tensor, block_m: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The distinct blocks the rows of each tile of ``block_m`` consecutive queries selected.
 
     selected (Z, Hq, Nq, s) int64 -> union int32 (Z, Hq, tiles, block_m * s): each tile's blocks
-    ascending, then padding (int32 max), and count int32 (Z, Hq, tiles): how many."""
+    ascending, then padding; first int32 (same shape): the first row of the tile (0 to block_m - 1)
+    that selected each; count int32 (Z, Hq, tiles): how many blocks."""
     z, hq, n_q, s = selected.shape
     tiles = triton.cdiv(n_q, block_m)
     pad = tiles * block_m - n_q
     if pad:  # repeat the last row: it adds no block
         selected = torch.cat((selected, selected[:, :, -1:].expand(-1, -1, pad, -1)), 2)
-    flat = selected.to(torch.int32).view(z, hq, tiles, block_m * s).sort(-1).values
-    first = torch.ones_like(flat, dtype=torch.bool)
-    first[..., 1:] = flat[..., 1:] != flat[..., :-1]
-    union = flat.masked_fill(~first, torch.iinfo(torch.int32).max).sort(-1).values
-    return union.contiguous(), first.sum(-1, dtype=torch.int32).contiguous()
+    row = torch.arange(block_m, device=selected.device).repeat_interleave(s)
+    order = (selected.view(z, hq, tiles, block_m * s) * block_m + row).sort(-1).values  # by block, then row
+    blocks = order.div(block_m, rounding_mode="floor")
+    first = torch.ones_like(order, dtype=torch.bool)
+    first[..., 1:] = blocks[..., 1:] != blocks[..., :-1]
+    order = order.masked_fill(~first, torch.iinfo(torch.int64).max).sort(-1).values
+    count = first.sum(-1, dtype=torch.int32)
+    padding = order == torch.iinfo(torch.int64).max
+    union = order.div(block_m, rounding_mode="floor").masked_fill(padding, -1).to(torch.int32)
+    first_row = order.remainder(block_m).masked_fill(padding, block_m).to(torch.int32)
+    return union.contiguous(), first_row.contiguous(), count.contiguous()
 
 
-# Query rows of a program of the selected blocks' tensor-core forward (a power of two >= 16), and keys
-# of its chunks; 0: the per-row forward (``selected_fwd_kernel``), which stays the default until the tile
-# forward is timed against it on a GPU (``tools/option_cost.py --selected-tile-rows 0,16,32``)
+# Query rows of a program of the selected blocks' tensor-core kernels (a power of two >= 16) where each
+# query attends to its own blocks, and keys of their chunks; 0: the per-row kernels (``selected_fwd_kernel``),
+# which stay the default until the tile kernels are timed against them on a GPU
+# (``tools/option_cost.py --selected-tile-rows 0,16,32``). Plans with ``selection_tile`` always take the
+# tile kernels, with tiles of that many rows.
 SELECTED_TILE_ROWS = 0
 SELECTED_CHUNK_KEYS = 64
 
 
-def selected_forward(q, k, v, out, lse, part, scale: float, dims: dict, strides: list[int]) -> None:
-    """Merge the selected blocks of hyper ``part`` into out (fp32) / lse."""
-    if not SELECTED_TILE_ROWS:
-        grid, rows, consts = _launch_args(q, v, part)
-        selected_fwd_kernel[grid](
-            q, k, v, out, lse, part.plan.selected, dead_keys(part.plan, k.shape[1]), scale * math.log2(math.e),
-            *strides, *rows, q.shape[1], q.shape[1] // k.shape[1], part.sinks, part.window_edge, **consts, **dims)
-        return
+def _tile_launch(q, k, part):
+    """Grid, tile lists and constants of the tile kernels for hyper ``part``."""
     p = part.plan
-    union, count = tile_unions(p.selected, SELECTED_TILE_ROWS)
+    block_m = p.selection_tile or SELECTED_TILE_ROWS
+    union, first, count = tile_unions(p.selected, block_m)
     tiles = count.shape[-1]
     sel_pad = triton.next_power_of_2(p.selected_block_size)
-    selected_tiles_fwd_kernel[(q.shape[0] * part.count * q.shape[1] * tiles,)](
-        q, k, v, out, lse, p.selected, union, count, dead_keys(p, k.shape[1]), scale * math.log2(math.e),
-        *strides, part.num_queries, part.num_keys, tiles, part.count, part.query_start, part.key_start,
-        part.rects.queries.stride, q.shape[1], q.shape[1] // k.shape[1], part.sinks, part.window_edge,
-        WINDOW=part.skips_window, NUM_SEL=p.selected.shape[-1], UNION_WIDTH=union.shape[-1],
-        SEL_BLOCK=p.selected_block_size, SEL_PAD=sel_pad, CHUNK_BLOCKS=max(1, SELECTED_CHUNK_KEYS // sel_pad),
-        BLOCK_M=SELECTED_TILE_ROWS, num_warps=4, num_stages=2, **dims)
+    grid = (q.shape[0] * part.count * q.shape[1] * tiles,)
+    rows = (part.num_queries, part.num_keys, tiles, part.count, part.query_start, part.key_start,
+            part.rects.queries.stride, q.shape[1], q.shape[1] // k.shape[1])
+    consts = dict(WINDOW=part.skips_window, SHARED=bool(p.selection_tile), NUM_SEL=p.selected.shape[-1],
+                  UNION_WIDTH=union.shape[-1], SEL_BLOCK=p.selected_block_size, SEL_PAD=sel_pad,
+                  CHUNK_BLOCKS=max(1, SELECTED_CHUNK_KEYS // sel_pad), BLOCK_M=block_m, num_warps=4, num_stages=2)
+    return grid, (p.selected, union, first, count, dead_keys(p, k.shape[1])), rows, consts
+
+
+def selected_forward(q, k, v, out, lse, part, scale: float, dims: dict, strides: list[int]) -> None:
+    """Merge the selected blocks of hyper ``part`` into out (fp32) / lse."""
+    if part.plan.selection_tile or SELECTED_TILE_ROWS:
+        grid, lists, rows, consts = _tile_launch(q, k, part)
+        selected_tiles_fwd_kernel[grid](q, k, v, out, lse, *lists, scale * math.log2(math.e), *strides, *rows,
+                                        part.sinks, part.window_edge, **consts, **dims)
+        return
+    grid, rows, consts = _launch_args(q, v, part)
+    selected_fwd_kernel[grid](
+        q, k, v, out, lse, part.plan.selected, dead_keys(part.plan, k.shape[1]), scale * math.log2(math.e),
+        *strides, *rows, q.shape[1], q.shape[1] // k.shape[1], part.sinks, part.window_edge, **consts, **dims)
 
 
 def selected_backward(q, k, v, dout, lse, delta, dq_acc, dk_acc, dv_acc, part, scale: float, dims: dict,
                       strides: list[int]) -> None:
     """Add the gradients of the selected blocks of hyper ``part`` into the fp32 accumulators."""
+    if part.plan.selection_tile or SELECTED_TILE_ROWS:
+        grid, lists, rows, consts = _tile_launch(q, k, part)
+        selected_tiles_bwd_kernel[grid](q, k, v, dout, lse, delta, dq_acc, dk_acc, dv_acc, *lists, scale,
+                                        scale * math.log2(math.e), *strides, *rows, k.shape[2], part.sinks,
+                                        part.window_edge, **consts, **dims)
+        return
     grid, rows, consts = _launch_args(q, v, part)
     selected_bwd_kernel[grid](
         q, k, v, dout, lse, delta, dq_acc, dk_acc, dv_acc, part.plan.selected, dead_keys(part.plan, k.shape[1]),
