@@ -37,7 +37,7 @@ from hyperattn.executors.triton.common import (
 
 
 @triton.jit
-def _softmax_step(s, v, m_i, l_i, acc):
+def softmax_step(s, v, m_i, l_i, acc):
     """One online-softmax step. s (BM, BN) fp32 log2 scores (-inf masked), v (BN, DV); a row
     that has seen no key yet keeps m_i -inf and l_i 0."""
     m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -196,7 +196,7 @@ def _block_keys_fwd(q, block_rows, k_base, v_base, key_row0, k_lo, block_size, n
         if key_limits is not None:
             visible = visible & band_mask(k_rows, key_limits, 1)
         s = tl.where(visible, tl.dot(q, tl.trans(k)) * scale_log2, float("-inf"))
-        m_i, l_i, acc = _softmax_step(s, v, m_i, l_i, acc)
+        m_i, l_i, acc = softmax_step(s, v, m_i, l_i, acc)
     return m_i, l_i, acc
 
 
@@ -219,7 +219,7 @@ def _sampled_keys_fwd(q, sample_rows, sample_bias2, num_samples, k_base, v_base,
             s = tl.where(q_blk[:, None] != s_blk[None, :], s, float("-inf"))
         if key_limits is not None:
             s = tl.where(band_mask(k_rows, key_limits, 1), s, float("-inf"))
-        m_i, l_i, acc = _softmax_step(s, v, m_i, l_i, acc)
+        m_i, l_i, acc = softmax_step(s, v, m_i, l_i, acc)
     return m_i, l_i, acc
 
 
@@ -346,7 +346,7 @@ def _dense_fwd_range(q, k_base, v_base, key_row0, stride_kn, stride_vn, offs_m, 
         k, v, visible = load_key_tile(k_base, v_base, key_row0, start, offs_m, n_q, n_k, stride_kn, stride_vn, offs_d,
                                       offs_dv, d_mask, dv_mask, edge0, CAUSAL, BAND, BLOCK_N)
         s = tl.where(visible, tl.dot(q, tl.trans(k)) * scale_log2, float("-inf"))
-        m_i, l_i, acc = _softmax_step(s, v, m_i, l_i, acc)
+        m_i, l_i, acc = softmax_step(s, v, m_i, l_i, acc)
     return m_i, l_i, acc
 
 

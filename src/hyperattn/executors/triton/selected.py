@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 
 from hyperattn.executors.triton.common import LOG2E, columns, head_base, load_rows, program_coords
-from hyperattn.executors.triton.forward import finish_rows, open_query_tile
+from hyperattn.executors.triton.forward import finish_rows, open_query_tile, softmax_step
 from hyperattn.executors.triton.tiles import tile_width
 
 # Elements of a program's gathered (queries, keys of a block, head dim) tile, which sets its queries
@@ -179,13 +179,7 @@ def selected_tiles_fwd_kernel(
         k = load_rows(k_base, k_rows, stride_kn, offs_d, live, d_mask)
         v = load_rows(v_base, k_rows, stride_vn, offs_dv, live, dv_mask)
         scores = tl.where(visible, tl.dot(q, tl.trans(k)) * scale_log2, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(scores, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp2(m_i - m_safe)
-        p = tl.exp2(scores - m_safe[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        m_i = m_new
+        m_i, l_i, acc = softmax_step(scores, v, m_i, l_i, acc)
     o_rows = batch.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + q_rows * stride_on
     finish_rows(Out, Lse, o_rows, lse_rows, offs_dv, rmask, acc, m_i, l_i, prev2, True, HEAD_DIM_V)
 
