@@ -16,7 +16,8 @@ from tests.executors.triton.test_executor import make_case  # noqa: E402
 @pytest.mark.parametrize("name", ["noncausal-sinks", "tail-causal-sinks-gqa", "causal-prefill-no-head",
                                   "causal-prefill-short-prefix", "exact-causal", "bucket-causal-prefill-heavy",
                                   "bucket-noncausal-many-queries", "selected-causal-gqa-heavy",
-                                  "selected-noncausal-odd-block"])
+                                  "selected-noncausal-odd-block", "selected-shared-causal-gqa",
+                                  "selected-shared-noncausal-odd"])
 def test_plans_survive_the_custom_op_boundary(name):
     """What the op receives (``flatten_plan``) gives back the same launch list."""
     q, k, v, plan, causal, _ = make_case(name)
@@ -34,6 +35,7 @@ def test_plans_survive_the_custom_op_boundary(name):
             assert (other.plan.q_block is None) == (part.plan.q_block is None)
             assert part.plan.q_block is None or torch.equal(part.plan.q_block, other.plan.q_block)
             assert other.plan.selected_block_size == part.plan.selected_block_size
+            assert other.plan.selection_tile == part.plan.selection_tile
             assert (other.plan.selected is None) == (part.plan.selected is None)
             assert part.plan.selected is None or torch.equal(part.plan.selected, other.plan.selected)
 
