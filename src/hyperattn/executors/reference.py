@@ -109,7 +109,7 @@ def hyper_attention_reference(
     """Non-causal HyperAttention over the pattern of ``plan``.
 
     Each query attends exactly to its key block (``AttentionPlan.query_blocks``), or to its selected
-    blocks (``AttentionPlan.selected``), plus the sampled keys outside them with their importance
+    blocks (``AttentionPlan.row_blocks``), plus the sampled keys outside them with their importance
     weights; the two parts are merged by lse.
     ``skip`` drops the (query, key) pairs that an exact part computes instead.
     q (Z, Hq, Nq, D), k (Z, Hkv, Nk, D), v (Z, Hkv, Nk, Dv) -> out (Z, Hq, Nq, Dv), lse (Z, Hq, Nq).
@@ -119,8 +119,9 @@ def hyper_attention_reference(
     z, hq, nq, d = q.shape
     hkv, nk, dv = k.shape[1], k.shape[2], v.shape[-1]
     if plan.selected is not None:
-        out, lse = _selected_blocks_attention(q, k, v, plan, scale, skip)
-        return _merge_samples(q, k, v, plan, scale, skip, out, lse, _samples_in_selected_blocks(plan))
+        row_blocks = plan.row_blocks()
+        out, lse = _selected_blocks_attention(q, k, v, plan, row_blocks, scale, skip)
+        return _merge_samples(q, k, v, plan, scale, skip, out, lse, _samples_in_selected_blocks(plan, row_blocks))
     groups = hq // hkv
     block = plan.block_size
     num_blocks = num_key_blocks(nk, block)
@@ -162,12 +163,13 @@ def hyper_attention_reference(
                           lambda: query_block == plan.sample_block[:, :, None, None, :])
 
 
-def _samples_in_selected_blocks(plan: AttentionPlan) -> Callable[[], torch.Tensor]:
-    """(Z, Hkv, G, Nq, m) bool: the samples in one of the query's selected blocks (heavy keys have
-    sample block -1: every query attends to them through the samples)."""
+def _samples_in_selected_blocks(plan: AttentionPlan, row_blocks: torch.Tensor) -> Callable[[], torch.Tensor]:
+    """(Z, Hkv, G, Nq, m) bool: the samples in one of the query's selected blocks (``row_blocks``:
+    ``plan.row_blocks()``; heavy keys have sample block -1: every query attends to them through the
+    samples)."""
     def own_keys() -> torch.Tensor:
-        z, hq, nq, _ = plan.selected.shape
-        selected = plan.row_blocks().reshape(z, plan.sample_block.shape[1], hq // plan.sample_block.shape[1], nq, 1, -1)
+        z, hq, nq, _ = row_blocks.shape
+        selected = row_blocks.reshape(z, plan.sample_block.shape[1], hq // plan.sample_block.shape[1], nq, 1, -1)
         return (selected == plan.sample_block[:, :, None, None, :, None]).any(-1)
 
     return own_keys
@@ -197,8 +199,9 @@ def _merge_samples(q, k, v, plan: AttentionPlan, scale: float, skip: Exclusion |
     return merge_attention(out, lse, out_samples, lse_samples.reshape(z, hq, nq))
 
 
-def _selected_blocks_attention(q, k, v, plan: AttentionPlan, scale: float, skip: Exclusion | None):
-    """Each query against the keys of its selected blocks (``plan.selected``), except heavy keys,
+def _selected_blocks_attention(q, k, v, plan: AttentionPlan, selected: torch.Tensor, scale: float,
+                               skip: Exclusion | None):
+    """Each query against the keys of its selected blocks (``selected``: ``plan.row_blocks()``), except heavy keys,
     keys past the end and the pairs ``skip`` drops (sinks among them); queries in chunks of at most
     ``EXACT_CHUNK_ELEMENTS`` gathered key elements. q (Z, Hq, Nq, D) etc. in the compute dtype ->
     out (Z, Hq, Nq, Dv), lse (Z, Hq, Nq)."""
@@ -206,7 +209,6 @@ def _selected_blocks_attention(q, k, v, plan: AttentionPlan, scale: float, skip:
     hkv, nk, dv = k.shape[1], k.shape[2], v.shape[-1]
     groups = hq // hkv
     block = plan.selected_block_size
-    selected = plan.row_blocks()
     per_query = selected.shape[-1] * block
     dead = torch.zeros(z, hkv, nk + 1, dtype=torch.bool, device=q.device)  # index nk: past the end
     dead[..., nk] = True

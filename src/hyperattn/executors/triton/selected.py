@@ -340,10 +340,15 @@ SELECTED_TILE_ROWS = 0
 SELECTED_CHUNK_KEYS = 64
 
 
+def _tile_rows(plan) -> int:
+    """Query rows of a tile of the tile kernels for ``plan``; 0: the per-row kernels."""
+    return plan.selection_tile or SELECTED_TILE_ROWS
+
+
 def _tile_launch(q, k, part):
     """Grid, tile lists and constants of the tile kernels for hyper ``part``."""
     p = part.plan
-    block_m = p.selection_tile or SELECTED_TILE_ROWS
+    block_m = _tile_rows(p)
     union, first, count = tile_unions(p.selected, block_m)
     tiles = count.shape[-1]
     sel_pad = triton.next_power_of_2(p.selected_block_size)
@@ -358,7 +363,7 @@ def _tile_launch(q, k, part):
 
 def selected_forward(q, k, v, out, lse, part, scale: float, dims: dict, strides: list[int]) -> None:
     """Merge the selected blocks of hyper ``part`` into out (fp32) / lse."""
-    if part.plan.selection_tile or SELECTED_TILE_ROWS:
+    if _tile_rows(part.plan):
         grid, lists, rows, consts = _tile_launch(q, k, part)
         selected_tiles_fwd_kernel[grid](q, k, v, out, lse, *lists, scale * math.log2(math.e), *strides, *rows,
                                         part.sinks, part.window_edge, **consts, **dims)
@@ -372,7 +377,7 @@ def selected_forward(q, k, v, out, lse, part, scale: float, dims: dict, strides:
 def selected_backward(q, k, v, dout, lse, delta, dq_acc, dk_acc, dv_acc, part, scale: float, dims: dict,
                       strides: list[int]) -> None:
     """Add the gradients of the selected blocks of hyper ``part`` into the fp32 accumulators."""
-    if part.plan.selection_tile or SELECTED_TILE_ROWS:
+    if _tile_rows(part.plan):
         grid, lists, rows, consts = _tile_launch(q, k, part)
         selected_tiles_bwd_kernel[grid](q, k, v, dout, lse, delta, dq_acc, dk_acc, dv_acc, *lists, scale,
                                         scale * math.log2(math.e), *strides, *rows, k.shape[2], part.sinks,
