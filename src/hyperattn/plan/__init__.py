@@ -334,7 +334,8 @@ def plan_hyper_attention(
     """Every random and data-dependent choice of one HyperAttention call.
 
     Rows are hashed once (directions drawn first from ``generator``) by ``hash_rows``
-    (``lsh_buckets``, or an executor's kernel with its contract), and key masses estimated by
+    (``lsh_buckets``, or an executor's kernel with its contract; not at all with selected blocks,
+    which replace the LSH block), and key masses estimated by
     ``probe_mass`` (``probe_key_mass``, or a kernel with its contract), selected blocks chosen by
     ``select_blocks`` and ``refine_blocks`` (likewise); each problem (the whole
     input, or a rectangle of the causal schedule) sorts its own slice and draws its own
@@ -342,8 +343,11 @@ def plan_hyper_attention(
     q (B, Hq, Nq, D), k (B, Hkv, Nk, D), v (B, Hkv, Nk, Dv); requires Nq > config.min_seq_len.
     """
     directions = lsh_directions(k.shape[1], q.shape[-1], config.lsh_num_projs, generator)
-    q_buckets = hash_rows(q, directions)
-    k_buckets = hash_rows(k, directions)
+    if config.selected_blocks:  # selected blocks replace the LSH block: no bucket is used, so none is hashed
+        q_buckets, k_buckets = (x.new_zeros(x.shape[:3], dtype=torch.int16) for x in (q, k))
+    else:
+        q_buckets = hash_rows(q, directions)
+        k_buckets = hash_rows(k, directions)
     sq_norms = value_sq_norms(v) if config.sampling == "value_norm" else None
     weight_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
     scale = q.shape[-1] ** -0.5 if scale is None else scale
