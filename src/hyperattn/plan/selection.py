@@ -110,6 +110,14 @@ def select_coarse_to_fine(q: torch.Tensor, k: torch.Tensor, live: torch.Tensor |
     return refine_blocks(q, k, live, block_size, num_selected, coarse, coarse_size)
 
 
+def first_of_runs(values: torch.Tensor) -> torch.Tensor:
+    """bool, shaped as ``values`` (sorted along the last dim): True at the first element of each run of
+    equal values."""
+    first = torch.ones_like(values, dtype=torch.bool)
+    first[..., 1:] = values[..., 1:] != values[..., :-1]
+    return first
+
+
 def shared_selection(selected: torch.Tensor, tile: int, num_blocks: int) -> torch.Tensor:
     """The blocks each query attends to when the queries of a tile share their selections causally
     (``HyperAttentionConfig.selection_tile``): its own and those of the earlier queries of its tile of
@@ -125,8 +133,7 @@ def shared_selection(selected: torch.Tensor, tile: int, num_blocks: int) -> torc
     rows = selected.view(z, hq, tiles, 1, tile, s).expand(z, hq, tiles, tile, tile, s)
     earlier = torch.ones(tile, tile, dtype=torch.bool, device=selected.device).tril()  # [query, earlier query]
     lists = torch.where(earlier[:, :, None], rows, num_blocks).flatten(-2).sort(-1).values
-    repeated = torch.zeros_like(lists, dtype=torch.bool)
-    repeated[..., 1:] = lists[..., 1:] == lists[..., :-1]
-    lists = lists.masked_fill(repeated, num_blocks).sort(-1).values.view(z, hq, tiles * tile, tile * s)[:, :, :nq]
+    lists = lists.masked_fill(~first_of_runs(lists), num_blocks).sort(-1).values
+    lists = lists.view(z, hq, tiles * tile, tile * s)[:, :, :nq]
     width = int((lists < num_blocks).sum(-1).max()) if lists.numel() else 0
     return lists[..., :max(width, 1)]

@@ -23,6 +23,7 @@ import triton.language as tl
 from hyperattn.executors.triton.common import LOG2E, columns, head_base, load_rows, program_coords
 from hyperattn.executors.triton.forward import finish_rows, open_query_tile, softmax_step
 from hyperattn.executors.triton.tiles import tile_width
+from hyperattn.plan.selection import first_of_runs
 
 # Elements of a program's gathered (queries, keys of a block, head dim) tile, which sets its queries
 # (between 4 and 64), on SELECTED_WARPS warps
@@ -320,9 +321,7 @@ def tile_unions(selected: torch.Tensor, block_m: int) -> tuple[torch.Tensor, tor
         selected = torch.cat((selected, selected[:, :, -1:].expand(-1, -1, pad, -1)), 2)
     row = torch.arange(block_m, device=selected.device).repeat_interleave(s)
     order = (selected.view(z, hq, tiles, block_m * s) * block_m + row).sort(-1).values  # by block, then row
-    blocks = order.div(block_m, rounding_mode="floor")
-    first = torch.ones_like(order, dtype=torch.bool)
-    first[..., 1:] = blocks[..., 1:] != blocks[..., :-1]
+    first = first_of_runs(order.div(block_m, rounding_mode="floor"))
     order = order.masked_fill(~first, torch.iinfo(torch.int64).max).sort(-1).values
     count = first.sum(-1, dtype=torch.int32)
     padding = order == torch.iinfo(torch.int64).max
