@@ -88,7 +88,8 @@ def main() -> int:
                              "(the fused kernel attends to them) or cudnn (cuDNN does, where it runs the leaves)")
     parser.add_argument("--selected-tile-rows", default="auto",
                         help="comma-separated, for option sets with selected blocks: auto (the library's forward), 0 "
-                             "(the per-row forward) or the query rows of a tile of the tensor-core forward")
+                             "(the per-row forward) or the query rows of a tile of the tensor-core forward (option sets with "
+                             "selection_tile always take tiles of that many rows)")
     parser.add_argument("--json", metavar="PATH")
     args = parser.parse_args()
     engines = args.heavy_engines.split(",")
@@ -121,7 +122,8 @@ def main() -> int:
                     default = None
                     runs = [(name, engine, rows_) for name in names
                             for engine in (engines if OPTIONS[name].get("heavy_keys") else ["auto"])
-                            for rows_ in (tile_rows if OPTIONS[name].get("selected_blocks") else ["auto"])]
+                            for rows_ in (tile_rows if OPTIONS[name].get("selected_blocks")
+                                          and not OPTIONS[name].get("selection_tile") else ["auto"])]
                     for name, engine, rows_ in runs:
                         config = HyperAttentionConfig(exact_up_to=0, **OPTIONS[name])
                         tiles = selected.SELECTED_TILE_ROWS if rows_ == "auto" else int(rows_)
