@@ -271,6 +271,26 @@ def test_same_seed_same_bits_other_seed_other_result(causal, sampling):
     assert not torch.equal(a, c)
 
 
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("extra", [dict(sampling="uniform"), dict(sampling="value_norm"),
+                                   dict(sampling="mass", heavy_keys=4, probe_queries=4, exact_sinks=2),
+                                   dict(selected_blocks=2, selected_block_size=4, sample_size=3, heavy_keys=2,
+                                        probe_queries=4, exact_sinks=0)])
+def test_head_shards_return_the_whole_calls_heads(causal, extra):
+    cfg = HyperAttentionConfig(**{**dict(block_size=4, sample_size=4, exact_up_to=0, min_seq_len=8, exact_tail=4),
+                                  **extra})
+    q, k, v = random_qkv(batch=2, hq=8, hkv=4, nq=64)
+    whole, whole_lse = hyper_attention(q, k, v, causal=causal, config=cfg, seed=5, return_lse=True)
+    for first, width in [(0, 1), (1, 2), (3, 1), (0, 4)]:
+        out, lse = hyper_attention(q[:, 2 * first:2 * (first + width)], k[:, first:first + width],
+                                   v[:, first:first + width], causal=causal, config=cfg, seed=5,
+                                   head_shard=(first, 4), return_lse=True)
+        torch.testing.assert_close(out, whole[:, 2 * first:2 * (first + width)], rtol=1e-13, atol=1e-13)
+        torch.testing.assert_close(lse, whole_lse[:, 2 * first:2 * (first + width)], rtol=1e-13, atol=1e-13)
+    alone = hyper_attention(q[:, 2:4], k[:, 1:2], v[:, 1:2], causal=causal, config=cfg, seed=5)
+    assert not torch.equal(alone, whole[:, 2:4])  # without the shard, a head draws as head 0 of 1
+
+
 def test_seed_none_follows_torch_manual_seed():
     q, k, v = random_qkv(nq=64)
     torch.manual_seed(0)
@@ -448,13 +468,16 @@ def _qkv():
         (lambda q, k, v: (q, k, v), dict(config={"block_size": 4}), TypeError, "config"),
         (lambda q, k, v: (q, k, v), dict(seed=1.5), TypeError, "seed"),
         (lambda q, k, v: (q, k, v), dict(seed=2**70), ValueError, "seed"),
+        (lambda q, k, v: (q, k, v), dict(head_shard=[0, 2]), TypeError, "head_shard"),
+        (lambda q, k, v: (q, k, v), dict(head_shard=(1, 1)), ValueError, "head_shard"),
+        (lambda q, k, v: (q, k, v), dict(head_shard=(-1, 4)), ValueError, "head_shard"),
     ],
 )
 def test_bad_input_is_named(mutate, kwargs, error, match):
     q, k, v = mutate(*_qkv())
     with pytest.raises(error, match=match):
         hyper_attention(q, k, v, **kwargs)
-    if "config" not in kwargs and "seed" not in kwargs:
+    if not {"config", "seed", "head_shard"} & kwargs.keys():
         with pytest.raises(error, match=match):
             exact_attention(q, k, v, **kwargs)
 

@@ -138,7 +138,8 @@ def _resolve_seed(seed) -> int:
 
 
 @torch.compiler.disable
-def _plan(q, k, v, causal: bool, config: HyperAttentionConfig, seed: int, use_triton: bool, scale: float):
+def _plan(q, k, v, causal: bool, config: HyperAttentionConfig, seed: int, use_triton: bool, scale: float,
+          head_shard: tuple[int, int] | None = None):
     """The plan of one call, drawn by a generator on q's device seeded with ``seed``. Under
     ``torch.compile`` it runs eagerly as one piece: Dynamo cannot trace generator draws, and
     would otherwise break the graph at each of them."""
@@ -148,8 +149,9 @@ def _plan(q, k, v, causal: bool, config: HyperAttentionConfig, seed: int, use_tr
         from hyperattn.executors.triton.probes import probe_key_mass_triton
         from hyperattn.executors.triton.selection import refine_selection_triton, select_key_blocks_triton
         return plan_hyper_attention(q, k, v, causal, config, generator, lsh_buckets_triton, scale,
-                                    probe_key_mass_triton, select_key_blocks_triton, refine_selection_triton)
-    return plan_hyper_attention(q, k, v, causal, config, generator, lsh_buckets, scale)
+                                    probe_key_mass_triton, select_key_blocks_triton, refine_selection_triton,
+                                    head_shard=head_shard)
+    return plan_hyper_attention(q, k, v, causal, config, generator, lsh_buckets, scale, head_shard=head_shard)
 
 
 # The reference executor's data-dependent shapes (block layouts) would break a compiled graph
@@ -214,6 +216,19 @@ def explain(q, k, v, causal: bool = False, config: HyperAttentionConfig | None =
     return _explain(q, k, causal, _check_config(config), return_lse)
 
 
+def _check_head_shard(head_shard, num_kv_heads: int) -> None:
+    if head_shard is None:
+        return
+    if (not isinstance(head_shard, tuple) or len(head_shard) != 2
+            or any(isinstance(x, bool) or not isinstance(x, int) for x in head_shard)):
+        raise TypeError(f"head_shard must be None or a tuple (first, total) of two ints, got {head_shard!r}")
+    first, total = head_shard
+    if first < 0 or first + num_kv_heads > total:
+        raise ValueError(f"head_shard=(first, total) needs 0 <= first and first + k's heads <= total, got "
+                         f"{head_shard} with {num_kv_heads} kv heads (dim 1 of k); first counts kv heads, not "
+                         "query heads")
+
+
 def _check_config(config) -> HyperAttentionConfig:
     if config is None:
         return HyperAttentionConfig()
@@ -252,6 +267,7 @@ def hyper_attention(
     config: HyperAttentionConfig | None = None,
     seed: int | None = None,
     return_lse: bool = False,
+    head_shard: tuple[int, int] | None = None,
 ):
     """HyperAttention: attention in near-linear time through sortLSH blocks and sampled keys.
 
@@ -269,6 +285,10 @@ def hyper_attention(
             None draws a seed from PyTorch's global CPU generator (so ``torch.manual_seed``
             makes runs repeatable).
         return_lse: also return the log-sum-exp of each row of the (approximate) attention.
+        head_shard: ``(first, total)`` when the heads of one attention are split across calls (tensor or
+            context parallelism): k's Hkv heads are kv heads ``first`` to ``first + Hkv - 1`` of ``total``
+            (q's heads are theirs). With the seed of the whole, the call returns what the whole call
+            returns for these heads. None: ``(0, Hkv)``.
     Returns:
         out (B, Hq, Nq, Dv) in q's dtype; with ``return_lse`` also lse (B, Hq, Nq) float32
         (float64 for float64 inputs).
@@ -285,6 +305,7 @@ def hyper_attention(
     scale = check_scale(scale, q.shape[-1])
     config = _check_config(config)
     seed = _resolve_seed(seed)
+    _check_head_shard(head_shard, k.shape[1])
     route = _explain(q, k, causal, config, return_lse)
     if not torch.compiler.is_compiling() and logger.isEnabledFor(logging.DEBUG):  # Dynamo cannot trace loggers
         logger.debug("hyper_attention %s: %s", tuple(q.shape), route)
@@ -293,7 +314,7 @@ def hyper_attention(
     use_triton = route.executor == "triton"
     if route.path == "exact":
         return _exact(q, k, v, scale, causal, return_lse, use_triton)
-    plan = _plan(q, k, v, causal, config, seed, use_triton, scale)
+    plan = _plan(q, k, v, causal, config, seed, use_triton, scale, head_shard)
     return _finish(q, *_execute(q, k, v, plan, scale, causal, use_triton, config.exact_tail), return_lse)
 
 

@@ -124,6 +124,7 @@ def make_plan(
     rows: tuple[torch.Tensor, torch.Tensor] | None = None,
     select_blocks: SelectBlocks = select_key_blocks,
     refine_blocks: RefineBlocks = refine_selection,
+    head_shard: tuple[int, int] | None = None,
 ) -> AttentionPlan:
     """Sort and sample for Z problems, given the LSH buckets of their rows.
 
@@ -148,6 +149,8 @@ def make_plan(
             ``config.selected_blocks`` needs; ``select_blocks`` chooses them (``select_key_blocks``,
             or a kernel with its contract; with ``config.selection_coarse_size`` it chooses the
             coarse blocks of ``select_coarse_to_fine`` and ``refine_blocks`` the blocks inside them).
+        head_shard: (first, total): the problems' kv heads are kv heads ``first, first + 1, ...`` of a
+            call over ``total``, whose draws they take (``sample_keys``); None: (0, Hkv).
     """
     z, num_kv_heads, num_keys = k_buckets.shape
     sinks = min(sinks, num_keys)
@@ -197,7 +200,8 @@ def make_plan(
         masses = ((1 - MASS_UNIFORM_SHARE) * mass / mass.sum(-1, keepdim=True).clamp_min(1e-300)
                   + MASS_UNIFORM_SHARE * live / live.sum(-1, keepdim=True).clamp_min(1))
     sample_idx, sample_log_weight = sample_keys((z, num_kv_heads), num_keys, config.sample_size, generator,
-                                                masses=masses, device=device, dtype=weight_dtype)
+                                                masses=masses, device=device, dtype=weight_dtype,
+                                                head_shard=head_shard)
     if live is not None:
         sample_log_weight.masked_fill_(~live.gather(-1, sample_idx), -torch.inf)
     elif sinks and sample_idx.numel():
@@ -330,6 +334,7 @@ def plan_hyper_attention(
     probe_mass: ProbeMass = probe_key_mass,
     select_blocks: SelectBlocks = select_key_blocks,
     refine_blocks: RefineBlocks = refine_selection,
+    head_shard: tuple[int, int] | None = None,
 ) -> AttentionPlan | CausalPlan:
     """Every random and data-dependent choice of one HyperAttention call.
 
@@ -341,8 +346,12 @@ def plan_hyper_attention(
     input, or a rectangle of the causal schedule) sorts its own slice and draws its own
     samples, in the order levels 1..L, then the prefix.
     q (B, Hq, Nq, D), k (B, Hkv, Nk, D), v (B, Hkv, Nk, Dv); requires Nq > config.min_seq_len.
+    ``head_shard`` (first, total): these are kv heads ``first, first + 1, ...`` (and their query heads)
+    of a call over ``total`` kv heads; every draw is made for all ``total`` and theirs kept, so the
+    plan is that call's plan for these heads (heads split across devices). None: (0, Hkv).
     """
-    directions = lsh_directions(k.shape[1], q.shape[-1], config.lsh_num_projs, generator)
+    first, total = head_shard or (0, k.shape[1])
+    directions = lsh_directions(total, q.shape[-1], config.lsh_num_projs, generator)[first:first + k.shape[1]]
     if config.selected_blocks:  # selected blocks replace the LSH block: no bucket is used, so none is hashed
         q_buckets, k_buckets = (x.new_zeros(x.shape[:3], dtype=torch.int16) for x in (q, k))
     else:
@@ -361,7 +370,7 @@ def plan_hyper_attention(
             key_mass = probe_mass(q[:, :, rows], k, all_keys, 1, scale, None, sinks, 0)
         plan = make_plan(q_buckets, k_buckets, config, generator, sq_norms, weight_dtype, sinks, key_mass=key_mass,
                          rows=(q, k) if config.selected_blocks else None, select_blocks=select_blocks,
-                         refine_blocks=refine_blocks)
+                         refine_blocks=refine_blocks, head_shard=head_shard)
         return replace(plan, sinks=sinks)
     schedule = causal_schedule(q.shape[2], k.shape[2], config.min_seq_len)
     sinks = min(config.exact_sinks, schedule.max_sinks)
@@ -377,14 +386,15 @@ def plan_hyper_attention(
         level_plans.append(make_plan(*rects.take(q_buckets, k_buckets), config, generator, level_norms, weight_dtype,
                                      main_sinks, rects.count, key_mass=key_mass,
                                      rows=rects.take(q, k) if config.selected_blocks else None,
-                                     select_blocks=select_blocks, refine_blocks=refine_blocks))
+                                     select_blocks=select_blocks, refine_blocks=refine_blocks,
+                                     head_shard=head_shard))
     prefix_plan = None
     if prefix:
         prefix_norms = None if sq_norms is None else prefix.keys.take(sq_norms, 1)
         prefix_plan = make_plan(*prefix.take(q_buckets, k_buckets), config, generator, prefix_norms, weight_dtype,
                                 prefix_sinks, key_mass=masses[-1],
                                 rows=prefix.take(q, k) if config.selected_blocks else None,
-                                select_blocks=select_blocks, refine_blocks=refine_blocks)
+                                select_blocks=select_blocks, refine_blocks=refine_blocks, head_shard=head_shard)
     return CausalPlan(schedule, level_plans, prefix_plan, sinks, config.exact_window)
 
 

@@ -70,6 +70,7 @@ def sample_keys(
     masses: torch.Tensor | None = None,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
+    head_shard: tuple[int, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw ``sample_size`` key indices per (problem, kv head), with replacement.
 
@@ -81,6 +82,9 @@ def sample_keys(
             term weighted by ``1 / (m p_j)`` (log-weight ``-log(m p_j)``). ``value_norm``
             sampling passes squared value norms, ``mass`` sampling estimated attention masses.
         generator: decides the draws, made on its device and moved to ``device``.
+        head_shard: (first, total): the Hkv kv heads are kv heads ``first, first + 1, ...`` of ``total``;
+            the draws are made for all ``total`` and theirs kept, so a call over a shard of the heads
+            draws what the call over every head draws for them. None: (0, Hkv).
     Returns:
         indices int64 (Z, Hkv, m) and log-weights (Z, Hkv, m) of ``dtype``. Both are
         constants of the backward pass: gradients never flow through the sampling.
@@ -89,11 +93,17 @@ def sample_keys(
     if sample_size == 0:
         return (torch.empty(full_shape, dtype=torch.int64, device=device),
                 torch.empty(full_shape, dtype=dtype, device=device))
+    first, total = head_shard or (0, shape[1])
+    drawn_shape = (shape[0], total, sample_size)
+
+    def own(drawn: torch.Tensor) -> torch.Tensor:  # this call's heads of the draws for every head
+        return drawn[:, first:first + shape[1]].contiguous().to(device)
+
     if masses is None:
-        indices = torch.randint(num_keys, full_shape, generator=generator, device=generator.device).to(device)
+        indices = own(torch.randint(num_keys, drawn_shape, generator=generator, device=generator.device))
         log_weights = torch.full(full_shape, math.log(num_keys / sample_size), dtype=dtype, device=device)
         return indices, log_weights
-    uniforms = torch.rand(full_shape, generator=generator, dtype=torch.float64, device=generator.device).to(device)
+    uniforms = own(torch.rand(drawn_shape, generator=generator, dtype=torch.float64, device=generator.device))
     totals = masses.sum(-1, keepdim=True)
     masses = torch.where(totals > 0, masses, torch.ones_like(masses))
     cdf = torch.cumsum(masses, -1)
