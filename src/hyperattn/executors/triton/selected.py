@@ -331,10 +331,10 @@ def tile_unions(selected: torch.Tensor, block_m: int) -> tuple[torch.Tensor, tor
 
 
 # Query rows of a program of the selected blocks' tensor-core kernels (a power of two >= 16) where each
-# query attends to its own blocks, and keys of their chunks; 0: the per-row kernels (``selected_fwd_kernel``),
-# which stay the default until the tile kernels are timed against them on a GPU
-# (``tools/option_cost.py --selected-tile-rows 0,16,32``). Plans with ``selection_tile`` always take the
-# tile kernels, with tiles of that many rows.
+# query attends to its own blocks, and keys of their chunks; 0: the per-row kernels (``selected_fwd_kernel``).
+# Per row is faster: heavy 448 + 4 x 16 (two-stage) at 131k, d64, H100: 115 ms against 148 ms in tiles of 16
+# (``tools/option_cost.py --selected-tile-rows 0,16``). Plans with ``selection_tile`` always take the tile
+# kernels, with tiles of that many rows.
 SELECTED_TILE_ROWS = 0
 SELECTED_CHUNK_KEYS = 64
 
