@@ -5,8 +5,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from hyperattn import HyperAttentionConfig, hyper_attention
-from hyperattn.distributed import context_parallel_attention
+from hyperattn import HyperAttentionConfig, exact_attention, hyper_attention
+from hyperattn.distributed import context_parallel_attention, context_parallel_exact_attention
 from tests.conftest import random_qkv
 
 CONFIGS = {
@@ -28,14 +28,18 @@ def _worker(rank, ranks, init_method, cases):
     dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=ranks)
     try:
         for name, causal, hq, hkv, nq, nk in cases:
-            config = CONFIGS[name]
+            config = CONFIGS.get(name)
             q, k, v = random_qkv(batch=2, hq=hq, hkv=hkv, nq=nq, nk=nk, requires_grad=True)
-            out, lse = hyper_attention(q, k, v, causal=causal, config=config, seed=7, return_lse=True)
+            shards = [_shard(x.detach(), rank, ranks).requires_grad_() for x in (q, k, v)]
+            if name == "exact":
+                out, lse = exact_attention(q, k, v, causal=causal, return_lse=True)
+                part, part_lse = context_parallel_exact_attention(*shards, causal=causal, return_lse=True)
+            else:
+                out, lse = hyper_attention(q, k, v, causal=causal, config=config, seed=7, return_lse=True)
+                part, part_lse = context_parallel_attention(*shards, causal=causal, config=config, seed=7,
+                                                            return_lse=True)
             weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=out.dtype)
             (out * weight).sum().backward()
-            shards = [_shard(x.detach(), rank, ranks).requires_grad_() for x in (q, k, v)]
-            part, part_lse = context_parallel_attention(*shards, causal=causal, config=config, seed=7,
-                                                        return_lse=True)
             (part * _shard(weight, rank, ranks)).sum().backward()
             what = f"rank {rank} of {ranks}, {name}, causal={causal}"
             torch.testing.assert_close(part, _shard(out, rank, ranks), rtol=1e-12, atol=1e-12, msg=what)
@@ -69,7 +73,7 @@ def _free_port() -> int:
 
 @pytest.mark.parametrize("ranks", [2, 4])
 def test_shards_equal_the_whole_call_forward_and_backward(ranks):
-    cases = [(name, causal, 8, 4, 96, 96) for name in CONFIGS for causal in (False, True)]
+    cases = [(name, causal, 8, 4, 96, 96) for name in [*CONFIGS, "exact"] for causal in (False, True)]
     cases += [("uniform", True, 8, 4, 64, 96), ("heavy mass", False, 4, 4, 64, 40)]
     mp.spawn(_worker, args=(ranks, f"tcp://127.0.0.1:{_free_port()}", cases), nprocs=ranks)
 
@@ -78,6 +82,8 @@ def test_needs_an_initialized_process_group():
     q, k, v = random_qkv(nq=16)
     with pytest.raises(ValueError, match="init_process_group"):
         context_parallel_attention(q, k, v)
+    with pytest.raises(ValueError, match="init_process_group"):
+        context_parallel_exact_attention(q, k, v)
 
 
 def _heads_worker(rank, ranks, init_method):

@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed._functional_collectives as funcol
 
-from hyperattn.api import _check_config, _check_inputs, _resolve_seed, hyper_attention
+from hyperattn.api import _check_config, _check_inputs, _resolve_seed, exact_attention, hyper_attention
 from hyperattn.config import HyperAttentionConfig, check_scale
 
 
@@ -48,6 +48,38 @@ def _check_same_shapes(q, k, v, ranks: int, group) -> None:
                          f"P * n positions), got {described}")
 
 
+def _check_call(q, k, v, causal: bool, scale, group) -> int:
+    """Every check before the first collective (a rank that fails alone would hang the rest); returns P."""
+    if not dist.is_available() or not dist.is_initialized():
+        raise ValueError("context-parallel attention needs an initialized torch.distributed process group; call "
+                         "torch.distributed.init_process_group (e.g. under torchrun) first")
+    _check_inputs(q, k, v, causal)
+    check_scale(scale, q.shape[-1])
+    ranks = dist.get_world_size(group)
+    if k.shape[1] % ranks:
+        raise ValueError(f"context-parallel attention splits the kv heads over the {ranks} ranks of the group, so k's "
+                         f"heads (dim 1) must be a multiple of {ranks}, got {k.shape[1]}; use a group whose size "
+                         "divides them, or repeat k and v along dim 1 to a multiple of it (exact attention is "
+                         "unchanged by that; HyperAttention then draws per repeated head)")
+    return ranks
+
+
+def _across_heads(q, k, v, ranks: int, group, attend, return_lse: bool):
+    """The Ulysses form: ``attend(q, k, v, head_shard)`` over every position of this rank's share of
+    the heads, between the two all-to-alls. Returns out (and lse) for this rank's positions."""
+    _check_same_shapes(q, k, v, ranks, group)
+    if ranks == 1:
+        return attend(q, k, v, None)
+    rank = dist.get_rank(group)
+    group = dist.group.WORLD if group is None else group
+    share = k.shape[1] // ranks
+    result = attend(*(_sequence_to_heads(x, ranks, group) for x in (q, k, v)), (rank * share, k.shape[1]))
+    if not return_lse:
+        return _heads_to_sequence(result, ranks, group)
+    out, lse = result
+    return _heads_to_sequence(out, ranks, group), _heads_to_sequence(lse[..., None], ranks, group)[..., 0]
+
+
 def context_parallel_attention(
     q,
     k,
@@ -78,38 +110,33 @@ def context_parallel_attention(
         (B, Hq, n, Dv), and with ``return_lse`` lse (B, Hq, n). Gradients flow to this rank's q, k
         and v through the all-to-alls.
     """
-    if not dist.is_available() or not dist.is_initialized():
-        raise ValueError("context_parallel_attention needs an initialized torch.distributed process group; call "
-                         "torch.distributed.init_process_group (e.g. under torchrun) first")
-    _check_inputs(q, k, v, causal)  # every check before the first collective: a rank that fails alone hangs the rest
-    check_scale(scale, q.shape[-1])
+    ranks = _check_call(q, k, v, causal, scale, group)
     config = _check_config(config)
-    if seed is not None:
-        _resolve_seed(seed)
-    ranks = dist.get_world_size(group)
-    num_kv_heads = k.shape[1]
-    if num_kv_heads % ranks:
-        raise ValueError(f"context_parallel_attention splits the kv heads over the {ranks} ranks of the group, so k's "
-                         f"heads (dim 1) must be a multiple of {ranks}, got {num_kv_heads}; use a group whose size "
-                         "divides them, or repeat k and v along dim 1 to a multiple of it (exact attention is "
-                         "unchanged by that; HyperAttention then draws per repeated head)")
-    _check_same_shapes(q, k, v, ranks, group)
     if seed is None:
         drawn = torch.tensor([_resolve_seed(None)], dtype=torch.int64, device=q.device)
         dist.broadcast(drawn, dist.get_global_rank(group, 0) if group is not None else 0, group=group)
         seed = int(drawn.item())
-    if ranks == 1:
-        return hyper_attention(q, k, v, causal=causal, scale=scale, config=config, seed=seed, return_lse=return_lse)
-    rank = dist.get_rank(group)
-    group = dist.group.WORLD if group is None else group
-    share = num_kv_heads // ranks
-    q_all, k_all, v_all = (_sequence_to_heads(x, ranks, group) for x in (q, k, v))
-    result = hyper_attention(q_all, k_all, v_all, causal=causal, scale=scale, config=config, seed=seed,
-                             return_lse=return_lse, head_shard=(rank * share, num_kv_heads))
-    if not return_lse:
-        return _heads_to_sequence(result, ranks, group)
-    out, lse = result
-    return _heads_to_sequence(out, ranks, group), _heads_to_sequence(lse[..., None], ranks, group)[..., 0]
+    else:
+        _resolve_seed(seed)
+
+    def attend(q_heads, k_heads, v_heads, head_shard):
+        return hyper_attention(q_heads, k_heads, v_heads, causal=causal, scale=scale, config=config, seed=seed,
+                               return_lse=return_lse, head_shard=head_shard)
+
+    return _across_heads(q, k, v, ranks, group, attend, return_lse)
 
 
-__all__ = ["context_parallel_attention"]
+def context_parallel_exact_attention(q, k, v, causal: bool = False, scale: float | None = None,
+                                     return_lse: bool = False, group=None):
+    """``exact_attention`` over a sequence split across the ranks of ``group``, in the same form and
+    with the same arguments as ``context_parallel_attention``: this rank's rows of exact attention
+    over the whole sequence (PyTorch SDPA on every position of this rank's share of the heads)."""
+    ranks = _check_call(q, k, v, causal, scale, group)
+
+    def attend(q_heads, k_heads, v_heads, head_shard):
+        return exact_attention(q_heads, k_heads, v_heads, causal=causal, scale=scale, return_lse=return_lse)
+
+    return _across_heads(q, k, v, ranks, group, attend, return_lse)
+
+
+__all__ = ["context_parallel_attention", "context_parallel_exact_attention"]
