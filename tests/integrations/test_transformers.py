@@ -228,3 +228,52 @@ def test_head_plans_for_another_model_are_refused():
         integration.patch_model(model, "last:2", plan=wrong_heads)
     with pytest.raises(TypeError, match="HeadPlan"):
         integration.patch_model(model, plan={"layers": {}})
+
+
+def _context_parallel_worker(rank, ranks, init_method):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=ranks)
+    try:
+        ids = tokens(128, batch=2)
+        n = ids.shape[1] // ranks
+        weight = torch.randn(2, 128, 128, generator=torch.Generator().manual_seed(3))
+        whole = tiny_model("llama").train()
+        integration.patch_model(whole, "last:2", APPROX, seed=0)
+        logits = whole(ids, use_cache=False).logits
+        (logits * weight).sum().backward()
+        model = tiny_model("llama").train()
+        integration.patch_model(model, "last:2", APPROX, seed=0, group=dist.group.WORLD)
+        positions = torch.arange(rank * n, (rank + 1) * n)[None].expand(2, -1)
+        part = model(ids[:, rank * n:(rank + 1) * n], position_ids=positions, use_cache=False).logits
+        torch.testing.assert_close(part, logits[:, rank * n:(rank + 1) * n], rtol=1e-4, atol=1e-4)
+        (part * weight[:, rank * n:(rank + 1) * n]).sum().backward()
+        for (name, p), q in zip(model.named_parameters(), whole.parameters()):
+            dist.all_reduce(p.grad)  # each rank holds its positions' share of every weight's gradient
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-3, atol=1e-4, msg=name)
+        with torch.no_grad():
+            first = model(ids[:, rank * n:(rank + 1) * n], position_ids=positions, use_cache=True)
+            with pytest.raises(ValueError, match="without a KV cache"):  # a rank's cache holds its positions only
+                model(ids[:, :1], position_ids=positions[:, :1] + n, past_key_values=first.past_key_values)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_context_parallel_model_matches_the_whole_sequence():
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_context_parallel_worker, args=(2, f"tcp://127.0.0.1:{port}"), nprocs=2)
+
+
+def test_context_parallel_refuses_head_plans():
+    from hyperattn.heads import HeadPlan
+
+    model = tiny_model("llama")
+    plan = HeadPlan(model="tiny", seq_len=64, configs={"a": APPROX}, layers={0: ("a",) * 4})
+    with pytest.raises(ValueError, match="context-parallel"):
+        integration.patch_model(model, plan=plan, group=object())

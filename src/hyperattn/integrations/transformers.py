@@ -36,6 +36,7 @@ IMPLEMENTATION = "hyper"
 _CONFIG_ATTR = "hyperattn_config"
 _HEADS_ATTR = "hyperattn_heads"
 _SEED_ATTR = "hyperattn_seed"
+_GROUP_ATTR = "hyperattn_group"
 
 
 def register(name: str = IMPLEMENTATION) -> str:
@@ -83,6 +84,7 @@ def patch_model(
     seed: int | None = 0,
     include_sliding: bool = False,
     plan: HeadPlan | None = None,
+    group=None,
 ) -> list[int]:
     """Use HyperAttention in the chosen layers of a transformers model; returns their indices.
 
@@ -99,6 +101,13 @@ def patch_model(
             plan's treatment (exact or a named config), in one call of the layer
             (``attention_by_head``); ``layers`` and ``config`` must then be left out. Returns the
             layers with at least one approximated head.
+        group: a ``torch.distributed`` process group (``torch.distributed.group.WORLD`` for all
+            processes): the model runs context-parallel. Each rank then passes its contiguous shard
+            of the sequence (rank r: positions ``[r * n, (r + 1) * n)``) with its ``position_ids``
+            (decoding from a cache is not supported), and every attention layer, patched or exact, attends over the
+            whole sequence through all-to-alls over heads (``hyperattn.distributed``); the kv heads
+            must be a multiple of the group's size. Unpadded batches only; no sliding-window layers.
+            None: one process holds the sequence.
     Calling it again re-patches: layers not chosen this time go back to exact attention.
     """
     if plan is not None:
@@ -106,6 +115,8 @@ def patch_model(
             raise TypeError(f"plan must be a hyperattn.heads.HeadPlan, got {type(plan).__name__}")
         if layers != "all" or config is not None:
             raise ValueError("patch_model: pass either plan or layers/config; the plan chooses both per head")
+    if group is not None and plan is not None:
+        raise ValueError("patch_model: head plans do not run context-parallel yet; pass layers and config with group")
     if config is None:
         config = HyperAttentionConfig()
     elif not isinstance(config, HyperAttentionConfig):
@@ -119,9 +130,11 @@ def patch_model(
     chosen = set(select_layers(layers, len(modules))) if plan is None else set(treatments)
     patched = []
     for index, module in enumerate(modules):
-        for attr in (_CONFIG_ATTR, _HEADS_ATTR, _SEED_ATTR):
+        for attr in (_CONFIG_ATTR, _HEADS_ATTR, _SEED_ATTR, _GROUP_ATTR):
             if hasattr(module, attr):
                 delattr(module, attr)
+        if group is not None:
+            setattr(module, _GROUP_ATTR, group)
         sliding = getattr(module, "sliding_window", None) is not None
         if index in chosen and (include_sliding or not sliding):
             if plan is None:
@@ -212,7 +225,11 @@ def hyper_attention_forward(
 ) -> tuple[torch.Tensor, None]:
     """transformers attention function: query (B, Hq, Sq, D), key/value (B, Hkv, Sk, D) ->
     (out (B, Sq, Hq, Dv) contiguous, None). Unpatched modules and short calls (every
-    approximated head's config would run exact) run SDPA."""
+    approximated head's config would run exact) run SDPA; context-parallel models (``patch_model``'s
+    ``group``) attend over the whole sequence."""
+    if getattr(module, _GROUP_ATTR, None) is not None:
+        return _context_parallel_forward(module, query, key, value, attention_mask, dropout, scaling, is_causal,
+                                         **kwargs), None
     config = getattr(module, _CONFIG_ATTR, None)
     heads = getattr(module, _HEADS_ATTR, None)
     num_queries, num_keys = query.shape[2], key.shape[2]
@@ -220,15 +237,7 @@ def hyper_attention_forward(
     if all(c is None or c.runs_exact(num_queries, num_keys, True) for c in configs):
         return _sdpa(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                      is_causal=is_causal, **kwargs)
-    if dropout:
-        raise ValueError(f"hyper attention has no attention dropout; got dropout={dropout} (use model.eval())")
-    for name in ("softcap", "s_aux", "sinks"):
-        if kwargs.get(name) is not None:
-            raise ValueError(f"hyper attention does not support {name!r}; leave layer {module.layer_idx} exact")
-    causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
-    if not causal:
-        raise ValueError(f"hyper attention is patched for causal language models; layer {module.layer_idx} "
-                         "is not causal")
+    _check_supported(module, dropout, is_causal, kwargs)
     seed = getattr(module, _SEED_ATTR, None)
 
     def attend(q, k, v):
@@ -249,3 +258,40 @@ def hyper_attention_forward(
         out[row, :, queries] = attend(query[row:row + 1, :, queries], key[row:row + 1, :, keys],
                                       value[row:row + 1, :, keys])[0]
     return out.transpose(1, 2).contiguous(), None
+
+
+def _check_supported(module, dropout: float, is_causal: bool | None, kwargs: dict) -> None:
+    """Raise for what a HyperAttention (or context-parallel) call of ``module`` cannot honour."""
+    if dropout:
+        raise ValueError(f"hyper attention has no attention dropout; got dropout={dropout} (use model.eval())")
+    for name in ("softcap", "s_aux", "sinks"):
+        if kwargs.get(name) is not None:
+            raise ValueError(f"hyper attention does not support {name!r}; leave layer {module.layer_idx} exact")
+    causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    if not causal:
+        raise ValueError(f"hyper attention is patched for causal language models; layer {module.layer_idx} "
+                         "is not causal")
+
+
+def _context_parallel_forward(module, query, key, value, attention_mask, dropout, scaling, is_causal,
+                              **kwargs) -> torch.Tensor:
+    """One layer of a context-parallel model: this rank's shard (B, H, n, D) attends over the whole
+    sequence, HyperAttention where the layer is patched, exact elsewhere -> (B, n, Hq, Dv)."""
+    from hyperattn.distributed import context_parallel_attention, context_parallel_exact_attention
+
+    layer, group = module.layer_idx, getattr(module, _GROUP_ATTR)
+    if query.shape[2] != key.shape[2]:
+        raise ValueError(f"context-parallel layers attend over one pass of the whole sequence, without a KV cache "
+                         f"(use_cache=False); layer {layer} got {query.shape[2]} queries and {key.shape[2]} keys")
+    if getattr(module, "sliding_window", None) is not None:
+        raise ValueError(f"layer {layer} has a sliding window, which context-parallel models do not support")
+    _check_supported(module, dropout, is_causal, kwargs)
+    if attention_mask is not None and _sequences(attention_mask, query.shape[2], key.shape[2]) is not None:
+        raise ValueError("context-parallel models take unpadded batches: attention_mask may only be causal")
+    config = getattr(module, _CONFIG_ATTR, None)
+    if config is None:
+        out = context_parallel_exact_attention(query, key, value, causal=True, scale=scaling, group=group)
+    else:
+        out = context_parallel_attention(query, key, value, causal=True, scale=scaling, config=config,
+                                         seed=getattr(module, _SEED_ATTR, None), group=group)
+    return out.transpose(1, 2).contiguous()
