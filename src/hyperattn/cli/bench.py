@@ -1,4 +1,4 @@
-"""``hyperattn bench attention`` and ``hyperattn bench model``."""
+"""``hyperattn bench attention``, ``hyperattn bench model`` and ``hyperattn bench distributed``."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import sys
 
 import torch
 
-from hyperattn.bench import attention, model
-from hyperattn.cli.arg_types import int_list, positive_int, seed, str_list
+from hyperattn.bench import attention, distributed, model
+from hyperattn.cli.arg_types import int_list, numbers, positive_int, seed, str_list
 from hyperattn.cli.common import pick_device, write_result
 from hyperattn.cli.config_args import add_config_args, config_from_args
 
@@ -66,6 +66,41 @@ def add_bench_parser(commands) -> None:
     add_config_args(prefill)
     prefill.set_defaults(run=bench_model)
 
+    spread = kinds.add_parser(
+        "distributed",
+        help="context-parallel attention over several GPUs of this host against one GPU and exact attention",
+        description="Starts one process per GPU (NCCL) for each GPU count and times context_parallel_attention "
+        "(Ulysses form) and context_parallel_exact_attention (the same over SDPA) on each rank's shard of a "
+        "random sequence (batch 1), with the all-to-alls and one rank's attention alone: the median over fixed "
+        "calls of the slowest rank's time, the peak memory of any rank. --device cpu runs gloo processes on "
+        "the CPU (smoke runs, small lengths).",
+    )
+    spread.add_argument("--gpus", type=int_list,
+                        help="comma-separated process counts, one GPU each (default: 1 and every power of two up "
+                             "to the GPUs of this host)")
+    spread.add_argument("--seq-lens", type=int_list, default=[1 << 20, 1 << 21, 1 << 22, 1 << 23],
+                        help="whole-sequence lengths (each split evenly over the processes)")
+    spread.add_argument("--heads", type=positive_int, default=32)
+    spread.add_argument("--kv-heads", type=positive_int, help="key/value heads (default: --heads); a multiple of "
+                        "every GPU count")
+    spread.add_argument("--head-dim", type=positive_int, default=64)
+    spread.add_argument("--causal", choices=["causal", "non-causal"], default="causal")
+    spread.add_argument("--modes", type=str_list, default=list(distributed.MODES),
+                        help="comma-separated: fwd, fwd_bwd")
+    spread.add_argument("--impls", type=str_list, default=list(distributed.IMPLS),
+                        help="comma-separated: hyper (HyperAttention), exact (SDPA)")
+    spread.add_argument("--exact-max-len", type=positive_int, default=1 << 20,
+                        help="exact attention is timed up to this length (its time grows as the square)")
+    spread.add_argument("--warmup", type=numbers(int, 0), default=1, help="untimed calls before timing")
+    spread.add_argument("--reps", type=positive_int, default=5, help="timed calls per case")
+    spread.add_argument("--seed", type=seed, default=0)
+    spread.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
+                        help="cuda (NCCL, bf16) or cpu (gloo, float32: smoke runs)")
+    spread.add_argument("--json", metavar="PATH", help="write the results as JSON")
+    spread.add_argument("--plot", metavar="PNG", help="write a log-log plot of time against length")
+    add_config_args(spread)
+    spread.set_defaults(run=bench_distributed)
+
 
 def bench_attention(args: argparse.Namespace) -> int:
     if args.plot_only:
@@ -105,4 +140,30 @@ def bench_model(args: argparse.Namespace) -> int:
     print(model.format_table(result))
     if args.plot:
         model.plot(result, args.plot)
+    return 0
+
+
+def bench_distributed(args: argparse.Namespace) -> int:
+    bad = [m for m in args.modes if m not in distributed.MODES] + [i for i in args.impls if i not in distributed.IMPLS]
+    if bad:
+        print(f"hyperattn bench distributed: error: unknown --modes/--impls {bad} (modes: {', '.join(distributed.MODES)};"
+              f" impls: {', '.join(distributed.IMPLS)})", file=sys.stderr)
+        return 2
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("hyperattn bench distributed: error: needs CUDA GPUs (or --device cpu for a smoke run)", file=sys.stderr)
+        return 2
+    available = torch.cuda.device_count() if args.device == "cuda" else 2
+    gpus = args.gpus or [1] + [1 << i for i in range(1, available.bit_length()) if 1 << i <= available]
+    try:
+        result = distributed.run_benchmark(
+            gpus, args.seq_lens, heads=args.heads, kv_heads=args.kv_heads, head_dim=args.head_dim,
+            causal=args.causal == "causal", modes=args.modes, impls=args.impls, exact_max_len=args.exact_max_len,
+            config=config_from_args(args), device=args.device,
+            dtype="bfloat16" if args.device == "cuda" else "float32", warmup=args.warmup, reps=args.reps,
+            seed=args.seed, command=args.command_line,
+            progress=lambda text: print(f"bench distributed: {text}", file=sys.stderr))
+    except ValueError as error:
+        print(f"hyperattn bench distributed: error: {error}", file=sys.stderr)
+        return 2
+    distributed.report(result, args.json, args.plot)
     return 0
