@@ -170,7 +170,7 @@ def perturbed_after(x, position, seed):
                                    dict(sampling="mass", heavy_keys=3, probe_queries=4, exact_window=4)])
 @pytest.mark.parametrize("nq,nk", [(96, 96), (83, 83), (70, 101)])
 def test_bucket_blocks_are_strictly_causal(extra, nq, nk):
-    """With query_blocks='bucket', output i depends on no input after i, queries included: changing
+    """With query_blocks='bucket' or 'centroid', output i depends on no input after i, queries included: changing
     every q, k and v row after a position leaves the outputs up to it as they were, up to the last
     bit of float64 products (the reference batches them in a padded layout whose shape follows the
     data); the paper's rank rule does not (a query's block depends on the later queries of its
@@ -178,7 +178,7 @@ def test_bucket_blocks_are_strictly_causal(extra, nq, nk):
     base = dict(block_size=4, sample_size=4, lsh_num_projs=3, exact_up_to=0, min_seq_len=8, **extra)
     q, k, v = random_qkv(hq=2, hkv=1, nq=nq, nk=nk, seed=5)
     changed = {}
-    for rule in ("bucket", "rank"):
+    for rule in ("bucket", "centroid", "rank"):
         cfg = HyperAttentionConfig(**{**base, "query_blocks": rule})
         out = hyper_attention(q, k, v, causal=True, config=cfg, seed=3)
         changed[rule] = 0
@@ -189,7 +189,7 @@ def test_bucket_blocks_are_strictly_causal(extra, nq, nk):
             out2 = hyper_attention(q2, k2, v2, causal=True, config=cfg, seed=3)
             changed[rule] += int(((out2[:, :, :t + 1] - out[:, :, :t + 1]).abs() > 1e-14).any(-1).sum())
             assert not torch.allclose(out2[:, :, t + 1:], out[:, :, t + 1:])
-    assert changed["bucket"] == 0
+    assert changed["bucket"] == 0 and changed["centroid"] == 0
     if extra == PAPER:
         assert changed["rank"] > 0, "the test would not see a leak"
 

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field
 
 SAMPLING_METHODS = ("uniform", "value_norm", "mass")
-QUERY_BLOCK_RULES = ("rank", "bucket")
+QUERY_BLOCK_RULES = ("rank", "bucket", "centroid")
 IMPLEMENTATIONS = ("auto", "reference", "triton")
 MAX_LSH_NUM_PROJS = 16
 # Where the paper's algorithm differs from the defaults, short inputs aside: it has no exact sinks or
@@ -70,7 +70,11 @@ class HyperAttentionConfig:
             i depends on nothing after i). ``"rank"`` (the paper's): the block at the query's rank
             in bucket order, so every block gets as many queries, which the kernels tile more
             cheaply; in a causal call a query's block then depends on the later queries of its
-            rectangle, so changing the tokens after i can change output i.
+            rectangle, so changing the tokens after i can change output i. ``"centroid"``: the keys
+            keep their order (sinks and heavy keys set aside) and a query attends to the block whose
+            mean key scores highest against it: chosen by inner product, as attention weighs keys,
+            where a bucket matches angles; strictly causal like ``"bucket"``. No row is hashed
+            (``lsh_num_projs`` unused); each query scores ``Nk / block_size`` block means.
         heavy_keys: per approximated rectangle (a problem of the causal recursion, or the whole
             non-causal call) and kv head, the ``heavy_keys`` keys of largest estimated attention
             mass (sinks aside) are attended exactly by every query of the rectangle; the block
@@ -155,8 +159,9 @@ class HyperAttentionConfig:
                 "many consecutive queries selected (0 or a power of two >= 16); 0: its own blocks only"})
     query_blocks: str = field(default="bucket", metadata={
         "help": "which key block a query attends to: bucket (where the keys of its own bucket sit: strictly "
-                "causal) or rank (the paper's: by its rank among the queries; faster, but in causal calls it "
-                "depends on later queries)"})
+                "causal), rank (the paper's: by its rank among the queries; faster, but in causal calls it "
+                "depends on later queries) or centroid (the block of consecutive keys whose mean key scores "
+                "highest against it: strictly causal)"})
 
     def __post_init__(self) -> None:
         _check_int("block_size", self.block_size, 1)
@@ -190,6 +195,12 @@ class HyperAttentionConfig:
                              f"got {self.query_blocks!r}")
         if not isinstance(self.impl, str) or self.impl not in IMPLEMENTATIONS:
             raise ValueError(f"HyperAttentionConfig.impl must be one of {IMPLEMENTATIONS}, got {self.impl!r}")
+
+    @property
+    def hashes(self) -> bool:
+        """Whether plans hash rows into LSH buckets: not with ``selected_blocks`` or the
+        ``"centroid"`` rule, which choose key blocks by score."""
+        return self.selected_blocks == 0 and self.query_blocks != "centroid"
 
     @property
     def uses_probes(self) -> bool:

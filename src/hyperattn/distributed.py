@@ -67,9 +67,9 @@ def _check_call(q, k, v, causal: bool, scale, group) -> int:
 def _across_heads(q, k, v, ranks: int, group, attend, return_lse: bool):
     """The Ulysses form: ``attend(q, k, v, head_shard)`` over every position of this rank's share of
     the heads, between the two all-to-alls. Returns out (and lse) for this rank's positions."""
-    _check_same_shapes(q, k, v, ranks, group)
     if ranks == 1:
         return attend(q, k, v, None)
+    _check_same_shapes(q, k, v, ranks, group)
     rank = dist.get_rank(group)
     group = dist.group.WORLD if group is None else group
     share = k.shape[1] // ranks

@@ -88,3 +88,22 @@ def test_layout_of_blocks_that_differ_per_head():
 def test_layout_rejects_empty_tiles():
     with pytest.raises(ValueError, match="tile_rows"):
         query_block_layout(torch.zeros(4, dtype=torch.int64), 1, 0)
+
+
+def test_centroid_rule_takes_the_live_block_whose_mean_key_scores_highest():
+    from hyperattn.plan.blocks import centroid_query_blocks
+
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 4, 30, 8, generator=gen, dtype=torch.float64)
+    k = torch.randn(2, 2, 45, 8, generator=gen, dtype=torch.float64)
+    num_live = torch.tensor([45, 29]).view(2, 1, 1)  # problem 1: keys 29.. are heavy keys or sinks
+    q_perm, q_block = centroid_query_blocks(q, k, num_live, 4)
+    for z in range(2):
+        live = int(num_live[z])
+        means = torch.stack([k[z, :, lo:min(lo + 4, live)].mean(1) for lo in range(0, live, 4)], 1)  # (Hkv, b, D)
+        for h in range(4):
+            want = (q[z, h] @ means[h // 2].T).argmax(-1)  # (Nq,), original order
+            assert torch.equal(q_block[z, h], want[q_perm[z, h]])
+            assert torch.equal(q_perm[z, h], torch.sort(want, stable=True).indices)  # ties keep query order
+    assert q_block.max() <= (29 - 1) // 4 or q_block[0].max() > 7
+    assert torch.all(q_block[..., 1:] >= q_block[..., :-1])

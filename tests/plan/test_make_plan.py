@@ -135,3 +135,32 @@ def test_without_samples_the_sampling_rule_changes_nothing():
     for name in ("q_perm", "k_perm", "sample_idx", "sample_block", "sample_log_weight"):
         assert torch.equal(getattr(plans[0], name), getattr(plans[1], name)), name
     assert plans[0].sample_idx.shape[-1] == 6
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_centroid_rule_keeps_the_keys_in_order_and_hashes_nothing(causal):
+    """Under query_blocks='centroid' the live keys keep their order (heavy keys, then sinks after
+    them), no row is hashed, and each query's block is its choice among the blocks of live keys."""
+    from hyperattn.plan.blocks import centroid_query_blocks
+
+    q, k, v = random_qkv(batch=1, hq=2, hkv=1, nq=64, nk=64, d=8, seed=6)
+    config = HyperAttentionConfig(block_size=8, sample_size=0, exact_sinks=3, heavy_keys=5, probe_queries=4,
+                                  min_seq_len=16, exact_up_to=0, query_blocks="centroid")
+
+    def no_hashing(x, directions):
+        raise AssertionError("the centroid rule hashed rows")
+
+    plan = plan_hyper_attention(q, k, v, causal, config, torch.Generator().manual_seed(1), hash_rows=no_hashing)
+    plans = [p for p in (plan.level_plans + [plan.prefix_plan] if causal else [plan]) if p is not None]
+    for p in plans:
+        for perm, heavy in zip(p.k_perm[:, 0].tolist(), p.sample_idx[:, 0, :p.heavy].tolist()):
+            num_live = min(perm.index(j) for j in heavy)  # heavy keys follow the live ones, sinks come last
+            assert perm[:num_live] == sorted(perm[:num_live])
+            assert set(perm[num_live:num_live + p.heavy]) == set(heavy)
+            assert all(j < 3 for j in perm[num_live + p.heavy:])
+        assert torch.all(p.q_block[..., 1:] >= p.q_block[..., :-1])
+    if not causal:
+        num_live = torch.full((1, 1, 1), 64 - 3 - plan.heavy)
+        k_sorted = k.gather(2, plan.k_perm[..., None].expand(-1, -1, -1, 8))
+        q_perm, q_block = centroid_query_blocks(q, k_sorted, num_live, 8)
+        assert torch.equal(plan.q_perm, q_perm) and torch.equal(plan.q_block, q_block)

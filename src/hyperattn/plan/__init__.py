@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from hyperattn.config import HyperAttentionConfig
-from hyperattn.plan.blocks import (bucket_query_blocks, max_queries_per_block, num_key_blocks,
+from hyperattn.plan.blocks import (bucket_query_blocks, centroid_query_blocks, max_queries_per_block, num_key_blocks,
                                    query_block_layout, query_block_of_rank)
 from hyperattn.plan.lsh import (gray_code_rank, inverse_permutation, lsh_buckets, lsh_directions, ranks_in_sort,
                                 sort_lsh, sort_lsh_permutation)
@@ -64,8 +64,8 @@ class AttentionPlan:
       (``make_plan`` sorts them last and gives their samples log-weight -inf). Causal calls
       keep it 0 in their per-level plans (``CausalPlan.sinks`` holds theirs).
     - ``q_block``: int64 (Z, Hq, Nq), the key block of each sorted query rank under the
-      ``"bucket"`` rule (``HyperAttentionConfig.query_blocks``), non-decreasing; None: the
-      ``"rank"`` rule, or ``selected`` blocks in place of the LSH block.
+      ``"bucket"`` or ``"centroid"`` rule (``HyperAttentionConfig.query_blocks``), non-decreasing;
+      None: the ``"rank"`` rule, or ``selected`` blocks in place of the LSH block.
     - ``heavy`` (``HyperAttentionConfig.heavy_keys``): the first ``heavy`` samples of each
       (problem, kv head) are its heavy keys, attended exactly by every query (log-weight 0,
       ``sample_block`` -1); the block part skips them (``make_plan`` sorts them after the
@@ -146,9 +146,10 @@ def make_plan(
             attends to them), and draws of them weigh nothing. With ``sampling="mass"`` the
             draws follow the mass of the other keys, mixed with a uniform share.
         rows: the problems' query rows (Z, Hq, Nq, D) and key rows (Z, Hkv, Nk, D), which
-            ``config.selected_blocks`` needs; ``select_blocks`` chooses them (``select_key_blocks``,
-            or a kernel with its contract; with ``config.selection_coarse_size`` it chooses the
-            coarse blocks of ``select_coarse_to_fine`` and ``refine_blocks`` the blocks inside them).
+            ``config.selected_blocks`` and the ``"centroid"`` rule need; ``select_blocks`` chooses
+            the selected blocks or each query's block (``select_key_blocks``, or a kernel with its
+            contract; with ``config.selection_coarse_size`` it chooses the coarse blocks of
+            ``select_coarse_to_fine`` and ``refine_blocks`` the blocks inside them).
         head_shard: (first, total): the problems' kv heads are kv heads ``first, first + 1, ...`` of a
             call over ``total``, whose draws they take (``sample_keys``); None: (0, Hkv).
     """
@@ -157,8 +158,8 @@ def make_plan(
     device = k_buckets.device
     heavy = key_mass is not None and config.heavy_keys > 0
     selecting = config.selected_blocks > 0
-    if selecting and rows is None:
-        raise ValueError("make_plan: config.selected_blocks needs the problems' rows")
+    if not config.hashes and rows is None:
+        raise ValueError("make_plan: config.selected_blocks and the centroid rule need the problems' rows")
 
     def with_sinks(x):  # (Z, Hkv, L) -> a view of problems 0, sink_stride, 2 * sink_stride, ...
         return x.view(-1, sink_stride, *x.shape[1:])[:, 0]
@@ -183,13 +184,19 @@ def make_plan(
             k_buckets.scatter_(-1, heavy_idx, torch.iinfo(k_buckets.dtype).max - 1)
         if sinks:
             with_sinks(k_buckets)[..., :sinks] = torch.iinfo(k_buckets.dtype).max
-        q_sorted, q_perm = sort_lsh(q_buckets.contiguous())  # plans are contiguous: kernels index them flat
         k_sorted, k_perm = sort_lsh(k_buckets)
-        if config.query_blocks == "bucket":
+        if config.query_blocks != "centroid":
+            q_sorted, q_perm = sort_lsh(q_buckets.contiguous())  # plans are contiguous: kernels index them flat
+        if config.query_blocks in ("bucket", "centroid"):
             num_live = torch.full((z, 1, 1), num_keys - num_heavy, dtype=torch.int64, device=device)
             with_sinks(num_live).sub_(sinks)
+        if config.query_blocks == "bucket":
             q_block = bucket_query_blocks(q_sorted, k_sorted, num_live, config.block_size,
                                           2 ** config.lsh_num_projs)
+        elif config.query_blocks == "centroid":  # the keys were not hashed: live ones keep their order
+            q_rows, k_rows = rows
+            k_rows = k_rows.gather(2, k_perm[..., None].expand(-1, -1, -1, k_rows.shape[-1]))
+            q_perm, q_block = centroid_query_blocks(q_rows, k_rows, num_live, config.block_size, select_blocks)
     masses = None
     if config.sampling == "value_norm":
         if v_sq_norms is None:
@@ -339,8 +346,8 @@ def plan_hyper_attention(
     """Every random and data-dependent choice of one HyperAttention call.
 
     Rows are hashed once (directions drawn first from ``generator``) by ``hash_rows``
-    (``lsh_buckets``, or an executor's kernel with its contract; not at all with selected blocks,
-    which replace the LSH block), and key masses estimated by
+    (``lsh_buckets``, or an executor's kernel with its contract; not at all with selected blocks or
+    the centroid rule, which use no bucket), and key masses estimated by
     ``probe_mass`` (``probe_key_mass``, or a kernel with its contract), selected blocks chosen by
     ``select_blocks`` and ``refine_blocks`` (likewise); each problem (the whole
     input, or a rectangle of the causal schedule) sorts its own slice and draws its own
@@ -352,7 +359,7 @@ def plan_hyper_attention(
     """
     first, total = head_shard or (0, k.shape[1])
     directions = lsh_directions(total, q.shape[-1], config.lsh_num_projs, generator)[first:first + k.shape[1]]
-    if config.selected_blocks:  # selected blocks replace the LSH block: no bucket is used, so none is hashed
+    if not config.hashes:  # selected blocks or the centroid rule: no bucket is used, so none is hashed
         q_buckets, k_buckets = (x.new_zeros(x.shape[:3], dtype=torch.int16) for x in (q, k))
     else:
         q_buckets = hash_rows(q, directions)
@@ -369,7 +376,7 @@ def plan_hyper_attention(
             all_keys = Rows(start=0, stride=0, length=k.shape[2])
             key_mass = probe_mass(q[:, :, rows], k, all_keys, 1, scale, None, sinks, 0)
         plan = make_plan(q_buckets, k_buckets, config, generator, sq_norms, weight_dtype, sinks, key_mass=key_mass,
-                         rows=(q, k) if config.selected_blocks else None, select_blocks=select_blocks,
+                         rows=None if config.hashes else (q, k), select_blocks=select_blocks,
                          refine_blocks=refine_blocks, head_shard=head_shard)
         return replace(plan, sinks=sinks)
     schedule = causal_schedule(q.shape[2], k.shape[2], config.min_seq_len)
@@ -385,7 +392,7 @@ def plan_hyper_attention(
         level_norms = None if sq_norms is None else rects.keys.take(sq_norms, rects.count)
         level_plans.append(make_plan(*rects.take(q_buckets, k_buckets), config, generator, level_norms, weight_dtype,
                                      main_sinks, rects.count, key_mass=key_mass,
-                                     rows=rects.take(q, k) if config.selected_blocks else None,
+                                     rows=None if config.hashes else rects.take(q, k),
                                      select_blocks=select_blocks, refine_blocks=refine_blocks,
                                      head_shard=head_shard))
     prefix_plan = None
@@ -393,7 +400,7 @@ def plan_hyper_attention(
         prefix_norms = None if sq_norms is None else prefix.keys.take(sq_norms, 1)
         prefix_plan = make_plan(*prefix.take(q_buckets, k_buckets), config, generator, prefix_norms, weight_dtype,
                                 prefix_sinks, key_mass=masses[-1],
-                                rows=prefix.take(q, k) if config.selected_blocks else None,
+                                rows=None if config.hashes else prefix.take(q, k),
                                 select_blocks=select_blocks, refine_blocks=refine_blocks, head_shard=head_shard)
     return CausalPlan(schedule, level_plans, prefix_plan, sinks, config.exact_window)
 

@@ -1,6 +1,6 @@
 """Block layout: which sorted queries attend to which key block.
 
-Two rules (``HyperAttentionConfig.query_blocks``), written here once:
+Three rules (``HyperAttentionConfig.query_blocks``), written here once:
 
 - ``"rank"`` (the paper's): sorted query rank ``p`` of Nq attends to key block
   ``(p * Nk // Nq) // block_size``. The kernels evaluate it on the device (``query_block_range``
@@ -8,6 +8,9 @@ Two rules (``HyperAttentionConfig.query_blocks``), written here once:
   latter against this rule). A query's rank depends on the other queries of its problem.
 - ``"bucket"``: a query attends to the key block where the keys of its own bucket sit
   (``bucket_query_blocks``); the plan carries the result (``AttentionPlan.q_block``).
+- ``"centroid"``: the keys keep their order and a query attends to the block whose mean key scores
+  highest against it (``centroid_query_blocks``); the queries sort by their block, and the plan
+  carries it as under the bucket rule.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+from hyperattn.plan.selection import select_key_blocks
 
 
 def num_key_blocks(num_keys: int, block_size: int) -> int:
@@ -109,3 +114,20 @@ def bucket_query_blocks(q_sorted_buckets: torch.Tensor, k_sorted_buckets: torch.
     if per_bucket:
         blocks = blocks.gather(-1, grouped.long())
     return blocks.reshape(z, hq, nq)
+
+
+def centroid_query_blocks(q: torch.Tensor, k_sorted: torch.Tensor, num_live_keys: torch.Tensor, block_size: int,
+                          select_blocks=select_key_blocks) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``"centroid"`` rule: each query's key block is the block of ``block_size`` sorted keys whose
+    mean key scores highest against it (``select_blocks``: ``select_key_blocks`` or a kernel with its
+    contract), among the blocks of live keys. It depends on the query and the keys alone.
+
+    q (Z, Hq, Nq, D) in original order; k_sorted (Z, Hkv, Nk, D) the keys in sorted order, the
+    ``num_live_keys`` (Z, 1, 1) live ones first. Returns (q_perm, q_block): int64 (Z, Hq, Nq), the
+    queries sorted by their block (stably) and the block of each sorted query, non-decreasing."""
+    z, hkv, nk, _ = k_sorted.shape
+    live = (torch.arange(nk, device=k_sorted.device) < num_live_keys).expand(z, hkv, nk)
+    best = select_blocks(q, k_sorted, live, block_size, 1)[..., 0]
+    last_live = (num_live_keys - 1).clamp_(min=0) // block_size  # only with no live key: every block is dead
+    q_block, q_perm = torch.sort(torch.minimum(best, last_live), dim=-1, stable=True)
+    return q_perm.contiguous(), q_block.contiguous()

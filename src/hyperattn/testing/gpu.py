@@ -80,6 +80,11 @@ CASES = [
      dict(query_blocks="bucket", heavy_keys=448, block_size=64, sample_size=0, min_seq_len=2048)),
     ("bucket non-causal", 2, 4, 2, 9000, 10000, 64, 64, False,
      dict(query_blocks="bucket", heavy_keys=100, sampling="mass", exact_sinks=16)),
+    # the centroid rule: keys in order, each query's block by its score against the blocks' mean keys
+    ("centroid heavy", 1, 4, 4, 12000, 12000, 64, 64, True,
+     dict(query_blocks="centroid", heavy_keys=448, block_size=64, sample_size=0, exact_sinks=0, min_seq_len=2048)),
+    ("centroid gqa d128 mass", 1, 8, 2, 6000, 16384, 128, 128, True,
+     dict(query_blocks="centroid", heavy_keys=100, sampling="mass", exact_sinks=16)),
     # the exact window: the approximated parts skip each query's window, exact parts attend to it
     ("window", 1, 8, 2, 16384, 16384, 64, 64, True, dict(exact_window=1024, min_seq_len=2048)),
     ("rank window", 1, 4, 2, 16384, 16384, 64, 64, True, dict(exact_window=1024, min_seq_len=2048, **RANK)),

@@ -81,6 +81,14 @@ CONFIG_CASES = {
                                          sampling="mass")),
     "bucket-noncausal-many-queries": ((2, 1, 150, 40, 16, 16, 16, 10, 8, False),
                                       dict(query_blocks="bucket", exact_sinks=2, heavy_keys=3)),
+    # the centroid rule: keys in order, each query's block by its score against the blocks' mean keys
+    "centroid-causal-gqa-heavy": ((4, 2, 96, 96, 32, 32, 16, 0, 16, True),
+                                  dict(query_blocks="centroid", exact_sinks=3, heavy_keys=5, probe_queries=4)),
+    "centroid-prefill-window-mass": ((2, 1, 64, 90, 16, 16, 8, 10, 8, True),
+                                     dict(query_blocks="centroid", exact_window=5, heavy_keys=3, probe_queries=4,
+                                          sampling="mass")),
+    "centroid-noncausal-many-queries": ((2, 1, 150, 40, 16, 16, 16, 10, 8, False),
+                                        dict(query_blocks="centroid", exact_sinks=2, heavy_keys=3)),
     # the exact window: approximated parts skip each query's window keys, exact parts attend to them
     "window-causal": ((2, 1, 96, 96, 16, 16, 8, 10, 8, True), dict(exact_window=5)),
     "window-wide-sinks-prefill": ((2, 1, 64, 90, 16, 16, 8, 10, 8, True), dict(exact_window=13, exact_sinks=3)),
@@ -281,14 +289,15 @@ def test_exact_tail_through_the_kernels_matches_the_reference():
     assert all(torch.isfinite(x.grad).all() for x in (q, k, v))
 
 
-def test_bucket_rule_through_the_kernels_is_strictly_causal():
-    """Under the bucket rule, the fused kernels' output rows up to t are bit-identical when every
+@pytest.mark.parametrize("rule", ["bucket", "centroid"])
+def test_bucket_rule_through_the_kernels_is_strictly_causal(rule):
+    """Under the bucket and centroid rules, the fused kernels' output rows up to t are bit-identical when every
     q, k and v row after t changes (same seed): a row's result depends on its own block and the
     shared samples, not on which other rows share its tile."""
     gen = torch.Generator().manual_seed(8)
     q, k, v = (torch.randn(1, h, 96, 16, generator=gen).to(DEVICE, DTYPE) for h in (2, 1, 1))
     cfg = HyperAttentionConfig(block_size=8, sample_size=6, lsh_num_projs=3, exact_up_to=0, min_seq_len=16,
-                               exact_sinks=2, heavy_keys=3, probe_queries=4, sampling="mass", query_blocks="bucket",
+                               exact_sinks=2, heavy_keys=3, probe_queries=4, sampling="mass", query_blocks=rule,
                                impl="triton")
     out = hyper_attention(q, k, v, causal=True, config=cfg, seed=3)
     for t in (40, 71):

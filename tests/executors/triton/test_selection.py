@@ -6,7 +6,8 @@ import torch
 pytest.importorskip("triton")
 
 from hyperattn.executors.triton import selection  # noqa: E402
-from hyperattn.executors.triton.selection import refine_selection_triton, select_key_blocks_triton  # noqa: E402
+from hyperattn.executors.triton.selection import (block_centroids_triton, refine_selection_triton,  # noqa: E402
+                                                  select_key_blocks_triton)
 from hyperattn.plan.selection import block_centroids, select_key_blocks  # noqa: E402
 from hyperattn.testing.gpu import selection_shortfall  # noqa: E402
 
@@ -18,6 +19,7 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
     ((2, 4, 2, 33, 130, 32), 4, 5),  # GQA, a short last block, 5 of 33 (padded to 8 slots)
     ((1, 1, 1, 20, 24, 16), 8, 9),  # more blocks asked than there are: all 3
     ((1, 2, 1, 48, 1100, 16), 4, 3),  # 275 blocks in 18 tiles: the first pass's floor prunes
+    ((2, 4, 2, 33, 300, 16), 8, 1),  # one block (the centroid rule): one pass, a running maximum
 ])
 def test_kernel_chooses_the_top_blocks(shape, block_size, count, monkeypatch):
     monkeypatch.setattr(selection, "SELECTION_BLOCK_M", 16)
@@ -46,6 +48,11 @@ def test_dead_blocks_are_chosen_only_when_too_few_live_ones_remain():
     assert (got == torch.tensor([1, 2], device=DEVICE)).all()
     got = select_key_blocks_triton(q, k, live, 8, 3)
     assert ((got[..., :] == 1).any(-1) & (got == 2).any(-1)).all() and got.unique().numel() >= 3
+    got = select_key_blocks_triton(q, k, live, 8, 1)
+    assert ((got == 1) | (got == 2)).all()
+    live[..., 8:24] = False  # no live key at all: some block, never out of range
+    got = select_key_blocks_triton(q, k, live, 8, 1)
+    assert ((got >= 0) & (got < 8)).all()
 
 
 @pytest.mark.parametrize("shape,block_size,coarse_size,count", [
@@ -77,3 +84,16 @@ def test_refine_kernel_chooses_the_top_blocks_inside_the_coarse_picks(shape, blo
     worst = scores.gather(-1, got).min(-1).values
     assert ((kth - worst) / scores.masked_fill(~torch.isfinite(scores) | (scores < -1e299), 0).abs().amax(-1)
             < 2e-2).all()
+
+
+@pytest.mark.parametrize("block_size", [1, 5, 16, 128])
+def test_block_means_kernel_matches_the_definition(block_size):
+    gen = torch.Generator().manual_seed(2)
+    k = torch.randn(2, 3, 300, 24, generator=gen).to(DEVICE, torch.float16)[:, :, 10:]  # a strided view, 290 keys
+    live = torch.rand(2, 3, 290, generator=gen).to(DEVICE) > 0.3
+    live[..., :2 * block_size] = False  # the first two blocks have no live key
+    for mask in (None, live):
+        means, has_live = block_centroids_triton(k, mask, block_size)
+        want, want_live = block_centroids(k.double(), mask, block_size)
+        assert torch.equal(has_live, want_live)
+        torch.testing.assert_close(means.double(), want, rtol=1e-5, atol=1e-5)

@@ -2,13 +2,14 @@
 top-``s`` of them, without materializing the (queries x blocks) scores.
 
 Computes what ``hyperattn.plan.selection.select_key_blocks`` computes. The block means come from
-``block_centroids`` (one pass over the keys in PyTorch); the kernel scores a tile of queries
+``block_centroids_triton`` (one read of the keys); the kernel scores a tile of queries
 against a tile of means on the tensor cores (the means rounded to the queries' dtype, float32
 accumulation) twice. The first pass keeps each row's ``s`` largest tile maxima: the smallest of
 them is a floor under the row's ``s``-th best score (``s`` distinct blocks reach it). The second
 inserts into each row's best ``s`` the tile's entries at or above the floor that beat the row's
 worst, one per row and round, until no row of the tile has such an entry: with the floor, few
-entries ever qualify, so few tiles run a round. Blocks without a live
+entries ever qualify, so few tiles run a round. A choice of one block (the centroid rule) takes one
+pass, a running maximum. Blocks without a live
 key score below every live block, so they are chosen only where fewer live blocks remain. Scores
 within rounding of each other may rank differently than in the PyTorch version.
 
@@ -24,7 +25,6 @@ import triton.language as tl
 
 from hyperattn.executors.triton import on_device
 from hyperattn.executors.triton.tiles import tile_width
-from hyperattn.plan.selection import block_centroids
 
 SELECTION_BLOCK_M = 64
 SELECTION_BLOCK_N = 64
@@ -78,6 +78,17 @@ def select_blocks_kernel(
     q's dtype, Live (Z, Hkv, n_b) uint8; Out (Z, Hq, n_q, NUM_SEL) int64 block indices, ascending."""
     zh, zk, offs_m, offs_d, offs_s, rmask, d_mask, q = _query_tile(
         Q, stride_qz, stride_qh, stride_qn, n_q, num_q_heads, group, num_tiles, SEL_PAD, HEAD_DIM, D_PAD, BLOCK_M)
+    if NUM_SEL == 1:  # each row's best block: one pass, a running maximum (the first block of the best score)
+        top = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        top_idx = tl.zeros([BLOCK_M], tl.int32)
+        for start in range(0, n_b, BLOCK_N):
+            s = _block_scores(q, C, Live, zk, n_b, start, offs_d, d_mask, HEAD_DIM, BLOCK_N)
+            tile_max = tl.max(s, 1)
+            better = tile_max > top
+            top_idx = tl.where(better, start + tl.argmax(s, 1), top_idx)
+            top = tl.where(better, tile_max, top)
+        tl.store(Out + zh.to(tl.int64) * n_q + offs_m, top_idx.to(tl.int64), mask=rmask)
+        return
     # each row's best NUM_SEL (value, block); the padding slots hold +inf and are never replaced
     empty = tl.where(offs_s[None, :] < NUM_SEL, float("-inf"), float("inf")) + tl.zeros([BLOCK_M, SEL_PAD], tl.float32)
     tops = empty  # the row's NUM_SEL largest tile maxima
@@ -146,11 +157,68 @@ def refine_blocks_kernel(
              mask=rmask[:, None] & (offs_s[None, :] < NUM_SEL))
 
 
+@triton.jit
+def block_means_kernel(
+    K, Live, C, HasLive,
+    stride_kz, stride_kh, stride_kn,
+    n_k, n_b, num_kv_heads, block_size,
+    HAS_LIVE: tl.constexpr, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, CHUNK: tl.constexpr,
+):
+    """One program: one block of ``block_size`` consecutive keys of one (problem, kv head), read once in
+    chunks of CHUNK rows. C (Z, Hkv, n_b, HEAD_DIM) float32: the mean of the block's live keys (0 where
+    none); HasLive (Z, Hkv, n_b) uint8: whether it has one."""
+    pid = tl.program_id(0)
+    zk = pid // n_b
+    b = pid % n_b
+    z = zk // num_kv_heads
+    h = zk % num_kv_heads
+    offs_d = tl.arange(0, D_PAD)
+    d_mask = offs_d < HEAD_DIM
+    base = K + z.to(tl.int64) * stride_kz + h.to(tl.int64) * stride_kh
+    total = tl.zeros([D_PAD], tl.float32)
+    count = 0.0
+    for lo in range(0, block_size, CHUNK):
+        offs = lo + tl.arange(0, CHUNK)
+        rows = b.to(tl.int64) * block_size + offs
+        use = (offs < block_size) & (rows < n_k)
+        if HAS_LIVE:
+            use = use & (tl.load(Live + zk.to(tl.int64) * n_k + rows, mask=use, other=0) != 0)
+        keys = tl.load(base + rows[:, None] * stride_kn + offs_d[None, :], mask=use[:, None] & d_mask[None, :],
+                       other=0.0)
+        total += tl.sum(keys.to(tl.float32), 0)
+        count += tl.sum(use.to(tl.float32), 0)
+    out = zk.to(tl.int64) * n_b + b
+    tl.store(C + out * HEAD_DIM + offs_d, total / tl.maximum(count, 1.0), mask=d_mask)
+    tl.store(HasLive + out, (count > 0).to(tl.uint8))
+
+
+def block_centroids_triton(k: torch.Tensor, live: torch.Tensor | None, block_size: int
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``hyperattn.plan.selection.block_centroids`` in one kernel (one read of the keys): k
+    (Z, Hkv, Nk, D) fp16/bf16 on CUDA (or under the interpreter), live (Z, Hkv, Nk) bool or None ->
+    (float32 (Z, Hkv, blocks, D) means, bool (Z, Hkv, blocks))."""
+    z, hkv, nk, d = k.shape
+    num_blocks = -(-nk // block_size)
+    means = torch.empty(z, hkv, num_blocks, d, dtype=torch.float32, device=k.device)
+    has_live = torch.empty(z, hkv, num_blocks, dtype=torch.uint8, device=k.device)
+    if means.numel() == 0:
+        return means, has_live.bool()
+    k = k.detach()
+    if k.stride(-1) != 1:
+        k = k.contiguous()
+    live_arg = live.contiguous().view(torch.uint8) if live is not None else has_live
+    with on_device(k):
+        block_means_kernel[(z * hkv * num_blocks,)](
+            k, live_arg, means, has_live, k.stride(0), k.stride(1), k.stride(2), nk, num_blocks, hkv, block_size,
+            HAS_LIVE=live is not None, HEAD_DIM=d, D_PAD=tile_width(d), CHUNK=min(64, triton.next_power_of_2(block_size)))
+    return means, has_live.bool()
+
+
 def _launch(kernel, q, k, live, block_size, num_selected, *inputs, **consts) -> torch.Tensor:
     """Block means, output and grid shared by the selection kernels: kernel(q, means, live, *inputs,
     out, q strides, n_q, blocks, Hq, group, tiles, NUM_SEL=..., SEL_PAD=..., HEAD_DIM=..., D_PAD=...,
     BLOCK_M=..., **consts)."""
-    centroids, has_live = block_centroids(k, live, block_size)
+    centroids, has_live = block_centroids_triton(k, live, block_size)
     z, hq, n_q, d = q.shape
     num_blocks = centroids.shape[2]
     count = min(num_selected, num_blocks)
