@@ -29,7 +29,10 @@ def test_every_case_is_timed_on_every_process_count(tmp_path, capsys):
     assert keys == expected and len(result["results"]) == len(expected)
     assert all(r["ms"] > 0 and len(r["ms_per_call"]) == 2 for r in result["results"])
     assert result["config"]["min_seq_len"] == 64 and result["kv_heads"] == 2 and result["device"] == "cpu"
+    (check,) = result["checks"]  # float32 on gloo: the shards' output is the one-process call's
+    assert check["gpus"] == 2 and check["seq_len"] == 128 and check["max_abs_diff"] < 1e-6 < check["out_max_abs"]
     out = capsys.readouterr().out
+    assert "check, 2 processes against one at 128 tokens" in out
     assert "4 query / 2 kv heads" in out
     assert sum(line.split()[:2] == ["256", "2"] for line in out.splitlines()) == 2  # a row per mode
     assert png.stat().st_size > 0
@@ -82,7 +85,7 @@ def test_table_marks_runs_out_of_memory():
     rows.append(dict(gpus=8, seq_len=1 << 23, mode="fwd", impl="hyper", part="all-to-all", ms=10.0, peak_gib=1.0))
     rows.append(dict(gpus=8, seq_len=1 << 23, mode="fwd", impl="hyper", part="attention", ms=85.0, peak_gib=15.0))
     result = dict(card="H200", heads=32, kv_heads=32, head_dim=64, dtype="bfloat16", causal=True, reps=5,
-                  device="cuda", modes=["fwd"], results=rows)
+                  device="cuda", modes=["fwd"], results=rows)  # written before checks existed: none shown
     lines = bench.format_table(result).splitlines()
     assert lines[-2].split()[:3] == ["8388608", "1", "OOM"]
     assert lines[-1].split() == ["8388608", "8", "100.00", "10.00", "85.00", "20.00", "-", "-", "-"]

@@ -10,7 +10,9 @@ N, every rank holds its shard (1, H, N / P, D) of a random sequence and the rank
 
 and their parts: ``all-to-all`` (the collectives of a call alone: q, k, v to heads and the output
 back, and in forward+backward the gradients' way back) and the attention of one rank alone (its
-H / P heads over all N positions). P = 1 is one GPU running the whole sequence.
+H / P heads over all N positions). P = 1 is one GPU running the whole sequence. First, for each P
+above 1, the context-parallel forward at the shortest length is checked against one process's call
+on the whole sequence (same seed).
 
 ``triton.testing.do_bench`` picks its number of calls from each process's own estimate, which can
 differ between ranks and would leave collectives unmatched, so every rank makes the same fixed
@@ -162,12 +164,49 @@ def _worker(rank: int, world_size: int, init_method: str, settings: dict, out_pa
                             world_size=world_size, timeout=COLLECTIVE_TIMEOUT, **({"device_id": device} if on_cuda
                                                                                    else {}))
     try:
+        check = _check_against_one_process(rank, world_size, device, settings) if world_size > 1 else None
         rows = _run_cases(rank, world_size, device, settings)
         if rank == 0:
             with open(out_path, "w") as f:
-                json.dump(rows, f)
+                json.dump(dict(rows=rows, check=check), f)
     finally:
         dist.destroy_process_group()
+
+
+def _check_against_one_process(rank: int, ranks: int, device, settings: dict) -> dict:
+    """The context-parallel forward at the shortest length against ``hyper_attention`` over the whole
+    sequence on rank 0 (same seed): the largest difference of any output element, and the largest
+    output element for scale (every rank returns the same dict)."""
+    seq_len = min(settings["seq_lens"])
+    config = HyperAttentionConfig(**settings["config"])
+    check = dict(seq_len=seq_len)
+    try:
+        with torch.no_grad():
+            shards = _shard_inputs(seq_len, ranks, rank, settings["heads"], settings["kv_heads"],
+                                   settings["head_dim"], getattr(torch, settings["dtype"]), device, False,
+                                   settings["seed"])
+            out = context_parallel_attention(*shards, causal=settings["causal"], config=config, seed=settings["seed"])
+            whole = []
+            for x in (*shards, out):
+                pieces = [torch.empty_like(x) for _ in range(ranks)]
+                dist.all_gather(pieces, x)
+                whole.append(torch.cat(pieces, 2) if rank == 0 else None)
+                del pieces
+            stats = torch.zeros(2, dtype=torch.float64, device=device)
+            if rank == 0:
+                q, k, v, gathered = whole
+                one = hyper_attention(q, k, v, causal=settings["causal"], config=config, seed=settings["seed"])
+                stats[0] = (gathered.double() - one.double()).abs().max()
+                stats[1] = one.double().abs().max()
+            whole = None
+        failed = torch.zeros(1, device=device)
+    except torch.OutOfMemoryError:
+        whole, stats, failed = None, torch.zeros(2, dtype=torch.float64, device=device), torch.ones(1, device=device)
+    dist.all_reduce(failed, op=dist.ReduceOp.MAX)
+    if failed.item():
+        return dict(check, error="out of memory")
+    dist.broadcast(stats, 0)
+    return dict(check, max_abs_diff=stats[0].item(), out_max_abs=stats[1].item())
 
 
 def _run_cases(rank: int, ranks: int, device, settings: dict) -> list[dict]:
@@ -233,7 +272,7 @@ def run_benchmark(world_sizes, seq_lens, *, heads: int = 32, kv_heads: int | Non
     settings = dict(seq_lens=list(seq_lens), heads=heads, kv_heads=kv_heads, head_dim=head_dim, causal=causal,
                     modes=list(modes), impls=list(impls), exact_max_len=exact_max_len, config=asdict(config),
                     device=device, dtype=dtype, warmup=warmup, reps=reps, seed=seed)
-    results = []
+    results, checks = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for p in world_sizes:
             if progress:
@@ -241,10 +280,14 @@ def run_benchmark(world_sizes, seq_lens, *, heads: int = 32, kv_heads: int | Non
             out_path = os.path.join(tmp, f"rows-{p}.json")
             mp.spawn(_worker, args=(p, f"tcp://127.0.0.1:{_free_port()}", settings, out_path), nprocs=p)
             with open(out_path) as f:
-                results.extend(json.load(f))
+                saved = json.load(f)
+            results.extend(saved["rows"])
+            if saved["check"] is not None:
+                checks.append(dict(gpus=p, **saved["check"]))
     return dict(benchmark="distributed", **environment(torch.device(device), command),
                 gpus_on_host=torch.cuda.device_count() if device == "cuda" else 0,
-                batch=1, **{k: v for k, v in settings.items() if k not in ("seq_lens",)}, results=results)
+                batch=1, **{k: v for k, v in settings.items() if k not in ("seq_lens",)}, results=results,
+                checks=checks)
 
 
 def _count(processes: int, result: dict) -> str:
@@ -297,6 +340,11 @@ def format_table(result: dict) -> str:
             lines.append(f"{seq_len:>9} {gpus:>6} {ours_text:>9} {cell(comm):>9} {cell(attn):>9} {peak:>7} "
                          f"{cell(exact):>10} {cell(exact / ours if exact and ours else None, '{:.2f}x'):>9} "
                          f"{cell(one / ours if one and ours else None, '{:.2f}x'):>7}")
+    for check in result.get("checks", []):
+        what = (check["error"] if "error" in check else
+                f"largest |difference| {check['max_abs_diff']:.3g} (largest |output| {check['out_max_abs']:.3g})")
+        lines.append(f"\ncheck, {_count(check['gpus'], result)} against one at {check['seq_len']} tokens "
+                     f"(forward, same seed): {what}")
     return "\n".join(lines)
 
 
