@@ -129,5 +129,6 @@ def centroid_query_blocks(q: torch.Tensor, k_sorted: torch.Tensor, num_live_keys
     live = (torch.arange(nk, device=k_sorted.device) < num_live_keys).expand(z, hkv, nk)
     best = select_blocks(q, k_sorted, live, block_size, 1)[..., 0]
     last_live = (num_live_keys - 1).clamp_(min=0) // block_size  # only with no live key: every block is dead
-    q_block, q_perm = torch.sort(torch.minimum(best, last_live), dim=-1, stable=True)
-    return q_perm.contiguous(), q_block.contiguous()
+    blocks = torch.minimum(best, last_live).to(torch.int32)  # a radix sort of 4 bytes, not 8
+    q_block, q_perm = torch.sort(blocks, dim=-1, stable=True)
+    return q_perm.contiguous(), q_block.long()
