@@ -99,7 +99,7 @@ def _all_to_all_step(inputs, mode: str, grad, ranks: int):
     torch.autograd.backward([out, moved[1], moved[2]], [grad, torch.ones_like(moved[1]), torch.ones_like(moved[2])])
 
 
-def _timed(step, device, warmup: int, reps: int, group) -> tuple[list[float], float | None]:
+def _timed(step, device, warmup: int, reps: int) -> tuple[list[float], float | None]:
     """Every call's time in ms (the slowest rank's) and the peak GiB allocated on any rank (None
     off CUDA): ``warmup`` untimed calls, then ``reps`` calls, each after a barrier."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -110,7 +110,7 @@ def _timed(step, device, warmup: int, reps: int, group) -> tuple[list[float], fl
         torch.cuda.reset_peak_memory_stats(device)
     times = []
     for _ in range(reps):
-        dist.barrier(group)
+        dist.barrier()
         sync()
         start = time.perf_counter()
         step()
@@ -118,26 +118,26 @@ def _timed(step, device, warmup: int, reps: int, group) -> tuple[list[float], fl
         times.append((time.perf_counter() - start) * 1e3)
     stats = torch.tensor(times + [torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else -1.0],
                          dtype=torch.float64, device=device)
-    dist.all_reduce(stats, op=dist.ReduceOp.MAX, group=group)
+    dist.all_reduce(stats, op=dist.ReduceOp.MAX)
     stats = stats.tolist()
     return stats[:-1], (stats[-1] if stats[-1] >= 0 else None)
 
 
 def _runners(impl: str, causal: bool, config: HyperAttentionConfig, seed: int, ranks: int, rank: int,
-             kv_heads: int, group) -> dict:
+             kv_heads: int) -> dict:
     """``impl``'s callables: ``call`` on the shards, ``attention`` on one rank's share of the heads
     over the whole sequence."""
     share = kv_heads // ranks
     if impl == "hyper":
         def call(q, k, v):
-            return context_parallel_attention(q, k, v, causal=causal, config=config, seed=seed, group=group)
+            return context_parallel_attention(q, k, v, causal=causal, config=config, seed=seed)
 
         def local(q, k, v):
             shard = (rank * share, kv_heads) if ranks > 1 else None
             return hyper_attention(q, k, v, causal=causal, config=config, seed=seed, head_shard=shard)
     else:
         def call(q, k, v):
-            return context_parallel_exact_attention(q, k, v, causal=causal, group=group)
+            return context_parallel_exact_attention(q, k, v, causal=causal)
 
         def local(q, k, v):
             return exact_attention(q, k, v, causal=causal)
@@ -145,11 +145,19 @@ def _runners(impl: str, causal: bool, config: HyperAttentionConfig, seed: int, r
     return {"call": call, "attention": local}
 
 
+def _timed_part(world_size: int, seq_len: int, impl: str, part: str, exact_max_len: int) -> bool:
+    """Whether a run times ``part`` of ``impl``: exact attention up to ``exact_max_len`` tokens, the
+    parts of a call only where there are several processes, the all-to-alls once (HyperAttention's)."""
+    if impl == "exact" and seq_len > exact_max_len:
+        return False
+    if part == "all-to-all":
+        return impl == "hyper" and world_size > 1
+    return part == "call" or world_size > 1
+
+
 def _cases(world_size, seq_lens, modes, impls, exact_max_len):
     return [(n, mode, impl, part) for n in seq_lens for mode in modes for impl in impls for part in PARTS
-            if (impl == "hyper" or n <= exact_max_len) and not (part == "all-to-all" and (impl == "exact"
-                                                                                         or world_size == 1))
-            and not (part == "attention" and world_size == 1)]
+            if _timed_part(world_size, n, impl, part, exact_max_len)]
 
 
 def _worker(rank: int, world_size: int, init_method: str, settings: dict, out_path: str) -> None:
@@ -187,9 +195,9 @@ def _check_against_one_process(rank: int, ranks: int, device, settings: dict) ->
                                    settings["seed"])
             out = context_parallel_attention(*shards, causal=settings["causal"], config=config, seed=settings["seed"])
             whole = []
-            for x in (*shards, out):
-                pieces = [torch.empty_like(x) for _ in range(ranks)]
-                dist.all_gather(pieces, x)
+            for x in (*shards, out):  # rank 0 gathers the whole sequence
+                pieces = [torch.empty_like(x) for _ in range(ranks)] if rank == 0 else None
+                dist.gather(x, pieces, dst=0)
                 whole.append(torch.cat(pieces, 2) if rank == 0 else None)
                 del pieces
             stats = torch.zeros(2, dtype=torch.float64, device=device)
@@ -214,10 +222,11 @@ def _run_cases(rank: int, ranks: int, device, settings: dict) -> list[dict]:
     dtype = getattr(torch, settings["dtype"])
     heads, kv_heads, head_dim = settings["heads"], settings["kv_heads"], settings["head_dim"]
     rows = []
+    runners = {impl: _runners(impl, settings["causal"], config, settings["seed"], ranks, rank, kv_heads)
+               for impl in settings["impls"]}
     cases = _cases(ranks, settings["seq_lens"], settings["modes"], settings["impls"], settings["exact_max_len"])
     for seq_len, mode, impl, part in cases:
         row = dict(gpus=ranks, seq_len=seq_len, mode=mode, impl=impl, part=part)
-        runners = _runners(impl, settings["causal"], config, settings["seed"], ranks, rank, kv_heads, None)
         try:
             inputs = _shard_inputs(seq_len, ranks, rank, heads, kv_heads, head_dim, dtype, device, mode == "fwd_bwd",
                                    settings["seed"])
@@ -232,8 +241,8 @@ def _run_cases(rank: int, ranks: int, device, settings: dict) -> list[dict]:
             if part == "all-to-all":
                 step = lambda: _all_to_all_step(inputs, mode, grad, ranks)  # noqa: E731
             else:
-                step = lambda: _step(runners[part], inputs, mode, grad)  # noqa: E731
-            times, peak = _timed(step, device, settings["warmup"], settings["reps"], None)
+                step = lambda: _step(runners[impl][part], inputs, mode, grad)  # noqa: E731
+            times, peak = _timed(step, device, settings["warmup"], settings["reps"])
             row.update(ms=statistics.median(times), ms_per_call=times, peak_gib=peak)
         except torch.OutOfMemoryError:
             row.update(ms=None, peak_gib=None, error="out of memory")
