@@ -81,6 +81,7 @@ def test_calibrated_plans_keep_the_budget_they_report():
     assert sorted(result.errors["cheap"]) == [0, 29] and len(result.errors["dearer"][29]) == 9
     assert result.steps[0]["change"] > 0.0022 and result.steps[0]["heads"]["cheap"] == 18  # all at the cheapest: over
     assert len(result.steps) >= 2 and measured["change"] <= 0.0022 and plan.model == "smollm2"
+    assert "task_budget" not in measured and result.steps[0]["task_changes"] is None  # no tasks given
     with torch.no_grad():
         torch.testing.assert_close(model(ids[None]).logits, exact_logits)  # the model is left exact
         assert perplexity(model, ids) == pytest.approx(measured["exact_ppl"])
@@ -96,6 +97,42 @@ def test_calibrated_plans_keep_the_budget_they_report():
     assert all(len(set(names)) == 1 for names in whole.plan.layers.values())
     with pytest.raises(ValueError, match="per must be"):
         calibrate(model, ids, {"cheap": cheap}, per="group")
+
+
+def test_a_task_budget_keeps_the_answers_likelihood_it_reports():
+    """SmolLM2 on a 512-token Paul Graham window with one prompt per retrieval task: an ample
+    perplexity budget lets every head of the first and last layers take the cheap candidate, a
+    task budget of 0.01 nats does not (some task's answer gets less likely); the plan kept reports each task's change, which the
+    plan, applied again, reproduces, and keeps the budget."""
+    from hyperattn.eval.assets import load_text
+    from hyperattn.eval.models import load_model
+    from hyperattn.eval.perplexity import token_windows
+    from hyperattn.eval.ruler import TASKS, answer_logprob, build_samples
+
+    model, tokenizer = load_model("smollm2")
+    text = load_text("paul-graham")
+    ids = token_windows(tokenizer, text, 512, 1)[0]
+    tasks = list(build_samples(tokenizer, text, list(TASKS), [512], 1, "calibration/0").values())
+    cheap = HyperAttentionConfig(block_size=8, sample_size=8, min_seq_len=64, exact_up_to=0, query_blocks="rank")
+    result = calibrate(model, ids, {"cheap": cheap}, budget=1.0, layers=[0, -1], steps=5, tasks=tasks,
+                       task_budget=0.01, progress=False)
+    first, measured = result.steps[0], result.plan.measured
+    assert first["heads"]["cheap"] == 18 and first["change"] <= 1.0  # within the perplexity budget ...
+    assert min(first["task_changes"].values()) < -0.01 and not first["kept"]  # ... not the tasks'
+    assert set(measured["task_changes"]) == set(TASKS) and measured["task_prompts"] == 4
+    assert min(measured["task_changes"].values()) >= -0.01 and result.plan.head_counts()["cheap"] < 18
+    with torch.no_grad():
+        exact = {sample.task: answer_logprob(model, sample) for sample in tasks}
+        patch_model(model, plan=result.plan, seed=0)
+        for sample in tasks:  # the plan gives the changes it reports
+            change = answer_logprob(model, sample) - exact[sample.task]
+            assert change == pytest.approx(measured["task_changes"][sample.task], abs=1e-6)
+        patch_model(model, "last:0")
+    assert "answer log-likelihood" in format_calibration(result)
+    with pytest.raises(ValueError, match="task_budget"):
+        calibrate(model, ids, {"cheap": cheap}, tasks=tasks, task_budget=-1.0, progress=False)
+    with pytest.raises(TypeError, match="Sample"):
+        calibrate(model, ids, {"cheap": cheap}, tasks=["prompt"], progress=False)
 
 
 def test_an_ample_budget_approximates_every_head_with_the_first_candidate():

@@ -10,13 +10,16 @@
    more heads, with cheaper candidates.
 3. ``calibrate``: a bisection over the measured errors for the largest threshold whose plan
    keeps the perplexity of the calibration tokens within ``budget`` (a relative increase)
-   of exact attention's; each step is one run of the patched model.
+   of exact attention's; each step is one run of the patched model. With retrieval prompts
+   (``tasks``), a plan must also keep each task's mean answer log-likelihood within
+   ``task_budget`` nats per token of exact attention's (one more prefill per prompt and step).
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +30,7 @@ from hyperattn.config import HyperAttentionConfig
 from hyperattn.eval.attention import (CHUNK_ELEMENTS, CapturedAttention, captured_layers, capturing_attention,
                                      first_approximated, relative_errors)
 from hyperattn.eval.perplexity import window_nll
+from hyperattn.eval.ruler import Sample, answer_logprob
 from hyperattn.heads import EXACT, HeadPlan
 from hyperattn.integrations.transformers import patch_model
 
@@ -174,7 +178,8 @@ class Calibration:
     """What ``calibrate`` found: the plan, every head's error under every candidate, each head's
     hardness (``head_hardness``: "alpha", "log_kappa") with the rank correlation of each with the
     first candidate's errors over all heads ("predicts"), and each bisection step (threshold,
-    perplexity, its change against exact, heads per treatment)."""
+    perplexity, its change against exact, heads per treatment; with tasks, each task's mean change
+    of the answer log-likelihood where the perplexity kept its budget, else None)."""
 
     plan: HeadPlan
     errors: HeadErrors
@@ -185,7 +190,8 @@ class Calibration:
 
 def calibrate(model, input_ids: torch.Tensor, candidates: dict[str, HyperAttentionConfig], budget: float = 0.01,
               layers="all", seed: int = 0, steps: int = 6, include_sliding: bool = False, model_name: str = "",
-              per: str = "head", costs: dict[str, float] | None = None, progress: bool = True) -> Calibration:
+              per: str = "head", costs: dict[str, float] | None = None, tasks: Sequence[Sample] = (),
+              task_budget: float = 0.05, progress: bool = True) -> Calibration:
     """A head plan for ``model``: as many heads approximated, each by the cheapest candidate
     it can take, as keep the perplexity of ``input_ids`` (N,) within ``budget`` (relative
     increase, 0.01 = +1%) of exact attention's.
@@ -197,7 +203,9 @@ def calibrate(model, input_ids: torch.Tensor, candidates: dict[str, HyperAttenti
     treatment per layer, for all its heads (``plan_at``): the best choice of whole layers the same
     measurements give, to compare per-head plans with. ``costs``: each candidate's attention time
     relative to exact attention's (``HeadPlan.attention_cost``), for the report of each plan's
-    attention time. Leaves the model exact.
+    attention time. ``tasks``: retrieval prompts (``hyperattn.eval.ruler.build_samples``; build them
+    from another seed than the prompts you test on): a plan must also keep each task's mean answer
+    log-likelihood per token within ``task_budget`` nats of exact attention's. Leaves the model exact.
     """
     if not candidates:
         raise ValueError("candidates: give at least one HyperAttentionConfig to calibrate")
@@ -214,8 +222,13 @@ def calibrate(model, input_ids: torch.Tensor, candidates: dict[str, HyperAttenti
         if missing or any(not (isinstance(c, (int, float)) and c > 0) for c in costs.values()):
             raise ValueError(f"costs: give each candidate's time relative to exact attention (> 0); missing "
                              f"{missing}, got {costs!r}")
+    if not (isinstance(task_budget, (int, float)) and task_budget >= 0):
+        raise ValueError(f"task_budget must be nats per answer token >= 0, got {task_budget!r}")
+    if any(not isinstance(sample, Sample) for sample in tasks):
+        raise TypeError("tasks: give hyperattn.eval.ruler.Sample prompts (from build_samples)")
     started = time.perf_counter()
     patch_model(model, "last:0")  # exact everywhere while measuring
+    exact_logprobs = [answer_logprob(model, sample) for sample in tasks]
     run = head_errors(model, input_ids, candidates, layers, seed, include_sliding, progress)
     errors, hardness = run.errors, run.hardness
     first_errors = [e for heads in next(iter(errors.values())).values() for e in heads]
@@ -226,21 +239,30 @@ def calibrate(model, input_ids: torch.Tensor, candidates: dict[str, HyperAttenti
                          for e in (heads if per == "head" else [max(heads)])})
     history = []
 
-    def perplexity_at(index: int) -> float:
+    def within_budget(index: int) -> bool:
         plan = HeadPlan(model=model_name, seq_len=input_ids.shape[-1], configs=candidates,
                         layers=plan_at(errors, thresholds[index], per))
         patch_model(model, plan=plan, seed=seed, include_sliding=include_sliding)
         ppl = math.exp(window_nll(model, input_ids).mean().item())
+        ok = ppl / exact_ppl - 1 <= budget
+        task_changes = None
+        if ok and tasks:  # the prompts only where the perplexity allows the plan
+            changes = {}
+            for sample, exact in zip(tasks, exact_logprobs):
+                changes.setdefault(sample.task, []).append(answer_logprob(model, sample) - exact)
+            task_changes = {task: sum(c) / len(c) for task, c in changes.items()}
+            ok = min(task_changes.values()) >= -task_budget
         history.append(dict(threshold=thresholds[index], ppl=ppl, change=ppl / exact_ppl - 1,
-                            heads=plan.head_counts(), attention_cost=plan.attention_cost(costs) if costs else None))
-        return ppl
+                            heads=plan.head_counts(), attention_cost=plan.attention_cost(costs) if costs else None,
+                            task_changes=task_changes, kept=ok))
+        return ok
 
     low, high = -1, len(thresholds) - 1  # low: a threshold within budget (-1: all exact); high: the largest left
     for _ in tqdm(range(steps), desc="calibration", unit="run", disable=not progress):
         if low == high:
             break
         middle = high if not history else (low + high + 1) // 2  # first: every head at its cheapest
-        if perplexity_at(middle) / exact_ppl - 1 <= budget:
+        if within_budget(middle):
             low = middle
         else:
             high = middle - 1
@@ -251,6 +273,9 @@ def calibrate(model, input_ids: torch.Tensor, candidates: dict[str, HyperAttenti
                     ppl=kept["ppl"] if kept else exact_ppl, change=kept["change"] if kept else 0.0,
                     threshold=thresholds[low] if low >= 0 else None, per=per, tokens=int(input_ids.shape[-1]), seed=seed,
                     seconds=time.perf_counter() - started)
+    if tasks:
+        measured.update(task_budget=task_budget, task_prompts=len(tasks),
+                        task_changes=kept["task_changes"] if kept else {sample.task: 0.0 for sample in tasks})
     plan = HeadPlan(model=model_name, seq_len=input_ids.shape[-1], configs=candidates, layers=chosen,
                     measured=measured)
     if costs:
@@ -259,15 +284,19 @@ def calibrate(model, input_ids: torch.Tensor, candidates: dict[str, HyperAttenti
 
 
 def format_calibration(calibration: Calibration) -> str:
-    """The bisection's steps, then the plan: heads per treatment and the perplexity it keeps."""
+    """The bisection's steps, then the plan: heads per treatment and the perplexity it keeps (and,
+    with tasks, the answer log-likelihood: each step's worst task change)."""
     plan, m = calibration.plan, calibration.plan.measured
     costs = "costs" in m
+    tasks = "task_budget" in m
     lines = [f"{'threshold':>10} {'ppl':>8} {'change':>8}" + (f" {'attention':>9}" if costs else "")
-             + "  heads per treatment"]
+             + (f" {'worst task':>10}" if tasks else "") + "  heads per treatment"]
     for step in calibration.steps:
         counts = ", ".join(f"{name} {n}" for name, n in step["heads"].items())
         cost = f" {100 * step['attention_cost']:8.1f}%" if costs else ""
-        lines.append(f"{step['threshold']:10.4f} {step['ppl']:8.3f} {100 * step['change']:+7.2f}%{cost}  {counts}")
+        changes = step.get("task_changes")
+        task = (f" {min(changes.values()):+10.3f}" if changes else f" {'-':>10}") if tasks else ""
+        lines.append(f"{step['threshold']:10.4f} {step['ppl']:8.3f} {100 * step['change']:+7.2f}%{cost}{task}  {counts}")
     counts = plan.head_counts()
     total = sum(len(heads) for heads in calibration.errors[next(iter(calibration.errors))].values())
     approximated = total - counts[EXACT] if plan.layers else 0
@@ -278,6 +307,10 @@ def format_calibration(calibration: Calibration) -> str:
                  + ", ".join(f"{name} {n}" for name, n in counts.items() if name != EXACT)
                  + f"); perplexity {m['ppl']:.3f} against exact {m['exact_ppl']:.3f} ({100 * m['change']:+.2f}%, "
                  f"budget {100 * m['budget']:+.2f}%)")
+    if tasks:
+        lines.append(f"answer log-likelihood against exact, nats per token ({m['task_prompts']} prompts, budget "
+                     f"-{m['task_budget']:g} per task): "
+                     + ", ".join(f"{task} {change:+.3f}" for task, change in m["task_changes"].items()))
     if costs:
         lines.append(f"attention time: {100 * m['attention_cost']:.1f}% of exact attention's (costs relative to "
                      "exact: " + ", ".join(f"{name} {c:g}" for name, c in m["costs"].items()) + ")")

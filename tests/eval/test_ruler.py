@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from hyperattn import HyperAttentionConfig
-from hyperattn.eval.ruler import (ANSWER_MARGIN, NUM_COMMON, TASKS, Haystack, evaluate_ruler, format_summary,
-                                  load_haystack, multikey, recovered, run_sample)
+from hyperattn.eval.ruler import (ANSWER_MARGIN, NUM_COMMON, TASKS, Haystack, answer_logprob, evaluate_ruler,
+                                  format_summary, load_haystack, multikey, recovered, run_sample)
 from hyperattn.heads import HeadPlan
 
 SMALL = HyperAttentionConfig(min_seq_len=128, block_size=32, sample_size=32, exact_up_to=0)
@@ -125,6 +125,7 @@ def test_cached_scoring_matches_one_full_forward_and_plain_generate(smollm2, hay
                                 pad_token_id=tokenizer.eos_token_id)
     expected = logits.log_softmax(-1).gather(1, torch.tensor(sample.answer_ids)[:, None]).mean().item()
     assert logprob == pytest.approx(expected, abs=1e-4)
+    assert answer_logprob(model, sample) == pytest.approx(logprob, abs=1e-6)  # the same score without the reply
     assert reply == tokenizer.decode(greedy[0, len(sample.prompt):], skip_special_tokens=True)
 
 

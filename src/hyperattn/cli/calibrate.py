@@ -13,6 +13,7 @@ from hyperattn.cli.eval import layer_selection
 from hyperattn.config import HyperAttentionConfig
 from hyperattn.eval.models import EVAL_CONFIG
 from hyperattn.eval.perplexity import token_windows
+from hyperattn.eval.ruler import TASKS, build_samples
 
 
 def add_calibrate_parser(commands) -> None:
@@ -39,6 +40,12 @@ def add_calibrate_parser(commands) -> None:
                         help="a candidate's attention time relative to exact attention's (e.g. from hyperattn bench "
                              "attention at the length of interest; repeatable): the report gives each plan's "
                              "attention time")
+    parser.add_argument("--task-budget", type=numbers(float, 0.0, what="number"), metavar="NATS",
+                        help="also keep each retrieval task's mean answer log-likelihood (eval ruler's tasks, built "
+                             "from the text at SEQ_LEN tokens with prompts of their own) within NATS per token of "
+                             "exact attention's (e.g. 0.05; default: perplexity alone)")
+    parser.add_argument("--task-samples", type=positive_int, default=1,
+                        help="prompts per task with --task-budget (default: %(default)s)")
     parser.add_argument("--seed", type=seed, default=0)
     parser.add_argument("--include-sliding", action="store_true", help="sliding-window layers may be approximated")
     parser.add_argument("--out", metavar="PATH", required=True, help="write the head plan (JSON) here")
@@ -59,9 +66,14 @@ def run_calibrate(args: argparse.Namespace) -> int:
                          f"(candidates: {list(candidates)})")
     model, tokenizer, text, run = load_pretrained(args)
     input_ids = token_windows(tokenizer, text, args.seq_len, 1)[0]
+    tasks = ()
+    if args.task_budget is not None:  # prompts of their own seed: eval ruler's (seed 0, 1, ...) stay unseen
+        tasks = list(build_samples(tokenizer, text, list(TASKS), [args.seq_len], args.task_samples,
+                                   f"calibration/{args.seed}").values())
     result = calibrate(model, input_ids, candidates, args.budget, args.layers, args.seed, args.steps,
                        args.include_sliding, model_name=args.model, per=args.per,
-                       costs=dict(args.cost) if args.cost else None)
+                       costs=dict(args.cost) if args.cost else None, tasks=tasks,
+                       task_budget=args.task_budget or 0.0)
     print(format_calibration(result))
     if args.plot:
         plot_calibration(result, args.plot, f"{args.model}, {args.text}, {args.seq_len} tokens")

@@ -217,29 +217,48 @@ def _cache_keyword(model) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
+def _prefill(model, sample: Sample):
+    """(KV cache of the prompt's tokens but its last, the forward's name for the cache argument)."""
+    from transformers import DynamicCache
+
+    keyword = _cache_keyword(model)
+    prompt = torch.tensor([sample.prompt[:-1]], device=next(model.parameters()).device)
+    cache = DynamicCache(config=model.config)
+    model(prompt, use_cache=True, logits_to_keep=1, **{keyword: cache})
+    return cache, keyword
+
+
+def _forced_logprob(model, sample: Sample, cache, keyword: str) -> float:
+    """Mean log-prob (nats) of the answer's tokens, teacher-forced after the prefill ``cache`` (which grows)."""
+    device = next(model.parameters()).device
+    forced = torch.tensor([sample.prompt[-1:] + sample.answer_ids[:-1]], device=device)
+    logits = model(forced, use_cache=True, **{keyword: cache}).logits[0].float()
+    targets = torch.tensor(sample.answer_ids, device=device)[:, None]
+    return logits.log_softmax(-1).gather(1, targets).mean().item()
+
+
+@torch.no_grad()
+def answer_logprob(model, sample: Sample) -> float:
+    """The answer's mean log-prob per token in nats, as ``run_sample`` measures it, without the reply."""
+    return _forced_logprob(model, sample, *_prefill(model, sample))
+
+
 @torch.no_grad()
 def run_sample(model, tokenizer, sample: Sample) -> tuple[str, float]:
     """(greedy reply, mean log-prob of the answer's tokens in nats), both continuing one prefill of
     the prompt: the answer is teacher-forced against a copy of the prompt's KV cache."""
-    from transformers import DynamicCache
-
-    device = next(model.parameters()).device
-    keyword = _cache_keyword(model)
-    prompt = torch.tensor([sample.prompt], device=device)
-    cache = DynamicCache(config=model.config)
-    model(prompt[:, :-1], use_cache=True, logits_to_keep=1, **{keyword: cache})
-    forced = torch.tensor([sample.prompt[-1:] + sample.answer_ids[:-1]], device=device)
-    logits = model(forced, use_cache=True, **{keyword: copy.deepcopy(cache)}).logits[0].float()
-    targets = torch.tensor(sample.answer_ids, device=device)[:, None]
-    logprob = logits.log_softmax(-1).gather(1, targets).mean().item()
+    cache, keyword = _prefill(model, sample)
+    logprob = _forced_logprob(model, sample, copy.deepcopy(cache), keyword)
+    prompt = torch.tensor([sample.prompt], device=next(model.parameters()).device)
     out = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=sample.max_new_tokens,
                          do_sample=False, pad_token_id=tokenizer.eos_token_id, **{keyword: cache})
     return tokenizer.decode(out[0, prompt.shape[1]:], skip_special_tokens=True), logprob
 
 
 def build_samples(tokenizer, text: str, tasks: list[str], lengths: list[int], samples: int,
-                  seed: int) -> dict[tuple[str, int, int], Sample]:
-    """``samples`` prompts per (task, length), keyed (task, length, index); each from its own seed."""
+                  seed: int | str) -> dict[tuple[str, int, int], Sample]:
+    """``samples`` prompts per (task, length), keyed (task, length, index); each from its own seed
+    (``seed`` with the key: another ``seed``, even a string, gives other prompts)."""
     unknown = sorted(set(tasks) - set(TASKS))
     if unknown:
         raise ValueError(f"unknown tasks {unknown}; the tasks are {list(TASKS)}")
