@@ -10,6 +10,7 @@ from hyperattn.cli.arg_types import named_number, numbers, positive_int, seed
 from hyperattn.cli.common import add_pretrained_args, load_pretrained, write_result
 from hyperattn.cli.config_args import add_config_args, compared_configs, config_from_args, labelled_overrides
 from hyperattn.cli.eval import layer_selection
+from hyperattn.cli.ruler import task_list
 from hyperattn.config import HyperAttentionConfig
 from hyperattn.eval.models import EVAL_CONFIG
 from hyperattn.eval.perplexity import token_windows
@@ -46,6 +47,8 @@ def add_calibrate_parser(commands) -> None:
                              "exact attention's (e.g. 0.05; default: perplexity alone)")
     parser.add_argument("--task-samples", type=positive_int, default=1,
                         help="prompts per task with --task-budget (default: %(default)s)")
+    parser.add_argument("--tasks", type=task_list, default=list(TASKS),
+                        help="the tasks --task-budget holds, comma-separated (default: all)")
     parser.add_argument("--seed", type=seed, default=0)
     parser.add_argument("--include-sliding", action="store_true", help="sliding-window layers may be approximated")
     parser.add_argument("--out", metavar="PATH", required=True, help="write the head plan (JSON) here")
@@ -68,7 +71,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     input_ids = token_windows(tokenizer, text, args.seq_len, 1)[0]
     tasks = ()
     if args.task_budget is not None:  # prompts of their own seed: eval ruler's (seed 0, 1, ...) stay unseen
-        tasks = list(build_samples(tokenizer, text, list(TASKS), [args.seq_len], args.task_samples,
+        tasks = list(build_samples(tokenizer, text, args.tasks, [args.seq_len], args.task_samples,
                                    f"calibration/{args.seed}").values())
     result = calibrate(model, input_ids, candidates, args.budget, args.layers, args.seed, args.steps,
                        args.include_sliding, model_name=args.model, per=args.per,
